@@ -1,0 +1,85 @@
+"""The aiohttp application: routes, skins, notifier and scheduler wired to one lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+
+from aiohttp import web
+from sqlalchemy import func, select
+
+from bot import piles_api, scheduler, telegram, webchat
+from bot.context import CTX, Context
+from bot.handlers import notices
+from core.charging import Charge
+from core.config import Settings
+from core.db import make_engine, make_sessionmaker, utcnow
+from core.outbox import OutboxMessage
+from notifications.worker import Notifier, Sender
+
+log = logging.getLogger("chargebot.app")
+NOTIFIER = web.AppKey("notifier", Notifier)
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    async with ctx.sm() as session:
+        by_state = (await session.execute(
+            select(Charge.state, func.count()).group_by(Charge.state))).all()
+        pending = await session.scalar(
+            select(func.count()).where(OutboxMessage.state == "pending"))
+    lines = ["# TYPE chargebot_charges gauge"]
+    lines += [f'chargebot_charges{{state="{s}"}} {n}' for s, n in by_state]
+    lines += ["# TYPE chargebot_outbox_pending gauge", f"chargebot_outbox_pending {pending or 0}"]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+def create_app(
+    settings: Settings, *, clock: Callable[[], datetime] = utcnow, notifier: bool = True,
+) -> web.Application:
+    engine = make_engine(settings.database.url, echo=settings.database.echo)
+    ctx = Context(settings=settings, engine=engine, sm=make_sessionmaker(engine), clock=clock)
+    app = web.Application(client_max_size=2 * 1024 * 1024)
+    app[CTX] = ctx
+    # cleanup_ctx unwinds in reverse: the engine goes last, after everything that uses it.
+    app.cleanup_ctx.append(_dispose_engine)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    piles_api.setup(app, ctx)
+    senders: dict[str, Sender] = {}
+    if settings.server.webchat:
+        webchat.setup(app, ctx)
+        senders["webchat"] = webchat.WebchatSender(ctx)
+    tg = telegram.setup(app, ctx)
+    if tg is not None:
+        senders["telegram"] = telegram.TelegramSender(tg)
+    n = settings.notifications
+    app[NOTIFIER] = Notifier(
+        ctx.sm, senders, notices.render, poll_s=n.poll_s, batch=n.batch, lease_s=n.lease_s,
+        max_attempts=n.max_attempts, clock=clock,
+        wait=lambda t: ctx.wakeups.wait("outbox", t),
+    )
+    if notifier:
+        app.cleanup_ctx.append(_notifier_task)
+    scheduler.setup(app, ctx)
+    return app
+
+
+async def _notifier_task(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[NOTIFIER].run(), name="notifier")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _dispose_engine(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[CTX].engine.dispose()

@@ -1,0 +1,258 @@
+"""`chargebot …` (DESIGN §6). Each command prints a clear error and exits non-zero on bad input."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy import select
+
+from core.config import Settings, load_settings
+from core.db import make_engine, make_sessionmaker, transaction
+from core.migrate import upgrade
+
+log = logging.getLogger("chargebot")
+
+
+class CliError(Exception):
+    pass
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if getattr(args, "database", None):
+        os.environ["CHARGEBOT_DATABASE__URL"] = args.database
+    return load_settings()
+
+
+async def _with_session(settings: Settings, fn):  # type: ignore[no-untyped-def]
+    engine = make_engine(settings.database.url)
+    try:
+        async with transaction(make_sessionmaker(engine)) as session:
+            return await fn(session)
+    finally:
+        await engine.dispose()
+
+
+def cmd_db(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    upgrade(settings.database.url)
+    print(f"database is at the latest schema ({_safe_url(settings.database.url)})")
+
+
+def _safe_url(url: str) -> str:
+    """Never print a password that may sit in the URL."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from bot.app import create_app
+
+    settings = _settings(args)
+    upgrade(settings.database.url)
+    app = create_app(settings)
+    host, port = args.host or settings.server.host, args.port or settings.server.port
+    print(f"chargebot serving on http://{host}:{port}")
+    web.run_app(app, host=host, port=port, print=None)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    os.environ.setdefault("CHARGEBOT_DATABASE__URL", "sqlite+aiosqlite:///var/demo.db")
+    settings = _settings(args)
+    upgrade(settings.database.url)
+    asyncio.run(_demo(settings, args))
+
+
+async def _demo(settings: Settings, args: argparse.Namespace) -> None:
+    from bot import demo
+    from bot.app import create_app
+    from simulator import Fleet
+
+    created = await _with_session(settings, demo.seed)
+    host, port = args.host or settings.server.host, args.port or settings.server.port
+    app = create_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    url = f"http://{host}:{port}"
+    specs = await _pile_specs(settings, None)
+    fleet = Fleet(url, specs, speed=args.speed, heartbeat_s=20, meter_every_s=3,
+                  fault_rate_per_hour=args.fault_rate)
+    await fleet.start()
+    print(f"demo city {'seeded' if created else 'loaded'}: {len(specs)} simulated piles, "
+          f"time ×{args.speed:g}")
+    print(f"web chat: {url}/   (Ctrl-C to stop)")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await fleet.stop()
+        await runner.cleanup()
+
+
+async def _pile_specs(settings: Settings, limit: int | None):  # type: ignore[no-untyped-def]
+    from core.piles import Pile
+    from simulator import PileSpec
+
+    async def load(session):  # type: ignore[no-untyped-def]
+        stmt = select(Pile).order_by(Pile.id)
+        if limit:
+            stmt = stmt.limit(limit)
+        return [PileSpec(p.id, p.secret, p.ports) for p in (await session.execute(stmt)).scalars()]
+
+    return await _with_session(settings, load)
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from simulator import Fleet
+
+    settings = _settings(args)
+    if args.piles < 1:
+        raise CliError("--piles must be at least 1")
+    specs = asyncio.run(_pile_specs(settings, args.piles))
+    if not specs:
+        raise CliError("no piles in the database: add some with `chargebot piles add` or run "
+                       "`chargebot demo` once")
+    print(f"simulating {len(specs)} piles against {args.url} (time ×{args.speed:g})")
+    fleet = Fleet(args.url, specs, speed=args.speed, fault_rate_per_hour=args.fault_rate)
+    asyncio.run(fleet.run_forever())
+
+
+def cmd_sites_import(args: argparse.Namespace) -> None:
+    from core import piles
+
+    settings = _settings(args)
+    path = Path(args.file)
+    if not path.exists():
+        raise CliError(f"no such file: {path}")
+    rows = []
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        need = {"id", "name", "address", "lat", "lon", "kind", "tariff"}
+        if not need <= set(reader.fieldnames or []):
+            raise CliError(f"{path}: columns must be {','.join(sorted(need))}")
+        for i, row in enumerate(reader, start=2):
+            try:
+                lat, lon = float(row["lat"]), float(row["lon"])
+            except ValueError:
+                raise CliError(f"{path}:{i}: lat/lon must be numbers") from None
+            if not (-90 <= lat <= 90 and -180 <= lon <= 180) or not row["id"]:
+                raise CliError(f"{path}:{i}: bad id or coordinates")
+            if row["tariff"] and row["tariff"] not in settings.billing.tariffs:
+                raise CliError(f"{path}:{i}: unknown tariff {row['tariff']!r}")
+            rows.append(row | {"lat": lat, "lon": lon})
+
+    async def save(session):  # type: ignore[no-untyped-def]
+        for r in rows:
+            await piles.add_site(session, r["id"], r["name"], r["lat"], r["lon"],
+                                 address=r["address"], kind=r["kind"] or "community",
+                                 tariff=r["tariff"] or settings.billing.default_tariff)
+
+    asyncio.run(_with_session(settings, save))
+    print(f"imported {len(rows)} sites")
+
+
+def cmd_piles_add(args: argparse.Namespace) -> None:
+    from core import piles
+
+    settings = _settings(args)
+    if not re.match(r"^P\d{4,}$", args.id):
+        raise CliError("--id must look like P0001")
+
+    async def add(session):  # type: ignore[no-untyped-def]
+        if await session.get(piles.Pile, args.id):
+            raise CliError(f"pile {args.id} exists already")
+        try:
+            return await piles.add_pile(session, args.site, args.id, args.ports, model=args.model,
+                                        secret=args.secret)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+
+    pile = asyncio.run(_with_session(settings, add))
+    print(f"pile {pile.id} added with {pile.ports} ports at site {pile.site_id}")
+    # Printed once so the installer can program the controller; never logged.
+    print(f"secret: {pile.secret}")
+
+
+def cmd_piles_list(args: argparse.Namespace) -> None:
+    from core.piles import Pile
+
+    settings = _settings(args)
+
+    async def load(session):  # type: ignore[no-untyped-def]
+        return list((await session.execute(select(Pile).order_by(Pile.id))).scalars())
+
+    for p in asyncio.run(_with_session(settings, load)):
+        state = "online" if p.online else "offline"
+        print(f"{p.id}\t{p.site_id}\t{p.ports} ports\t{p.model}\t{state}")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="chargebot", description="e-bike charging piles via chat")
+    ap.add_argument("--database", help="database URL (overrides bot.toml)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the service")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("demo", help="SQLite + demo city + simulated fleet + web chat")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--speed", type=float, default=60.0, help="simulated time factor")
+    p.add_argument("--fault-rate", type=float, default=0.0, help="faults per port-hour")
+    p.set_defaults(fn=cmd_demo)
+
+    db = sub.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="migrate to the latest schema").set_defaults(fn=cmd_db)
+
+    sites = sub.add_parser("sites").add_subparsers(dest="sites_command", required=True)
+    p = sites.add_parser("import", help="sites from CSV: id,name,address,lat,lon,kind,tariff")
+    p.add_argument("file")
+    p.set_defaults(fn=cmd_sites_import)
+
+    pl = sub.add_parser("piles").add_subparsers(dest="piles_command", required=True)
+    p = pl.add_parser("add", help="register a pile and print its secret")
+    p.add_argument("--site", required=True)
+    p.add_argument("--id", required=True)
+    p.add_argument("--ports", type=int, required=True)
+    p.add_argument("--model", default="generic-10")
+    p.add_argument("--secret")
+    p.set_defaults(fn=cmd_piles_add)
+    pl.add_parser("list", help="list piles").set_defaults(fn=cmd_piles_list)
+
+    p = sub.add_parser("simulate", help="run simulated pile controllers against a server")
+    p.add_argument("--url", required=True)
+    p.add_argument("--piles", type=int, required=True)
+    p.add_argument("--speed", type=float, default=60.0)
+    p.add_argument("--fault-rate", type=float, default=0.0)
+    p.set_defaults(fn=cmd_simulate)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("CHARGEBOT_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except CliError as exc:
+        print(f"chargebot: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

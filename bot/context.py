@@ -1,0 +1,65 @@
+"""What every handler and route shares: settings, database, clock and in-process wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from core.config import Settings
+from core.db import utcnow
+
+
+class Wakeups:
+    """Wake waiting loops at once after a commit in this process; other processes poll.
+
+    Each waiter gets its own event, so one wake reaches every loop waiting on that key.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    def wake(self, key: str) -> None:
+        for ev in self._waiters.get(key, ()):
+            ev.set()
+
+    async def wait(self, key: str, timeout: float) -> bool:
+        ev = asyncio.Event()
+        self._waiters[key].add(ev)
+        try:
+            await asyncio.wait_for(ev.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters[key].discard(ev)
+            if not self._waiters[key]:
+                self._waiters.pop(key, None)
+
+
+@dataclass
+class Context:
+    settings: Settings
+    engine: AsyncEngine
+    sm: async_sessionmaker[AsyncSession]
+    clock: Callable[[], datetime] = utcnow
+    wakeups: Wakeups = field(default_factory=Wakeups)
+
+    def wake_outbox(self) -> None:
+        self.wakeups.wake("outbox")
+
+    def wake_pile(self, pile_id: str) -> None:
+        self.wakeups.wake(f"pile:{pile_id}")
+
+
+def _app_key() -> object:
+    from aiohttp import web
+
+    return web.AppKey("ctx", Context)
+
+
+CTX = _app_key()

@@ -1,0 +1,104 @@
+"""Start, live status, stop and history of charges."""
+
+from __future__ import annotations
+
+from bot.handlers.ports import alternatives, unknown_port
+from bot.handlers.text import bill_text, duration, kwh, menu_buttons
+from bot.handlers.turn import Turn
+from bot.i18n import tr
+from bot.replies import Button, Reply
+from core import charging
+from core.errors import BillDue, NoOpenCharge, PortBusy, PortUnavailable, UnknownPort
+from core.piles import parse_port_code
+from core.wallet import yuan
+
+
+async def start(turn: Turn, code: str) -> list[Reply]:
+    lang = turn.lang
+    try:
+        charge = await charging.start_charge(
+            turn.session, turn.rider, code, turn.ctx.settings, turn.now
+        )
+    except UnknownPort:
+        return [unknown_port(turn, code)]
+    except BillDue as exc:
+        return [Reply(
+            tr(lang, "You have an unpaid bill of {amount}. Please pay it before starting a new "
+                     "charge.", amount=yuan(exc.params["amount"])),
+            buttons=[[Button(tr(lang, "💳 Pay now"), data="pay")],
+                     [Button(tr(lang, "👛 Wallet"), data="wallet")]],
+        )]
+    except PortBusy:
+        pile_id, _ = parse_port_code(code)
+        alt = await alternatives(turn, pile_id)
+        return [Reply(tr(lang, "Sorry, port {code} was just taken by another rider.", code=code)),
+                alt]
+    except PortUnavailable:
+        pile_id, _ = parse_port_code(code)
+        alt = await alternatives(turn, pile_id)
+        return [Reply(tr(lang, "Port {code} can't be used right now.", code=code)), alt]
+    turn.after_commit.append(lambda: turn.ctx.wake_pile(charge.pile_id))
+    return [Reply(
+        tr(lang, "⏳ Starting port {code}… I'll tell you as soon as power flows.", code=code),
+        buttons=[[Button(tr(lang, "⚡ Status"), data="status"),
+                  Button(tr(lang, "⏹ Stop"), data=f"stop:{charge.id}")]],
+    )]
+
+
+async def status(turn: Turn) -> list[Reply]:
+    lang = turn.lang
+    open_ = await charging.open_charges(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    if not open_:
+        return [Reply(tr(lang, "You have no charge running."), buttons=menu_buttons(lang))]
+    replies = []
+    for charge in open_:
+        if charge.state == "requested":
+            text = tr(lang, "⏳ Port {code} is starting…", code=charge.port_code)
+        else:
+            live = await charging.live(turn.session, charge, turn.ctx.settings, turn.now)
+            text = "\n".join([
+                tr(lang, "⚡ Charging at port {code}", code=charge.port_code),
+                tr(lang, "Time: {d} · Power: {w} W · Energy: {e}",
+                   d=duration(lang, live.minutes * 60), w=int(live.power_w or 0),
+                   e=kwh(live.energy_wh)),
+                tr(lang, "Cost so far: {cost}", cost=yuan(live.cost_fen)),
+            ])
+        replies.append(Reply(text, buttons=[[
+            Button(tr(lang, "🔄 Refresh"), data="status"),
+            Button(tr(lang, "⏹ Stop"), data=f"stop:{charge.id}"),
+        ]]))
+    return replies
+
+
+async def stop(turn: Turn, charge_id: int | None) -> list[Reply]:
+    lang = turn.lang
+    try:
+        charge = await charging.stop_charge(turn.session, turn.rider, charge_id, turn.now)
+    except NoOpenCharge:
+        return [Reply(tr(lang, "You have no charge running."), buttons=menu_buttons(lang))]
+    turn.after_commit.append(lambda: turn.ctx.wake_pile(charge.pile_id))
+    return [Reply(tr(lang, "⏹ Stopping port {code}… the bill follows in a moment.",
+                     code=charge.port_code))]
+
+
+async def history(turn: Turn) -> list[Reply]:
+    lang = turn.lang
+    charges = await charging.recent(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    if not charges:
+        return [Reply(tr(lang, "No charges yet."), buttons=menu_buttons(lang))]
+    lines = [tr(lang, "🧾 Your recent charges:")]
+    for c in charges:
+        when = (c.started_at or c.requested_at).strftime("%m-%d %H:%M")
+        if c.state in charging.OPEN_STATES:
+            state = tr(lang, "charging")
+        elif c.state == "settled":
+            state = tr(lang, "paid {amount}", amount=yuan(c.amount_fen))
+        else:
+            state = tr(lang, "due {amount}", amount=yuan(c.amount_fen - c.paid_fen))
+        lines.append(tr(lang, "{when} · {port} · {d} · {e} · {state}", when=when,
+                        port=c.port_code, d=duration(lang, c.duration_s or 0),
+                        e=kwh(c.energy_wh or 0), state=state))
+    return [Reply("\n".join(lines), buttons=menu_buttons(lang))]
+
+
+__all__ = ["bill_text", "history", "start", "status", "stop"]

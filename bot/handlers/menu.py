@@ -1,0 +1,54 @@
+"""Welcome, help and language: the first thing a rider sees."""
+
+from __future__ import annotations
+
+from bot.handlers.text import menu_buttons
+from bot.handlers.turn import Turn
+from bot.i18n import tr
+from bot.replies import Button, Reply
+from core.riders import set_language
+
+
+def welcome(turn: Turn) -> list[Reply]:
+    lang = turn.lang
+    text = tr(
+        lang,
+        "Welcome to ChargeBot ⚡\nScan the QR code on a charging port to start, or share your "
+        "location to find the nearest free port. You pay after charging; the bill arrives as "
+        "soon as the charge ends.",
+    )
+    return [Reply(text, buttons=menu_buttons(lang),
+                  request_location=tr(lang, "📍 Share my location"))]
+
+
+def help_(turn: Turn) -> list[Reply]:
+    lang = turn.lang
+    text = tr(
+        lang,
+        "How it works:\n1. Plug in your charger.\n2. Scan the port's QR code (or type its code, "
+        "like P0001-03) and press Start.\n3. Stop any time with /stop, or it stops by itself "
+        "when the battery is full.\n4. The bill comes here, paid from your wallet.\n\n"
+        "/status — my charge · /wallet — balance and top-up · /history — past charges · "
+        "/language — 中文/English",
+    )
+    return [Reply(text, buttons=menu_buttons(lang))]
+
+
+def language_menu(turn: Turn) -> list[Reply]:
+    return [Reply(tr(turn.lang, "Choose your language:"),
+                  buttons=[[Button("中文", data="lang:zh_CN"), Button("English", data="lang:en")]])]
+
+
+async def choose_language(turn: Turn, lang: str) -> list[Reply]:
+    if lang not in ("zh_CN", "en"):
+        return language_menu(turn)
+    await set_language(turn.session, turn.rider, lang)
+    return [Reply(tr(lang, "Language set to English."), buttons=menu_buttons(lang))]
+
+
+def unknown(turn: Turn) -> list[Reply]:
+    return [Reply(
+        tr(turn.lang, "Sorry, I didn't get that. Scan a port's QR code, type a port code like "
+                      "P0001-03, or pick an option below."),
+        buttons=menu_buttons(turn.lang),
+    )]

@@ -1,0 +1,110 @@
+"""Port cards and the nearest free ports."""
+
+from __future__ import annotations
+
+from bot.handlers.text import distance, tariff_sentence
+from bot.handlers.turn import Turn
+from bot.i18n import tr
+from bot.replies import Button, Reply, Venue
+from core import charging
+from core.errors import UnknownPort
+from core.nearby import NearbyPile, free_ports, nearest_free
+from core.piles import Pile, Port, port_code
+
+
+def status_text(lang: str, port: Port, pile: Pile, busy: bool) -> str:
+    if not pile.online:
+        return tr(lang, "⚫ pile offline")
+    if pile.maintenance or port.maintenance:
+        return tr(lang, "🛠 under maintenance")
+    if port.status == "fault":
+        return tr(lang, "🔴 out of order")
+    if busy or port.status in ("charging", "full"):
+        return tr(lang, "🟠 in use")
+    if port.status == "offline":
+        return tr(lang, "⚫ port locked")
+    if port.status == "plugged":
+        return tr(lang, "🟢 free (a plug is in)")
+    return tr(lang, "🟢 free")
+
+
+async def port_card(turn: Turn, code: str) -> list[Reply]:
+    lang = turn.lang
+    try:
+        port, pile, site, busy = await charging.port_view(turn.session, code)
+    except UnknownPort:
+        return [unknown_port(turn, code)]
+    tariff = charging.tariff_for(turn.ctx.settings, site)
+    text = "\n".join([
+        tr(lang, "🔌 Port {code}", code=port.code),
+        tr(lang, "📍 {site} · {address}", site=site.name, address=site.address),
+        tr(lang, "Status: {status}", status=status_text(lang, port, pile, busy)),
+        tr(lang, "💰 {tariff}", tariff=tariff_sentence(lang, tariff)),
+    ])
+    usable = charging.port_is_free_for_start(port, pile) and not busy
+    buttons = []
+    if usable:
+        buttons.append([Button(tr(lang, "⚡ Start charging"), data=f"start:{port.code}")])
+    else:
+        buttons.append([Button(tr(lang, "📍 Other free ports nearby"), data=f"alt:{pile.id}")])
+    return [Reply(text, buttons=buttons)]
+
+
+def unknown_port(turn: Turn, code: str) -> Reply:
+    return Reply(
+        tr(turn.lang, "I can't find port {code}. Check the code printed under the QR (like "
+                      "P0001-03), or share your location to find a free port.", code=code[:20]),
+        buttons=[[Button(tr(turn.lang, "📍 Nearest free ports"), data="near")]],
+        request_location=tr(turn.lang, "📍 Share my location"),
+    )
+
+
+def nearby_reply(turn: Turn, found: list[NearbyPile], title: str) -> Reply:
+    lang = turn.lang
+    if not found:
+        return Reply(tr(lang, "No free port within reach right now. Please try again in a few "
+                              "minutes."))
+    lines = [title]
+    buttons = []
+    for i, n in enumerate(found, 1):
+        lines.append(tr(
+            lang, "{i}. {site} · {pile} · {free} free · {dist} · {walk} min walk",
+            i=i, site=n.site_name, pile=n.pile_id, free=len(n.free_ports),
+            dist=distance(lang, n.distance_m), walk=n.walk_minutes,
+        ))
+        buttons.append([Button(tr(lang, "{i}. {site} ({dist})", i=i, site=n.site_name,
+                                  dist=distance(lang, n.distance_m)), data=f"pile:{n.pile_id}")])
+    return Reply("\n".join(lines), buttons=buttons)
+
+
+async def nearest(turn: Turn, lat: float, lon: float) -> list[Reply]:
+    found = await nearest_free(turn.session, lat, lon, 5)
+    return [nearby_reply(turn, found, tr(turn.lang, "Nearest free ports:"))]
+
+
+async def alternatives(turn: Turn, pile_id: str) -> Reply:
+    pile = await turn.session.get(Pile, pile_id)
+    if pile is None:
+        return unknown_port(turn, pile_id)
+    found = await nearest_free(turn.session, pile.lat, pile.lon, 3)
+    return nearby_reply(turn, found, tr(turn.lang, "Free ports close to this one:"))
+
+
+async def pile_card(turn: Turn, pile_id: str) -> list[Reply]:
+    """Where a pile is (a venue the rider can open in maps) and which of its ports are free."""
+    lang = turn.lang
+    found = await free_ports(turn.session, pile_id)
+    if found is None:
+        return [unknown_port(turn, pile_id)]
+    pile, site, free = found
+    title, address = site.name, site.address
+    text = tr(lang, "{pile}: free ports {ports}", pile=pile.id,
+              ports=", ".join(str(p) for p in free) or "—")
+    rows = [[Button(tr(lang, "Port {n}", n=p), data=f"port:{port_code(pile.id, p)}")
+             for p in free[i:i + 4]] for i in range(0, min(len(free), 8), 4)]
+    return [Reply(text, buttons=rows, venue=Venue(pile.lat, pile.lon, title, address))]
+
+
+def ask_location(turn: Turn) -> list[Reply]:
+    return [Reply(tr(turn.lang, "Share your location and I'll list the nearest free ports."),
+                  request_location=tr(turn.lang, "📍 Share my location"))]

@@ -1,0 +1,109 @@
+"""Rider-facing wording shared by several handlers: money, durations, tariffs, bills."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.i18n import tr
+from bot.replies import Button
+from core.wallet import yuan
+
+
+def duration(lang: str, seconds: int) -> str:
+    minutes = max(0, seconds) // 60
+    h, m = divmod(minutes, 60)
+    if h:
+        return tr(lang, "{h} h {m:02d} min", h=h, m=m)
+    return tr(lang, "{m} min", m=m)
+
+
+def kwh(energy_wh: int | float) -> str:
+    return f"{energy_wh / 1000:.2f} kWh"
+
+
+def distance(lang: str, meters: float) -> str:
+    if meters < 1000:
+        return tr(lang, "{m} m", m=int(round(meters)))
+    return tr(lang, "{km:.1f} km", km=meters / 1000)
+
+
+def tariff_sentence(lang: str, t: dict[str, Any]) -> str:
+    """The whole price in one plain sentence, told before the rider starts."""
+    mode = t["mode"]
+    if mode == "power_tier":
+        tiers = tr(lang, ", ").join(
+            tr(lang, "up to {w} W {price}/h", w=x["up_to_w"], price=yuan(x["fen_per_hour"]))
+            for x in sorted(t["tiers"], key=lambda x: x["up_to_w"])
+        )
+        if t.get("band_by") == "session_mean":
+            s = tr(lang, "Priced by power ({tiers}); the band is your average power.", tiers=tiers)
+        else:
+            s = tr(lang, "Priced by power ({tiers}); the band is your highest 1-minute average.",
+                   tiers=tiers)
+    elif mode == "time":
+        s = tr(lang, "{price} per hour, counted in started {unit}-minute blocks.",
+               price=yuan(t["fen_per_hour"]), unit=t.get("unit_minutes", 1))
+    else:
+        s = tr(lang, "{elec}/kWh electricity + {svc}/kWh service.",
+               elec=yuan(t["fen_per_kwh"]), svc=yuan(t.get("service_fen_per_kwh", 0)))
+    extras = []
+    if t.get("free_minutes"):
+        extras.append(tr(lang, "first {n} min free", n=t["free_minutes"]))
+    if t.get("off_peak"):
+        op = t["off_peak"]
+        extras.append(tr(lang, "{start}–{end} at {percent}%", **op))
+    if t.get("min_fee_fen"):
+        extras.append(tr(lang, "minimum {fee}", fee=yuan(t["min_fee_fen"])))
+    if t.get("cap_fen"):
+        extras.append(tr(lang, "never more than {cap} a charge", cap=yuan(t["cap_fen"])))
+    if extras:
+        s += " " + tr(lang, "Also: {extras}.", extras=tr(lang, ", ").join(extras))
+    return s + " " + tr(lang, "You pay after charging, from your wallet.")
+
+
+def end_reason(lang: str, reason: str) -> str:
+    return {
+        "full": tr(lang, "battery full, stopped automatically"),
+        "user": tr(lang, "stopped by you"),
+        "unplugged": tr(lang, "plug pulled out"),
+        "no_load": tr(lang, "no charger drew power"),
+        "fault": tr(lang, "stopped by a port fault"),
+        "power_loss": tr(lang, "the pile lost power"),
+        "limit": tr(lang, "time or energy limit reached"),
+    }.get(reason, reason)
+
+
+def bill_text(lang: str, p: dict[str, Any]) -> str:
+    b = p["bill"]
+    lines = [
+        tr(lang, "🧾 Bill for port {port}", port=p["port"]),
+        tr(lang, "Duration: {d} · Energy: {e}", d=duration(lang, b["duration_s"]),
+           e=kwh(b["energy_wh"])),
+    ]
+    if b["mode"] == "power_tier" and b["band_w"] is not None:
+        lines.append(tr(lang, "Power band: up to {tier} W (your power {w} W) · {rate}/h",
+                        tier=b["tier_up_to_w"], w=b["band_w"], rate=yuan(b["fen_per_hour"])))
+    elif b["mode"] == "time":
+        lines.append(tr(lang, "Rate: {rate}/h", rate=yuan(b["fen_per_hour"])))
+    if b["off_peak_minutes"]:
+        lines.append(tr(lang, "Off-peak minutes: {n}", n=b["off_peak_minutes"]))
+    lines.append(tr(lang, "Ended: {reason}", reason=end_reason(lang, p["reason"])))
+    if b["amount_fen"] == 0:
+        lines.append(tr(lang, "Amount: ¥0.00 — this charge is free."))
+    elif p["paid"]:
+        lines.append(tr(lang, "Amount: {amount}, paid from your wallet. Balance: {balance}",
+                        amount=yuan(b["amount_fen"]), balance=yuan(p["balance_fen"])))
+    else:
+        lines.append(tr(lang, "Amount due: {amount}. Your balance is {balance}: top up to pay.",
+                        amount=yuan(b["amount_fen"]), balance=yuan(p["balance_fen"])))
+    return "\n".join(lines)
+
+
+def menu_buttons(lang: str) -> list[list[Button]]:
+    return [
+        [Button(tr(lang, "📍 Nearest free ports"), data="near"),
+         Button(tr(lang, "⚡ My charge"), data="status")],
+        [Button(tr(lang, "👛 Wallet"), data="wallet"),
+         Button(tr(lang, "🧾 History"), data="history")],
+        [Button(tr(lang, "🌐 Language"), data="lang")],
+    ]

@@ -1,0 +1,30 @@
+"""One rider action being handled: the rider, their language and the open transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.context import Context
+from bot.replies import Incoming
+from core.riders import Rider
+
+
+@dataclass
+class Turn:
+    ctx: Context
+    session: AsyncSession
+    rider: Rider
+    inc: Incoming
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def lang(self) -> str:
+        return self.rider.language
+
+    @property
+    def now(self) -> datetime:
+        return self.ctx.clock()

@@ -1,0 +1,48 @@
+"""Every rider-facing string goes through here: gettext catalogs in `locales/`, zh-CN first.
+
+Message ids are English; `tr(lang, "…", **params)` is the one marker (`pybabel extract -k tr:2`).
+Catalogs are compiled from the .po files in memory at start-up, so there is no build step and
+no stale .mo file.
+"""
+
+from __future__ import annotations
+
+import gettext
+from functools import cache
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+
+from core.riders import DEFAULT_LANGUAGE, LANGUAGES
+
+LOCALES = Path(__file__).resolve().parent.parent / "locales"
+
+
+@cache
+def _catalog(lang: str) -> gettext.NullTranslations:
+    po = LOCALES / lang / "LC_MESSAGES" / "messages.po"
+    if not po.exists():
+        return gettext.NullTranslations()
+    with po.open("rb") as f:
+        catalog = read_po(f, locale=lang)
+    buf = BytesIO()
+    write_mo(buf, catalog)
+    buf.seek(0)
+    return gettext.GNUTranslations(buf)
+
+
+def tr(lang: str, msgid: str, **params: Any) -> str:
+    if lang not in LANGUAGES:
+        lang = DEFAULT_LANGUAGE
+    text = _catalog(lang).gettext(msgid)
+    return text.format(**params) if params else text
+
+
+def ntr(lang: str, singular: str, plural: str, n: int, **params: Any) -> str:
+    if lang not in LANGUAGES:
+        lang = DEFAULT_LANGUAGE
+    text = _catalog(lang).ngettext(singular, plural, n)
+    return text.format(n=n, **params)

@@ -1,0 +1,133 @@
+"""Pile controller webhook (DESIGN §3): signed batches in, commands out, long poll."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+
+from bot.context import CTX, Context
+from core import commands, events, piles
+from core.db import transaction
+from core.errors import InvalidEvent
+from core.pile_auth import verify
+
+log = logging.getLogger("chargebot.piles")
+
+SECRET_TTL_S = 60.0
+
+
+class SecretCache:
+    """Pile secrets, looked up once a minute instead of on every request of a busy fleet."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, str | None]] = {}
+
+    async def get(self, ctx: Context, pile_id: str) -> str | None:
+        hit = self._entries.get(pile_id)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < SECRET_TTL_S:
+            return hit[1]
+        async with ctx.sm() as session:
+            secret = await session.scalar(select(piles.Pile.secret).where(piles.Pile.id == pile_id))
+        if len(self._entries) > 200_000:
+            self._entries.clear()
+        self._entries[pile_id] = (now, secret)
+        return secret
+
+
+SECRETS = web.AppKey("pile_secrets", SecretCache)
+
+
+def _error(status: int, error: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": error, **extra}, status=status)
+
+
+async def _authenticate(request: web.Request, body: bytes) -> str | web.Response:
+    pile_id = request.headers.get("X-Pile-Id", "")
+    if not pile_id or len(pile_id) > 32:
+        return _error(401, "missing or bad X-Pile-Id")
+    secret = await request.app[SECRETS].get(request.app[CTX], pile_id)
+    if secret is None:
+        return _error(404, "unknown pile", pile=pile_id)
+    ok = verify(secret, request.headers.get("X-Timestamp", ""), body,
+                request.headers.get("X-Signature", ""), time.time())
+    if not ok:
+        log.warning("rejected signature for pile %s", pile_id)
+        return _error(401, "bad or stale signature")
+    return pile_id
+
+
+async def post_events(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    body = await request.read()
+    auth = await _authenticate(request, body)
+    if isinstance(auth, web.Response):
+        return auth
+    pile_id = auth
+    try:
+        batch = events.parse_batch(json.loads(body))
+    except json.JSONDecodeError:
+        return _error(400, "body is not JSON", field="body")
+    except InvalidEvent as exc:
+        return _error(400, f"{exc.field}: {exc.problem}", field=exc.field)
+    settings = ctx.settings
+    now = ctx.clock()
+    async with transaction(ctx.sm) as session:
+        pile = await piles.get_pile(session, pile_id)
+        was_offline = not pile.online
+        pile.last_seen_at = now
+        pile.online = True
+        result = await events.ingest(session, pile, batch, settings, now)
+        out = await commands.take(session, pile_id, now, resend_s=settings.piles.command_resend_s,
+                                  ttl_s=settings.piles.command_ttl_s)
+    if was_offline:
+        log.info("pile %s is back online", pile_id)
+    if result.notify:
+        ctx.wake_outbox()
+    return web.json_response(
+        {"accepted": result.accepted, "duplicates": result.duplicates, "commands": out}
+    )
+
+
+async def poll_commands(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    auth = await _authenticate(request, b"")
+    if isinstance(auth, web.Response):
+        return auth
+    pile_id = auth
+    if request.match_info["pile_id"] != pile_id:
+        return _error(401, "X-Pile-Id does not match the path")
+    try:
+        wait = float(request.query.get("wait", "0"))
+    except ValueError:
+        return _error(400, "wait must be a number of seconds", field="wait")
+    wait = max(0.0, min(wait, ctx.settings.piles.max_long_poll_s))
+    deadline = time.monotonic() + wait
+    settings = ctx.settings
+    while True:
+        now = ctx.clock()
+        async with transaction(ctx.sm) as session:
+            await piles.touch(session, pile_id, now, min_gap_s=5)
+            out = []
+            if await commands.has_pending(session, pile_id):
+                out = await commands.take(session, pile_id, now,
+                                          resend_s=settings.piles.command_resend_s,
+                                          ttl_s=settings.piles.command_ttl_s)
+        remaining = deadline - time.monotonic()
+        if out or remaining <= 0:
+            return web.json_response({"commands": out})
+        # Woken at once by a start in this process; other workers' commands are seen by polling.
+        await ctx.wakeups.wait(f"pile:{pile_id}", min(remaining, 1.0))
+        await asyncio.sleep(0)
+
+
+def setup(app: web.Application, ctx: Context) -> None:
+    app[SECRETS] = SecretCache()
+    app.router.add_post("/api/piles/events", post_events)
+    app.router.add_get("/api/piles/{pile_id}/commands", poll_commands)

@@ -1,0 +1,205 @@
+"""Telegram skin: python-telegram-bot inside our aiohttp app (webhook), or polling for dev."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+from aiohttp import web
+from telegram import (
+    Bot,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    KeyboardButton,
+    ReplyKeyboardMarkup,
+    Update,
+)
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
+from telegram.ext import AIORateLimiter, Application, ContextTypes, TypeHandler
+
+from bot.context import CTX, Context
+from bot.handlers import router
+from bot.i18n import tr
+from bot.replies import Incoming, Reply
+from core.config import Settings
+from core.riders import Identity
+from notifications.worker import DeliveryError
+
+log = logging.getLogger("chargebot.telegram")
+WEBHOOK_PATH = "/telegram/webhook"
+TG_APP = web.AppKey("telegram_app", Application)
+
+
+def webhook_secret(settings: Settings) -> str:
+    """The configured secret, or one derived from the token so every worker agrees on it."""
+    if settings.telegram.webhook_secret is not None:
+        return settings.telegram.webhook_secret.get_secret_value()
+    token = settings.telegram.token.get_secret_value()  # type: ignore[union-attr]
+    return hashlib.sha256(b"chargebot-webhook:" + token.encode()).hexdigest()[:48]
+
+
+def build_application(settings: Settings) -> Application:
+    tg = settings.telegram
+    builder = Application.builder().token(tg.token.get_secret_value())  # type: ignore[union-attr]
+    if tg.base_url:
+        builder = builder.base_url(tg.base_url)
+    if tg.base_file_url:
+        builder = builder.base_file_url(tg.base_file_url)
+    if tg.mode == "webhook":
+        builder = builder.updater(None)
+    # Telegram allows ~30 messages/s overall and 20/min per group; the limiter queues beyond.
+    builder = builder.rate_limiter(AIORateLimiter(max_retries=2)).concurrent_updates(64)
+    return builder.build()
+
+
+def incoming(update: Update) -> Incoming | None:
+    user = update.effective_user
+    chat = update.effective_chat
+    if user is None or chat is None or user.is_bot:
+        return None
+    common = {
+        "platform": "telegram", "user_id": str(user.id), "chat_id": str(chat.id),
+        "display_name": user.first_name or "", "language_hint": user.language_code,
+    }
+    if chat.type != "private":
+        return None  # group features (group-buy, votes) come with their own issue
+    if (cq := update.callback_query) is not None:
+        return Incoming(**common, data=cq.data or "", nonce=cq.id)
+    msg = update.message
+    if msg is None:
+        return None
+    nonce = str(msg.message_id)
+    if msg.location is not None:
+        return Incoming(**common, location=(msg.location.latitude, msg.location.longitude),
+                        nonce=nonce)
+    if msg.photo:
+        return Incoming(**common, photo=msg.photo[-1].file_id, text=msg.caption, nonce=nonce)
+    if msg.text is not None:
+        return Incoming(**common, text=msg.text, nonce=nonce)
+    return None
+
+
+def _markup(reply: Reply) -> InlineKeyboardMarkup | ReplyKeyboardMarkup | None:
+    if reply.buttons:
+        return InlineKeyboardMarkup([
+            [InlineKeyboardButton(b.label, callback_data=b.data) if b.data is not None
+             else InlineKeyboardButton(b.label, url=b.url) for b in row]
+            for row in reply.buttons
+        ])
+    if reply.request_location:
+        return ReplyKeyboardMarkup(
+            [[KeyboardButton(reply.request_location, request_location=True)]],
+            resize_keyboard=True, one_time_keyboard=True,
+        )
+    return None
+
+
+async def send_replies(bot: Bot, chat_id: int | str, replies: list[Reply]) -> None:
+    for reply in replies:
+        markup = _markup(reply)
+        if reply.venue is not None:
+            if reply.text:
+                await bot.send_message(chat_id, reply.text)
+            v = reply.venue
+            await bot.send_venue(chat_id, latitude=v.lat, longitude=v.lon, title=v.title,
+                                 address=v.address or v.title, reply_markup=markup)
+        elif reply.photo_url:
+            await bot.send_photo(chat_id, reply.photo_url, caption=reply.text or None,
+                                 reply_markup=markup)
+        else:
+            await bot.send_message(chat_id, reply.text, reply_markup=markup)
+
+
+class TelegramSender:
+    """The notifier's way to Telegram: platform errors become retry decisions."""
+
+    def __init__(self, application: Application) -> None:
+        self.application = application
+
+    async def send(self, identity: Identity, replies: list[Reply]) -> None:
+        try:
+            await send_replies(self.application.bot, identity.chat_id, replies)
+        except RetryAfter as exc:
+            ra = exc.retry_after
+            delay = ra.total_seconds() if isinstance(ra, timedelta) else float(ra)
+            raise DeliveryError(str(exc), retry_after=delay) from exc
+        except Forbidden as exc:  # the rider blocked the bot: retrying cannot help
+            raise DeliveryError(str(exc), retryable=False) from exc
+        except BadRequest as exc:
+            raise DeliveryError(str(exc), retryable=False) from exc
+        except (NetworkError, TelegramError) as exc:
+            raise DeliveryError(str(exc)) from exc
+
+
+async def _on_update(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    ctx: Context = context.application.bot_data["ctx"]
+    inc = incoming(update)
+    if update.callback_query is not None:
+        try:
+            await update.callback_query.answer()
+        except TelegramError:
+            log.debug("callback answer failed", exc_info=True)
+    if inc is None:
+        return
+    try:
+        replies, _lang = await router.handle(ctx, inc)
+    except Exception:
+        log.exception("handler failed for a telegram update")
+        replies = [Reply(tr("zh_CN", "Sorry, something went wrong on our side. Please try again."))]
+    await send_replies(context.bot, inc.chat_id, replies)
+
+
+async def webhook(request: web.Request) -> web.Response:
+    app = request.app[TG_APP]
+    ctx = request.app[CTX]
+    given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+    if not secrets.compare_digest(given.encode(), webhook_secret(ctx.settings).encode()):
+        return web.json_response({"error": "bad secret token"}, status=401)
+    try:
+        data = json.loads(await request.read())
+        update = Update.de_json(data, app.bot)
+    except (ValueError, TypeError, KeyError, TelegramError):
+        return web.json_response({"error": "not a Telegram update"}, status=400)
+    if update is None:
+        return web.json_response({"error": "not a Telegram update"}, status=400)
+    await app.update_queue.put(update)
+    return web.json_response({"ok": True})
+
+
+def setup(app: web.Application, ctx: Context) -> Application | None:
+    if ctx.settings.telegram.token is None:
+        log.info("telegram: no token configured, Telegram skin is off")
+        return None
+    application = build_application(ctx.settings)
+    application.bot_data["ctx"] = ctx
+    application.add_handler(TypeHandler(Update, _on_update))
+    app[TG_APP] = application
+    app.router.add_post(WEBHOOK_PATH, webhook)
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        async with application:
+            await application.start()
+            tg = ctx.settings.telegram
+            if tg.mode == "polling" and application.updater is not None:
+                await application.updater.start_polling()
+            elif ctx.settings.server.public_url.startswith("https://"):
+                # Telegram only calls https URLs; a local run has no public URL to register.
+                await application.bot.set_webhook(
+                    ctx.settings.server.public_url.rstrip("/") + WEBHOOK_PATH,
+                    secret_token=webhook_secret(ctx.settings),
+                )
+            yield
+            if application.updater is not None and application.updater.running:
+                await application.updater.stop()
+            await application.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    log.info("telegram: skin on (%s mode)", ctx.settings.telegram.mode)
+    return application
+
+
+__all__ = ["TelegramSender", "setup", "webhook_secret"]

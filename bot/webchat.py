@@ -1,0 +1,177 @@
+"""Local web chat: the same handlers behind a small page, to try the bot with no tokens."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+
+from bot.context import CTX, Context
+from bot.handlers import router
+from bot.i18n import tr
+from bot.replies import MAX_CALLBACK_BYTES, Incoming, Reply
+from core.db import transaction
+from core.piles import Pile, Port, Site
+from core.riders import DEFAULT_LANGUAGE, LANGUAGES, Identity, Rider, language_from_hint
+from notifications import webchat_inbox
+
+log = logging.getLogger("chargebot.webchat")
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_TEXT = 1000
+
+
+def _bad(field: str, problem: str) -> web.Response:
+    return web.json_response({"error": f"{field}: {problem}", "field": field}, status=400)
+
+
+def _client_id(value: Any) -> str | None:
+    if isinstance(value, str) and 8 <= len(value) <= 64 and value.replace("-", "").isalnum():
+        return value
+    return None
+
+
+def ui_strings(lang: str) -> dict[str, str]:
+    return {
+        "title": tr(lang, "ChargeBot · e-bike charging"),
+        "placeholder": tr(lang, "Type a message or a port code…"),
+        "send": tr(lang, "Send"),
+        "share_location": tr(lang, "📍 Location"),
+        "scan_qr": tr(lang, "📷 Scan QR"),
+        "pick_location": tr(lang, "Where are you?"),
+        "pick_port": tr(lang, "Which port's QR code?"),
+        "connecting": tr(lang, "Connecting…"),
+        "offline": tr(lang, "Connection lost, retrying…"),
+        "language": tr(lang, "中文 / English"),
+    }
+
+
+async def _lang_of(ctx: Context, client_id: str | None) -> str:
+    if client_id is None:
+        return DEFAULT_LANGUAGE
+    async with ctx.sm() as session:
+        lang = await session.scalar(
+            select(Rider.language).join(Identity, Identity.rider_id == Rider.id)
+            .where(Identity.platform == "webchat", Identity.external_id == client_id)
+        )
+    return lang or DEFAULT_LANGUAGE
+
+
+async def page(_request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "webchat.html")
+
+
+async def ui(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    lang = request.query.get("lang", "")
+    if lang not in LANGUAGES:
+        lang = await _lang_of(ctx, _client_id(request.query.get("client_id")))
+    async with ctx.sm() as session:
+        sites = (await session.execute(select(Site).order_by(Site.id).limit(8))).scalars().all()
+        codes = (await session.execute(
+            select(Port.code).join(Pile, Pile.id == Port.pile_id).where(Port.number <= 3)
+            .order_by(Pile.id, Port.number).limit(9)
+        )).scalars().all()
+    locations = [
+        # A spot a short walk from each site, as a rider would stand.
+        {"name": s.name, "lat": round(s.lat + 0.0012, 6), "lon": round(s.lon - 0.0009, 6)}
+        for s in sites
+    ]
+    return web.json_response({"lang": lang, "strings": ui_strings(lang), "locations": locations,
+                              "ports": list(codes)})
+
+
+async def send(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    try:
+        body = json.loads(await request.read())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _bad("body", "must be JSON")
+    if not isinstance(body, dict):
+        return _bad("body", "must be a JSON object")
+    client_id = _client_id(body.get("client_id"))
+    if client_id is None:
+        return _bad("client_id", "8–64 letters, digits or dashes")
+    text, data, loc = body.get("text"), body.get("data"), body.get("location")
+    kwargs: dict[str, Any] = {}
+    if text is not None:
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
+            return _bad("text", f"a non-empty string of at most {MAX_TEXT} characters")
+        kwargs["text"] = text
+    elif data is not None:
+        if not isinstance(data, str) or not data or len(data.encode()) > MAX_CALLBACK_BYTES:
+            return _bad("data", f"a string of at most {MAX_CALLBACK_BYTES} bytes")
+        kwargs["data"] = data
+    elif loc is not None:
+        try:
+            lat, lon = float(loc["lat"]), float(loc["lon"])
+        except (TypeError, KeyError, ValueError):
+            return _bad("location", "needs numeric lat and lon")
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            return _bad("location", "lat/lon out of range")
+        kwargs["location"] = (lat, lon)
+    else:
+        return _bad("text", "send one of text, data or location")
+    inc = Incoming(
+        platform="webchat", user_id=client_id, chat_id=client_id,
+        language_hint=request.headers.get("Accept-Language"), nonce=str(time.time_ns()),
+        **kwargs,
+    )
+    try:
+        replies, lang = await router.handle(ctx, inc)
+    except Exception:
+        log.exception("web chat handler failed")
+        lang = DEFAULT_LANGUAGE
+        replies = [Reply(tr(lang, "Sorry, something went wrong on our side. Please try again."))]
+    return web.json_response({"replies": [r.as_dict() for r in replies], "lang": lang})
+
+
+async def messages(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    client_id = _client_id(request.query.get("client_id"))
+    if client_id is None:
+        return _bad("client_id", "8–64 letters, digits or dashes")
+    try:
+        after = int(request.query.get("after", "0"))
+        wait = min(max(float(request.query.get("wait", "0")), 0.0), 30.0)
+    except ValueError:
+        return _bad("after", "after and wait must be numbers")
+    deadline = time.monotonic() + wait
+    while True:
+        async with ctx.sm() as session:
+            rows = await webchat_inbox.after(session, client_id, after)
+        remaining = deadline - time.monotonic()
+        if rows or remaining <= 0:
+            break
+        await ctx.wakeups.wait(f"webchat:{client_id}", min(remaining, 1.0))
+    lang = await _lang_of(ctx, client_id)
+    return web.json_response({
+        "messages": [{"seq": r.id, "reply": r.reply} for r in rows], "lang": lang,
+    })
+
+
+class WebchatSender:
+    """Pushes notifier messages into the browser's inbox; the page long-polls it."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def send(self, identity: Identity, replies: list[Reply]) -> None:
+        async with transaction(self.ctx.sm) as session:
+            await webchat_inbox.push(session, identity.chat_id, [r.as_dict() for r in replies])
+        self.ctx.wakeups.wake(f"webchat:{identity.chat_id}")
+
+
+def setup(app: web.Application, ctx: Context) -> None:
+    app.router.add_get("/", page)
+    app.router.add_static("/static", STATIC)
+    app.router.add_get("/webchat/api/ui", ui)
+    app.router.add_post("/webchat/api/send", send)
+    app.router.add_get("/webchat/api/messages", messages)
+
+
+__all__ = ["WebchatSender", "language_from_hint", "setup"]

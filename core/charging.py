@@ -1,0 +1,355 @@
+"""Charge sessions: requested → started → ended → settled (+ failed, refunded).
+
+A charge is billed from the pile's own record (its timestamps, its energy counter, its meter
+samples), never from arrival times, so a late, repeated or reordered event cannot change a bill.
+`ended` means the bill is made but still due; `settled` means it is paid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import Field, SQLModel
+
+from core import commands, outbox, wallet
+from core.billing import compute_bill, tariff_snapshot
+from core.config import Settings
+from core.db import utcnow
+from core.errors import BillDue, InsufficientBalance, NoOpenCharge, PortBusy, PortUnavailable
+from core.piles import Pile, Port, Site, find_port
+from core.riders import Rider
+
+OPEN_STATES = ("requested", "started")
+END_REASONS = ("full", "user", "unplugged", "no_load", "fault", "power_loss", "limit")
+
+
+class Charge(SQLModel, table=True):
+    __tablename__ = "charges"
+    __table_args__ = (
+        # The database, not the code, guarantees one open charge per port: concurrent starts on
+        # both SQLite and PostgreSQL end with exactly one row here.
+        Index(
+            "uq_charges_open_port", "port_id", unique=True,
+            sqlite_where=text("state IN ('requested', 'started')"),
+            postgresql_where=text("state IN ('requested', 'started')"),
+        ),
+        UniqueConstraint("pile_id", "session_ref"),
+        Index("ix_charges_rider_state", "rider_id", "state"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    rider_id: int = Field(foreign_key="riders.id")
+    port_id: int = Field(foreign_key="ports.id")
+    pile_id: str = Field(foreign_key="piles.id")
+    port_number: int
+    port_code: str
+    site_id: str
+    session_ref: str | None = Field(default=None, max_length=40)
+    state: str = "requested"
+    tariff: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    requested_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None  # the pile's clock
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+    failure: str | None = None
+    duration_s: int | None = None
+    energy_wh: int | None = None
+    band_w: int | None = None
+    bill: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    amount_fen: int = 0
+    paid_fen: int = 0
+    settled_at: datetime | None = None
+    last_power_w: float | None = None
+    last_energy_wh: int | None = None
+    last_meter_at: datetime | None = None
+
+
+class MeterSample(SQLModel, table=True):
+    __tablename__ = "meter_samples"
+    __table_args__ = (Index("ix_meter_samples_charge_ts", "charge_id", "ts"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    charge_id: int = Field(foreign_key="charges.id")
+    ts: datetime
+    power_w: float
+    energy_wh: int
+
+
+@dataclass(frozen=True)
+class Live:
+    """What `/status` shows: minutes so far, power, energy and the cost if it stopped now."""
+
+    charge: Charge
+    minutes: int
+    power_w: float | None
+    energy_wh: int
+    cost_fen: int
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+
+
+async def due_charges(session: AsyncSession, rider_id: int) -> list[Charge]:
+    rows = await session.execute(
+        select(Charge).where(Charge.rider_id == rider_id, Charge.state == "ended")
+        .order_by(Charge.id)
+    )
+    return [c for c in rows.scalars() if c.amount_fen > c.paid_fen]
+
+
+async def open_charges(session: AsyncSession, rider_id: int) -> list[Charge]:
+    rows = await session.execute(
+        select(Charge).where(Charge.rider_id == rider_id, Charge.state.in_(OPEN_STATES))
+        .order_by(Charge.id)
+    )
+    return list(rows.scalars())
+
+
+async def open_charge_on_port(session: AsyncSession, port_id: int) -> Charge | None:
+    return (
+        await session.execute(
+            select(Charge).where(Charge.port_id == port_id, Charge.state.in_(OPEN_STATES))
+        )
+    ).scalars().first()
+
+
+def port_is_free_for_start(port: Port, pile: Pile) -> bool:
+    """A plugged port is fine: riders plug in first, then scan."""
+    return (
+        pile.online and not pile.maintenance and not port.maintenance
+        and port.status in ("idle", "plugged")
+    )
+
+
+def tariff_for(settings: Settings, site: Site) -> dict[str, Any]:
+    name = site.tariff if site.tariff in settings.billing.tariffs else (
+        settings.billing.default_tariff)
+    return tariff_snapshot(settings.billing.tariffs[name], name)
+
+
+async def start_charge(
+    session: AsyncSession, rider: Rider, code: str, settings: Settings, now: datetime,
+) -> Charge:
+    """Ask the pile to start; the rider pays afterwards (post-pay) but never with a bill due."""
+    port, pile, site = await find_port(session, code)
+    due = await due_charges(session, rider.id)  # type: ignore[arg-type]
+    if due:
+        raise BillDue(charge_id=due[0].id, amount=sum(c.amount_fen - c.paid_fen for c in due))
+    if not port_is_free_for_start(port, pile) and port.status not in ("charging", "full"):
+        raise PortUnavailable(code=port.code)
+    if port.status in ("charging", "full") or await open_charge_on_port(session, port.id):  # type: ignore[arg-type]
+        raise PortBusy(code=port.code)
+    charge = Charge(
+        rider_id=rider.id, port_id=port.id, pile_id=pile.id, port_number=port.number,  # type: ignore[arg-type]
+        port_code=port.code, site_id=site.id, tariff=tariff_for(settings, site), requested_at=now,
+    )
+    try:
+        async with session.begin_nested():
+            session.add(charge)
+    except IntegrityError as exc:
+        raise PortBusy(code=port.code) from exc
+    charge.session_ref = f"S{charge.id}"
+    await commands.queue(
+        session, pile.id, "start", port.number, charge_id=charge.id, session=charge.session_ref,
+        max_minutes=settings.piles.max_minutes, max_energy_wh=settings.piles.max_energy_wh,
+    )
+    return charge
+
+
+async def stop_charge(
+    session: AsyncSession, rider: Rider, charge_id: int | None, now: datetime,
+) -> Charge:
+    """The rider asks to stop; the bill follows when the pile reports the end."""
+    charges = await open_charges(session, rider.id)  # type: ignore[arg-type]
+    if charge_id is not None:
+        charges = [c for c in charges if c.id == charge_id]
+    if not charges:
+        raise NoOpenCharge()
+    charge = charges[-1]
+    await commands.queue(
+        session, charge.pile_id, "stop", charge.port_number, charge_id=charge.id,
+        session=charge.session_ref,
+    )
+    return charge
+
+
+async def live(session: AsyncSession, charge: Charge, settings: Settings, now: datetime) -> Live:
+    started = charge.started_at or charge.requested_at
+    seconds = max(0, int((now - started).total_seconds()))
+    if charge.last_meter_at is not None and charge.started_at is not None:
+        # The pile's clock may run ahead of ours (or a simulator's compressed clock).
+        seconds = max(seconds, int((charge.last_meter_at - charge.started_at).total_seconds()))
+    energy = charge.last_energy_wh or 0
+    samples = await _samples(session, charge.id, None)  # type: ignore[arg-type]
+    bill = compute_bill(
+        charge.tariff, started_at=_aware(started), duration_s=seconds, energy_wh=energy,
+        samples=samples, tz=settings.server.timezone, port_limit_w=settings.piles.port_limit_w,
+    )
+    return Live(charge, seconds // 60, charge.last_power_w, energy, bill.amount_fen)
+
+
+async def _samples(
+    session: AsyncSession, charge_id: int, until: datetime | None,
+) -> list[tuple[datetime, float]]:
+    stmt = select(MeterSample.ts, MeterSample.power_w).where(MeterSample.charge_id == charge_id)
+    if until is not None:
+        stmt = stmt.where(MeterSample.ts <= until)
+    rows = await session.execute(stmt.order_by(MeterSample.ts))
+    return [(_aware(ts), p) for ts, p in rows]
+
+
+# --- what the pile tells us -------------------------------------------------------------------
+
+
+async def on_started(session: AsyncSession, charge: Charge, ts: datetime) -> None:
+    if charge.state != "requested":
+        return
+    charge.state = "started"
+    charge.started_at = ts
+    await outbox.enqueue(
+        session, charge.rider_id, "charge_started",
+        {"charge_id": charge.id, "port": charge.port_code, "tariff": charge.tariff},
+        f"started:{charge.id}",
+    )
+
+
+def on_meter(charge: Charge, ts: datetime, power_w: float, energy_wh: int) -> None:
+    if charge.state == "requested":
+        # A meter sample proves the charge runs even if session_started is still on its way.
+        charge.state = "started"
+    if charge.state != "started":
+        return
+    if charge.last_meter_at is None or ts >= charge.last_meter_at:
+        charge.last_meter_at = ts
+        charge.last_power_w = power_w
+        charge.last_energy_wh = energy_wh
+
+
+async def on_ended(
+    session: AsyncSession, charge: Charge, ts: datetime, reason: str, energy_wh: int,
+    duration_s: int, settings: Settings, now: datetime,
+) -> bool:
+    """Close and bill the charge once; returns False when it was already closed."""
+    if charge.ended_at is not None or charge.state in ("ended", "settled", "refunded"):
+        return False
+    if charge.state == "failed" and charge.failure == "rejected":
+        return False
+    # A start we gave up on (timeout, cancel) that the pile did run is still billed honestly:
+    # energy flowed, and losing a charge is as wrong as billing one twice.
+    if charge.started_at is not None:
+        duration_s = max(0, int((ts - charge.started_at).total_seconds()))
+    started = charge.started_at or (ts - timedelta(seconds=duration_s))
+    samples = await _samples(session, charge.id, ts)  # type: ignore[arg-type]
+    bill = compute_bill(
+        charge.tariff, started_at=_aware(started), duration_s=duration_s, energy_wh=energy_wh,
+        samples=samples, tz=settings.server.timezone, port_limit_w=settings.piles.port_limit_w,
+    )
+    charge.state = "ended"
+    charge.started_at = started
+    charge.ended_at = ts
+    charge.end_reason = reason
+    charge.duration_s = bill.duration_s
+    charge.energy_wh = bill.energy_wh
+    charge.band_w = bill.band_w
+    charge.bill = bill.as_dict()
+    charge.amount_fen = bill.amount_fen
+    paid = await settle(session, charge, now)
+    balance = await wallet.balance(session, charge.rider_id)
+    await outbox.enqueue(
+        session, charge.rider_id, "bill",
+        {
+            "charge_id": charge.id, "port": charge.port_code, "reason": reason,
+            "bill": bill.as_dict(), "paid": paid, "balance_fen": balance,
+            "tariff": charge.tariff,
+        },
+        f"bill:{charge.id}",
+    )
+    return True
+
+
+async def settle(session: AsyncSession, charge: Charge, now: datetime) -> bool:
+    """Pay an ended charge from the wallet if it can; otherwise it stays due."""
+    if charge.state != "ended":
+        return charge.state == "settled"
+    owed = charge.amount_fen - charge.paid_fen
+    if owed > 0:
+        try:
+            await wallet.post(
+                session, charge.rider_id, "charge", -owed, f"charge:{charge.id}",
+                charge_id=charge.id, memo=charge.port_code,
+            )
+        except InsufficientBalance:
+            return False
+        charge.paid_fen = charge.amount_fen
+    charge.state = "settled"
+    charge.settled_at = now
+    return True
+
+
+async def pay_due(session: AsyncSession, rider_id: int, now: datetime) -> tuple[int, int]:
+    """Pay what the wallet can of the rider's due bills, oldest first: (paid count, still due)."""
+    paid = 0
+    for charge in await due_charges(session, rider_id):
+        if await settle(session, charge, now):
+            paid += 1
+    remaining = sum(c.amount_fen - c.paid_fen for c in await due_charges(session, rider_id))
+    return paid, remaining
+
+
+async def on_start_rejected(session: AsyncSession, charge: Charge, error: str | None) -> None:
+    if charge.state != "requested":
+        return
+    charge.state = "failed"
+    charge.failure = "rejected"
+    await outbox.enqueue(
+        session, charge.rider_id, "start_failed",
+        {"charge_id": charge.id, "port": charge.port_code, "error": (error or "")[:60]},
+        f"start_failed:{charge.id}",
+    )
+
+
+async def expire_requests(
+    session: AsyncSession, now: datetime, timeout_s: float,
+) -> list[int]:
+    """Starts the pile never confirmed: tell the rider, and tell the pile to stand down."""
+    rows = await session.execute(
+        select(Charge).where(
+            Charge.state == "requested",
+            Charge.requested_at < now - timedelta(seconds=timeout_s),
+        )
+    )
+    expired = []
+    for charge in rows.scalars():
+        charge.state = "failed"
+        charge.failure = "timeout"
+        await commands.queue(
+            session, charge.pile_id, "stop", charge.port_number, charge_id=charge.id,
+            session=charge.session_ref,
+        )
+        await outbox.enqueue(
+            session, charge.rider_id, "start_failed",
+            {"charge_id": charge.id, "port": charge.port_code, "error": "timeout"},
+            f"start_failed:{charge.id}",
+        )
+        expired.append(charge.id)  # type: ignore[arg-type]
+    return expired
+
+
+async def recent(session: AsyncSession, rider_id: int, limit: int = 5) -> list[Charge]:
+    rows = await session.execute(
+        select(Charge).where(Charge.rider_id == rider_id, Charge.state != "failed")
+        .order_by(Charge.id.desc()).limit(limit)
+    )
+    return list(rows.scalars())
+
+
+async def port_view(session: AsyncSession, code: str) -> tuple[Port, Pile, Site, bool]:
+    port, pile, site = await find_port(session, code)
+    busy = await open_charge_on_port(session, port.id) is not None  # type: ignore[arg-type]
+    return port, pile, site, busy

@@ -1,0 +1,159 @@
+"""Settings: `bot.toml`, an untracked secrets file, env `CHARGEBOT_SECTION__KEY` (DESIGN §5)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class DatabaseSettings(BaseModel):
+    url: str = "sqlite+aiosqlite:///var/chargebot.db"
+    echo: bool = False
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    timezone: str = "Asia/Shanghai"
+    webchat: bool = True
+
+
+class TelegramSettings(BaseModel):
+    token: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+    mode: Literal["webhook", "polling"] = "webhook"
+    base_url: str | None = None
+    base_file_url: str | None = None
+    bot_username: str = "chargebot"
+
+
+class WechatSettings(BaseModel):
+    token: SecretStr | None = None
+    appid: str | None = None
+    secret: SecretStr | None = None
+    aes_key: SecretStr | None = None
+    api_base_url: str = "https://api.weixin.qq.com"
+
+
+class PileSettings(BaseModel):
+    offline_after_s: int = 180
+    command_ttl_s: int = 60
+    command_resend_s: int = 15
+    start_timeout_s: int = 90
+    max_long_poll_s: int = 30
+    # Residential fire rules: no charge longer than 8 h, and a cap per session sent to the pile.
+    max_minutes: int = 480
+    max_energy_wh: int = 2000
+    port_limit_w: int = 1000
+
+
+class TariffTier(BaseModel):
+    up_to_w: int
+    fen_per_hour: int
+
+
+class OffPeak(BaseModel):
+    start: str = "22:00"
+    end: str = "08:00"
+    percent: int = 80
+
+
+class TariffSettings(BaseModel):
+    mode: Literal["time", "power_tier", "energy"] = "power_tier"
+    unit_minutes: int = 1
+    free_minutes: int = 0
+    min_fee_fen: int = 0
+    cap_fen: int = 0
+    fen_per_hour: int = 0
+    tiers: list[TariffTier] = Field(default_factory=list)
+    band_by: Literal["peak_minute", "session_mean"] = "peak_minute"
+    fen_per_kwh: int = 0
+    service_fen_per_kwh: int = 0
+    off_peak: OffPeak | None = None
+
+
+def _default_tariffs() -> dict[str, TariffSettings]:
+    return {
+        "standard": TariffSettings(
+            mode="power_tier",
+            tiers=[
+                TariffTier(up_to_w=200, fen_per_hour=25),
+                TariffTier(up_to_w=400, fen_per_hour=40),
+                TariffTier(up_to_w=1000, fen_per_hour=60),
+            ],
+        )
+    }
+
+
+class BillingSettings(BaseModel):
+    default_tariff: str = "standard"
+    tariffs: dict[str, TariffSettings] = Field(default_factory=_default_tariffs)
+    sandbox_topups_fen: list[int] = Field(default_factory=lambda: [500, 1000, 2000])
+    welcome_credit_fen: int = 0
+
+
+class ServicePromiseSettings(BaseModel):
+    ack_minutes: int = 30
+    breach_coupon_fen: int = 500
+
+
+class SchedulerSettings(BaseModel):
+    enabled: bool = True
+    offline_sweep_s: float = 15.0
+    command_sweep_s: float = 5.0
+
+
+class NotificationSettings(BaseModel):
+    poll_s: float = 0.5
+    max_attempts: int = 8
+    lease_s: float = 30.0
+    batch: int = 50
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHARGEBOT_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    wechat: WechatSettings = Field(default_factory=WechatSettings)
+    piles: PileSettings = Field(default_factory=PileSettings)
+    billing: BillingSettings = Field(default_factory=BillingSettings)
+    service_promises: ServicePromiseSettings = Field(default_factory=ServicePromiseSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = [p for p in config_files() if p.exists()]
+        tomls = [TomlConfigSettingsSource(settings_cls, toml_file=p) for p in reversed(files)]
+        return (init_settings, env_settings, *tomls)
+
+
+def config_files() -> list[Path]:
+    """The tracked config, then the untracked secrets file that may sit beside it."""
+    main = Path(os.environ.get("CHARGEBOT_CONFIG", "bot.toml"))
+    return [main, main.with_name("bot.secrets.toml")]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

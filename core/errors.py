@@ -1,0 +1,54 @@
+"""Domain errors: each carries a message key the handlers turn into friendly text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    key = "error.generic"
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(self.key, params)
+        self.params = params
+
+
+class UnknownPort(DomainError):
+    key = "error.unknown_port"
+
+
+class PortBusy(DomainError):
+    key = "error.port_busy"
+
+
+class PortUnavailable(DomainError):
+    """Fault, offline pile or maintenance: not a rider's doing, so worded differently."""
+
+    key = "error.port_unavailable"
+
+
+class BillDue(DomainError):
+    key = "error.bill_due"
+
+
+class InsufficientBalance(DomainError):
+    key = "error.insufficient_balance"
+
+
+class NoOpenCharge(DomainError):
+    key = "error.no_open_charge"
+
+
+class UnknownPile(DomainError):
+    key = "error.unknown_pile"
+
+
+class InvalidEvent(DomainError):
+    """A pile event that does not follow DESIGN §3; `field` names what is wrong."""
+
+    key = "error.invalid_event"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(field=field, problem=problem)
+        self.field = field
+        self.problem = problem

@@ -1,0 +1,262 @@
+"""Pile events (DESIGN §3): validation, idempotent storage and their effect on ports and charges."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from sqlalchemy import JSON, Column, Index, String, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import Field as SQLField
+from sqlmodel import SQLModel
+
+from core import charging, commands
+from core.charging import Charge, MeterSample
+from core.config import Settings
+from core.db import insert_ignore
+from core.errors import InvalidEvent
+from core.piles import PORT_STATUSES, Pile, Port
+
+MAX_BATCH = 500
+FAULT_CODES = (
+    "overload", "over_temperature", "over_voltage", "under_voltage", "leakage", "short_circuit",
+    "relay_stuck", "relay_open", "meter_fault", "comm_loss", "power_loss", "smoke", "flooding",
+    "door_open",
+)
+
+
+class PileEvent(SQLModel, table=True):
+    __tablename__ = "pile_events"
+    __table_args__ = (Index("uq_pile_events_pile_event", "pile_id", "event_id", unique=True),)
+
+    id: int | None = SQLField(default=None, primary_key=True)
+    pile_id: str = SQLField(max_length=32)
+    event_id: str = SQLField(sa_column=Column(String(80), nullable=False))
+    type: str = SQLField(max_length=24)
+    ts: datetime
+    payload: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    received_at: datetime
+
+
+# --- the wire format ------------------------------------------------------------------------
+
+EventId = Annotated[str, Field(min_length=1, max_length=80)]
+PortNo = Annotated[int, Field(ge=1, le=99)]
+SessionRef = Annotated[str, Field(min_length=1, max_length=40)]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=False)
+    id: EventId
+    ts: datetime
+
+
+class Heartbeat(_Event):
+    type: Literal["heartbeat"]
+    signal_dbm: int | None = None
+    temperature_c: float | None = None
+    firmware: Annotated[str, Field(max_length=64)] | None = None
+
+
+class PortStatus(_Event):
+    type: Literal["port_status"]
+    port: PortNo
+    status: Literal[PORT_STATUSES]  # type: ignore[valid-type]
+
+
+class Meter(_Event):
+    type: Literal["meter"]
+    port: PortNo
+    session: SessionRef
+    power_w: Annotated[float, Field(ge=0, le=100_000)]
+    energy_wh: Annotated[int, Field(ge=0)]
+    voltage_v: float | None = None
+    current_a: float | None = None
+    temperature_c: float | None = None
+
+
+class SessionStarted(_Event):
+    type: Literal["session_started"]
+    port: PortNo
+    session: SessionRef
+
+
+class SessionEnded(_Event):
+    type: Literal["session_ended"]
+    port: PortNo
+    session: SessionRef
+    reason: Literal[charging.END_REASONS]  # type: ignore[valid-type]
+    energy_wh: Annotated[int, Field(ge=0)]
+    duration_s: Annotated[int, Field(ge=0)]
+
+
+class Fault(_Event):
+    type: Literal["fault"]
+    port: PortNo | None = None
+    code: Annotated[str, Field(min_length=1, max_length=40)]
+    detail: Annotated[str, Field(max_length=500)] | None = None
+
+
+class FaultCleared(_Event):
+    type: Literal["fault_cleared"]
+    port: PortNo | None = None
+    code: Annotated[str, Field(min_length=1, max_length=40)]
+
+
+class CommandAck(_Event):
+    type: Literal["command_ack"]
+    command: Annotated[str, Field(min_length=1, max_length=40)]
+    ok: bool
+    error: Annotated[str, Field(max_length=200)] | None = None
+
+
+AnyEvent = Annotated[
+    Heartbeat | PortStatus | Meter | SessionStarted | SessionEnded | Fault | FaultCleared
+    | CommandAck,
+    Field(discriminator="type"),
+]
+_adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+EVENT_TYPES = (
+    "heartbeat", "port_status", "meter", "session_started", "session_ended", "fault",
+    "fault_cleared", "command_ack",
+)
+
+
+def parse_batch(body: Any) -> list[Any]:
+    """Validate a request body; the error names the first bad field like `events[3].power_w`."""
+    if not isinstance(body, dict):
+        raise InvalidEvent("body", "must be a JSON object")
+    events = body.get("events")
+    if not isinstance(events, list):
+        raise InvalidEvent("events", "must be a list")
+    if not 1 <= len(events) <= MAX_BATCH:
+        raise InvalidEvent("events", f"must hold 1 to {MAX_BATCH} events")
+    parsed = []
+    seen: set[str] = set()
+    for i, raw in enumerate(events):
+        where = f"events[{i}]"
+        if not isinstance(raw, dict):
+            raise InvalidEvent(where, "must be an object")
+        if raw.get("type") not in EVENT_TYPES:
+            raise InvalidEvent(f"{where}.type", f"must be one of {', '.join(EVENT_TYPES)}")
+        try:
+            event = _adapter.validate_python(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = [str(p) for p in err["loc"][1:]] or ["?"]
+            raise InvalidEvent(f"{where}.{'.'.join(loc)}", err["msg"]) from None
+        if event.ts.tzinfo is None:
+            event.ts = event.ts.replace(tzinfo=UTC)
+        if event.id in seen:
+            continue  # the same event twice in one batch is still one event
+        seen.add(event.id)
+        parsed.append(event)
+    return parsed
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.astimezone(UTC)
+
+
+# --- applying a batch ------------------------------------------------------------------------
+
+
+@dataclass
+class BatchResult:
+    accepted: int = 0
+    duplicates: int = 0
+    billed: list[int] = field(default_factory=list)
+    notify: bool = False
+
+
+async def ingest(
+    session: AsyncSession, pile: Pile, events: Sequence[Any], settings: Settings, now: datetime,
+) -> BatchResult:
+    """Store new events once (by pile + id) and apply them in the pile's own time order."""
+    result = BatchResult()
+    dialect = session.bind.dialect.name  # type: ignore[union-attr]
+    rows = [
+        {
+            "pile_id": pile.id, "event_id": e.id, "type": e.type, "ts": _utc(e.ts),
+            "payload": e.model_dump(mode="json", exclude={"id", "type", "ts"}),
+            "received_at": now,
+        }
+        for e in events
+    ]
+    stored = await session.execute(
+        insert_ignore(dialect, PileEvent.__table__).values(rows).returning(
+            PileEvent.__table__.c.event_id
+        )
+    )
+    new_ids = {r[0] for r in stored}
+    fresh = [e for e in events if e.id in new_ids]
+    result.accepted = len(fresh)
+    result.duplicates = len(events) - len(fresh)
+    if not fresh:
+        return result
+    fresh.sort(key=lambda e: e.ts)
+
+    refs = {e.session for e in fresh if hasattr(e, "session")}
+    charges: dict[str, Charge] = {}
+    if refs:
+        found = await session.execute(
+            select(Charge).where(Charge.pile_id == pile.id, Charge.session_ref.in_(refs))
+        )
+        charges = {c.session_ref: c for c in found.scalars()}  # type: ignore[misc]
+    ports: dict[int, Port] = {}
+    if any(e.type == "port_status" for e in fresh):
+        found_ports = await session.execute(select(Port).where(Port.pile_id == pile.id))
+        ports = {p.number: p for p in found_ports.scalars()}
+    samples: list[dict[str, Any]] = []
+
+    for e in fresh:
+        ts = _utc(e.ts)
+        if e.type == "heartbeat":
+            pile.firmware = e.firmware or pile.firmware
+            pile.signal_dbm = e.signal_dbm if e.signal_dbm is not None else pile.signal_dbm
+            if e.temperature_c is not None:
+                pile.temperature_c = e.temperature_c
+        elif e.type == "port_status":
+            port = ports.get(e.port)
+            # Status is the pile's latest word; an older report arriving late is history only.
+            if port is not None and (port.status_at is None or ts >= port.status_at):
+                port.status = e.status
+                port.status_at = ts
+        elif e.type == "meter":
+            charge = charges.get(e.session)
+            if charge is not None:
+                samples.append({"charge_id": charge.id, "ts": ts, "power_w": e.power_w,
+                                "energy_wh": e.energy_wh})
+                charging.on_meter(charge, ts, e.power_w, e.energy_wh)
+        elif e.type == "session_started":
+            charge = charges.get(e.session)
+            if charge is not None:
+                await charging.on_started(session, charge, ts)
+                result.notify = True
+        elif e.type == "session_ended":
+            charge = charges.get(e.session)
+            if charge is not None:
+                if samples:
+                    # Billing reads samples from the table: store this batch's ones first.
+                    await session.execute(insert(MeterSample.__table__), samples)
+                    samples = []
+                if await charging.on_ended(
+                    session, charge, ts, e.reason, e.energy_wh, e.duration_s, settings, now
+                ):
+                    result.billed.append(charge.id)  # type: ignore[arg-type]
+                    result.notify = True
+        elif e.type == "command_ack":
+            cmd = await commands.acknowledge(session, pile.id, e.command, e.ok, e.error, now)
+            if cmd is not None and not e.ok and cmd.type == "start" and cmd.charge_id:
+                charge = await session.get(Charge, cmd.charge_id)
+                if charge is not None:
+                    await charging.on_start_rejected(session, charge, e.error)
+                    result.notify = True
+        # fault / fault_cleared are stored for the fault service; the pile's own port_status
+        # events carry their effect on search.
+    if samples:
+        await session.execute(insert(MeterSample.__table__), samples)
+    return result

@@ -1,0 +1,46 @@
+"""Messages that must reach a rider later, written in the same transaction as their cause."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, String
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import Field, SQLModel
+
+from core.db import insert_ignore, utcnow
+
+
+class OutboxMessage(SQLModel, table=True):
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "state", "due_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    rider_id: int = Field(foreign_key="riders.id", index=True)
+    kind: str = Field(max_length=32)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # One message per cause: replays of the cause (a duplicated device event) add nothing.
+    dedupe_key: str = Field(sa_column=Column(String(160), unique=True, nullable=False))
+    state: str = "pending"  # pending → sent | dead
+    attempts: int = 0
+    due_at: datetime = Field(default_factory=utcnow)
+    lease_until: datetime | None = None
+    platform: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None
+    last_error: str | None = None
+
+
+async def enqueue(
+    session: AsyncSession, rider_id: int, kind: str, payload: dict[str, Any], dedupe_key: str,
+    *, due_at: datetime | None = None,
+) -> None:
+    dialect = session.bind.dialect.name  # type: ignore[union-attr]
+    now = utcnow()
+    await session.execute(
+        insert_ignore(dialect, OutboxMessage.__table__).values(
+            rider_id=rider_id, kind=kind, payload=payload, dedupe_key=dedupe_key,
+            state="pending", attempts=0, due_at=due_at or now, created_at=now,
+        )
+    )

@@ -1,0 +1,101 @@
+"""Riders and their chat identities: one rider, one identity per platform."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import UniqueConstraint, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import Field, SQLModel
+
+from core.db import utcnow
+
+PLATFORMS = ("telegram", "wechat", "webchat")
+LANGUAGES = ("zh_CN", "en")
+DEFAULT_LANGUAGE = "zh_CN"
+
+
+class Rider(SQLModel, table=True):
+    __tablename__ = "riders"
+
+    id: int | None = Field(default=None, primary_key=True)
+    display_name: str = ""
+    language: str = DEFAULT_LANGUAGE
+    # Cached sum of the ledger; only ever changed in the same statement batch as an entry.
+    balance_fen: int = 0
+    last_platform: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Identity(SQLModel, table=True):
+    __tablename__ = "identities"
+    __table_args__ = (UniqueConstraint("platform", "external_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    rider_id: int = Field(foreign_key="riders.id", index=True)
+    platform: str = Field(max_length=16)
+    external_id: str = Field(max_length=128)
+    chat_id: str = Field(max_length=128)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+def language_from_hint(hint: str | None) -> str:
+    """Telegram's language_code (e.g. 'en-US', 'zh-hans') → our catalog; Chinese by default."""
+    if hint and hint.lower().startswith("en"):
+        return "en"
+    return DEFAULT_LANGUAGE
+
+
+async def rider_for(
+    session: AsyncSession, platform: str, external_id: str, *,
+    chat_id: str | None = None, display_name: str = "", language_hint: str | None = None,
+) -> Rider:
+    """The rider behind a chat identity, created on first contact."""
+    row = (
+        await session.execute(
+            select(Rider, Identity)
+            .join(Identity, Identity.rider_id == Rider.id)
+            .where(Identity.platform == platform, Identity.external_id == external_id)
+        )
+    ).first()
+    if row is not None:
+        rider, identity = row
+        if chat_id and identity.chat_id != chat_id:
+            identity.chat_id = chat_id
+        if rider.last_platform != platform:
+            rider.last_platform = platform
+        return rider
+    rider = Rider(
+        display_name=display_name[:64], language=language_from_hint(language_hint),
+        last_platform=platform,
+    )
+    session.add(rider)
+    await session.flush()
+    try:
+        async with session.begin_nested():
+            session.add(
+                Identity(
+                    rider_id=rider.id, platform=platform, external_id=external_id,
+                    chat_id=chat_id or external_id,
+                )
+            )
+    except IntegrityError:
+        # The same person's second message raced the first: use the identity that won.
+        await session.delete(rider)
+        return await rider_for(session, platform, external_id, chat_id=chat_id)
+    return rider
+
+
+async def identity_for(session: AsyncSession, rider_id: int, platform: str) -> Identity | None:
+    return (
+        await session.execute(
+            select(Identity).where(Identity.rider_id == rider_id, Identity.platform == platform)
+        )
+    ).scalars().first()
+
+
+async def set_language(session: AsyncSession, rider: Rider, language: str) -> None:
+    if language not in LANGUAGES:
+        raise ValueError(language)
+    rider.language = language

@@ -1,0 +1,141 @@
+"""Shared fixtures: every database test runs on SQLite and on PostgreSQL, over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from bot.app import create_app
+from bot.context import CTX, Context
+from core import piles
+from core.config import Settings
+from core.db import transaction
+from core.migrate import upgrade
+from core.schema import metadata
+
+PG_ADMIN = os.environ.get("CHARGEBOT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+PILE_SECRET = "test-secret-P0001"
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+async def _pg(sql: str, db: str = "postgres") -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{db}")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    name = f"chargebot_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
+    upgrade(url)
+    yield url
+    asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _truncate_all(url: str) -> None:
+    tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    db = url.rsplit("/", 1)[1]
+    asyncio.run(_pg(f"TRUNCATE {tables} RESTART IDENTITY CASCADE", db))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        path = tmp_path / "chargebot.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite+aiosqlite:///{path}"
+    url = request.getfixturevalue("pg_database")
+    _truncate_all(url)
+    return url
+
+
+def make_settings(db_url: str, **sections: dict[str, Any]) -> Settings:
+    base: dict[str, dict[str, Any]] = {
+        "database": {"url": db_url},
+        "server": {"public_url": "http://127.0.0.1", "webchat": True},
+        "telegram": {"token": None},
+        "scheduler": {"offline_sweep_s": 0.2, "command_sweep_s": 0.2},
+        "notifications": {"poll_s": 0.1, "lease_s": 5},
+        "piles": {"offline_after_s": 180},
+    }
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value}
+    return Settings(**base)
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return make_settings(db_url)
+
+
+@dataclass
+class Running:
+    url: str
+    app: web.Application
+    http: aiohttp.ClientSession
+
+    @property
+    def ctx(self) -> Context:
+        return self.app[CTX]
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[Running]:
+    async with start_server(settings) as running:
+        yield running
+
+
+class start_server:  # noqa: N801 - used like a function
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.app = create_app(settings, **kwargs)
+        self.ts = TestServer(self.app, host="127.0.0.1")
+
+    async def __aenter__(self) -> Running:
+        await self.ts.start_server()
+        self.http = aiohttp.ClientSession()
+        return Running(str(self.ts.make_url("")).rstrip("/"), self.app, self.http)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.close()
+        await self.ts.close()
+
+
+async def seed_city(ctx: Context, *, piles_n: int = 1, ports: int = 4,
+                    tariff: str = "standard", lat: float = 30.2780, lon: float = 120.1140
+                    ) -> list[tuple[str, str, int]]:
+    """One site with `piles_n` piles; returns (pile id, secret, ports) for the simulator."""
+    specs = []
+    async with transaction(ctx.sm) as session:
+        await piles.add_site(session, "T01", "测试小区车棚", lat, lon, address="测试路1号",
+                             tariff=tariff)
+        await session.flush()
+        for i in range(1, piles_n + 1):
+            pid = f"P{i:04d}"
+            secret = PILE_SECRET if i == 1 else f"test-secret-{pid}"
+            await piles.add_pile(session, "T01", pid, ports, secret=secret,
+                                 lat=lat + i * 0.0001, lon=lon)
+            specs.append((pid, secret, ports))
+    return specs

@@ -1,0 +1,110 @@
+"""Helpers for journey tests: a rider in the web chat, and the bill the tariff should give."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from datetime import datetime
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy import select
+
+from bot.context import Context
+from core.events import PileEvent
+
+
+class WebRider:
+    def __init__(self, http: Any, url: str, client_id: str | None = None) -> None:
+        self.http = http
+        self.url = url
+        self.client_id = client_id or uuid.uuid4().hex
+        self.seq = 0
+        self.inbox: list[dict] = []
+
+    async def send(self, **body: Any) -> dict:
+        async with self.http.post(f"{self.url}/webchat/api/send",
+                                  json={"client_id": self.client_id, **body}) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    async def say(self, text: str) -> list[dict]:
+        return (await self.send(text=text))["replies"]
+
+    async def press(self, data: str) -> list[dict]:
+        return (await self.send(data=data))["replies"]
+
+    async def wait_message(self, contains: str, timeout: float = 20.0) -> dict:
+        """Long-polls the inbox until a pushed message contains `contains`."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for m in self.inbox:
+                if contains in m["text"]:
+                    return m
+            left = deadline - asyncio.get_running_loop().time()
+            assert left > 0, f"no message with {contains!r}; got {[m['text'] for m in self.inbox]}"
+            async with self.http.get(
+                f"{self.url}/webchat/api/messages",
+                params={"client_id": self.client_id, "after": self.seq, "wait": min(left, 5)},
+            ) as r:
+                assert r.status == 200
+                data = await r.json()
+            for m in data["messages"]:
+                self.seq = max(self.seq, m["seq"])
+                self.inbox.append(m["reply"])
+
+
+def button(replies: list[dict], prefix: str) -> str:
+    for r in replies:
+        for row in r["buttons"]:
+            for b in row:
+                if b.get("data", "").startswith(prefix):
+                    return b["data"]
+    raise AssertionError(f"no button {prefix!r} in {replies}")
+
+
+async def wait_until(predicate: Any, timeout: float = 15.0, step: float = 0.05) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(step)
+
+
+async def pile_session(ctx: Context, pile_id: str, session_ref: str) -> dict[str, Any]:
+    """What the pile itself reported for one session: start/end times, energy, meter samples."""
+    async with ctx.sm() as s:
+        rows = (await s.execute(select(PileEvent).where(PileEvent.pile_id == pile_id))).scalars()
+        out: dict[str, Any] = {"samples": []}
+        for e in rows:
+            if e.payload.get("session") != session_ref:
+                continue
+            if e.type == "session_started":
+                out["started"] = e.ts
+            elif e.type == "session_ended":
+                out["ended"] = e.ts
+                out["energy_wh"] = e.payload["energy_wh"]
+                out["reason"] = e.payload["reason"]
+            elif e.type == "meter":
+                out["samples"].append((e.ts, e.payload["power_w"]))
+        return out
+
+
+def expected_power_tier_fen(started: datetime, ended: datetime, samples: list,
+                            tiers: list[dict], free_minutes: int) -> int:
+    """An independent reading of DESIGN §5's power_tier tariff: peak 1-minute mean picks the tier,
+    per started minute, free minutes off, rounded half up once."""
+    minutes: dict[int, list[float]] = {}
+    for ts, p in samples:
+        if ts <= ended:
+            minutes.setdefault(int((ts - started).total_seconds() // 60), []).append(p)
+    band = max(sum(v) / len(v) for v in minutes.values())
+    rate = next((t["fen_per_hour"] for t in sorted(tiers, key=lambda t: t["up_to_w"])
+                 if round(band) <= t["up_to_w"]), tiers[-1]["fen_per_hour"])
+    billable = max(0, math.ceil((ended - started).total_seconds() / 60) - free_minutes)
+    return math.floor(Fraction(rate, 60) * billable + Fraction(1, 2))
