@@ -71,9 +71,11 @@ async def post_events(request: web.Request) -> web.Response:
         return auth
     pile_id = auth
     try:
-        batch = events.parse_batch(json.loads(body))
-    except json.JSONDecodeError:
+        raw = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or absurdly deep
         return _error(400, "body is not JSON", field="body")
+    try:
+        batch = events.parse_batch(raw)
     except InvalidEvent as exc:
         return _error(400, f"{exc.field}: {exc.problem}", field=exc.field)
     settings = ctx.settings

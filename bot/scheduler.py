@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 from aiohttp import web
@@ -39,14 +40,40 @@ async def sweep_requests(ctx: Context) -> None:
         ctx.wake_outbox()
 
 
-def build(ctx: Context) -> AsyncIOScheduler:
+Job = Callable[[Context], Awaitable[None]]
+
+
+class _Running:
+    """Job runs in flight, so shutdown can let them finish before the engine goes away."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task] = set()
+
+    def wrap(self, fn: Callable[[Context], Awaitable[object]]) -> Job:
+        async def run(ctx: Context) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self.tasks.add(task)
+            try:
+                await fn(ctx)
+            finally:
+                self.tasks.discard(task)
+
+        run.__name__ = fn.__name__
+        return run
+
+
+def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
+    running = running or _Running()
     s = ctx.settings.scheduler
     scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1,
                                                "misfire_grace_time": 30})
-    scheduler.add_job(sweep_offline, "interval", seconds=s.offline_sweep_s, args=[ctx],
-                      id="sweep_offline")
-    scheduler.add_job(sweep_requests, "interval", seconds=s.command_sweep_s, args=[ctx],
-                      id="sweep_requests")
+    jobs: list[tuple[Callable[[Context], Awaitable[object]], float]] = [
+        (sweep_offline, s.offline_sweep_s),
+        (sweep_requests, s.command_sweep_s),
+    ]
+    for fn, every in jobs:
+        scheduler.add_job(running.wrap(fn), "interval", seconds=every, args=[ctx], id=fn.__name__)
     return scheduler
 
 
@@ -55,9 +82,12 @@ def setup(app: web.Application, ctx: Context) -> None:
         return
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-        scheduler = build(ctx)
+        running = _Running()
+        scheduler = build(ctx, running)
         scheduler.start()
         yield
         scheduler.shutdown(wait=False)
+        if running.tasks:
+            await asyncio.wait(running.tasks, timeout=15)
 
     app.cleanup_ctx.append(lifecycle)

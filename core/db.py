@@ -33,7 +33,7 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
-            url, echo=echo, connect_args={"timeout": 30}, pool_size=8, max_overflow=16
+            url, echo=echo, connect_args={"timeout": 10}, pool_size=8, max_overflow=16
         )
         _sqlite_pragmas(engine)
         return engine
@@ -49,7 +49,7 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA busy_timeout=10000")
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")

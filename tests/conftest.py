@@ -139,3 +139,17 @@ async def seed_city(ctx: Context, *, piles_n: int = 1, ports: int = 4,
                                  lat=lat + i * 0.0001, lon=lon)
             specs.append((pid, secret, ports))
     return specs
+
+
+@pytest.fixture(autouse=True)
+async def _report_leftover_tasks() -> AsyncIterator[None]:
+    yield
+    await asyncio.sleep(0)
+    me = asyncio.current_task()
+    left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    if left:
+        import sys
+
+        for t in left:
+            print("LEFTOVER", t.get_coro(), file=sys.stderr)
+            t.print_stack(limit=8, file=sys.stderr)

@@ -108,3 +108,55 @@ def expected_power_tier_fen(started: datetime, ended: datetime, samples: list,
                  if round(band) <= t["up_to_w"]), tiers[-1]["fen_per_hour"])
     billable = max(0, math.ceil((ended - started).total_seconds() / 60) - free_minutes)
     return math.floor(Fraction(rate, 60) * billable + Fraction(1, 2))
+
+
+class PileClient:
+    """A hand-driven pile controller: signed requests with events the test chooses."""
+
+    def __init__(self, http: Any, url: str, pile_id: str, secret: str) -> None:
+        self.http, self.url, self.pile_id, self.secret = http, url, pile_id, secret
+        self.seq = 0
+
+    def event(self, type_: str, ts: datetime, **fields: Any) -> dict:
+        self.seq += 1
+        return {"id": f"t-{self.seq}", "type": type_, "ts": ts.isoformat(), **fields}
+
+    async def post(self, events: list[dict]) -> dict:
+        import json
+        import time
+
+        from core.pile_auth import signed_headers
+
+        body = json.dumps({"events": events}).encode()
+        async with self.http.post(f"{self.url}/api/piles/events", data=body,
+                                  headers=signed_headers(self.pile_id, self.secret, body,
+                                                         time.time())) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    async def commands(self, wait: float = 0) -> list[dict]:
+        import time
+
+        from core.pile_auth import signed_headers
+
+        async with self.http.get(
+            f"{self.url}/api/piles/{self.pile_id}/commands", params={"wait": str(wait)},
+            headers=signed_headers(self.pile_id, self.secret, b"", time.time()),
+        ) as r:
+            assert r.status == 200, await r.text()
+            return (await r.json())["commands"]
+
+    async def run_charge(self, port: int, session: str, start: datetime, minutes: int,
+                         power_w: float = 250.0) -> None:
+        """A whole charge as the pile reports it: started, a meter a minute, ended by the user."""
+        from datetime import timedelta
+
+        events = [self.event("session_started", start, port=port, session=session)]
+        for m in range(minutes):
+            events.append(self.event("meter", start + timedelta(minutes=m, seconds=30),
+                                     port=port, session=session, power_w=power_w,
+                                     energy_wh=int(power_w * (m + 0.5) / 60)))
+        events.append(self.event("session_ended", start + timedelta(minutes=minutes), port=port,
+                                 session=session, reason="user",
+                                 energy_wh=int(power_w * minutes / 60), duration_s=minutes * 60))
+        await self.post(events)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 from bot.handlers.ports import alternatives, unknown_port
 from bot.handlers.text import bill_text, duration, kwh, menu_buttons
 from bot.handlers.turn import Turn
@@ -86,9 +88,10 @@ async def history(turn: Turn) -> list[Reply]:
     charges = await charging.recent(turn.session, turn.rider.id)  # type: ignore[arg-type]
     if not charges:
         return [Reply(tr(lang, "No charges yet."), buttons=menu_buttons(lang))]
+    tz = ZoneInfo(turn.ctx.settings.server.timezone)
     lines = [tr(lang, "🧾 Your recent charges:")]
     for c in charges:
-        when = (c.started_at or c.requested_at).strftime("%m-%d %H:%M")
+        when = (c.started_at or c.requested_at).astimezone(tz).strftime("%m-%d %H:%M")
         if c.state in charging.OPEN_STATES:
             state = tr(lang, "charging")
         elif c.state == "settled":

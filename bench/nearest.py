@@ -1,0 +1,144 @@
+"""Nearest free ports: p50/p99 of the query plus the reply a rider gets, vs a brute-force scan.
+
+    .venv/bin/python bench/nearest.py        (from the repo root; `make bench` runs it)
+
+SQLite file under /tmp/chargebot-bench. A ~20 km city around Hangzhou, 10 ports a pile, ~5 % of
+ports busy (half an open charge, half a charging/full status) and half as many settled charges
+as ports (history the open-charge check must not wade through). Each timed call opens a session,
+runs core.nearby.nearest_free(k=5) and renders the handler's reply (bot.handlers.ports.
+nearby_reply → Reply.as_dict()), as a rider's "share location" message does.
+
+The baseline, in the same process: fetch every free port, geodesic to every pile, sort, same reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from types import SimpleNamespace
+
+import common  # noqa: F401  (puts the repo root on sys.path)
+from common import city_point, fresh_sqlite, machine, pct, seed_city
+from geopy.distance import geodesic
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.handlers.ports import nearby_reply
+from bot.i18n import tr
+from core.db import make_engine, make_sessionmaker, transaction
+from core.nearby import NearbyPile, free_port_filter, nearest_free, walk_minutes
+from core.piles import Pile, Port, Site
+
+PORTS_PER_PILE = 10
+BUSY_SHARE = 0.05
+HISTORY_SHARE = 0.5
+SIZES = [(10_000, 2_000, 20), (100_000, 2_000, 4)]  # ports, fast queries, baseline queries
+WARMUP = 100
+TURN = SimpleNamespace(lang="zh_CN")
+
+
+def render(found: list[NearbyPile]) -> dict:
+    return nearby_reply(TURN, found, tr(TURN.lang, "Nearest free ports:")).as_dict()  # type: ignore[arg-type]
+
+
+async def fast(session: AsyncSession, lat: float, lon: float) -> tuple[list[NearbyPile], dict]:
+    found = await nearest_free(session, lat, lon, 5)
+    return found, render(found)
+
+
+async def brute(session: AsyncSession, lat: float, lon: float) -> tuple[list[NearbyPile], dict]:
+    rows = await session.execute(
+        select(Pile.id, Pile.lat, Pile.lon, Site.id, Site.name, Site.address, Port.number)
+        .join(Port, Port.pile_id == Pile.id).join(Site, Site.id == Pile.site_id)
+        .where(free_port_filter())
+    )
+    piles: dict[str, list] = {}
+    for pid, plat, plon, sid, sname, saddr, number in rows:
+        piles.setdefault(pid, [plat, plon, sid, sname, saddr, []])[5].append(number)
+    ranked = sorted((geodesic((lat, lon), (v[0], v[1])).meters, pid) for pid, v in piles.items())
+    found = []
+    for dist, pid in ranked[:5]:
+        plat, plon, sid, sname, saddr, numbers = piles[pid]
+        found.append(NearbyPile(pid, sid, sname, saddr, plat, plon, dist, walk_minutes(dist),
+                                tuple(sorted(numbers))))
+    return found, render(found)
+
+
+async def timed(fn, sm, points, *, with_session: bool = False) -> list[float]:  # type: ignore[no-untyped-def]
+    """Seconds per call. By default as in a handler, whose turn already holds an open session
+    (connection checked out, transaction begun); with_session also opens and closes one."""
+    out = []
+    for lat, lon in points:
+        if with_session:
+            t0 = time.perf_counter()
+            async with sm() as session:
+                await fn(session, lat, lon)
+            out.append(time.perf_counter() - t0)
+        else:
+            async with sm() as session:
+                await session.connection()
+                t0 = time.perf_counter()
+                await fn(session, lat, lon)
+                out.append(time.perf_counter() - t0)
+    return out
+
+
+def ms(x: float) -> str:
+    return f"{x * 1000:.2f} ms"
+
+
+async def run_size(url: str, ports: int, n_fast: int, n_brute: int) -> None:
+    rng = random.Random(ports)
+    engine = make_engine(url)
+    sm = make_sessionmaker(engine)
+    t0 = time.perf_counter()
+    async with transaction(sm) as session:
+        await seed_city(session, rng, piles=ports // PORTS_PER_PILE, ports=PORTS_PER_PILE,
+                        busy_share=BUSY_SHARE, history_share=HISTORY_SHARE)
+    label = f"{ports // 1000}k ports ({ports // PORTS_PER_PILE:,} piles)"
+    print(f"seeded {label} in {time.perf_counter() - t0:.1f} s")
+
+    await timed(fast, sm, [city_point(rng) for _ in range(WARMUP)])
+    fast_s = await timed(fast, sm, [city_point(rng) for _ in range(n_fast)])
+    whole_s = await timed(fast, sm, [city_point(rng) for _ in range(n_fast // 2)],
+                          with_session=True)
+    render_s = []
+    async with sm() as session:
+        for lat, lon in [city_point(rng) for _ in range(200)]:
+            found = await nearest_free(session, lat, lon, 5)
+            t = time.perf_counter()
+            render(found)
+            render_s.append(time.perf_counter() - t)
+
+    points = [city_point(rng) for _ in range(n_brute)]
+    await timed(brute, sm, points[:1])  # warm
+    brute_s = await timed(brute, sm, points)
+    async with sm() as session:
+        for lat, lon in points:  # the two agree
+            a, b = (await fast(session, lat, lon))[0], (await brute(session, lat, lon))[0]
+            assert [(n.pile_id, n.free_ports) for n in a] == [
+                (n.pile_id, n.free_ports) for n in b], (lat, lon)
+    await engine.dispose()
+
+    p50, p99 = pct(fast_s, 50), pct(fast_s, 99)
+    b50, b99 = pct(brute_s, 50), pct(brute_s, 99)
+    ok = "met" if p99 < 0.005 else "NOT met"
+    print(f"nearest_free + reply, {label}: p50 {ms(p50)}  p99 {ms(p99)}  (n={n_fast}; reply "
+          f"rendering alone p50 {pct(render_s, 50) * 1e6:.0f} µs)")
+    print(f"  same, incl. opening/closing a session, {label}: p50 {ms(pct(whole_s, 50))}  "
+          f"p99 {ms(pct(whole_s, 99))}  (n={len(whole_s)})")
+    print(f"brute-force baseline, {label}: p50 {ms(b50)}  p99 {ms(b99)}  (n={n_brute})")
+    print(f"ratio {label}: baseline/nearest_free p50 {b50 / p50:.0f}x, p99 {b99 / p99:.0f}x; "
+          f"target p99 < 5 ms: {ok if ports >= 100_000 else 'n/a (target is at 100k)'}")
+
+
+def main() -> None:
+    print(f"nearest free ports, SQLite file DB, {machine()}")
+    urls = [(fresh_sqlite(f"nearest-{ports}"), ports, nf, nb) for ports, nf, nb in SIZES]
+    for url, ports, nf, nb in urls:
+        asyncio.run(run_size(url, ports, nf, nb))
+
+
+if __name__ == "__main__":
+    main()

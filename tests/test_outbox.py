@@ -1,0 +1,96 @@
+"""The bill survives a notifier that dies between commit and send, and arrives exactly once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from bot.app import NOTIFIER
+from core.outbox import OutboxMessage
+from notifications.webchat_inbox import WebchatMessage
+from tests.conftest import PILE_SECRET, make_settings, seed_city, start_server
+from tests.journey import PileClient, WebRider, button
+
+
+async def _charge_to_bill(server) -> WebRider:  # type: ignore[no-untyped-def]
+    await seed_city(server.ctx, ports=2)
+    pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
+    now = datetime.now(UTC)
+    await pile.post([pile.event("heartbeat", now), pile.event("port_status", now, port=1,
+                                                                status="idle")])
+    rider = WebRider(server.http, server.url)
+    card = await rider.say("/start port_P0001-01")
+    await rider.press(button(card, "start:"))
+    cmd = (await pile.commands())[0]
+    await pile.run_charge(1, cmd["session"], now, minutes=30)
+    return rider
+
+
+async def _bills(server) -> list[WebchatMessage]:  # type: ignore[no-untyped-def]
+    async with server.ctx.sm() as s:
+        rows = (await s.execute(select(WebchatMessage))).scalars().all()
+    return [r for r in rows if "🧾" in r.reply["text"]]
+
+
+async def test_bill_is_delivered_once_after_the_notifier_dies_between_commit_and_send(
+    db_url: str,
+) -> None:
+    settings = make_settings(db_url, notifications={"lease_s": 0.3, "poll_s": 0.05})
+    async with start_server(settings, notifier=False) as server:
+        rider = await _charge_to_bill(server)
+        notifier = server.app[NOTIFIER]
+        # The state change and its message were committed together; nothing was sent.
+        async with server.ctx.sm() as s:
+            bill = (await s.execute(
+                select(OutboxMessage).where(OutboxMessage.kind == "bill"))).scalars().one()
+        assert bill.state == "pending"
+        assert await _bills(server) == []
+
+        # A notifier claims the row and is killed before sending: the lease holds it briefly.
+        claimed = await notifier.claim()
+        assert bill.id in [m.id for m in claimed]
+        assert all(m.id != bill.id for m in await notifier.claim())
+
+        # After the lease runs out, the restarted notifier delivers it, once.
+        import asyncio
+
+        await asyncio.sleep(0.4)
+        while await notifier.run_once():
+            pass
+        for _ in range(3):
+            await notifier.run_once()
+        bills = await _bills(server)
+        assert len(bills) == 1
+        async with server.ctx.sm() as s:
+            sent = await s.get(OutboxMessage, bill.id)
+        assert sent is not None and sent.state == "sent" and sent.attempts == 2
+        msg = await rider.wait_message("🧾", timeout=5)
+        assert "¥" in msg["text"]
+
+
+async def test_a_failing_send_is_retried_and_still_delivered_once(db_url: str) -> None:
+    settings = make_settings(db_url, notifications={"poll_s": 0.05})
+    async with start_server(settings, notifier=False) as server:
+        await _charge_to_bill(server)
+        notifier = server.app[NOTIFIER]
+        real = notifier.senders["webchat"]
+        failures = []
+
+        class Flaky:
+            async def send(self, identity, replies):  # type: ignore[no-untyped-def]
+                if not failures:
+                    failures.append(1)
+                    from notifications.worker import DeliveryError
+
+                    raise DeliveryError("network down", retry_after=0.01)
+                await real.send(identity, replies)
+
+        notifier.senders["webchat"] = Flaky()
+        import asyncio
+
+        for _ in range(20):
+            await notifier.run_once()
+            await asyncio.sleep(0.02)
+        assert failures == [1]
+        assert len(await _bills(server)) == 1
