@@ -11,7 +11,7 @@ from datetime import datetime
 from aiohttp import web
 from sqlalchemy import func, select
 
-from bot import piles_api, scheduler, telegram, webchat
+from bot import logs, piles_api, scheduler, telegram, webchat
 from bot.context import CTX, Context
 from bot.handlers import notices
 from core.charging import Charge
@@ -44,6 +44,7 @@ async def metrics(request: web.Request) -> web.Response:
 def create_app(
     settings: Settings, *, clock: Callable[[], datetime] = utcnow, notifier: bool = True,
 ) -> web.Application:
+    logs.install(settings)
     engine = make_engine(settings.database.url, echo=settings.database.echo)
     ctx = Context(settings=settings, engine=engine, sm=make_sessionmaker(engine), clock=clock)
     app = web.Application(client_max_size=2 * 1024 * 1024)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -44,6 +45,17 @@ class SecretCache:
 SECRETS = web.AppKey("pile_secrets", SecretCache)
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: no database column or JSON document holds it
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")  # NaN / Infinity: Python accepts them, JSON does not
+
+
 def _error(status: int, error: str, **extra: Any) -> web.Response:
     return web.json_response({"error": error, **extra}, status=status)
 
@@ -71,7 +83,7 @@ async def post_events(request: web.Request) -> web.Response:
         return auth
     pile_id = auth
     try:
-        raw = json.loads(body)
+        raw = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or absurdly deep
         return _error(400, "body is not JSON", field="body")
     try:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -21,6 +22,16 @@ from core.errors import InvalidEvent
 from core.piles import PORT_STATUSES, Pile, Port
 
 MAX_BATCH = 500
+# Pile clocks before 2000 were never set; and any two accepted times lie less than 2^31 s apart,
+# so a duration computed from them always fits the 32-bit integer columns.
+TS_MIN = datetime(2000, 1, 1, tzinfo=UTC)
+TS_MAX = TS_MIN + timedelta(seconds=2**31 - 1)
+# Bounds that keep every stored number inside a 32-bit column (energy × 3600 / 1 s included):
+# far beyond any e-bike session (the per-session cap is ~2 kWh, the charge cap 8 h).
+MAX_ENERGY_WH = 100_000
+MAX_DURATION_S = 31 * 24 * 3600
+MAX_INT32 = 2**31 - 1
+_OUR_COMMAND_ID = re.compile(r"c[0-9]{1,10}")
 FAULT_CODES = (
     "overload", "over_temperature", "over_voltage", "under_voltage", "leakage", "short_circuit",
     "relay_stuck", "relay_open", "meter_fault", "comm_loss", "power_loss", "smoke", "flooding",
@@ -56,7 +67,7 @@ class _Event(BaseModel):
 
 class Heartbeat(_Event):
     type: Literal["heartbeat"]
-    signal_dbm: int | None = None
+    signal_dbm: Annotated[int, Field(ge=-255, le=255)] | None = None
     temperature_c: float | None = None
     firmware: Annotated[str, Field(max_length=64)] | None = None
 
@@ -72,7 +83,7 @@ class Meter(_Event):
     port: PortNo
     session: SessionRef
     power_w: Annotated[float, Field(ge=0, le=100_000)]
-    energy_wh: Annotated[int, Field(ge=0)]
+    energy_wh: Annotated[int, Field(ge=0, le=MAX_ENERGY_WH)]
     voltage_v: float | None = None
     current_a: float | None = None
     temperature_c: float | None = None
@@ -89,8 +100,8 @@ class SessionEnded(_Event):
     port: PortNo
     session: SessionRef
     reason: Literal[charging.END_REASONS]  # type: ignore[valid-type]
-    energy_wh: Annotated[int, Field(ge=0)]
-    duration_s: Annotated[int, Field(ge=0)]
+    energy_wh: Annotated[int, Field(ge=0, le=MAX_ENERGY_WH)]
+    duration_s: Annotated[int, Field(ge=0, le=MAX_DURATION_S)]
 
 
 class Fault(_Event):
@@ -125,6 +136,28 @@ EVENT_TYPES = (
 )
 
 
+def _unstorable_text(value: Any, where: str) -> str | None:
+    """Where a string no database text column can hold (NUL, lone surrogates) hides, if any."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return where
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if (bad := _unstorable_text(k, f"{where}.{k!r}")
+                    or _unstorable_text(v, f"{where}.{k}")) is not None:
+                return bad
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if (bad := _unstorable_text(v, f"{where}[{i}]")) is not None:
+                return bad
+    return None
+
+
 def parse_batch(body: Any) -> list[Any]:
     """Validate a request body; the error names the first bad field like `events[3].power_w`."""
     if not isinstance(body, dict):
@@ -142,6 +175,8 @@ def parse_batch(body: Any) -> list[Any]:
             raise InvalidEvent(where, "must be an object")
         if raw.get("type") not in EVENT_TYPES:
             raise InvalidEvent(f"{where}.type", f"must be one of {', '.join(EVENT_TYPES)}")
+        if (bad := _unstorable_text(raw, where)) is not None:
+            raise InvalidEvent(bad, "must not contain NUL or unpaired surrogate characters")
         try:
             event = _adapter.validate_python(raw)
         except ValidationError as exc:
@@ -150,6 +185,8 @@ def parse_batch(body: Any) -> list[Any]:
             raise InvalidEvent(f"{where}.{'.'.join(loc)}", err["msg"]) from None
         if event.ts.tzinfo is None:
             event.ts = event.ts.replace(tzinfo=UTC)
+        if not TS_MIN <= event.ts <= TS_MAX:  # compared as instants, before any conversion
+            raise InvalidEvent(f"{where}.ts", f"must lie between {TS_MIN:%Y} and {TS_MAX:%Y}")
         if event.id in seen:
             continue  # the same event twice in one batch is still one event
         seen.add(event.id)
@@ -249,7 +286,11 @@ async def ingest(
                     result.billed.append(charge.id)  # type: ignore[arg-type]
                     result.notify = True
         elif e.type == "command_ack":
-            cmd = await commands.acknowledge(session, pile.id, e.command, e.ok, e.error, now)
+            cmd = None
+            # Only ids of our own shape can be ours; others (e.g. c99999999999) would overflow
+            # the id column, and non-ASCII digits would not parse.
+            if _OUR_COMMAND_ID.fullmatch(e.command) and int(e.command[1:]) <= MAX_INT32:
+                cmd = await commands.acknowledge(session, pile.id, e.command, e.ok, e.error, now)
             if cmd is not None and not e.ok and cmd.type == "start" and cmd.charge_id:
                 charge = await session.get(Charge, cmd.charge_id)
                 if charge is not None:

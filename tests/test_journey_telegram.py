@@ -116,7 +116,17 @@ async def test_webhook_rejects_a_wrong_secret_token(tg_server: Running) -> None:
         assert r.status == 400
 
 
-async def test_language_switch_to_english(tg_server: Running, fake_tg: FakeTelegram) -> None:
+async def test_language_switch_to_english(
+    tg_server: Running, fake_tg: FakeTelegram, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("httpx").setLevel(logging.DEBUG)  # it would log URLs holding the token
+    from bot.logs import install
+
+    install(tg_server.ctx.settings)
+    logging.getLogger("httpx").setLevel(logging.DEBUG)
     rider = TelegramUser(99, language_code="zh-hans")
     assert await post_update(tg_server, rider.text("/language")) == 200
     menu = await fake_tg.wait_for(lambda c: _has_button("lang:en")(c))
@@ -130,3 +140,18 @@ async def test_language_switch_to_english(tg_server: Running, fake_tg: FakeTeleg
     assert await post_update(tg_server, rider.text("/wallet")) == 200
     wallet = await fake_tg.wait_for(lambda c: c.method == "sendMessage", start=start_from)
     assert "Balance" in wallet.params["text"]
+    assert "sendMessage" in caplog.text  # the requests were logged…
+    assert fake_tg.token not in caplog.text and SECRET not in caplog.text  # …without secrets
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+async def test_polling_mode_for_development(db_url: str, fake_tg: FakeTelegram) -> None:
+    settings = make_settings(db_url, telegram={
+        "token": fake_tg.token, "base_url": fake_tg.base_url,
+        "base_file_url": fake_tg.base_file_url, "mode": "polling",
+    })
+    async with start_server(settings):
+        fake_tg.queue_update(TelegramUser(555).text("/start"))
+        welcome = await fake_tg.wait_for(
+            lambda c: c.method == "sendMessage" and int(c.params["chat_id"]) == 555)
+        assert "⚡" in welcome.params["text"]

@@ -1,0 +1,59 @@
+"""`chargebot demo` (what `make run` runs) serves the web chat with the demo city and its fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_demo_serves_the_web_chat_with_a_seeded_city_and_live_fleet(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "CHARGEBOT_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path}/demo.db",
+           "CHARGEBOT_LOG": "WARNING"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "demo", "--port", str(port), "--speed", "600",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                try:
+                    async with http.get(f"{url}/webchat/api/ui") as r:
+                        if r.status == 200:
+                            ui = await r.json()
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("demo did not come up")
+            assert len(ui["locations"]) == 4 and ui["ports"]
+            async with http.get(f"{url}/") as r:
+                assert r.status == 200 and "webchat.js" in await r.text()
+            loc = ui["locations"][0]
+            for _ in range(100):
+                async with http.post(f"{url}/webchat/api/send", json={
+                    "client_id": "demo-test-client", "location": loc}) as r:
+                    replies = (await r.json())["replies"]
+                if replies[0]["buttons"]:
+                    break  # the simulated fleet has checked in: free ports are listed
+                await asyncio.sleep(0.1)
+            assert replies[0]["buttons"], replies
+            assert "P00" in replies[0]["text"]
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 20)
