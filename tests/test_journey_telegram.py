@@ -155,3 +155,27 @@ async def test_polling_mode_for_development(db_url: str, fake_tg: FakeTelegram) 
         welcome = await fake_tg.wait_for(
             lambda c: c.method == "sendMessage" and int(c.params["chat_id"]) == 555)
         assert "⚡" in welcome.params["text"]
+
+
+async def test_location_lists_nearest_free_ports_and_a_map_venue(
+    tg_server: Running, fake_tg: FakeTelegram,
+) -> None:
+    await seed_city(tg_server.ctx, piles_n=6, ports=2)
+    from core.db import transaction
+    from core.piles import Pile
+
+    async with transaction(tg_server.ctx.sm) as s:
+        for pile in (await s.execute(select(Pile))).scalars():
+            pile.online, pile.last_seen_at = True, tg_server.ctx.clock()
+    rider = TelegramUser(31337)
+    assert await post_update(tg_server, rider.location(30.2782, 120.1141)) == 200
+    listing = await fake_tg.wait_for(
+        lambda c: c.method == "sendMessage" and _has_button("pile:")(c))
+    rows = listing.params["reply_markup"]["inline_keyboard"]
+    assert len(rows) == 5  # the five nearest of six piles
+    msg = fake_tg.message(31337, int(listing.response["result"]["message_id"]))
+    start_from = len(fake_tg.calls)
+    assert await post_update(tg_server, rider.press(msg, rows[0][0]["callback_data"])) == 200
+    venue = await fake_tg.wait_for(lambda c: c.method == "sendVenue", start=start_from)
+    assert abs(float(venue.params["latitude"]) - 30.278) < 0.01
+    assert _has_button("port:P00")(venue)

@@ -65,3 +65,48 @@ async def test_rider_scans_starts_and_gets_the_bill_the_tariff_gives(server) -> 
         assert button(ok, "stop:")
     finally:
         await fleet.stop()
+
+
+async def test_rider_watches_status_and_stops_early(server) -> None:  # type: ignore[no-untyped-def]
+    specs = await seed_city(server.ctx, ports=4)
+    fleet = Fleet(server.url, [PileSpec(*s) for s in specs], speed=600, heartbeat_s=1,
+                  meter_every_s=0.05, long_poll_s=2, seed=4,
+                  default_profile=ChargerProfile(cc_power_w=180, cc_minutes=300))
+    await fleet.start()
+    try:
+        await wait_until(lambda: _online(server.ctx, "P0001"))
+        rider = WebRider(server.http, server.url)
+        card = await rider.say("P0001-01")  # typing the code works like scanning it
+        await rider.press(button(card, "start:P0001-01"))
+        await rider.wait_message("P0001-01")
+
+        async def metered() -> bool:
+            status = await rider.press("status")
+            return "W" in status[0]["text"] and "¥" in status[0]["text"] and " 0 W" not in (
+                status[0]["text"])
+
+        await wait_until(metered, timeout=20)
+        status = await rider.say("/status")
+        assert "P0001-01" in status[0]["text"]
+        stopping = await rider.press(button(status, "stop:"))
+        assert "P0001-01" in stopping[0]["text"]
+        bill = await rider.wait_message("🧾", timeout=20)
+        assert "P0001-01" in bill["text"]
+        async with server.ctx.sm() as s:
+            charge = (await s.execute(select(Charge))).scalars().one()
+        assert charge.end_reason == "user"
+        assert charge.band_w is not None and charge.band_w <= 200
+        # Nothing left running: /status says so, and the port is free again in search.
+        assert "P0001-01" not in (await rider.say("/status"))[0]["text"]
+    finally:
+        await fleet.stop()
+
+
+async def test_unknown_port_in_a_qr_gets_a_friendly_answer(server) -> None:  # type: ignore[no-untyped-def]
+    await seed_city(server.ctx, ports=2)
+    rider = WebRider(server.http, server.url)
+    for text in ("/start port_P9999-01", "/start port_garbage", "P0001-07"):
+        replies = await rider.say(text)
+        assert button(replies, "near") == "near"  # offered the way to a free port instead
+        assert not any(b.get("data", "").startswith("start:")
+                       for r in replies for row in r["buttons"] for b in row)
