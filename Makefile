@@ -26,6 +26,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/nearest.py
+	$(BIN)/python bench/bill_latency.py
 
 db: $(STAMP)
 	$(BIN)/chargebot db upgrade
