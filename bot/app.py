@@ -11,7 +11,7 @@ from datetime import datetime
 from aiohttp import web
 from sqlalchemy import func, select
 
-from bot import logs, piles_api, scheduler, telegram, webchat
+from bot import logs, piles_api, scheduler, telegram, webchat, wechat
 from bot.context import CTX, Context
 from bot.handlers import notices
 from core.charging import Charge
@@ -58,6 +58,9 @@ def create_app(
     if settings.server.webchat:
         webchat.setup(app, ctx)
         senders["webchat"] = webchat.WebchatSender(ctx)
+    wx = wechat.setup(app, ctx)
+    if wx is not None:
+        senders["wechat"] = wechat.WechatSender(ctx, wx)
     tg = telegram.setup(app, ctx)
     if tg is not None:
         senders["telegram"] = telegram.TelegramSender(tg)

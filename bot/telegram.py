@@ -8,6 +8,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 from aiohttp import web
 from telegram import (
@@ -120,9 +121,10 @@ class TelegramSender:
     def __init__(self, application: Application) -> None:
         self.application = application
 
-    async def send(self, identity: Identity, replies: list[Reply]) -> None:
+    async def send(self, identity: Identity, replies: list[Reply], **_: Any) -> str:
         try:
             await send_replies(self.application.bot, identity.chat_id, replies)
+            return "telegram"
         except RetryAfter as exc:
             ra = exc.retry_after
             delay = ra.total_seconds() if isinstance(ra, timedelta) else float(ra)

@@ -160,10 +160,11 @@ class WebchatSender:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    async def send(self, identity: Identity, replies: list[Reply]) -> None:
+    async def send(self, identity: Identity, replies: list[Reply], **_: Any) -> str:
         async with transaction(self.ctx.sm) as session:
             await webchat_inbox.push(session, identity.chat_id, [r.as_dict() for r in replies])
         self.ctx.wakeups.wake(f"webchat:{identity.chat_id}")
+        return "webchat"
 
 
 def setup(app: web.Application, ctx: Context) -> None:

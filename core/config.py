@@ -43,6 +43,12 @@ class WechatSettings(BaseModel):
     secret: SecretStr | None = None
     aes_key: SecretStr | None = None
     api_base_url: str = "https://api.weixin.qq.com"
+    # WeChat waits 5 s for a passive reply, then retries; answer well inside that.
+    reply_timeout_s: float = 4.0
+    # Customer-service messages are allowed for 48 h after the rider last wrote to us.
+    window_hours: float = 48.0
+    # Template ids per notice kind, for riders outside the 48 h window (bill, start_failed, …).
+    templates: dict[str, str] = Field(default_factory=dict)
 
 
 class PileSettings(BaseModel):

@@ -27,6 +27,7 @@ class OutboxMessage(SQLModel, table=True):
     due_at: datetime = Field(default_factory=utcnow)
     lease_until: datetime | None = None
     platform: str | None = None
+    channel: str | None = None  # how it went out: e.g. wechat custom message or template
     created_at: datetime = Field(default_factory=utcnow)
     sent_at: datetime | None = None
     last_error: str | None = None

@@ -38,6 +38,19 @@ class Identity(SQLModel, table=True):
     external_id: str = Field(max_length=128)
     chat_id: str = Field(max_length=128)
     created_at: datetime = Field(default_factory=utcnow)
+    # When the rider last wrote to us here: WeChat allows free-form replies for 48 h after it.
+    last_inbound_at: datetime | None = None
+
+
+class LinkCode(SQLModel, table=True):
+    """A one-time code that joins a rider's identities on two platforms into one rider."""
+
+    __tablename__ = "link_codes"
+
+    code: str = Field(primary_key=True, max_length=12)
+    rider_id: int = Field(foreign_key="riders.id", index=True)
+    expires_at: datetime
+    used_at: datetime | None = None
 
 
 def language_from_hint(hint: str | None) -> str:
@@ -50,8 +63,9 @@ def language_from_hint(hint: str | None) -> str:
 async def rider_for(
     session: AsyncSession, platform: str, external_id: str, *,
     chat_id: str | None = None, display_name: str = "", language_hint: str | None = None,
+    seen_at: datetime | None = None,
 ) -> Rider:
-    """The rider behind a chat identity, created on first contact."""
+    """The rider behind a chat identity, created on first contact; `seen_at` marks inbound."""
     row = (
         await session.execute(
             select(Rider, Identity)
@@ -65,6 +79,8 @@ async def rider_for(
             identity.chat_id = chat_id
         if rider.last_platform != platform:
             rider.last_platform = platform
+        if seen_at is not None:
+            identity.last_inbound_at = seen_at
         return rider
     rider = Rider(
         display_name=display_name[:64], language=language_from_hint(language_hint),
@@ -77,13 +93,13 @@ async def rider_for(
             session.add(
                 Identity(
                     rider_id=rider.id, platform=platform, external_id=external_id,
-                    chat_id=chat_id or external_id,
+                    chat_id=chat_id or external_id, last_inbound_at=seen_at,
                 )
             )
     except IntegrityError:
         # The same person's second message raced the first: use the identity that won.
         await session.delete(rider)
-        return await rider_for(session, platform, external_id, chat_id=chat_id)
+        return await rider_for(session, platform, external_id, chat_id=chat_id, seen_at=seen_at)
     return rider
 
 

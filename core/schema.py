@@ -3,6 +3,6 @@
 from sqlmodel import SQLModel
 
 from core import charging, commands, events, outbox, piles, riders, wallet  # noqa: F401
-from notifications import webchat_inbox  # noqa: F401
+from notifications import webchat_inbox, wechat_store  # noqa: F401
 
 metadata = SQLModel.metadata

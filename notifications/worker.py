@@ -31,7 +31,10 @@ class DeliveryError(Exception):
 
 
 class Sender(Protocol):
-    async def send(self, identity: Identity, replies: list[Reply]) -> None: ...
+    async def send(self, identity: Identity, replies: list[Reply], *, lang: str, kind: str,
+                   payload: dict) -> str:
+        """Deliver, or raise DeliveryError; returns the channel used (e.g. 'wechat:template')."""
+        ...
 
 
 Render = Callable[[str, dict, str], list[Reply]]
@@ -135,7 +138,8 @@ class Notifier:
         rider, identity = target
         try:
             replies = self.render(msg.kind, msg.payload, rider.language)
-            await self.senders[identity.platform].send(identity, replies)
+            channel = await self.senders[identity.platform].send(
+                identity, replies, lang=rider.language, kind=msg.kind, payload=msg.payload)
         except DeliveryError as exc:
             if not exc.retryable or msg.attempts >= self.max_attempts:
                 log.warning("outbox %s to %s gave up: %s", msg.id, identity.platform, exc)
@@ -152,15 +156,15 @@ class Notifier:
                 await self._retry(msg, backoff_s(msg.attempts), repr(exc)[:300])
             return
         self.delivered += 1
-        await self._finish(msg, "sent", platform=identity.platform)
+        await self._finish(msg, "sent", platform=identity.platform, channel=channel)
 
     async def _finish(self, msg: OutboxMessage, state: str, *, error: str | None = None,
-                      platform: str | None = None) -> None:
+                      platform: str | None = None, channel: str | None = None) -> None:
         async with transaction(self.sm) as session:
             await session.execute(
                 update(OutboxMessage).where(OutboxMessage.id == msg.id).values(
                     state=state, sent_at=self.clock() if state == "sent" else None,
-                    last_error=error, platform=platform, lease_until=None,
+                    last_error=error, platform=platform, channel=channel, lease_until=None,
                 )
             )
 

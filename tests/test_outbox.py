@@ -78,13 +78,13 @@ async def test_a_failing_send_is_retried_and_still_delivered_once(db_url: str) -
         failures = []
 
         class Flaky:
-            async def send(self, identity, replies):  # type: ignore[no-untyped-def]
+            async def send(self, identity, replies, **kw):  # type: ignore[no-untyped-def]
                 if not failures:
                     failures.append(1)
                     from notifications.worker import DeliveryError
 
                     raise DeliveryError("network down", retry_after=0.01)
-                await real.send(identity, replies)
+                return await real.send(identity, replies, **kw)
 
         notifier.senders["webchat"] = Flaky()
         import asyncio

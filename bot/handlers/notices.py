@@ -29,6 +29,8 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
                      "port.", port=payload["port"]),
             buttons=[[Button(tr(lang, "📍 Nearest free ports"), data="near")]],
         )]
+    if kind == "replies":  # a skin's replies that missed its synchronous answer window
+        return [Reply.from_dict(d) for d in payload["replies"]]
     if kind == "text":
         return [Reply(payload["text"])]
     raise ValueError(f"unknown outbox kind {kind!r}")

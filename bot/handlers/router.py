@@ -27,6 +27,7 @@ async def handle(ctx: Context, inc: Incoming) -> tuple[list[Reply], str]:
             rider = await rider_for(
                 session, inc.platform, inc.user_id, chat_id=inc.chat_id,
                 display_name=inc.display_name, language_hint=inc.language_hint,
+                seen_at=ctx.clock(),
             )
             turn = Turn(ctx, session, rider, inc)
             replies = await dispatch(turn)

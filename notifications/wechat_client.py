@@ -1,0 +1,143 @@
+"""The few WeChat server APIs we use, over aiohttp, with one shared access token.
+
+wechatpy's own client is synchronous and hard-codes the real host for the token, so the token is
+ours: cached in the database for every worker, refreshed by one worker at a time (a conditional
+UPDATE takes the refresh lease), and refreshed once more when WeChat says it expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiohttp
+from sqlalchemy import or_, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.config import WechatSettings
+from core.db import insert_ignore, transaction, utcnow
+from notifications.wechat_store import WechatToken
+
+log = logging.getLogger("chargebot.wechat")
+TOKEN_ERRORS = {40001, 40014, 42001}  # invalid, malformed, expired access token
+RATE_LIMITED = {45009, 45047, 45011}  # API quota, per-user CS limit, frequency
+WINDOW_CLOSED = 45015  # the rider has not written for 48 h (or unfollowed)
+RETRYABLE = {-1, *RATE_LIMITED}
+REFRESH_LEASE_S = 15
+EARLY_S = 300  # refresh five minutes before WeChat's expiry
+
+
+class WechatError(Exception):
+    def __init__(self, errcode: int, errmsg: str) -> None:
+        super().__init__(f"wechat errcode {errcode}: {errmsg}")
+        self.errcode = errcode
+        self.errmsg = errmsg
+
+
+class WechatClient:
+    def __init__(self, sm: async_sessionmaker[AsyncSession], settings: WechatSettings,
+                 http: aiohttp.ClientSession, clock: Any = utcnow) -> None:
+        self.sm = sm
+        self.settings = settings
+        self.http = http
+        self.clock = clock
+        self.base = settings.api_base_url.rstrip("/")
+        self.appid = settings.appid or ""
+
+    async def _read(self) -> WechatToken | None:
+        async with self.sm() as session:
+            return await session.get(WechatToken, self.appid)
+
+    async def access_token(self, *, stale: str | None = None) -> str:
+        """A valid token; `stale` is one WeChat just rejected, which forces a refresh."""
+        deadline = asyncio.get_running_loop().time() + REFRESH_LEASE_S + 5
+        while True:
+            now = self.clock()
+            row = await self._read()
+            if (row is not None and row.access_token and row.expires_at is not None
+                    and row.expires_at > now and row.access_token != stale):
+                return row.access_token
+            if await self._take_lease(now):
+                return await self._refresh()
+            if asyncio.get_running_loop().time() > deadline:
+                raise WechatError(-1, "timed out waiting for another worker's token refresh")
+            await asyncio.sleep(0.05)
+
+    async def _take_lease(self, now: datetime) -> bool:
+        async with transaction(self.sm) as session:
+            dialect = session.bind.dialect.name  # type: ignore[union-attr]
+            await session.execute(insert_ignore(dialect, WechatToken.__table__).values(
+                appid=self.appid))
+            result = await session.execute(
+                update(WechatToken)
+                .where(WechatToken.appid == self.appid,
+                       or_(WechatToken.refreshing_until.is_(None),
+                           WechatToken.refreshing_until < now))
+                .values(refreshing_until=now + timedelta(seconds=REFRESH_LEASE_S))
+            )
+            return (result.rowcount or 0) == 1
+
+    async def _refresh(self) -> str:
+        try:
+            secret = self.settings.secret.get_secret_value() if self.settings.secret else ""
+            async with self.http.get(f"{self.base}/cgi-bin/token", params={
+                "grant_type": "client_credential", "appid": self.appid, "secret": secret,
+            }) as r:
+                data = await r.json(content_type=None)
+            if "access_token" not in data:
+                raise WechatError(int(data.get("errcode", -1)), str(data.get("errmsg", "")))
+            token = str(data["access_token"])
+            expires = self.clock() + timedelta(
+                seconds=max(60, int(data.get("expires_in", 7200)) - EARLY_S))
+            async with transaction(self.sm) as session:
+                await session.execute(update(WechatToken).where(WechatToken.appid == self.appid)
+                                      .values(access_token=token, expires_at=expires,
+                                              refreshing_until=None))
+            log.info("wechat access token refreshed")
+            return token
+        except BaseException:
+            async with transaction(self.sm) as session:
+                await session.execute(update(WechatToken).where(WechatToken.appid == self.appid)
+                                      .values(refreshing_until=None))
+            raise
+
+    async def call(self, path: str, payload: dict[str, Any] | None = None, *,
+                   method: str = "POST", params: dict[str, str] | None = None) -> dict[str, Any]:
+        token = await self.access_token()
+        for attempt in (1, 2):
+            query = {"access_token": token, **(params or {})}
+            async with self.http.request(method, f"{self.base}{path}", params=query,
+                                         json=payload) as r:
+                data = await r.json(content_type=None)
+            code = int(data.get("errcode", 0) or 0)
+            if code in TOKEN_ERRORS and attempt == 1:
+                token = await self.access_token(stale=token)
+                continue
+            if code:
+                raise WechatError(code, str(data.get("errmsg", "")))
+            return data
+        raise AssertionError("unreachable")
+
+    async def send_custom(self, openid: str, content: str) -> None:
+        await self.call("/cgi-bin/message/custom/send", {
+            "touser": openid, "msgtype": "text", "text": {"content": content},
+        })
+
+    async def send_template(self, openid: str, template_id: str,
+                            data: dict[str, dict[str, str]], url: str | None = None) -> int:
+        body: dict[str, Any] = {"touser": openid, "template_id": template_id, "data": data}
+        if url:
+            body["url"] = url
+        return int((await self.call("/cgi-bin/message/template/send", body)).get("msgid", 0))
+
+    async def create_menu(self, menu: dict[str, Any]) -> None:
+        await self.call("/cgi-bin/menu/create", menu)
+
+    async def qr_ticket(self, scene: str) -> dict[str, Any]:
+        """A permanent parametric QR for a scene (e.g. `port_P0001-03`): {ticket, url}."""
+        return await self.call("/cgi-bin/qrcode/create", {
+            "action_name": "QR_LIMIT_STR_SCENE",
+            "action_info": {"scene": {"scene_str": scene}},
+        })
