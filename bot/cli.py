@@ -196,6 +196,82 @@ def cmd_piles_list(args: argparse.Namespace) -> None:
         print(f"{p.id}\t{p.site_id}\t{p.ports} ports\t{p.model}\t{state}")
 
 
+async def _wechat_client(settings: Settings):  # type: ignore[no-untyped-def]
+    import aiohttp
+
+    from notifications.wechat_client import WechatClient
+
+    if settings.wechat.secret is None or not settings.wechat.appid:
+        raise CliError("WeChat is not configured: set wechat.appid and CHARGEBOT_WECHAT__SECRET")
+    engine = make_engine(settings.database.url)
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+    return WechatClient(make_sessionmaker(engine), settings.wechat, http), engine, http
+
+
+def cmd_wechat_menu(args: argparse.Namespace) -> None:
+    from bot.wechat_menu import menu
+    from notifications.wechat_client import WechatError
+
+    settings = _settings(args)
+
+    async def publish() -> None:
+        client, engine, http = await _wechat_client(settings)
+        try:
+            await client.create_menu(menu())
+        except WechatError as exc:
+            raise CliError(f"WeChat refused the menu: {exc}") from None
+        finally:
+            await http.close()
+            await engine.dispose()
+
+    asyncio.run(publish())
+    print("WeChat menu published")
+
+
+def cmd_piles_qr(args: argparse.Namespace) -> None:
+    from bot.qr import telegram_link, write_sign
+    from core.piles import Port
+    from notifications.wechat_client import WechatError
+
+    settings = _settings(args)
+    out = Path(args.out)
+
+    async def make() -> list[tuple[str, Path, str | None]]:
+        async def ports(session):  # type: ignore[no-untyped-def]
+            return list((await session.execute(
+                select(Port.code).where(Port.pile_id == args.pile).order_by(Port.number)
+            )).scalars())
+
+        codes = await _with_session(settings, ports)
+        if not codes:
+            raise CliError(f"unknown pile {args.pile}")
+        wechat = None
+        if settings.wechat.secret is not None and settings.wechat.appid:
+            wechat = await _wechat_client(settings)
+        made = []
+        try:
+            for code in codes:
+                wx_url = image = None
+                if wechat is not None:
+                    try:
+                        ticket = await wechat[0].qr_ticket(f"port_{code}")
+                    except WechatError as exc:
+                        raise CliError(f"WeChat QR for {code} failed: {exc}") from None
+                    wx_url = ticket["url"]
+                    image = ("https://mp.weixin.qq.com/cgi-bin/showqrcode?ticket="
+                             + ticket["ticket"])
+                tg = telegram_link(settings.telegram.bot_username, code)
+                made.append((code, write_sign(out, code, tg, wx_url), image))
+        finally:
+            if wechat is not None:
+                await wechat[2].close()
+                await wechat[1].dispose()
+        return made
+
+    for code, path, image in asyncio.run(make()):
+        print(f"{code}\t{path}" + (f"\t{image}" if image else ""))
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="chargebot", description="e-bike charging piles via chat")
     ap.add_argument("--database", help="database URL (overrides bot.toml)")
@@ -230,6 +306,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--secret")
     p.set_defaults(fn=cmd_piles_add)
     pl.add_parser("list", help="list piles").set_defaults(fn=cmd_piles_list)
+    p = pl.add_parser("qr", help="printable QR signs, one PNG per port")
+    p.add_argument("--pile", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_piles_qr)
+
+    wx = sub.add_parser("wechat").add_subparsers(dest="wechat_command", required=True)
+    wx.add_parser("menu", help="publish the official account's menu").set_defaults(
+        fn=cmd_wechat_menu)
 
     p = sub.add_parser("simulate", help="run simulated pile controllers against a server")
     p.add_argument("--url", required=True)

@@ -52,3 +52,13 @@ class InvalidEvent(DomainError):
         super().__init__(field=field, problem=problem)
         self.field = field
         self.problem = problem
+
+
+class LinkCodeInvalid(DomainError):
+    key = "error.link_code_invalid"
+
+
+class LinkRefused(DomainError):
+    """Linking would lose something (an open charge, a due bill) or join two same-app accounts."""
+
+    key = "error.link_refused"

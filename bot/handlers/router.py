@@ -6,7 +6,7 @@ import logging
 import re
 
 from bot.context import Context
-from bot.handlers import charging, menu, ports, wallet
+from bot.handlers import account, charging, menu, ports, wallet
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Incoming, Reply
@@ -81,6 +81,8 @@ async def on_command(turn: Turn, command: str, arg: str) -> list[Reply]:
         return ports.ask_location(turn)
     if command == "pay":
         return await wallet.pay(turn)
+    if command == "link":
+        return await account.link(turn, arg)
     if command == "help":
         return menu.help_(turn)
     if command == "menu":
@@ -117,4 +119,6 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
         return await menu.choose_language(turn, arg) if arg else menu.language_menu(turn)
     if verb == "menu":
         return menu.welcome(turn)
+    if verb == "help":
+        return menu.help_(turn)
     return menu.unknown(turn)
