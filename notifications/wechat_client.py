@@ -8,6 +8,7 @@ UPDATE takes the refresh lease), and refreshed once more when WeChat says it exp
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -108,8 +109,10 @@ class WechatClient:
         token = await self.access_token()
         for attempt in (1, 2):
             query = {"access_token": token, **(params or {})}
-            async with self.http.request(method, f"{self.base}{path}", params=query,
-                                         json=payload) as r:
+            # WeChat wants UTF-8 text, not \uXXXX escapes (it may show them literally).
+            body = None if payload is None else json.dumps(payload, ensure_ascii=False).encode()
+            async with self.http.request(method, f"{self.base}{path}", params=query, data=body,
+                                         headers={"Content-Type": "application/json"}) as r:
                 data = await r.json(content_type=None)
             code = int(data.get("errcode", 0) or 0)
             if code in TOKEN_ERRORS and attempt == 1:

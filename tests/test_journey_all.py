@@ -1,0 +1,93 @@
+"""The foundation journey, written once, run on Telegram, WeChat and the web chat."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import select
+
+from bot.i18n import tr
+from core.charging import Charge
+from simulator import ChargerProfile, Fleet, PileSpec
+from tests.conftest import Running, make_settings, seed_city, start_server
+from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.wechat_api import FakeWechat
+from tests.fakes.wechat_user import OfficialAccount
+from tests.journey import expected_power_tier_fen, pile_session, wait_until
+from tests.riders import TG_SECRET, TelegramRider, WebChatRider, WechatRider
+from tests.test_journey_webchat import _online
+
+ACCOUNT = OfficialAccount()
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[tuple[FakeTelegram, FakeWechat]]:
+    tg, wx = FakeTelegram(), FakeWechat(appid=ACCOUNT.appid, secret=ACCOUNT.secret)
+    await tg.start()
+    await wx.start()
+    yield tg, wx
+    await wx.stop()
+    await tg.stop()
+
+
+def all_skins_settings(db_url: str, tg: FakeTelegram, wx: FakeWechat, **extra: dict):  # type: ignore[no-untyped-def]
+    return make_settings(
+        db_url,
+        telegram={"token": tg.token, "base_url": tg.base_url, "base_file_url": tg.base_file_url,
+                  "webhook_secret": TG_SECRET},
+        wechat={"token": ACCOUNT.token, "appid": ACCOUNT.appid, "secret": ACCOUNT.secret,
+                "aes_key": ACCOUNT.aes_key, "api_base_url": wx.base_url},
+        **extra,
+    )
+
+
+@pytest.fixture
+async def all_skins(db_url: str, fakes) -> AsyncIterator[Running]:  # type: ignore[no-untyped-def]
+    async with start_server(all_skins_settings(db_url, *fakes)) as running:
+        yield running
+
+
+def make_rider(platform: str, server: Running, fakes):  # type: ignore[no-untyped-def]
+    if platform == "telegram":
+        return TelegramRider(server, fakes[0])
+    if platform == "wechat":
+        return WechatRider(server, fakes[1], ACCOUNT)
+    return WebChatRider(server)
+
+
+@pytest.mark.parametrize("platform", ["telegram", "wechat", "webchat"])
+async def test_scan_start_charge_and_get_the_bill(platform: str, all_skins: Running,
+                                                  fakes) -> None:  # type: ignore[no-untyped-def]
+    server = all_skins
+    specs = await seed_city(server.ctx, ports=4)
+    fleet = Fleet(server.url, [PileSpec(*s) for s in specs], speed=3600, heartbeat_s=1,
+                  meter_every_s=0.05, long_poll_s=2, seed=11)
+    fleet.set_profile("P0001", 3, ChargerProfile(cc_power_w=260, cc_minutes=100,
+                                                 taper_minutes=30, float_power_w=12))
+    await fleet.start()
+    try:
+        await wait_until(lambda: _online(server.ctx, "P0001"))
+        rider = make_rider(platform, server, fakes)
+        await rider.scan("P0001-03")
+        card = await rider.wait_text("P0001-03")
+        assert "¥0.40" in card  # the tariff in one plain sentence before starting
+        await rider.tap(tr("zh_CN", "⚡ Start charging"))
+        await rider.wait_text(tr("zh_CN", "⚡ Charging started at port {port}.",
+                                 port="P0001-03"))
+        bill = await rider.wait_text("🧾", timeout=60)
+        async with server.ctx.sm() as s:
+            charge = (await s.execute(select(Charge))).scalars().one()
+        reported = await pile_session(server.ctx, "P0001", charge.session_ref)
+        tariff = server.ctx.settings.billing.tariffs["standard"]
+        expected = expected_power_tier_fen(
+            reported["started"], reported["ended"], reported["samples"],
+            [t.model_dump() for t in tariff.tiers], tariff.free_minutes)
+        assert charge.amount_fen == expected > 0
+        assert f"¥{expected // 100}.{expected % 100:02d}" in bill
+        # Post-pay: the due bill blocks the next start until the rider tops up.
+        await rider.say("/wallet")
+        await rider.tap("+¥10.00")
+        await rider.wait_text(tr("zh_CN", "Your unpaid bill is paid. You can charge again."))
+    finally:
+        await fleet.stop()
