@@ -60,13 +60,16 @@ class WechatClient:
             if (row is not None and row.access_token and row.expires_at is not None
                     and row.expires_at > now and row.access_token != stale):
                 return row.access_token
-            if await self._take_lease(now):
+            if await self._take_lease(now, stale):
                 return await self._refresh()
             if asyncio.get_running_loop().time() > deadline:
                 raise WechatError(-1, "timed out waiting for another worker's token refresh")
             await asyncio.sleep(0.05)
 
-    async def _take_lease(self, now: datetime) -> bool:
+    async def _take_lease(self, now: datetime, stale: str | None) -> bool:
+        """Only one worker at a time, and only while the stored token still needs replacing:
+        a worker that read the table just before another finished refreshing must not refresh
+        again."""
         async with transaction(self.sm) as session:
             dialect = session.bind.dialect.name  # type: ignore[union-attr]
             await session.execute(insert_ignore(dialect, WechatToken.__table__).values(
@@ -75,7 +78,11 @@ class WechatClient:
                 update(WechatToken)
                 .where(WechatToken.appid == self.appid,
                        or_(WechatToken.refreshing_until.is_(None),
-                           WechatToken.refreshing_until < now))
+                           WechatToken.refreshing_until < now),
+                       or_(WechatToken.access_token.is_(None),
+                           WechatToken.expires_at.is_(None),
+                           WechatToken.expires_at <= now,
+                           WechatToken.access_token == (stale or "")))
                 .values(refreshing_until=now + timedelta(seconds=REFRESH_LEASE_S))
             )
             return (result.rowcount or 0) == 1

@@ -141,6 +141,42 @@ async def seed_city(ctx: Context, *, piles_n: int = 1, ports: int = 4,
     return specs
 
 
+@pytest.fixture
+async def fakes() -> AsyncIterator[tuple[Any, Any]]:
+    """A fake Telegram Bot API and a fake WeChat API, both on local ports."""
+    from tests.fakes.telegram_api import FakeTelegram
+    from tests.fakes.wechat_api import FakeWechat
+    from tests.riders import ACCOUNT
+
+    tg, wx = FakeTelegram(), FakeWechat(appid=ACCOUNT.appid, secret=ACCOUNT.secret)
+    await tg.start()
+    await wx.start()
+    yield tg, wx
+    await wx.stop()
+    await tg.stop()
+
+
+def all_skins_settings(db_url: str, tg: Any, wx: Any, **extra: dict[str, Any]) -> Settings:
+    """Telegram and WeChat pointed at their local fakes, web chat on."""
+    from tests.riders import ACCOUNT, TG_SECRET
+
+    sections: dict[str, dict[str, Any]] = {
+        "telegram": {"token": tg.token, "base_url": tg.base_url,
+                     "base_file_url": tg.base_file_url, "webhook_secret": TG_SECRET},
+        "wechat": {"token": ACCOUNT.token, "appid": ACCOUNT.appid, "secret": ACCOUNT.secret,
+                   "aes_key": ACCOUNT.aes_key, "api_base_url": wx.base_url},
+    }
+    for key, value in extra.items():
+        sections[key] = {**sections.get(key, {}), **value}
+    return make_settings(db_url, **sections)
+
+
+@pytest.fixture
+async def all_skins(db_url: str, fakes: tuple[Any, Any]) -> AsyncIterator[Running]:
+    async with start_server(all_skins_settings(db_url, *fakes)) as running:
+        yield running
+
+
 @pytest.fixture(autouse=True)
 async def _report_leftover_tasks() -> AsyncIterator[None]:
     yield

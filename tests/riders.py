@@ -16,6 +16,7 @@ from tests.fakes.wechat_user import OfficialAccount, WechatUser
 from tests.journey import WebRider
 
 TG_SECRET = "webhook-secret-for-tests"
+ACCOUNT = OfficialAccount()
 OPTION = re.compile(r'msgmenucontent=(\d+)&msgmenuid=\d+">\d+\. ([^<]*)</a>')
 
 

@@ -2,50 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from sqlalchemy import select
 
 from bot.i18n import tr
 from core.charging import Charge
 from simulator import ChargerProfile, Fleet, PileSpec
-from tests.conftest import Running, make_settings, seed_city, start_server
-from tests.fakes.telegram_api import FakeTelegram
-from tests.fakes.wechat_api import FakeWechat
-from tests.fakes.wechat_user import OfficialAccount
+from tests.conftest import Running, seed_city
 from tests.journey import expected_power_tier_fen, pile_session, wait_until
-from tests.riders import TG_SECRET, TelegramRider, WebChatRider, WechatRider
+from tests.riders import ACCOUNT, TelegramRider, WebChatRider, WechatRider
 from tests.test_journey_webchat import _online
-
-ACCOUNT = OfficialAccount()
-
-
-@pytest.fixture
-async def fakes() -> AsyncIterator[tuple[FakeTelegram, FakeWechat]]:
-    tg, wx = FakeTelegram(), FakeWechat(appid=ACCOUNT.appid, secret=ACCOUNT.secret)
-    await tg.start()
-    await wx.start()
-    yield tg, wx
-    await wx.stop()
-    await tg.stop()
-
-
-def all_skins_settings(db_url: str, tg: FakeTelegram, wx: FakeWechat, **extra: dict):  # type: ignore[no-untyped-def]
-    return make_settings(
-        db_url,
-        telegram={"token": tg.token, "base_url": tg.base_url, "base_file_url": tg.base_file_url,
-                  "webhook_secret": TG_SECRET},
-        wechat={"token": ACCOUNT.token, "appid": ACCOUNT.appid, "secret": ACCOUNT.secret,
-                "aes_key": ACCOUNT.aes_key, "api_base_url": wx.base_url},
-        **extra,
-    )
-
-
-@pytest.fixture
-async def all_skins(db_url: str, fakes) -> AsyncIterator[Running]:  # type: ignore[no-untyped-def]
-    async with start_server(all_skins_settings(db_url, *fakes)) as running:
-        yield running
 
 
 def make_rider(platform: str, server: Running, fakes):  # type: ignore[no-untyped-def]
