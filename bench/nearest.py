@@ -65,23 +65,24 @@ async def brute(session: AsyncSession, lat: float, lon: float) -> tuple[list[Nea
     return found, render(found)
 
 
-async def timed(fn, sm, points, *, with_session: bool = False) -> list[float]:  # type: ignore[no-untyped-def]
-    """Seconds per call. By default as in a handler, whose turn already holds an open session
-    (connection checked out, transaction begun); with_session also opens and closes one."""
-    out = []
+async def timed(fn, sm, points, *, with_session: bool = False):  # type: ignore[no-untyped-def]
+    """Seconds per call, and the answers. By default as in a handler, whose turn already holds
+    an open session (connection checked out, transaction begun); with_session also opens and
+    closes one per call."""
+    out, answers = [], []
     for lat, lon in points:
         if with_session:
             t0 = time.perf_counter()
             async with sm() as session:
-                await fn(session, lat, lon)
+                answers.append((await fn(session, lat, lon))[0])
             out.append(time.perf_counter() - t0)
         else:
             async with sm() as session:
                 await session.connection()
                 t0 = time.perf_counter()
-                await fn(session, lat, lon)
+                answers.append((await fn(session, lat, lon))[0])
                 out.append(time.perf_counter() - t0)
-    return out
+    return out, answers
 
 
 def ms(x: float) -> str:
@@ -100,9 +101,9 @@ async def run_size(url: str, ports: int, n_fast: int, n_brute: int) -> None:
     print(f"seeded {label} in {time.perf_counter() - t0:.1f} s")
 
     await timed(fast, sm, [city_point(rng) for _ in range(WARMUP)])
-    fast_s = await timed(fast, sm, [city_point(rng) for _ in range(n_fast)])
-    whole_s = await timed(fast, sm, [city_point(rng) for _ in range(n_fast // 2)],
-                          with_session=True)
+    fast_s, _ = await timed(fast, sm, [city_point(rng) for _ in range(n_fast)])
+    whole_s, _ = await timed(fast, sm, [city_point(rng) for _ in range(n_fast // 2)],
+                             with_session=True)
     render_s = []
     async with sm() as session:
         for lat, lon in [city_point(rng) for _ in range(200)]:
@@ -113,12 +114,10 @@ async def run_size(url: str, ports: int, n_fast: int, n_brute: int) -> None:
 
     points = [city_point(rng) for _ in range(n_brute)]
     await timed(brute, sm, points[:1])  # warm
-    brute_s = await timed(brute, sm, points)
-    async with sm() as session:
-        for lat, lon in points:  # the two agree
-            a, b = (await fast(session, lat, lon))[0], (await brute(session, lat, lon))[0]
-            assert [(n.pile_id, n.free_ports) for n in a] == [
-                (n.pile_id, n.free_ports) for n in b], (lat, lon)
+    brute_s, expected = await timed(brute, sm, points)
+    _, got = await timed(fast, sm, points)
+    for a, b in zip(got, expected, strict=True):  # the two agree
+        assert [(n.pile_id, n.free_ports) for n in a] == [(n.pile_id, n.free_ports) for n in b]
     await engine.dispose()
 
     p50, p99 = pct(fast_s, 50), pct(fast_s, 99)

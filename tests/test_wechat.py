@@ -251,3 +251,33 @@ async def test_cli_publishes_the_menu_and_prints_port_qr_signs(db_url: str, fake
     code, out = await cli("piles", "qr", "--pile", "P0404", "--out", str(tmp_path))
     assert code != 0 and "unknown pile" in out
 
+
+
+async def test_rate_limited_customer_message_is_retried_and_delivered_once(
+    db_url: str, fakes,  # type: ignore[no-untyped-def]
+) -> None:
+    settings = all_skins_settings(db_url, *fakes, notifications={"poll_s": 0.05})
+    async with start_server(settings, notifier=False) as server:
+        from bot.app import NOTIFIER
+
+        rider = WechatRider(server, fakes[1], ACCOUNT)
+        cmd, pile, now = await _run_bill(server, rider)
+        await pile.run_charge(1, cmd["session"], now, minutes=20)
+        fakes[1].fail_next("/cgi-bin/message/custom/send", 45047, "out of response count limit")
+        notifier = server.app[NOTIFIER]
+        skew = [0]
+        notifier.clock = lambda: server.ctx.clock() + timedelta(seconds=skew[0])
+        await notifier.run_once()  # charge_started + bill: the first send is refused
+        async with server.ctx.sm() as s:
+            pending = (await s.execute(select(OutboxMessage).where(
+                OutboxMessage.state == "pending"))).scalars().all()
+        assert len(pending) == 1 and "45047" in (pending[0].last_error or "")
+        skew[0] = 60  # past the back-off
+        for _ in range(3):
+            await notifier.run_once()
+        texts = fakes[1].texts_to(rider.user.openid)
+        assert len([t for t in texts if "🧾" in t]) == 1
+        assert len([t for t in texts if "P0001-01" in t and "⚡" in t]) == 1
+        async with server.ctx.sm() as s:
+            states = (await s.execute(select(OutboxMessage.state))).scalars().all()
+        assert set(states) == {"sent"}
