@@ -7,12 +7,14 @@ import json
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
 
 from bot.context import CTX, Context
+from bot.pile_ingest import IngestWriter
 from core import commands, events, piles
 from core.db import transaction
 from core.errors import InvalidEvent
@@ -76,7 +78,6 @@ async def _authenticate(request: web.Request, body: bytes) -> str | web.Response
 
 
 async def post_events(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
     body = await request.read()
     auth = await _authenticate(request, body)
     if isinstance(auth, web.Response):
@@ -90,22 +91,14 @@ async def post_events(request: web.Request) -> web.Response:
         batch = events.parse_batch(raw)
     except InvalidEvent as exc:
         return _error(400, f"{exc.field}: {exc.problem}", field=exc.field)
-    settings = ctx.settings
-    now = ctx.clock()
-    async with transaction(ctx.sm) as session:
-        pile = await piles.get_pile(session, pile_id)
-        was_offline = not pile.online
-        pile.last_seen_at = now
-        pile.online = True
-        result = await events.ingest(session, pile, batch, settings, now)
-        out = await commands.take(session, pile_id, now, resend_s=settings.piles.command_resend_s,
-                                  ttl_s=settings.piles.command_ttl_s)
-    if was_offline:
-        log.info("pile %s is back online", pile_id)
-    if result.notify:
-        ctx.wake_outbox()
+    try:
+        result = await request.app[WRITER].submit(pile_id, batch)
+    except Exception:
+        # Nothing was stored; the pile keeps the batch and sends it again.
+        return _error(503, "could not store the events, retry")
     return web.json_response(
-        {"accepted": result.accepted, "duplicates": result.duplicates, "commands": out}
+        {"accepted": result.accepted, "duplicates": result.duplicates,
+         "commands": result.commands}
     )
 
 
@@ -141,7 +134,18 @@ async def poll_commands(request: web.Request) -> web.Response:
         await asyncio.sleep(0)
 
 
+WRITER = web.AppKey("ingest_writer", IngestWriter)
+
+
 def setup(app: web.Application, ctx: Context) -> None:
     app[SECRETS] = SecretCache()
+    writer = app[WRITER] = IngestWriter(ctx)
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        writer.start()
+        yield
+        await writer.stop()
+
+    app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/api/piles/events", post_events)
     app.router.add_get("/api/piles/{pile_id}/commands", poll_commands)

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from sqlalchemy import JSON, Column, Index, String, insert, select
+from sqlalchemy import (
+    JSON,
+    Column,
+    Float,
+    Index,
+    Integer,
+    String,
+    bindparam,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field as SQLField
 from sqlmodel import SQLModel
 
 from core import charging, commands
 from core.charging import Charge, MeterSample
+from core.commands import PileCommand
 from core.config import Settings
 from core.db import insert_ignore
 from core.errors import InvalidEvent
@@ -207,97 +221,162 @@ class BatchResult:
     duplicates: int = 0
     billed: list[int] = field(default_factory=list)
     notify: bool = False
+    commands: list[dict[str, Any]] = field(default_factory=list)
+
+
+SESSION_EVENTS = ("meter", "session_started", "session_ended")
+EVENTS = PileEvent.__table__
+PILES = Pile.__table__
+SAMPLES = MeterSample.__table__
+# One statement shape for every pile of a group: heartbeat fields only overwrite when given.
+_TOUCH = (
+    update(PILES)
+    .where(PILES.c.id == bindparam("pid"))
+    .values(
+        online=True, last_seen_at=bindparam("seen"),
+        firmware=func.coalesce(bindparam("fw", type_=String), PILES.c.firmware),
+        signal_dbm=func.coalesce(bindparam("sig", type_=Integer), PILES.c.signal_dbm),
+        temperature_c=func.coalesce(bindparam("temp", type_=Float), PILES.c.temperature_c),
+    )
+)
+
+
+def _row(pile_id: str, e: Any, now: datetime) -> dict[str, Any]:
+    return {
+        "pile_id": pile_id, "event_id": e.id, "type": e.type, "ts": _utc(e.ts),
+        "payload": e.model_dump(mode="json", exclude={"id", "type", "ts"}),
+        "received_at": now,
+    }
 
 
 async def ingest(
     session: AsyncSession, pile: Pile, events: Sequence[Any], settings: Settings, now: datetime,
 ) -> BatchResult:
-    """Store new events once (by pile + id) and apply them in the pile's own time order."""
-    result = BatchResult()
-    dialect = session.bind.dialect.name  # type: ignore[union-attr]
-    rows = [
-        {
-            "pile_id": pile.id, "event_id": e.id, "type": e.type, "ts": _utc(e.ts),
-            "payload": e.model_dump(mode="json", exclude={"id", "type", "ts"}),
-            "received_at": now,
-        }
-        for e in events
-    ]
-    stored = await session.execute(
-        insert_ignore(dialect, PileEvent.__table__).values(rows).returning(
-            PileEvent.__table__.c.event_id
-        )
-    )
-    new_ids = {r[0] for r in stored}
-    fresh = [e for e in events if e.id in new_ids]
-    result.accepted = len(fresh)
-    result.duplicates = len(events) - len(fresh)
-    if not fresh:
-        return result
-    fresh.sort(key=lambda e: e.ts)
+    """One pile's batch (see `ingest_group`)."""
+    return (await ingest_group(session, [(pile.id, events)], settings, now))[0]
 
-    refs = {e.session for e in fresh if hasattr(e, "session")}
-    charges: dict[str, Charge] = {}
+
+async def ingest_group(
+    session: AsyncSession, items: Sequence[tuple[str, Sequence[Any]]], settings: Settings,
+    now: datetime, *, touch: Callable[[str], bool] = lambda _pile: True,
+) -> list[BatchResult]:
+    """Store new events once (by pile + id) and apply them in each pile's own time order.
+
+    Several piles' requests share one transaction (group commit), so statements are per group:
+    one insert for every event, one lookup for every charge the events name, one update for
+    every pile that needs one. `touch(pile)` says whether the pile's last-seen time is due for
+    a write (a worker skips rewriting it for a pile seen moments ago).
+    """
+    dialect = session.bind.dialect.name  # type: ignore[union-attr]
+    rows = [_row(pile_id, e, now) for pile_id, events in items for e in events]
+    stored = await session.execute(
+        insert_ignore(dialect, EVENTS).returning(EVENTS.c.pile_id, EVENTS.c.event_id), rows
+    )
+    new = {(p, i) for p, i in stored}
+    results: list[BatchResult] = []
+    fresh_by_item: list[list[Any]] = []
+    for pile_id, events in items:
+        fresh = []
+        for e in events:
+            # The same event in two requests of one group is new for the first only.
+            if (pile_id, e.id) in new:
+                new.discard((pile_id, e.id))
+                fresh.append(e)
+        fresh.sort(key=lambda e: e.ts)
+        fresh_by_item.append(fresh)
+        results.append(BatchResult(accepted=len(fresh), duplicates=len(events) - len(fresh)))
+
+    pile_ids = sorted({pile_id for pile_id, _ in items})
+    beats: dict[str, Any] = {}
+    for (pile_id, _), fresh in zip(items, fresh_by_item, strict=True):
+        for e in fresh:
+            if e.type == "heartbeat" and (pile_id not in beats or e.ts >= beats[pile_id].ts):
+                beats[pile_id] = e
+    touches = [
+        {"pid": p, "seen": now, "fw": getattr(beats.get(p), "firmware", None),
+         "sig": getattr(beats.get(p), "signal_dbm", None),
+         "temp": getattr(beats.get(p), "temperature_c", None)}
+        for p in pile_ids if p in beats or touch(p)
+    ]
+    if touches:
+        await session.execute(_TOUCH, touches)
+
+    refs = {(pile_id, e.session) for (pile_id, _), fresh in zip(items, fresh_by_item, strict=True)
+            for e in fresh if e.type in SESSION_EVENTS}
+    charges: dict[tuple[str, str], Charge] = {}
     if refs:
         found = await session.execute(
-            select(Charge).where(Charge.pile_id == pile.id, Charge.session_ref.in_(refs))
+            select(Charge).where(tuple_(Charge.pile_id, Charge.session_ref).in_(sorted(refs)))
         )
-        charges = {c.session_ref: c for c in found.scalars()}  # type: ignore[misc]
-    ports: dict[int, Port] = {}
-    if any(e.type == "port_status" for e in fresh):
-        found_ports = await session.execute(select(Port).where(Port.pile_id == pile.id))
-        ports = {p.number: p for p in found_ports.scalars()}
+        charges = {(c.pile_id, c.session_ref): c for c in found.scalars()}  # type: ignore[misc]
+    status_piles = sorted({pile_id for (pile_id, _), fresh in zip(items, fresh_by_item,
+                                                                 strict=True)
+                           for e in fresh if e.type == "port_status"})
+    ports: dict[tuple[str, int], Port] = {}
+    if status_piles:
+        found_ports = await session.execute(select(Port).where(Port.pile_id.in_(status_piles)))
+        ports = {(p.pile_id, p.number): p for p in found_ports.scalars()}
     samples: list[dict[str, Any]] = []
 
-    for e in fresh:
-        ts = _utc(e.ts)
-        if e.type == "heartbeat":
-            pile.firmware = e.firmware or pile.firmware
-            pile.signal_dbm = e.signal_dbm if e.signal_dbm is not None else pile.signal_dbm
-            if e.temperature_c is not None:
-                pile.temperature_c = e.temperature_c
-        elif e.type == "port_status":
-            port = ports.get(e.port)
-            # Status is the pile's latest word; an older report arriving late is history only.
-            if port is not None and (port.status_at is None or ts >= port.status_at):
-                port.status = e.status
-                port.status_at = ts
-        elif e.type == "meter":
-            charge = charges.get(e.session)
-            if charge is not None:
-                samples.append({"charge_id": charge.id, "ts": ts, "power_w": e.power_w,
-                                "energy_wh": e.energy_wh})
-                charging.on_meter(charge, ts, e.power_w, e.energy_wh)
-        elif e.type == "session_started":
-            charge = charges.get(e.session)
-            if charge is not None:
-                await charging.on_started(session, charge, ts)
-                result.notify = True
-        elif e.type == "session_ended":
-            charge = charges.get(e.session)
-            if charge is not None:
-                if samples:
-                    # Billing reads samples from the table: store this batch's ones first.
-                    await session.execute(insert(MeterSample.__table__), samples)
-                    samples = []
-                if await charging.on_ended(
-                    session, charge, ts, e.reason, e.energy_wh, e.duration_s, settings, now
-                ):
-                    result.billed.append(charge.id)  # type: ignore[arg-type]
-                    result.notify = True
-        elif e.type == "command_ack":
-            cmd = None
-            # Only ids of our own shape can be ours; others (e.g. c99999999999) would overflow
-            # the id column, and non-ASCII digits would not parse.
-            if _OUR_COMMAND_ID.fullmatch(e.command) and int(e.command[1:]) <= MAX_INT32:
-                cmd = await commands.acknowledge(session, pile.id, e.command, e.ok, e.error, now)
-            if cmd is not None and not e.ok and cmd.type == "start" and cmd.charge_id:
-                charge = await session.get(Charge, cmd.charge_id)
+    for (pile_id, _), fresh, result in zip(items, fresh_by_item, results, strict=True):
+        for e in fresh:
+            ts = _utc(e.ts)
+            if e.type == "port_status":
+                port = ports.get((pile_id, e.port))
+                # Status is the pile's latest word; an older report arriving late is history.
+                if port is not None and (port.status_at is None or ts >= port.status_at):
+                    port.status = e.status
+                    port.status_at = ts
+            elif e.type == "meter":
+                charge = charges.get((pile_id, e.session))
                 if charge is not None:
-                    await charging.on_start_rejected(session, charge, e.error)
+                    samples.append({"charge_id": charge.id, "ts": ts, "power_w": e.power_w,
+                                    "energy_wh": e.energy_wh})
+                    charging.on_meter(charge, ts, e.power_w, e.energy_wh)
+            elif e.type == "session_started":
+                charge = charges.get((pile_id, e.session))
+                if charge is not None:
+                    await charging.on_started(session, charge, ts)
                     result.notify = True
-        # fault / fault_cleared are stored for the fault service; the pile's own port_status
-        # events carry their effect on search.
+            elif e.type == "session_ended":
+                charge = charges.get((pile_id, e.session))
+                if charge is not None:
+                    if samples:
+                        # Billing reads samples from the table: store the group's ones first.
+                        await session.execute(insert(SAMPLES), samples)
+                        samples = []
+                    if await charging.on_ended(
+                        session, charge, ts, e.reason, e.energy_wh, e.duration_s, settings, now
+                    ):
+                        result.billed.append(charge.id)  # type: ignore[arg-type]
+                        result.notify = True
+            elif e.type == "command_ack":
+                cmd = None
+                # Only ids of our own shape can be ours; others (e.g. c99999999999) would
+                # overflow the id column, and non-ASCII digits would not parse.
+                if _OUR_COMMAND_ID.fullmatch(e.command) and int(e.command[1:]) <= MAX_INT32:
+                    cmd = await commands.acknowledge(session, pile_id, e.command, e.ok, e.error,
+                                                     now)
+                if cmd is not None and not e.ok and cmd.type == "start" and cmd.charge_id:
+                    charge = await session.get(Charge, cmd.charge_id)
+                    if charge is not None:
+                        await charging.on_start_rejected(session, charge, e.error)
+                        result.notify = True
+            # heartbeat: applied above, once per pile; fault / fault_cleared are stored for the
+            # fault service, and the pile's own port_status events carry their effect on search.
     if samples:
-        await session.execute(insert(MeterSample.__table__), samples)
-    return result
+        await session.execute(insert(SAMPLES), samples)
+
+    pending = set((await session.execute(
+        select(PileCommand.pile_id).distinct().where(
+            PileCommand.pile_id.in_(pile_ids), PileCommand.state.in_(("queued", "sent")))
+    )).scalars())
+    handed: dict[str, list[dict[str, Any]]] = {}
+    for pile_id in sorted(pending):
+        handed[pile_id] = await commands.take(
+            session, pile_id, now, resend_s=settings.piles.command_resend_s,
+            ttl_s=settings.piles.command_ttl_s)
+    for (pile_id, _), result in zip(items, results, strict=True):
+        # A pile with two requests in one group gets its commands in the first answer.
+        result.commands = handed.pop(pile_id, [])
+    return results

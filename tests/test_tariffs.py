@@ -73,10 +73,14 @@ def test_minimum_fee_and_cap() -> None:
     assert compute_bill(t, started_at=T0, duration_s=10 * 3600, energy_wh=0).amount_fen == 300
 
 
-@given(st.integers(0, 16 * 3600), st.integers(0, 3000))
-def test_bills_never_negative_and_monotonic_in_time(duration_s: int, energy: int) -> None:
-    a = compute_bill(POWER, started_at=T0, duration_s=duration_s, energy_wh=energy)
-    b = compute_bill(POWER, started_at=T0, duration_s=duration_s + 60, energy_wh=energy)
+@given(st.integers(0, 16 * 3600), st.integers(0, 3000), st.floats(0, 1000))
+def test_at_the_same_power_a_longer_charge_never_costs_less(duration_s: int, energy: int,
+                                                            power: float) -> None:
+    samples = [(T0 + timedelta(seconds=30), power)]
+    a = compute_bill(POWER, started_at=T0, duration_s=duration_s, energy_wh=energy,
+                     samples=samples)
+    b = compute_bill(POWER, started_at=T0, duration_s=duration_s + 60, energy_wh=energy,
+                     samples=samples)
     assert 0 <= a.amount_fen <= b.amount_fen
 
 
