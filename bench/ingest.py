@@ -39,6 +39,7 @@ from common import fresh_sqlite, machine, pct, seed_city, settings_for
 from sqlalchemy import func, select
 
 from bot.app import create_app
+from bot.piles_api import WRITER
 from core.charging import MeterSample
 from core.db import make_engine, make_sessionmaker, transaction
 from core.events import PileEvent
@@ -256,6 +257,9 @@ async def main(db_url: str, profile: bool) -> None:
         await real_runner.cleanup()
         await bare_runner.cleanup()
 
+    writer = real_app[WRITER]
+    group_line = (f"group commit: {writer.requests:,} requests in {writer.groups:,} transactions "
+                  f"({writer.requests / max(1, writer.groups):.1f} per transaction)")
     n_events, n_samples = await stored(db_url)
     for mode, title in (("separate", f"load generator in a separate process, {DURATION_S:g} s"),
                         ("same", "load generator in the server's own event loop "
@@ -273,6 +277,7 @@ async def main(db_url: str, profile: bool) -> None:
         print(f"  (b) ratio app/bare: {b_app['events_s'] / b_bare['events_s']:.0%}; "
               f"target >= 10,000 events/s: {'met' if b_app['events_s'] >= 10_000 else 'NOT met'}")
     print(f"stored: {n_events:,} pile events, {n_samples:,} meter samples (all runs)")
+    print(group_line)
     if prof_text:
         print(prof_text)
 

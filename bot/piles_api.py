@@ -88,7 +88,7 @@ async def post_events(request: web.Request) -> web.Response:
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or absurdly deep
         return _error(400, "body is not JSON", field="body")
     try:
-        batch = events.parse_batch(raw)
+        batch = events.parse_batch(raw, body)
     except InvalidEvent as exc:
         return _error(400, f"{exc.field}: {exc.problem}", field=exc.field)
     try:

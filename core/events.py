@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
 from sqlalchemy import (
     JSON,
     Column,
@@ -77,6 +77,8 @@ class _Event(BaseModel):
     model_config = ConfigDict(extra="allow", strict=False)
     id: EventId
     ts: datetime
+    # The pile's own fields as it sent them, stored verbatim (cheaper than dumping the model).
+    _raw: dict[str, Any] | None = PrivateAttr(default=None)
 
 
 class Heartbeat(_Event):
@@ -172,8 +174,13 @@ def _unstorable_text(value: Any, where: str) -> str | None:
     return None
 
 
-def parse_batch(body: Any) -> list[Any]:
-    """Validate a request body; the error names the first bad field like `events[3].power_w`."""
+def parse_batch(body: Any, raw_body: bytes | None = None) -> list[Any]:
+    """Validate a request body; the error names the first bad field like `events[3].power_w`.
+
+    `raw_body`, when given, lets the walk for NUL and lone surrogates be skipped for the usual
+    body that cannot contain them (JSON must escape both as `\\u0000` / `\\udXXX`).
+    """
+    suspicious = raw_body is None or _ESCAPES.search(raw_body) is not None
     if not isinstance(body, dict):
         raise InvalidEvent("body", "must be a JSON object")
     events = body.get("events")
@@ -189,7 +196,7 @@ def parse_batch(body: Any) -> list[Any]:
             raise InvalidEvent(where, "must be an object")
         if raw.get("type") not in EVENT_TYPES:
             raise InvalidEvent(f"{where}.type", f"must be one of {', '.join(EVENT_TYPES)}")
-        if (bad := _unstorable_text(raw, where)) is not None:
+        if suspicious and (bad := _unstorable_text(raw, where)) is not None:
             raise InvalidEvent(bad, "must not contain NUL or unpaired surrogate characters")
         try:
             event = _adapter.validate_python(raw)
@@ -201,11 +208,15 @@ def parse_batch(body: Any) -> list[Any]:
             event.ts = event.ts.replace(tzinfo=UTC)
         if not TS_MIN <= event.ts <= TS_MAX:  # compared as instants, before any conversion
             raise InvalidEvent(f"{where}.ts", f"must lie between {TS_MIN:%Y} and {TS_MAX:%Y}")
+        event._raw = raw
         if event.id in seen:
             continue  # the same event twice in one batch is still one event
         seen.add(event.id)
         parsed.append(event)
     return parsed
+
+
+_ESCAPES = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 
 
 def _utc(ts: datetime) -> datetime:
@@ -225,6 +236,7 @@ class BatchResult:
 
 
 SESSION_EVENTS = ("meter", "session_started", "session_ended")
+_ENVELOPE = ("id", "type", "ts")
 EVENTS = PileEvent.__table__
 PILES = Pile.__table__
 SAMPLES = MeterSample.__table__
@@ -244,7 +256,10 @@ _TOUCH = (
 def _row(pile_id: str, e: Any, now: datetime) -> dict[str, Any]:
     return {
         "pile_id": pile_id, "event_id": e.id, "type": e.type, "ts": _utc(e.ts),
-        "payload": e.model_dump(mode="json", exclude={"id", "type", "ts"}),
+        "payload": (
+            {k: v for k, v in e._raw.items() if k not in _ENVELOPE} if e._raw is not None
+            else e.model_dump(mode="json", exclude=set(_ENVELOPE))
+        ),
         "received_at": now,
     }
 
@@ -317,6 +332,7 @@ async def ingest_group(
         found_ports = await session.execute(select(Port).where(Port.pile_id.in_(status_piles)))
         ports = {(p.pile_id, p.number): p for p in found_ports.scalars()}
     samples: list[dict[str, Any]] = []
+    latest: dict[int, tuple[datetime, float, int, Charge]] = {}
 
     for (pile_id, _), fresh, result in zip(items, fresh_by_item, results, strict=True):
         for e in fresh:
@@ -332,7 +348,9 @@ async def ingest_group(
                 if charge is not None:
                     samples.append({"charge_id": charge.id, "ts": ts, "power_w": e.power_w,
                                     "energy_wh": e.energy_wh})
-                    charging.on_meter(charge, ts, e.power_w, e.energy_wh)
+                    # Only the newest reading per charge is kept on the charge row.
+                    if (last := latest.get(charge.id)) is None or ts >= last[0]:  # type: ignore[index]
+                        latest[charge.id] = (ts, e.power_w, e.energy_wh, charge)  # type: ignore[index]
             elif e.type == "session_started":
                 charge = charges.get((pile_id, e.session))
                 if charge is not None:
@@ -341,6 +359,8 @@ async def ingest_group(
             elif e.type == "session_ended":
                 charge = charges.get((pile_id, e.session))
                 if charge is not None:
+                    if (last := latest.pop(charge.id, None)) is not None:  # type: ignore[arg-type]
+                        charging.on_meter(charge, *last[:3])
                     if samples:
                         # Billing reads samples from the table: store the group's ones first.
                         await session.execute(insert(SAMPLES), samples)
@@ -364,6 +384,8 @@ async def ingest_group(
                         result.notify = True
             # heartbeat: applied above, once per pile; fault / fault_cleared are stored for the
             # fault service, and the pile's own port_status events carry their effect on search.
+    for ts, power, energy, charge in latest.values():
+        charging.on_meter(charge, ts, power, energy)
     if samples:
         await session.execute(insert(SAMPLES), samples)
 
