@@ -253,6 +253,22 @@ _TOUCH = (
 )
 
 
+CHARGES = Charge.__table__
+# charging.on_meter as one statement for many charges: a meter proves the charge runs, and only
+# a newer reading replaces the one on the row.
+_METER = (
+    update(CHARGES)
+    .where(
+        CHARGES.c.id == bindparam("cid"),
+        # Not IN (…): expanding parameters cannot be used with executemany.
+        (CHARGES.c.state == "requested") | (CHARGES.c.state == "started"),
+        (CHARGES.c.last_meter_at.is_(None)) | (CHARGES.c.last_meter_at <= bindparam("ts")),
+    )
+    .values(state="started", last_meter_at=bindparam("ts"), last_power_w=bindparam("p"),
+            last_energy_wh=bindparam("e"))
+)
+
+
 def _row(pile_id: str, e: Any, now: datetime) -> dict[str, Any]:
     return {
         "pile_id": pile_id, "event_id": e.id, "type": e.type, "ts": _utc(e.ts),
@@ -318,12 +334,24 @@ async def ingest_group(
 
     refs = {(pile_id, e.session) for (pile_id, _), fresh in zip(items, fresh_by_item, strict=True)
             for e in fresh if e.type in SESSION_EVENTS}
-    charges: dict[tuple[str, str], Charge] = {}
+    # Charges are read as plain rows; only those whose state changes become ORM objects.
+    charge_ids: dict[tuple[str, str], int] = {}
     if refs:
         found = await session.execute(
-            select(Charge).where(tuple_(Charge.pile_id, Charge.session_ref).in_(sorted(refs)))
+            select(CHARGES.c.pile_id, CHARGES.c.session_ref, CHARGES.c.id)
+            .where(tuple_(CHARGES.c.pile_id, CHARGES.c.session_ref).in_(sorted(refs)))
         )
-        charges = {(c.pile_id, c.session_ref): c for c in found.scalars()}  # type: ignore[misc]
+        charge_ids = {(p, r): i for p, r, i in found}
+    loaded: dict[int, Charge] = {}
+
+    async def charge_for(pile_id: str, ref: str) -> Charge | None:
+        cid = charge_ids.get((pile_id, ref))
+        if cid is None:
+            return None
+        if cid not in loaded:
+            loaded[cid] = await session.get(Charge, cid)  # type: ignore[assignment]
+        return loaded[cid]
+
     status_piles = sorted({pile_id for (pile_id, _), fresh in zip(items, fresh_by_item,
                                                                  strict=True)
                            for e in fresh if e.type == "port_status"})
@@ -332,7 +360,7 @@ async def ingest_group(
         found_ports = await session.execute(select(Port).where(Port.pile_id.in_(status_piles)))
         ports = {(p.pile_id, p.number): p for p in found_ports.scalars()}
     samples: list[dict[str, Any]] = []
-    latest: dict[int, tuple[datetime, float, int, Charge]] = {}
+    latest: dict[int, tuple[datetime, float, int]] = {}
 
     for (pile_id, _), fresh, result in zip(items, fresh_by_item, results, strict=True):
         for e in fresh:
@@ -344,23 +372,23 @@ async def ingest_group(
                     port.status = e.status
                     port.status_at = ts
             elif e.type == "meter":
-                charge = charges.get((pile_id, e.session))
-                if charge is not None:
-                    samples.append({"charge_id": charge.id, "ts": ts, "power_w": e.power_w,
+                cid = charge_ids.get((pile_id, e.session))
+                if cid is not None:
+                    samples.append({"charge_id": cid, "ts": ts, "power_w": e.power_w,
                                     "energy_wh": e.energy_wh})
                     # Only the newest reading per charge is kept on the charge row.
-                    if (last := latest.get(charge.id)) is None or ts >= last[0]:  # type: ignore[index]
-                        latest[charge.id] = (ts, e.power_w, e.energy_wh, charge)  # type: ignore[index]
+                    if (last := latest.get(cid)) is None or ts >= last[0]:
+                        latest[cid] = (ts, e.power_w, e.energy_wh)
             elif e.type == "session_started":
-                charge = charges.get((pile_id, e.session))
+                charge = await charge_for(pile_id, e.session)
                 if charge is not None:
                     await charging.on_started(session, charge, ts)
                     result.notify = True
             elif e.type == "session_ended":
-                charge = charges.get((pile_id, e.session))
+                charge = await charge_for(pile_id, e.session)
                 if charge is not None:
                     if (last := latest.pop(charge.id, None)) is not None:  # type: ignore[arg-type]
-                        charging.on_meter(charge, *last[:3])
+                        charging.on_meter(charge, *last)
                     if samples:
                         # Billing reads samples from the table: store the group's ones first.
                         await session.execute(insert(SAMPLES), samples)
@@ -384,8 +412,14 @@ async def ingest_group(
                         result.notify = True
             # heartbeat: applied above, once per pile; fault / fault_cleared are stored for the
             # fault service, and the pile's own port_status events carry their effect on search.
-    for ts, power, energy, charge in latest.values():
-        charging.on_meter(charge, ts, power, energy)
+    meters = []
+    for cid, (ts, power, energy) in latest.items():
+        if cid in loaded:
+            charging.on_meter(loaded[cid], ts, power, energy)
+        else:
+            meters.append({"cid": cid, "ts": ts, "p": power, "e": energy})
+    if meters:
+        await session.execute(_METER, meters)
     if samples:
         await session.execute(insert(SAMPLES), samples)
 

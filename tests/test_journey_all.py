@@ -51,6 +51,9 @@ async def test_scan_start_charge_and_get_the_bill(platform: str, all_skins: Runn
             [t.model_dump() for t in tariff.tiers], tariff.free_minutes)
         assert charge.amount_fen == expected > 0
         assert f"¥{expected // 100}.{expected % 100:02d}" in bill
+        # History shows the charge as due (Chinese by default).
+        await rider.say("/history")
+        assert "P0001-03" in await rider.wait_text(tr("zh_CN", "🧾 Your recent charges:"))
         # Post-pay: the due bill blocks the next start until the rider tops up.
         await rider.say("/wallet")
         await rider.tap("+¥10.00")

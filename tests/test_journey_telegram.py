@@ -7,13 +7,9 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import select
 
-from core.charging import Charge
-from simulator import ChargerProfile, Fleet, PileSpec
 from tests.conftest import Running, make_settings, seed_city, start_server
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.telegram_updates import TelegramUser
-from tests.journey import expected_power_tier_fen, pile_session, wait_until
-from tests.test_journey_webchat import _online
 
 SECRET = "webhook-secret-for-tests"
 
@@ -50,60 +46,6 @@ def _has_button(prefix: str):  # type: ignore[no-untyped-def]
         return any(b.get("callback_data", "").startswith(prefix)
                    for row in markup.get("inline_keyboard", []) for b in row)
     return check
-
-
-async def test_rider_scans_qr_in_telegram_starts_and_gets_the_bill(
-    tg_server: Running, fake_tg: FakeTelegram,
-) -> None:
-    server = tg_server
-    specs = await seed_city(server.ctx, ports=4)
-    fleet = Fleet(server.url, [PileSpec(*s) for s in specs], speed=3600, heartbeat_s=1,
-                  meter_every_s=0.05, long_poll_s=2, seed=2)
-    fleet.set_profile("P0001", 3, ChargerProfile(cc_power_w=320, cc_minutes=90,
-                                                 taper_minutes=30, float_power_w=10))
-    await fleet.start()
-    try:
-        await wait_until(lambda: _online(server.ctx, "P0001"))
-        rider = TelegramUser(424242, first_name="小王", language_code="zh-hans")
-        # The QR on the port opens https://t.me/<bot>?start=port_P0001-03, which Telegram
-        # delivers as "/start port_P0001-03".
-        assert await post_update(server, rider.text("/start port_P0001-03")) == 200
-        card_call = await fake_tg.wait_for(
-            lambda c: c.method == "sendMessage" and "P0001-03" in c.params.get("text", ""))
-        assert _has_button("start:P0001-03")(card_call)
-        card = fake_tg.messages_to(424242)[-1]
-
-        start_from = len(fake_tg.calls)
-        assert await post_update(server, rider.press(card, "start:P0001-03")) == 200
-        await fake_tg.wait_for(lambda c: c.method == "answerCallbackQuery", start=start_from)
-        await fake_tg.wait_for(
-            lambda c: c.method == "sendMessage" and "⚡" in c.params.get("text", "")
-            and _has_button("stop:")(c), start=start_from)
-        bill_call = await fake_tg.wait_for(
-            lambda c: c.method == "sendMessage" and "🧾" in c.params.get("text", ""),
-            timeout=60, start=start_from)
-
-        async with server.ctx.sm() as s:
-            charge = (await s.execute(select(Charge))).scalars().one()
-        reported = await pile_session(server.ctx, "P0001", charge.session_ref)
-        tariff = server.ctx.settings.billing.tariffs["standard"]
-        expected = expected_power_tier_fen(
-            reported["started"], reported["ended"], reported["samples"],
-            [t.model_dump() for t in tariff.tiers], tariff.free_minutes,
-        )
-        assert charge.amount_fen == expected > 0
-        assert f"¥{expected // 100}.{expected % 100:02d}" in bill_call.params["text"]
-        assert int(bill_call.params["chat_id"]) == 424242
-        # Unpaid (empty wallet): the bill carries a pay button.
-        assert _has_button("pay")(bill_call)
-
-        # /status and /history answer in Chinese by default.
-        start_from = len(fake_tg.calls)
-        assert await post_update(server, rider.text("/history")) == 200
-        hist = await fake_tg.wait_for(lambda c: c.method == "sendMessage", start=start_from)
-        assert "P0001-03" in hist.params["text"] and "待" in hist.params["text"]
-    finally:
-        await fleet.stop()
 
 
 async def test_webhook_rejects_a_wrong_secret_token(tg_server: Running) -> None:
