@@ -19,7 +19,7 @@ from notifications.wechat_client import WechatClient
 from notifications.wechat_store import WechatInbound
 from tests.conftest import PILE_SECRET, Running, all_skins_settings, seed_city, start_server
 from tests.fakes.wechat_user import DOC_TEXT_MESSAGE, WechatUser, sign, verify_echo
-from tests.journey import PileClient
+from tests.journey import PileClient, wait_until
 from tests.riders import ACCOUNT, TelegramRider, WechatRider
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,9 +125,14 @@ async def test_slow_work_is_acknowledged_and_finished_by_a_customer_service_mess
         assert status == 200 and reply is None  # "success" inside the 5 s window
         text = await rider.wait_text("P0001-01", timeout=10)
         assert "msgmenucontent=" in text or "P0001-01" in text
-        async with server.ctx.sm() as s:
-            late = (await s.execute(select(OutboxMessage))).scalars().one()
-        assert late.kind == "replies" and late.channel == "wechat:custom"
+        async def sent() -> OutboxMessage | None:
+            async with server.ctx.sm() as s:
+                row = (await s.execute(select(OutboxMessage))).scalars().one()
+            return row if row.state == "sent" else None
+
+        await wait_until(sent)  # the notifier marks the row just after the API accepted it
+        late = await sent()
+        assert late is not None and late.kind == "replies" and late.channel == "wechat:custom"
 
 
 async def _run_bill(server: Running, rider: WechatRider) -> None:
@@ -159,10 +164,15 @@ async def test_bill_outside_the_48h_window_goes_out_as_a_template_message(
         assert call.body["template_id"] == "TPL-BILL"
         assert call.body["touser"] == rider.user.openid
         assert any("¥" in v["value"] for v in call.body["data"].values())
-        async with server.ctx.sm() as s:
-            bill = (await s.execute(select(OutboxMessage).where(
-                OutboxMessage.kind == "bill"))).scalars().one()
-        assert bill.state == "sent" and bill.channel == "wechat:template"
+        async def bill_row() -> OutboxMessage | None:
+            async with server.ctx.sm() as s:
+                row = (await s.execute(select(OutboxMessage).where(
+                    OutboxMessage.kind == "bill"))).scalars().one()
+            return row if row.state == "sent" else None
+
+        await wait_until(bill_row)
+        bill = await bill_row()
+        assert bill is not None and bill.channel == "wechat:template"
 
 
 async def test_window_closed_on_wechats_side_falls_back_to_the_template(
