@@ -61,8 +61,10 @@ class Charge(SQLModel, table=True):
     energy_wh: int | None = None
     band_w: int | None = None
     bill: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
-    amount_fen: int = 0
+    amount_fen: int = 0  # what the rider owes after plan, coupons and automatic refunds
     paid_fen: int = 0
+    refunded_fen: int = 0
+    payer_rider_id: int | None = None  # the family owner when a family wallet pays
     settled_at: datetime | None = None
     last_power_w: float | None = None
     last_energy_wh: int | None = None

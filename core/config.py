@@ -101,11 +101,60 @@ def _default_tariffs() -> dict[str, TariffSettings]:
     }
 
 
+class TopupBonus(BaseModel):
+    min_fen: int
+    bonus_fen: int
+
+
+class PlanSettings(BaseModel):
+    """A prepaid monthly plan: `minutes` of charging a month for `price_fen`."""
+
+    price_fen: int
+    minutes: int
+    days: int = 30
+    dedicated_port: bool = False  # courier plan: a port held for the rider
+
+
+def _default_plans() -> dict[str, PlanSettings]:
+    return {
+        # Two 4-hour charges a day at ~15 % under the standard ¥0.40/h tier.
+        "family_pack": PlanSettings(price_fen=8200, minutes=240 * 60),
+        "courier_fast": PlanSettings(price_fen=12000, minutes=300 * 60, dedicated_port=True),
+    }
+
+
 class BillingSettings(BaseModel):
     default_tariff: str = "standard"
     tariffs: dict[str, TariffSettings] = Field(default_factory=_default_tariffs)
-    sandbox_topups_fen: list[int] = Field(default_factory=lambda: [500, 1000, 2000])
+    sandbox_topups_fen: list[int] = Field(default_factory=lambda: [500, 1000, 2000, 5000, 10000])
     welcome_credit_fen: int = 0
+    topup_bonuses: list[TopupBonus] = Field(default_factory=lambda: [
+        TopupBonus(min_fen=10000, bonus_fen=2000), TopupBonus(min_fen=5000, bonus_fen=800)])
+    plans: dict[str, PlanSettings] = Field(default_factory=_default_plans)
+    # The metering promise: more than 1 % over what the meter samples show pays back 10×.
+    metering_tolerance_percent: float = 1.0
+    metering_compensation_factor: int = 10
+    dispute_hours: int = 24
+    auto_topup_choices_fen: list[int] = Field(default_factory=lambda: [2000, 5000])
+
+
+class WechatPaySettings(BaseModel):
+    mchid: str | None = None
+    appid: str | None = None
+    serial_no: str | None = None  # the merchant certificate's serial number
+    private_key: SecretStr | None = None  # PEM, merchant API private key
+    apiv3_key: SecretStr | None = None  # 32 bytes, decrypts notifications
+    platform_public_key: str | None = None  # PEM, verifies WeChat Pay's signatures
+    platform_serial: str | None = None
+    api_base_url: str = "https://api.mch.weixin.qq.com"
+    notify_url: str | None = None
+
+
+class PaymentSettings(BaseModel):
+    providers: list[str] = Field(default_factory=lambda: ["sandbox"])
+    wechatpay: WechatPaySettings = Field(default_factory=WechatPaySettings)
+    telegram_provider_token: SecretStr | None = None
+    currency: str = "CNY"
 
 
 class ServicePromiseSettings(BaseModel):
@@ -140,6 +189,7 @@ class Settings(BaseSettings):
     service_promises: ServicePromiseSettings = Field(default_factory=ServicePromiseSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+    payments: PaymentSettings = Field(default_factory=PaymentSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -25,6 +25,9 @@ class Rider(SQLModel, table=True):
     # Cached sum of the ledger; only ever changed in the same statement batch as an entry.
     balance_fen: int = 0
     last_platform: str | None = None
+    # 自动续费: top up `auto_topup_fen` when the balance falls below `auto_topup_below_fen`.
+    auto_topup_fen: int = 0
+    auto_topup_below_fen: int = 0
     created_at: datetime = Field(default_factory=utcnow)
 
 

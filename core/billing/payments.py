@@ -1,0 +1,97 @@
+"""Payments into the wallet: one row per attempt, credited once whatever the provider repeats."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, String, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import Field, SQLModel
+
+from core import wallet
+from core.config import Settings
+from core.db import utcnow
+
+PROVIDERS = ("sandbox", "telegram", "wechatpay")
+
+
+class Payment(SQLModel, table=True):
+    __tablename__ = "payments"
+
+    id: int | None = Field(default=None, primary_key=True)
+    rider_id: int = Field(foreign_key="riders.id", index=True)
+    provider: str = Field(max_length=16)
+    # Our idempotency key, sent to the provider as its order number (out_trade_no, payload).
+    out_trade_no: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
+    amount_fen: int
+    bonus_fen: int = 0
+    purpose: str = "topup"  # topup | auto_topup
+    state: str = "created"  # created → paid | failed | closed
+    provider_txn_id: str | None = Field(default=None, sa_column=Column(String(128), unique=True))
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    paid_at: datetime | None = None
+
+
+def bonus_for(settings: Settings, amount_fen: int) -> int:
+    """The best top-up bonus rule the amount reaches (e.g. pay ¥100 get ¥20)."""
+    rules = sorted(settings.billing.topup_bonuses, key=lambda r: r.min_fen, reverse=True)
+    return next((r.bonus_fen for r in rules if amount_fen >= r.min_fen), 0)
+
+
+async def create_payment(
+    session: AsyncSession, rider_id: int, provider: str, amount_fen: int, *,
+    purpose: str = "topup", now: datetime | None = None,
+) -> Payment:
+    if provider not in PROVIDERS:
+        raise ValueError(provider)
+    if amount_fen <= 0:
+        raise ValueError("amount must be positive")
+    payment = Payment(
+        rider_id=rider_id, provider=provider, amount_fen=amount_fen, purpose=purpose,
+        out_trade_no=f"CB{(now or utcnow()):%Y%m%d}{secrets.token_hex(8).upper()}",
+        created_at=now or utcnow(),
+    )
+    session.add(payment)
+    await session.flush()
+    return payment
+
+
+async def find(session: AsyncSession, out_trade_no: str) -> Payment | None:
+    return (await session.execute(
+        select(Payment).where(Payment.out_trade_no == out_trade_no))).scalars().first()
+
+
+class PaymentMismatch(Exception):
+    """The provider confirmed an amount other than the one we asked for."""
+
+
+async def confirm(
+    session: AsyncSession, out_trade_no: str, amount_fen: int, provider_txn_id: str,
+    settings: Settings, now: datetime,
+) -> tuple[Payment, bool]:
+    """Credit a paid order once: (payment, True) the first time, (payment, False) on a replay.
+
+    The money and any bonus are ledger entries keyed by the order number, so even two
+    notifications racing each other credit once.
+    """
+    payment = await find(session, out_trade_no)
+    if payment is None:
+        raise KeyError(out_trade_no)
+    if payment.state == "paid":
+        return payment, False
+    if amount_fen != payment.amount_fen:
+        raise PaymentMismatch(f"{out_trade_no}: asked {payment.amount_fen}, paid {amount_fen}")
+    payment.state = "paid"
+    payment.paid_at = now
+    payment.provider_txn_id = provider_txn_id[:128]
+    await wallet.post(session, payment.rider_id, "topup", payment.amount_fen,
+                      f"pay:{out_trade_no}", memo=payment.provider)
+    bonus = bonus_for(settings, payment.amount_fen)
+    if bonus:
+        payment.bonus_fen = bonus
+        await wallet.post(session, payment.rider_id, "bonus", bonus, f"bonus:{out_trade_no}",
+                          memo=f"top-up bonus for {payment.amount_fen}")
+    return payment, True
