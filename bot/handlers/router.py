@@ -6,7 +6,7 @@ import logging
 import re
 
 from bot.context import Context
-from bot.handlers import account, charging, menu, ports, wallet
+from bot.handlers import account, charging, disputes, family, menu, plans, ports, wallet
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Incoming, Reply
@@ -83,6 +83,12 @@ async def on_command(turn: Turn, command: str, arg: str) -> list[Reply]:
         return await wallet.pay(turn)
     if command == "link":
         return await account.link(turn, arg)
+    if command == "family":
+        return await family.command(turn, arg)
+    if command == "plans":
+        return await plans.show(turn)
+    if command == "dispute":
+        return await disputes.open_(turn, arg)
     if command == "help":
         return menu.help_(turn)
     if command == "menu":
@@ -121,4 +127,10 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
         return menu.welcome(turn)
     if verb == "help":
         return menu.help_(turn)
+    if verb == "family":
+        return await family.button(turn, arg)
+    if verb == "plan":
+        return await plans.button(turn, arg)
+    if verb == "dispute":
+        return await disputes.open_(turn, arg)
     return menu.unknown(turn)

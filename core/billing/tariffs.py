@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -56,14 +56,15 @@ def band_power_w(
         origin = started_at or samples[0][0]
         buckets: dict[int, list[float]] = {}
         for ts, power in samples:
-            if 0 <= power <= port_limit_w:
+            if 0 <= power <= port_limit_w and ts >= origin:
                 minute = int((ts - origin).total_seconds() // 60)
                 buckets.setdefault(minute, []).append(power)
         if buckets:
-            return round(max(sum(v) / len(v) for v in buckets.values()))
+            # Half up, like the money: 200.5 W is over a 200 W band.
+            return round_half_up(max(Fraction(sum(v)) / len(v) for v in buckets.values()))
     if duration_s <= 0:
         return 0
-    return round(energy_wh * 3600 / duration_s)
+    return round_half_up(Fraction(energy_wh * 3600, duration_s))
 
 
 def _parse_hhmm(s: str) -> time:
@@ -84,7 +85,9 @@ def minutes_in_window(start: datetime, end: datetime, window: tuple[str, str], t
     while day <= local_end.date():
         a = datetime.combine(day, w_start, zone)
         b = datetime.combine(day if w_end > w_start else day + timedelta(days=1), w_end, zone)
-        lo, hi = max(a, local_start), min(b, local_end)
+        # Elapsed time, not wall-clock time: compare in UTC so a DST change counts right.
+        lo = max(a.astimezone(UTC), start.astimezone(UTC))
+        hi = min(b.astimezone(UTC), end.astimezone(UTC))
         if hi > lo:
             total += hi - lo
         day += timedelta(days=1)

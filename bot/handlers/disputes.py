@@ -1,0 +1,13 @@
+"""Billing disputes (being written)."""
+
+from __future__ import annotations
+
+from bot.handlers import menu
+from bot.handlers.turn import Turn
+from bot.replies import Reply
+
+
+async def open_(turn: Turn, arg: str) -> list[Reply]:
+    return menu.unknown(turn)
+
+

@@ -1,0 +1,15 @@
+"""Monthly plans (being written)."""
+
+from __future__ import annotations
+
+from bot.handlers import menu
+from bot.handlers.turn import Turn
+from bot.replies import Reply
+
+
+async def show(turn: Turn) -> list[Reply]:
+    return menu.unknown(turn)
+
+
+async def button(turn: Turn, arg: str) -> list[Reply]:
+    return menu.unknown(turn)
