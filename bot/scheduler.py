@@ -63,6 +63,20 @@ class _Running:
         return run
 
 
+async def sweep_disputes(ctx: Context) -> None:
+    """A dispute not answered within its deadline is escalated and the rider is told."""
+    from core import outbox
+    from core.billing import disputes
+
+    async with transaction(ctx.sm) as session:
+        for d in await disputes.overdue(session, ctx.clock()):
+            log.warning("dispute %s missed its deadline: escalated", d.id)
+            await outbox.enqueue(session, d.rider_id, "dispute_escalated",
+                                 {"dispute_id": d.id, "charge_id": d.charge_id},
+                                 f"dispute_escalated:{d.id}")
+            ctx.wake_outbox()
+
+
 def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
     running = running or _Running()
     s = ctx.settings.scheduler
@@ -71,6 +85,7 @@ def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
     jobs: list[tuple[Callable[[Context], Awaitable[object]], float]] = [
         (sweep_offline, s.offline_sweep_s),
         (sweep_requests, s.command_sweep_s),
+        (sweep_disputes, 60.0),
     ]
     for fn, every in jobs:
         scheduler.add_job(running.wrap(fn), "interval", seconds=every, args=[ctx], id=fn.__name__)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
 from core import commands, outbox, wallet
-from core.billing import compute_bill, tariff_snapshot
+from core.billing import compute_bill, family, plans, settlement, tariff_snapshot
 from core.config import Settings
 from core.db import utcnow
 from core.errors import BillDue, InsufficientBalance, NoOpenCharge, PortBusy, PortUnavailable
@@ -147,6 +147,8 @@ async def start_charge(
         raise PortUnavailable(code=port.code)
     if port.status in ("charging", "full") or await open_charge_on_port(session, port.id):  # type: ignore[arg-type]
         raise PortBusy(code=port.code)
+    if await plans.reserved_for(session, port.id, now) not in (None, rider.id):  # type: ignore[arg-type]
+        raise PortUnavailable(code=port.code, reserved=True)
     charge = Charge(
         rider_id=rider.id, port_id=port.id, pile_id=pile.id, port_number=port.number,  # type: ignore[arg-type]
         port_code=port.code, site_id=site.id, tariff=tariff_for(settings, site), requested_at=now,
@@ -252,6 +254,12 @@ async def on_ended(
         charge.tariff, started_at=_aware(started), duration_s=duration_s, energy_wh=energy_wh,
         samples=samples, tz=settings.server.timezone, port_limit_w=settings.piles.port_limit_w,
     )
+    breakdown = await settlement.adjust(
+        session, rider_id=charge.rider_id, charge_id=charge.id, pile_id=charge.pile_id,  # type: ignore[arg-type]
+        port=charge.port_number, tariff=charge.tariff, bill=bill, started=_aware(started),
+        ended=_aware(ts), reason=reason, energy_wh=energy_wh, samples=samples,
+        settings=settings, now=now,
+    )
     charge.state = "ended"
     charge.started_at = started
     charge.ended_at = ts
@@ -259,46 +267,122 @@ async def on_ended(
     charge.duration_s = bill.duration_s
     charge.energy_wh = bill.energy_wh
     charge.band_w = bill.band_w
-    charge.bill = bill.as_dict()
-    charge.amount_fen = bill.amount_fen
-    paid = await settle(session, charge, now)
-    balance = await wallet.balance(session, charge.rider_id)
+    charge.bill = {**bill.as_dict(), **breakdown.as_dict()}
+    charge.amount_fen = breakdown.net_fen
+    charge.refunded_fen = breakdown.refund_fen
+    if breakdown.compensation_fen:
+        # Paid whatever happens to the bill: the promise is about the meter, not the payment.
+        await wallet.post(session, charge.rider_id, "compensation", breakdown.compensation_fen,
+                          f"metering:{charge.id}", charge_id=charge.id,
+                          memo=f"meter {breakdown.metering_gap_percent}% over samples")
+    paid = await settle(session, charge, now, settings)
+    balance = await wallet.balance(session, charge.payer_rider_id or charge.rider_id)
     await outbox.enqueue(
         session, charge.rider_id, "bill",
         {
             "charge_id": charge.id, "port": charge.port_code, "reason": reason,
-            "bill": bill.as_dict(), "paid": paid, "balance_fen": balance,
-            "tariff": charge.tariff,
+            "bill": charge.bill, "paid": paid, "balance_fen": balance,
+            "tariff": charge.tariff, "family": bool(charge.payer_rider_id
+                                                    and charge.payer_rider_id != charge.rider_id),
         },
         f"bill:{charge.id}",
     )
     return True
 
 
-async def settle(session: AsyncSession, charge: Charge, now: datetime) -> bool:
-    """Pay an ended charge from the wallet if it can; otherwise it stays due."""
+async def settle(
+    session: AsyncSession, charge: Charge, now: datetime, settings: Settings | None = None,
+) -> bool:
+    """Pay an ended charge if its payer can; otherwise it stays due.
+
+    The payer is the rider's family wallet while the member's monthly limit allows, else the
+    rider. The gross charge is one ledger entry; the automatic refund and each coupon are their
+    own entries, all in one savepoint so a wallet that cannot pay moves nothing.
+    """
     if charge.state != "ended":
         return charge.state == "settled"
     owed = charge.amount_fen - charge.paid_fen
     if owed > 0:
-        try:
-            await wallet.post(
-                session, charge.rider_id, "charge", -owed, f"charge:{charge.id}",
-                charge_id=charge.id, memo=charge.port_code,
-            )
-        except InsufficientBalance:
-            return False
-        charge.paid_fen = charge.amount_fen
+        b = charge.bill or {}
+        gross = int(b.get("gross_fen", charge.amount_fen)) - int(b.get("plan_fen", 0))
+        payer = await family.family_payer(session, charge.rider_id, owed, now) or charge.rider_id
+        if not await _debit(session, charge, payer, gross, b):
+            if payer != charge.rider_id:
+                payer = charge.rider_id
+                if await _debit(session, charge, payer, gross, b):
+                    return _settled(charge, payer, now)
+            if settings is None or not await auto_topup(session, charge.rider_id, owed,
+                                                       settings, now, f"c{charge.id}"):
+                return False
+            if not await _debit(session, charge, charge.rider_id, gross, b):
+                return False
+            payer = charge.rider_id
+        return _settled(charge, payer, now)
+    return _settled(charge, charge.payer_rider_id or charge.rider_id, now)
+
+
+def _settled(charge: Charge, payer: int, now: datetime) -> bool:
+    charge.paid_fen = charge.amount_fen
+    charge.payer_rider_id = payer
     charge.state = "settled"
     charge.settled_at = now
     return True
 
 
-async def pay_due(session: AsyncSession, rider_id: int, now: datetime) -> tuple[int, int]:
+async def _debit(session: AsyncSession, charge: Charge, payer: int, gross: int,
+                 b: dict[str, Any]) -> bool:
+    try:
+        async with session.begin_nested():
+            if b.get("refund_fen"):
+                await wallet.post(session, payer, "refund", int(b["refund_fen"]),
+                                  f"refund:{charge.id}:auto", charge_id=charge.id,
+                                  memo=f"port fault at {charge.port_code}")
+            if b.get("coupon_fen"):
+                await wallet.post(session, payer, "coupon", int(b["coupon_fen"]),
+                                  f"coupon:{charge.id}", charge_id=charge.id,
+                                  memo=",".join(str(i) for i in b.get("coupon_ids", [])))
+            if gross > 0:
+                await wallet.post(session, payer, "charge", -gross, f"charge:{charge.id}",
+                                  charge_id=charge.id, memo=charge.port_code)
+    except InsufficientBalance:
+        return False
+    return True
+
+
+async def auto_topup(session: AsyncSession, rider_id: int, needed_fen: int, settings: Settings,
+                     now: datetime, key: str) -> bool:
+    """自动续费 in the sandbox: a rider who opted in is topped up by their chosen amount (or
+    what the bill needs, if more) before a bill would stay due."""
+    rider = await session.get(Rider, rider_id)
+    if rider is None or rider.auto_topup_fen <= 0 or "sandbox" not in settings.payments.providers:
+        return False
+    from core.billing import payments
+
+    short = needed_fen - rider.balance_fen
+    amount = max(rider.auto_topup_fen, short)
+    payment = await payments.find(session, f"AUTO-{rider_id}-{key}")
+    if payment is None:
+        payment = payments.Payment(
+            rider_id=rider_id, provider="sandbox", out_trade_no=f"AUTO-{rider_id}-{key}",
+            amount_fen=amount, purpose="auto_topup", created_at=now)
+        session.add(payment)
+        await session.flush()
+    _, first = await payments.confirm(session, payment.out_trade_no, payment.amount_fen,
+                                      f"sandbox-auto-{key}", settings, now)
+    if first:
+        await outbox.enqueue(session, rider_id, "auto_topup",
+                             {"amount_fen": payment.amount_fen,
+                              "balance_fen": await wallet.balance(session, rider_id)},
+                             f"auto_topup:{payment.out_trade_no}")
+    return True
+
+
+async def pay_due(session: AsyncSession, rider_id: int, now: datetime,
+                  settings: Settings | None = None) -> tuple[int, int]:
     """Pay what the wallet can of the rider's due bills, oldest first: (paid count, still due)."""
     paid = 0
     for charge in await due_charges(session, rider_id):
-        if await settle(session, charge, now):
+        if await settle(session, charge, now, settings):
             paid += 1
     remaining = sum(c.amount_fen - c.paid_fen for c in await due_charges(session, rider_id))
     return paid, remaining

@@ -147,8 +147,11 @@ class PileClient:
             return (await r.json())["commands"]
 
     async def run_charge(self, port: int, session: str, start: datetime, minutes: int,
-                         power_w: float = 250.0) -> None:
-        """A whole charge as the pile reports it: started, a meter a minute, ended by the user."""
+                         power_w: float = 250.0, *, reason: str = "user",
+                         reported_wh: int | None = None, fault_at_minute: int | None = None,
+                         ) -> None:
+        """A whole charge as the pile reports it: started, a meter a minute, then the end
+        (`reason`), optionally a `fault` event first and an energy counter that runs ahead."""
         from datetime import timedelta
 
         events = [self.event("session_started", start, port=port, session=session)]
@@ -156,7 +159,11 @@ class PileClient:
             events.append(self.event("meter", start + timedelta(minutes=m, seconds=30),
                                      port=port, session=session, power_w=power_w,
                                      energy_wh=int(power_w * (m + 0.5) / 60)))
-        events.append(self.event("session_ended", start + timedelta(minutes=minutes), port=port,
-                                 session=session, reason="user",
-                                 energy_wh=int(power_w * minutes / 60), duration_s=minutes * 60))
+        if fault_at_minute is not None:
+            events.append(self.event("fault", start + timedelta(minutes=fault_at_minute),
+                                     port=port, code="overload"))
+        events.append(self.event(
+            "session_ended", start + timedelta(minutes=minutes), port=port, session=session,
+            reason=reason, duration_s=minutes * 60,
+            energy_wh=reported_wh if reported_wh is not None else int(power_w * minutes / 60)))
         await self.post(events)

@@ -1,13 +1,44 @@
-"""Billing disputes (being written)."""
+"""`/dispute`: question a bill; evident cases are refunded at once, others answered within 24 h."""
 
 from __future__ import annotations
 
-from bot.handlers import menu
+from sqlalchemy import select
+
 from bot.handlers.turn import Turn
+from bot.i18n import tr
 from bot.replies import Reply
+from core.billing.disputes import NothingToDispute, open_dispute
+from core.charging import Charge
+from core.wallet import yuan
 
 
 async def open_(turn: Turn, arg: str) -> list[Reply]:
-    return menu.unknown(turn)
+    lang = turn.lang
+    stmt = select(Charge).where(Charge.rider_id == turn.rider.id,
+                                Charge.state.in_(("ended", "settled")))
+    if arg.strip().isdigit():
+        stmt = stmt.where(Charge.id == int(arg.strip()))
+    charge = (await turn.session.execute(stmt.order_by(Charge.id.desc()).limit(1))
+              ).scalars().first()
+    if charge is None:
+        return [Reply(tr(lang, "There is no bill to dispute."))]
+    try:
+        d = await open_dispute(turn.session, charge, turn.rider.id, "rider",  # type: ignore[arg-type]
+                               turn.ctx.settings, turn.now)
+    except NothingToDispute:
+        return [Reply(tr(lang, "There is no bill to dispute."))]
+    if d.state == "resolved":
+        return [Reply(tr(lang, "✅ We checked port {port}: {amount} is refunded ({why}).",
+                         port=charge.port_code, amount=yuan(d.refund_fen),
+                         why=tr(lang, d.resolution or "")))]
+    hours = turn.ctx.settings.billing.dispute_hours
+    return [Reply(tr(lang, "📝 Your question about the bill for port {port} is recorded (case "
+                           "{id}). We will answer within {hours} hours.",
+                     port=charge.port_code, id=d.id, hours=hours))]
 
 
+# The evident reasons, marked for the catalog: they are stored in English and shown translated.
+_REASONS = (
+    lambda lang: tr(lang, "metering mismatch"),
+    lambda lang: tr(lang, "charged during a reported fault"),
+)

@@ -1,15 +1,64 @@
-"""Monthly plans (being written)."""
+"""`/plans`: monthly plans (包月) bought from the wallet; the bill shows what a plan covered."""
 
 from __future__ import annotations
 
-from bot.handlers import menu
+import secrets
+
+from sqlalchemy import select
+
 from bot.handlers.turn import Turn
-from bot.replies import Reply
+from bot.i18n import tr
+from bot.replies import Button, Reply
+from core.billing import plans
+from core.charging import Charge
+from core.errors import InsufficientBalance
+from core.wallet import yuan
+
+
+def _name(lang: str, plan: str) -> str:
+    return {"family_pack": tr(lang, "Family pack"),
+            "courier_fast": tr(lang, "Courier fast-charge plan")}.get(plan, plan)
 
 
 async def show(turn: Turn) -> list[Reply]:
-    return menu.unknown(turn)
+    lang = turn.lang
+    lines = [tr(lang, "📅 Monthly plans: prepaid charging time, used before your wallet.")]
+    mine = await plans.active(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]
+    for p in mine:
+        lines.append(tr(lang, "Yours: {name}, {left} of {total} hours left until {until}",
+                        name=_name(lang, p.plan), left=(p.minutes_total - p.minutes_used) // 60,
+                        total=p.minutes_total // 60, until=p.ends_at.strftime("%m-%d")))
+    nonce = secrets.token_hex(3)
+    buttons = []
+    for name, spec in turn.ctx.settings.billing.plans.items():
+        extra = tr(lang, " + a reserved port") if spec.dedicated_port else ""
+        lines.append(tr(lang, "{name}: {hours} hours for {price} ({days} days){extra}",
+                        name=_name(lang, name), hours=spec.minutes // 60,
+                        price=yuan(spec.price_fen), days=spec.days, extra=extra))
+        buttons.append([Button(tr(lang, "Buy {name} {price}", name=_name(lang, name),
+                                  price=yuan(spec.price_fen)), data=f"plan:{name}:{nonce}")])
+    return [Reply("\n".join(lines), buttons=buttons)]
 
 
 async def button(turn: Turn, arg: str) -> list[Reply]:
-    return menu.unknown(turn)
+    lang = turn.lang
+    name, _, nonce = arg.partition(":")
+    spec = turn.ctx.settings.billing.plans.get(name)
+    if spec is None or not nonce:
+        return await show(turn)
+    port_id = None
+    if spec.dedicated_port:
+        # The courier's usual port: where they charged last.
+        port_id = await turn.session.scalar(
+            select(Charge.port_id).where(Charge.rider_id == turn.rider.id)
+            .order_by(Charge.id.desc()).limit(1))
+    try:
+        plan = await plans.buy(turn.session, turn.rider.id, name, turn.ctx.settings,  # type: ignore[arg-type]
+                               turn.now, f"{turn.rider.id}:{nonce}", port_id=port_id)
+    except InsufficientBalance:
+        return [Reply(tr(lang, "Your balance is not enough for {price}. Top up first.",
+                         price=yuan(spec.price_fen)),
+                      buttons=[[Button(tr(lang, "👛 Wallet"), data="wallet")]])]
+    return [Reply(tr(lang, "✅ {name} is active until {until}: {hours} hours of charging.",
+                     name=_name(lang, name), until=plan.ends_at.strftime("%m-%d"),
+                     hours=plan.minutes_total // 60))]

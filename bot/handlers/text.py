@@ -88,6 +88,27 @@ def bill_text(lang: str, p: dict[str, Any]) -> str:
     if b["off_peak_minutes"]:
         lines.append(tr(lang, "Off-peak minutes: {n}", n=b["off_peak_minutes"]))
     lines.append(tr(lang, "Ended: {reason}", reason=end_reason(lang, p["reason"])))
+    gross = b.get("gross_fen", b["amount_fen"])
+    if gross != b.get("net_fen", gross):
+        lines.append(tr(lang, "Charge: {amount}", amount=yuan(gross)))
+    if b.get("refund_fen"):
+        lines.append(tr(lang, "− {amount} refunded: the port failed, you pay only up to the "
+                              "fault and no minimum fee", amount=yuan(b["refund_fen"])))
+    if b.get("plan_fen"):
+        lines.append(tr(lang, "− {amount} covered by your plan ({n} min)",
+                        amount=yuan(b["plan_fen"]), n=b["plan_minutes"]))
+    if b.get("coupon_fen"):
+        lines.append(tr(lang, "− {amount} coupon", amount=yuan(b["coupon_fen"])))
+    if b.get("compensation_fen"):
+        lines.append(tr(lang, "The pile's meter counted {gap}% more energy than its readings "
+                              "show. Our metering promise pays you 10× the difference: "
+                              "{amount} credited.", gap=b["metering_gap_percent"],
+                        amount=yuan(b["compensation_fen"])))
+    b = {**b, "amount_fen": b.get("net_fen", b["amount_fen"])}
+    if p.get("family") and p["paid"] and b["amount_fen"]:
+        lines.append(tr(lang, "Amount: {amount}, paid from your family wallet.",
+                        amount=yuan(b["amount_fen"])))
+        return "\n".join(lines)
     if b["amount_fen"] == 0:
         lines.append(tr(lang, "Amount: ¥0.00 — this charge is free."))
     elif p["paid"]:

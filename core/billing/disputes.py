@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
 from core.db import utcnow
+from core.errors import DomainError
 
 
 class Dispute(SQLModel, table=True):
@@ -22,3 +26,88 @@ class Dispute(SQLModel, table=True):
     refund_fen: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     resolved_at: datetime | None = None
+
+
+class NothingToDispute(DomainError):
+    key = "error.nothing_to_dispute"
+
+
+class RefundTooLarge(DomainError):
+    key = "error.refund_too_large"
+
+
+async def refund(session: AsyncSession, charge: Any, amount_fen: int, key: str,
+                 reason: str, now: datetime) -> int:
+    """Give back part or all of a bill, once per `key`; returns what was refunded now.
+
+    A paid bill gets a `refund` ledger entry to whoever paid it; a due bill simply owes less.
+    """
+    from core import wallet
+    from core.wallet import LedgerEntry
+
+    ledger_key = f"refund:{charge.id}:{key}"
+    if amount_fen <= 0 or (await session.execute(select(LedgerEntry.id).where(
+            LedgerEntry.idempotency_key == ledger_key))).first() is not None:
+        return 0
+    if charge.state in ("settled", "refunded"):
+        refundable = charge.paid_fen - (charge.refunded_fen - int(
+            (charge.bill or {}).get("refund_fen", 0)))
+        if amount_fen > refundable:
+            raise RefundTooLarge(max=refundable)
+        await wallet.post(session, charge.payer_rider_id or charge.rider_id, "refund",
+                          amount_fen, ledger_key, charge_id=charge.id, memo=reason)
+        charge.refunded_fen += amount_fen
+        if amount_fen == refundable:
+            charge.state = "refunded"
+        return amount_fen
+    if charge.state == "ended":
+        cut = min(amount_fen, charge.amount_fen - charge.paid_fen)
+        # Nothing was paid, so nothing moves: the bill shrinks (and says so).
+        charge.amount_fen -= cut
+        charge.refunded_fen += cut
+        charge.bill = {**(charge.bill or {}), "net_fen": charge.amount_fen}
+        if charge.amount_fen <= charge.paid_fen:
+            charge.state, charge.settled_at = "settled", now
+        return cut
+    raise NothingToDispute()
+
+
+async def open_dispute(session: AsyncSession, charge: Any, rider_id: int, reason: str,
+                       settings: Any, now: datetime) -> Dispute:
+    """A rider disputes a bill. Evident cases are refunded at once; others get a 24 h deadline."""
+    from core.billing.settlement import during_fault
+
+    existing = (await session.execute(select(Dispute).where(
+        Dispute.charge_id == charge.id))).scalars().first()
+    if existing is not None:
+        return existing
+    if charge.state not in ("ended", "settled"):
+        raise NothingToDispute()
+    d = Dispute(charge_id=charge.id, rider_id=rider_id, reason=reason[:300], created_at=now,
+                due_at=now + timedelta(hours=settings.billing.dispute_hours))
+    session.add(d)
+    b = charge.bill or {}
+    evident = None
+    if float(b.get("metering_gap_percent") or 0) > settings.billing.metering_tolerance_percent:
+        evident = "metering mismatch"
+    elif charge.started_at and charge.ended_at and await during_fault(
+            session, charge.pile_id, charge.port_number, charge.started_at, charge.ended_at):
+        evident = "charged during a reported fault"
+    if evident:
+        whole = charge.paid_fen if charge.state == "settled" else charge.amount_fen
+        d.refund_fen = await refund(session, charge, whole, "dispute", f"dispute: {evident}",
+                                    now)
+        d.state, d.resolution, d.resolved_at = "resolved", evident, now
+    await session.flush()
+    return d
+
+
+async def overdue(session: AsyncSession, now: datetime) -> list[Dispute]:
+    """Open disputes past their deadline become escalated (once)."""
+    rows = await session.execute(select(Dispute).where(Dispute.state == "open",
+                                                       Dispute.due_at < now))
+    out = []
+    for d in rows.scalars():
+        d.state = "escalated"
+        out.append(d)
+    return out

@@ -78,3 +78,11 @@ async def cover(session: AsyncSession, rider_id: int, billable_minutes: int,
         left -= take
         used.append(plan.id)
     return billable_minutes - left, used  # type: ignore[return-value]
+
+
+async def reserved_for(session: AsyncSession, port_id: int, now: datetime) -> int | None:
+    """The courier a port is held for by an active plan, if any."""
+    return await session.scalar(
+        select(RiderPlan.rider_id).where(RiderPlan.port_id == port_id,
+                                         RiderPlan.starts_at <= now, RiderPlan.ends_at > now)
+        .limit(1))

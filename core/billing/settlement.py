@@ -1,0 +1,132 @@
+"""From a finished charge to what the rider owes: plan minutes, automatic refunds, coupons and
+the metering promise — each shown on the bill, each a ledger entry when money moves."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.billing import coupons, plans
+from core.billing.tariffs import Bill, compute_bill
+from core.config import Settings
+
+FAULT_ENDS = ("fault", "power_loss")
+
+
+@dataclass
+class Breakdown:
+    gross_fen: int
+    plan_minutes: int = 0
+    plan_fen: int = 0
+    refund_fen: int = 0  # automatic: what was charged after a fault began, and the minimum fee
+    fault_at: str | None = None
+    coupon_fen: int = 0
+    coupon_ids: list[int] = field(default_factory=list)
+    metered_wh: int | None = None  # energy from the meter samples
+    metering_gap_percent: float = 0.0
+    compensation_fen: int = 0
+    net_fen: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def integrate_wh(samples: list[tuple[datetime, float]], start: datetime, end: datetime) -> float:
+    """Energy from the power samples (trapezoids between readings; the first reading held back
+    to the start and the last one on to the end), as an independent check of the pile's own
+    energy counter."""
+    pts = [(ts, p) for ts, p in samples if start <= ts <= end]
+    if len(pts) < 2:
+        return 0.0
+    wh = pts[0][1] * (pts[0][0] - start).total_seconds() / 3600
+    for (t0, p0), (t1, p1) in zip(pts, pts[1:], strict=False):
+        wh += (p0 + p1) / 2 * (t1 - t0).total_seconds() / 3600
+    return wh + pts[-1][1] * (end - pts[-1][0]).total_seconds() / 3600
+
+
+async def fault_start(session: AsyncSession, pile_id: str, port: int, start: datetime,
+                      end: datetime) -> datetime | None:
+    """When the fault that ended a charge began, from the pile's own `fault` events."""
+    from core.events import PileEvent  # events imports charging, which imports this module
+
+    rows = await session.execute(
+        select(PileEvent.ts, PileEvent.payload).where(
+            PileEvent.pile_id == pile_id, PileEvent.type == "fault",
+            PileEvent.ts >= start, PileEvent.ts <= end,
+        ).order_by(PileEvent.ts))
+    for ts, payload in rows:
+        if payload.get("port") in (None, port):
+            return ts
+    return None
+
+
+async def adjust(
+    session: AsyncSession, *, rider_id: int, charge_id: int, pile_id: str, port: int,
+    tariff: dict[str, Any], bill: Bill, started: datetime, ended: datetime, reason: str,
+    energy_wh: int, samples: list[tuple[datetime, float]], settings: Settings, now: datetime,
+) -> Breakdown:
+    b = Breakdown(gross_fen=bill.amount_fen)
+    tz, limit = settings.server.timezone, settings.piles.port_limit_w
+
+    # A fault ends the charge early: the rider pays only up to the fault, without a minimum.
+    if reason in FAULT_ENDS:
+        at = await fault_start(session, pile_id, port, started, ended) or ended
+        upto = max(0, int((at - started).total_seconds()))
+        fair = compute_bill({**tariff, "min_fee_fen": 0}, started_at=started, duration_s=upto,
+                            energy_wh=energy_wh, samples=[s for s in samples if s[0] <= at],
+                            tz=tz, port_limit_w=limit)
+        b.refund_fen = max(0, bill.amount_fen - fair.amount_fen)
+        b.fault_at = at.isoformat()
+
+    # Prepaid plan minutes pay for the part of the charge they cover.
+    after_refund = bill.amount_fen - b.refund_fen
+    if bill.billable_minutes and after_refund > 0:
+        covered, _ = await plans.cover(session, rider_id, bill.billable_minutes, now)
+        if covered:
+            b.plan_minutes = covered
+            b.plan_fen = min(after_refund, (after_refund * covered + bill.billable_minutes // 2)
+                             // bill.billable_minutes)
+
+    # The best coupon (stackable ones only together), reserved for this charge.
+    owed = after_refund - b.plan_fen
+    if owed > 0:
+        for c in coupons.choose(await coupons.usable(session, rider_id, now), owed):
+            off = coupons.discount(c, owed - b.coupon_fen)
+            if off <= 0:
+                continue
+            c.used_at, c.charge_id = now, charge_id
+            b.coupon_fen += off
+            b.coupon_ids.append(c.id)  # type: ignore[arg-type]
+    b.net_fen = max(0, owed - b.coupon_fen)
+
+    # The metering promise: the pile's counter may not run more than 1 % ahead of its samples.
+    metered = integrate_wh(samples, started, ended)
+    if metered > 0:
+        b.metered_wh = round(metered)
+        b.metering_gap_percent = round((energy_wh - metered) * 100 / metered, 2)
+        if b.metering_gap_percent > settings.billing.metering_tolerance_percent:
+            honest = compute_bill(tariff, started_at=started,
+                                  duration_s=bill.duration_s, energy_wh=round(metered),
+                                  samples=samples, tz=tz, port_limit_w=limit)
+            over = max(0, bill.amount_fen - honest.amount_fen)
+            b.compensation_fen = over * settings.billing.metering_compensation_factor
+    return b
+
+
+async def during_fault(session: AsyncSession, pile_id: str, port: int, start: datetime,
+                       end: datetime) -> bool:
+    """Was a fault reported on this port (or the whole pile) while the charge ran?"""
+    from core.events import PileEvent
+
+    rows = await session.execute(
+        select(PileEvent.payload).where(
+            PileEvent.pile_id == pile_id, PileEvent.type == "fault",
+            PileEvent.ts >= start - timedelta(minutes=1), PileEvent.ts <= end))
+    return any(p.get("port") in (None, port) for (p,) in rows)
+
+
+__all__ = ["Breakdown", "adjust", "during_fault", "integrate_wh"]
