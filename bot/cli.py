@@ -272,6 +272,85 @@ def cmd_piles_qr(args: argparse.Namespace) -> None:
         print(f"{code}\t{path}" + (f"\t{image}" if image else ""))
 
 
+def cmd_refund(args: argparse.Namespace) -> None:
+    """Staff: give back part of a bill, once per --key."""
+    from datetime import UTC, datetime
+
+    from core.billing import disputes
+    from core.charging import Charge
+
+    settings = _settings(args)
+    if args.fen <= 0:
+        raise CliError("--fen must be a positive number of fen")
+
+    async def go(session):  # type: ignore[no-untyped-def]
+        charge = await session.get(Charge, args.charge)
+        if charge is None:
+            raise CliError(f"unknown charge {args.charge}")
+        try:
+            return await disputes.refund(session, charge, args.fen, args.key or
+                                         f"staff-{args.fen}-{args.reason[:20]}", args.reason,
+                                         datetime.now(UTC))
+        except disputes.RefundTooLarge as exc:
+            raise CliError(f"at most {exc.params['max']} fen can be refunded") from None
+        except disputes.NothingToDispute:
+            raise CliError("that charge has no bill to refund") from None
+
+    done = asyncio.run(_with_session(settings, go))
+    print(f"refunded {done} fen on charge {args.charge}" if done else
+          "nothing refunded: this refund was already made")
+
+
+def cmd_disputes(args: argparse.Namespace) -> None:
+    from datetime import UTC, datetime
+
+    from core.billing import disputes
+    from core.charging import Charge
+
+    settings = _settings(args)
+
+    async def go(session):  # type: ignore[no-untyped-def]
+        if args.disputes_command == "list":
+            rows = await session.execute(select(disputes.Dispute).where(
+                disputes.Dispute.state != "resolved").order_by(disputes.Dispute.due_at))
+            return [f"{d.id}\tcharge {d.charge_id}\t{d.state}\tdue {d.due_at:%Y-%m-%d %H:%M}"
+                    for d in rows.scalars()]
+        d = await session.get(disputes.Dispute, args.id)
+        if d is None:
+            raise CliError(f"unknown dispute {args.id}")
+        charge = await session.get(Charge, d.charge_id)
+        now = datetime.now(UTC)
+        if args.refund:
+            try:
+                d.refund_fen += await disputes.refund(session, charge, args.refund,
+                                                      f"dispute-{d.id}", args.note, now)
+            except disputes.RefundTooLarge as exc:
+                raise CliError(f"at most {exc.params['max']} fen can be refunded") from None
+        d.state, d.resolution, d.resolved_at = "resolved", args.note, now
+        return [f"dispute {d.id} resolved, {d.refund_fen} fen refunded"]
+
+    for line in asyncio.run(_with_session(settings, go)):
+        print(line)
+
+
+def cmd_coupons_issue(args: argparse.Namespace) -> None:
+    from core.billing import coupons
+    from core.riders import Rider
+
+    settings = _settings(args)
+    if (args.fen > 0) == (args.percent > 0):
+        raise CliError("give either --fen or --percent")
+
+    async def go(session):  # type: ignore[no-untyped-def]
+        if await session.get(Rider, args.rider) is None:
+            raise CliError(f"unknown rider {args.rider}")
+        c = await coupons.issue(session, args.rider, amount_fen=args.fen,
+                                percent_off=args.percent, days=args.days, reason=args.reason)
+        return c.code
+
+    print(f"coupon {asyncio.run(_with_session(settings, go))} issued")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="chargebot", description="e-bike charging piles via chat")
     ap.add_argument("--database", help="database URL (overrides bot.toml)")
@@ -310,6 +389,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pile", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_piles_qr)
+
+    p = sub.add_parser("refund", help="staff: refund part of a bill")
+    p.add_argument("--charge", type=int, required=True)
+    p.add_argument("--fen", type=int, required=True)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--key", help="idempotency key (default: from amount and reason)")
+    p.set_defaults(fn=cmd_refund)
+
+    dp = sub.add_parser("disputes").add_subparsers(dest="disputes_command", required=True)
+    dp.add_parser("list", help="open and escalated disputes").set_defaults(fn=cmd_disputes)
+    p = dp.add_parser("resolve", help="answer a dispute, optionally with a refund")
+    p.add_argument("id", type=int)
+    p.add_argument("--refund", type=int, default=0, help="fen")
+    p.add_argument("--note", required=True)
+    p.set_defaults(fn=cmd_disputes)
+
+    cp = sub.add_parser("coupons").add_subparsers(dest="coupons_command", required=True)
+    p = cp.add_parser("issue", help="give a rider a coupon")
+    p.add_argument("--rider", type=int, required=True)
+    p.add_argument("--fen", type=int, default=0)
+    p.add_argument("--percent", type=int, default=0)
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--reason", default="")
+    p.set_defaults(fn=cmd_coupons_issue)
 
     wx = sub.add_parser("wechat").add_subparsers(dest="wechat_command", required=True)
     wx.add_parser("menu", help="publish the official account's menu").set_defaults(

@@ -58,3 +58,58 @@ def test_bad_csv_names_the_line(db: str, tmp_path: Path) -> None:
     csv.write_text("id,name,address,lat,lon,kind,tariff\nA,n,a,north,120,mall,standard\n")
     r = run(db, "sites", "import", str(csv))
     assert r.returncode == 2 and "bad.csv:2" in r.stderr
+
+
+def _seed_settled_charge(db: str) -> int:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from core import wallet
+    from core.charging import Charge
+    from core.db import make_engine, make_sessionmaker, transaction
+    from core.piles import add_pile, add_site
+    from core.riders import Rider
+
+    async def go() -> int:
+        engine = make_engine(db)
+        try:
+            async with transaction(make_sessionmaker(engine)) as s:
+                await add_site(s, "S1", "s", 30.0, 120.0)
+                await s.flush()
+                await add_pile(s, "S1", "P0001", 2, secret="x")
+                rider = Rider(display_name="r")
+                s.add(rider)
+                await s.flush()
+                await wallet.post(s, rider.id, "topup", 500, "t1")  # type: ignore[arg-type]
+                await wallet.post(s, rider.id, "charge", -120, "charge:1")  # type: ignore[arg-type]
+                c = Charge(rider_id=rider.id, port_id=1, pile_id="P0001", port_number=1,  # type: ignore[arg-type]
+                           port_code="P0001-01", site_id="S1", state="settled", tariff={},
+                           amount_fen=120, paid_fen=120, settled_at=datetime.now(UTC),
+                           payer_rider_id=rider.id)
+                s.add(c)
+                await s.flush()
+                return c.id  # type: ignore[return-value]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def test_staff_refund_coupon_and_disputes_commands(db: str) -> None:
+    assert run(db, "db", "upgrade").returncode == 0
+    charge = _seed_settled_charge(db)
+    r = run(db, "refund", "--charge", str(charge), "--fen", "50", "--reason", "loose socket")
+    assert r.returncode == 0 and "refunded 50 fen" in r.stdout
+    r = run(db, "refund", "--charge", str(charge), "--fen", "50", "--reason", "loose socket")
+    assert r.returncode == 0 and "already made" in r.stdout  # the same refund twice: once
+    r = run(db, "refund", "--charge", str(charge), "--fen", "500", "--reason", "too much")
+    assert r.returncode == 2 and "at most 70 fen" in r.stderr
+    r = run(db, "refund", "--charge", "999", "--fen", "5", "--reason", "x")
+    assert r.returncode == 2 and "unknown charge" in r.stderr
+    r = run(db, "coupons", "issue", "--rider", "1", "--fen", "300", "--reason", "sorry")
+    assert r.returncode == 0 and "issued" in r.stdout
+    r = run(db, "coupons", "issue", "--rider", "1")
+    assert r.returncode == 2 and "either --fen or --percent" in r.stderr
+    assert run(db, "disputes", "list").returncode == 0
+    r = run(db, "disputes", "resolve", "7", "--note", "x")
+    assert r.returncode == 2 and "unknown dispute" in r.stderr
