@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/nearest.py
 	$(BIN)/python bench/bill_latency.py
+	$(BIN)/python bench/settle.py
 
 db: $(STAMP)
 	$(BIN)/chargebot db upgrade
