@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from bot import logs, piles_api, scheduler, telegram, webchat, wechat
 from bot.context import CTX, Context
 from bot.handlers import notices
+from bot.payments import wechatpay as wechatpay_pay
 from core.charging import Charge
 from core.config import Settings
 from core.db import make_engine, make_sessionmaker, utcnow
@@ -64,6 +65,7 @@ def create_app(
     tg = telegram.setup(app, ctx)
     if tg is not None:
         senders["telegram"] = telegram.TelegramSender(tg)
+    wechatpay_pay.setup(app, ctx)
     n = settings.notifications
     app[NOTIFIER] = Notifier(
         ctx.sm, senders, notices.render, poll_s=n.poll_s, batch=n.batch, lease_s=n.lease_s,
