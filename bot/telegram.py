@@ -25,9 +25,10 @@ from telegram.ext import AIORateLimiter, Application, ContextTypes, TypeHandler
 from bot.context import CTX, Context
 from bot.handlers import router
 from bot.i18n import tr
+from bot.payments import telegram_pay
 from bot.replies import Incoming, Reply
 from core.config import Settings
-from core.riders import Identity
+from core.riders import Identity, language_from_hint
 from notifications.worker import DeliveryError
 
 log = logging.getLogger("chargebot.telegram")
@@ -137,8 +138,36 @@ class TelegramSender:
             raise DeliveryError(str(exc)) from exc
 
 
+async def _on_payment_update(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
+    """Telegram Payments updates, which carry no rider action for the router: True if handled."""
+    ctx: Context = context.application.bot_data["ctx"]
+    if (query := update.pre_checkout_query) is not None:
+        await telegram_pay.answer_pre_checkout(ctx, query)
+        return True
+    msg = update.message
+    if msg is None or msg.successful_payment is None:
+        return False
+    try:
+        replies = await telegram_pay.on_successful_payment(ctx, msg)
+    except Exception:
+        sp = msg.successful_payment
+        log.exception("crediting telegram payment %s (charge %s) failed", sp.invoice_payload,
+                      sp.telegram_payment_charge_id)
+        # Telegram has taken the money: "try again" would make the rider pay twice.
+        lang = language_from_hint(msg.from_user.language_code if msg.from_user else None)
+        replies = [Reply(tr(lang, "We received your payment, but something went wrong while "
+                                  "adding it to your wallet. Please don't pay again: support "
+                                  "will sort it out. Your reference: {ref}",
+                            ref=sp.telegram_payment_charge_id))]
+    if replies:
+        await send_replies(context.bot, msg.chat_id, replies)
+    return True
+
+
 async def _on_update(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     ctx: Context = context.application.bot_data["ctx"]
+    if await _on_payment_update(update, context):
+        return
     inc = incoming(update)
     if update.callback_query is not None:
         try:
@@ -148,7 +177,12 @@ async def _on_update(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     if inc is None:
         return
     try:
-        replies, _lang = await router.handle(ctx, inc)
+        amount = telegram_pay.topup_amount(inc.data) if inc.data is not None else None
+        if amount is not None and telegram_pay.available(ctx.settings):
+            # An invoice is a Telegram message the platform-neutral replies can't express.
+            replies = await telegram_pay.send_topup_invoice(ctx, context.bot, inc, amount)
+        else:
+            replies, _lang = await router.handle(ctx, inc)
     except Exception:
         log.exception("handler failed for a telegram update")
         replies = [Reply(tr("zh_CN", "Sorry, something went wrong on our side. Please try again."))]

@@ -7,6 +7,27 @@ from typing import Any
 from bot.handlers.text import bill_text, tariff_sentence
 from bot.i18n import tr
 from bot.replies import Button, Reply
+from core.wallet import yuan
+
+
+def provider_name(lang: str, provider: str) -> str:
+    if provider == "telegram":
+        return tr(lang, "Telegram Payments")
+    if provider == "wechatpay":
+        return tr(lang, "WeChat Pay")
+    if provider == "sandbox":
+        return tr(lang, "sandbox payment")
+    return provider
+
+
+def payment_text(lang: str, payload: dict[str, Any]) -> str:
+    """Payload {amount_fen, bonus_fen, balance_fen, provider}: what a credited payment says."""
+    lines = [tr(lang, "✅ Topped up {amount} via {provider}.", amount=yuan(payload["amount_fen"]),
+                provider=provider_name(lang, payload.get("provider") or ""))]
+    if payload.get("bonus_fen"):
+        lines.append(tr(lang, "🎁 Top-up bonus: +{bonus}", bonus=yuan(payload["bonus_fen"])))
+    lines.append(tr(lang, "👛 Balance: {balance}", balance=yuan(payload["balance_fen"])))
+    return "\n".join(lines)
 
 
 def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
@@ -29,6 +50,19 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
                      "port.", port=payload["port"]),
             buttons=[[Button(tr(lang, "📍 Nearest free ports"), data="near")]],
         )]
+    if kind == "payment":  # money from a payment provider reached the wallet
+        return [Reply(payment_text(lang, payload),
+                      buttons=[[Button(tr(lang, "👛 Wallet"), data="wallet")]])]
+    if kind == "auto_topup":  # 自动续费 topped the wallet up
+        return [Reply(
+            tr(lang, "🔁 Auto top-up: {amount} added to your wallet. Balance: {balance}",
+               amount=yuan(payload["amount_fen"]), balance=yuan(payload["balance_fen"])),
+            buttons=[[Button(tr(lang, "👛 Wallet"), data="wallet")]],
+        )]
+    if kind == "dispute_escalated":
+        return [Reply(tr(lang, "⏰ Your bill question (case {id}) was not answered in time. It is "
+                               "now with a supervisor, who will contact you.",
+                         id=payload["dispute_id"]))]
     if kind == "replies":  # a skin's replies that missed its synchronous answer window
         return [Reply.from_dict(d) for d in payload["replies"]]
     if kind == "text":

@@ -119,6 +119,11 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
         return await wallet.topup(turn, int(amount) if amount.isdigit() else 0, nonce)
     if verb == "pay":
         return await wallet.pay(turn)
+    if verb == "topupvia":
+        provider, _, amount = arg.partition(":")
+        return await wallet.topup_via(turn, provider, int(amount) if amount.isdigit() else 0)
+    if verb == "autotopup":
+        return await wallet.auto_topup(turn, arg)
     if verb == "history":
         return await charging.history(turn)
     if verb == "lang":

@@ -1,54 +1,209 @@
-"""Wallet: balance, sandbox top-up and paying a due bill."""
+"""Wallet: balance, coupons, top-up (sandbox or Telegram Payments), auto top-up, paying a bill."""
 
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
+from sqlalchemy import select
+
+from bot.handlers.notices import payment_text
 from bot.handlers.turn import Turn
 from bot.i18n import tr
+from bot.payments import telegram_pay
+from bot.payments.sandbox import sandbox_topup
 from bot.replies import Button, Reply
 from core import charging, wallet
-from core.wallet import yuan
+from core.billing import coupons
+from core.billing.coupons import Coupon
+from core.config import Settings
+from core.wallet import LedgerEntry, yuan
+
+AUTO_TOPUP_BELOW_FEN = 500  # 自动续费 kicks in when the balance falls below ¥5
+
+
+def topup_amounts(settings: Settings) -> list[int]:
+    """The card's top-up amounts, with every bonus threshold so each advertised bonus has a
+    button that reaches it."""
+    thresholds = {r.min_fen for r in settings.billing.topup_bonuses if r.bonus_fen > 0}
+    return sorted(set(settings.billing.sandbox_topups_fen) | thresholds)
+
+
+def _telegram_invoices(turn: Turn) -> bool:
+    return turn.inc.platform == "telegram" and telegram_pay.available(turn.ctx.settings)
 
 
 def _topup_buttons(turn: Turn) -> list[list[Button]]:
+    amounts = topup_amounts(turn.ctx.settings)
+    if _telegram_invoices(turn):
+        return [[Button(tr(turn.lang, "+{amount}", amount=yuan(a)),
+                        data=f"{telegram_pay.TOPUP_PREFIX}{a}") for a in amounts]]
+    if "sandbox" not in turn.ctx.settings.payments.providers:
+        return []
     # A fresh nonce per card: pressing the same button twice tops up once.
     nonce = secrets.token_hex(4)
     return [[Button(tr(turn.lang, "+{amount}", amount=yuan(a)), data=f"topup:{a}:{nonce}")
-             for a in turn.ctx.settings.billing.sandbox_topups_fen]]
+             for a in amounts]]
+
+
+def _topup_heading(turn: Turn) -> str | None:
+    if _telegram_invoices(turn):
+        return tr(turn.lang, "Top up with Telegram Payments:")
+    if "sandbox" in turn.ctx.settings.payments.providers:
+        return tr(turn.lang, "Top up (sandbox payment, no real money):")
+    return None
+
+
+def _local_date(turn: Turn, ts: datetime) -> str:
+    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+    return ts.astimezone(ZoneInfo(turn.ctx.settings.server.timezone)).strftime("%Y-%m-%d")
+
+
+def _coupon_line(turn: Turn, usable: list[Coupon], owed: int) -> str:
+    lang = turn.lang
+    # The best one for the bill that is due, or for a typical ¥20 bill.
+    reference = owed or 2000
+    best = max(usable, key=lambda c: (coupons.discount(c, reference), -c.expires_at.timestamp()))
+    if best.amount_fen:
+        offer = tr(lang, "{amount} off", amount=yuan(best.amount_fen))
+    else:
+        offer = tr(lang, "{percent}% off", percent=best.percent_off)
+    if best.min_spend_fen:
+        offer = tr(lang, "{offer} on bills from {min}", offer=offer, min=yuan(best.min_spend_fen))
+    return tr(lang, "🎟 Coupons: {count} (best: {offer}, valid until {date})",
+              count=len(usable), offer=offer, date=_local_date(turn, best.expires_at))
+
+
+def _bonus_lines(turn: Turn) -> list[str]:
+    rules = sorted(turn.ctx.settings.billing.topup_bonuses, key=lambda r: r.min_fen)
+    return [tr(turn.lang, "🎁 Top up {amount}, get {bonus} extra", amount=yuan(r.min_fen),
+               bonus=yuan(r.bonus_fen)) for r in rules if r.bonus_fen > 0]
+
+
+def _auto_topup_line(turn: Turn) -> str:
+    rider = turn.rider
+    if rider.auto_topup_fen > 0:
+        return tr(turn.lang, "🔁 Auto top-up: {amount} when the balance falls below {below}",
+                  amount=yuan(rider.auto_topup_fen), below=yuan(rider.auto_topup_below_fen))
+    return tr(turn.lang, "🔁 Auto top-up: off")
+
+
+def _auto_topup_buttons(turn: Turn) -> list[list[Button]]:
+    lang = turn.lang
+    row = [Button(tr(lang, "🔁 Auto top-up {amount}", amount=yuan(a)), data=f"autotopup:{a}")
+           for a in turn.ctx.settings.billing.auto_topup_choices_fen
+           if a != turn.rider.auto_topup_fen]
+    if turn.rider.auto_topup_fen > 0:
+        row.append(Button(tr(lang, "Turn off auto top-up"), data="autotopup:off"))
+    return [row] if row else []
 
 
 async def show(turn: Turn) -> list[Reply]:
     lang = turn.lang
-    bal = await wallet.balance(turn.session, turn.rider.id)  # type: ignore[arg-type]
-    due = await charging.due_charges(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    rider_id = turn.rider.id
+    assert rider_id is not None
+    bal = await wallet.balance(turn.session, rider_id)
+    due = await charging.due_charges(turn.session, rider_id)
+    owed = sum(c.amount_fen - c.paid_fen for c in due)
     lines = [tr(lang, "👛 Balance: {balance}", balance=yuan(bal))]
     buttons = _topup_buttons(turn)
-    if due:
-        owed = sum(c.amount_fen - c.paid_fen for c in due)
+    if owed:
         lines.append(tr(lang, "Unpaid bills: {amount}", amount=yuan(owed)))
         buttons.append([Button(tr(lang, "💳 Pay {amount}", amount=yuan(owed)), data="pay")])
-    lines.append(tr(lang, "Top up (sandbox payment, no real money):"))
+    if usable := await coupons.usable(turn.session, rider_id, turn.now):
+        lines.append(_coupon_line(turn, usable, owed))
+    lines += _bonus_lines(turn)
+    lines.append(_auto_topup_line(turn))
+    buttons += _auto_topup_buttons(turn)
+    if (heading := _topup_heading(turn)) is not None:
+        lines.append(heading)
     return [Reply("\n".join(lines), buttons=buttons)]
 
 
-async def topup(turn: Turn, amount: int, nonce: str) -> list[Reply]:
-    lang = turn.lang
-    if amount not in turn.ctx.settings.billing.sandbox_topups_fen or not nonce:
-        return await show(turn)
-    rider_id = turn.rider.id
-    assert rider_id is not None
-    await wallet.post(turn.session, rider_id, "topup", amount, f"topup:{rider_id}:{nonce}:{amount}",
-                      memo="sandbox")
-    paid, remaining = await charging.pay_due(turn.session, rider_id, turn.now)
-    bal = await wallet.balance(turn.session, rider_id)
-    text = tr(lang, "✅ Topped up {amount}. Balance: {balance}", amount=yuan(amount),
-              balance=yuan(bal))
+def _after_payment(lang: str, paid: int, remaining: int) -> str:
+    text = ""
     if paid:
         text += "\n" + tr(lang, "Your unpaid bill is paid. You can charge again.")
     if remaining:
         text += "\n" + tr(lang, "Still due: {amount}", amount=yuan(remaining))
-    return [Reply(text)]
+    return text
+
+
+def credited_reply(lang: str, *, amount_fen: int, bonus_fen: int, balance_fen: int,
+                   provider: str, paid: int, remaining: int) -> Reply:
+    """What the rider sees right after a top-up went through (any provider)."""
+    text = payment_text(lang, {"amount_fen": amount_fen, "bonus_fen": bonus_fen,
+                               "balance_fen": balance_fen, "provider": provider})
+    buttons = [[Button(tr(lang, "👛 Wallet"), data="wallet")]]
+    if remaining:
+        buttons = [[Button(tr(lang, "💳 Pay {amount}", amount=yuan(remaining)), data="pay"),
+                    Button(tr(lang, "👛 Wallet"), data="wallet")]]
+    return Reply(text + _after_payment(lang, paid, remaining), buttons=buttons)
+
+
+async def topup(turn: Turn, amount: int, nonce: str) -> list[Reply]:
+    """A sandbox top-up button: `topup:{amount}:{nonce}`, credited once per card."""
+    settings = turn.ctx.settings
+    if (amount not in topup_amounts(settings) or not nonce
+            or "sandbox" not in settings.payments.providers):
+        return await show(turn)
+    rider_id = turn.rider.id
+    assert rider_id is not None
+    # Cards shown before sandbox top-ups became payments credited under this key.
+    legacy = await turn.session.scalar(select(LedgerEntry.id).where(
+        LedgerEntry.idempotency_key == f"topup:{rider_id}:{nonce}:{amount}"))
+    credited = False
+    bonus = 0
+    if legacy is None:
+        payment, credited = await sandbox_topup(turn.session, rider_id, amount,
+                                                f"{rider_id}:{nonce}:{amount}", settings,
+                                                turn.now)
+        bonus = payment.bonus_fen
+    paid, remaining = await charging.pay_due(turn.session, rider_id, turn.now)
+    bal = await wallet.balance(turn.session, rider_id)
+    if not credited:
+        return [Reply(tr(turn.lang, "This top-up was already done. Balance: {balance}",
+                         balance=yuan(bal)) + _after_payment(turn.lang, paid, remaining))]
+    return [credited_reply(turn.lang, amount_fen=amount, bonus_fen=bonus, balance_fen=bal,
+                           provider="sandbox", paid=paid, remaining=remaining)]
+
+
+async def topup_via(turn: Turn, provider: str, amount: int) -> list[Reply]:
+    """`topupvia:{provider}:{amount}` that no skin took over (Telegram sends the invoice
+    itself): say why nothing happened and show the wallet again."""
+    if provider == "telegram":
+        text = tr(turn.lang, "Paying with Telegram works only in the Telegram chat, when it is "
+                             "switched on. Please pick another way to top up.")
+        return await _with_card(turn, text)
+    return await show(turn)
+
+
+async def auto_topup(turn: Turn, arg: str) -> list[Reply]:
+    """`autotopup:{amount}` opts in to 自动续费, `autotopup:off` opts out."""
+    lang = turn.lang
+    rider = turn.rider
+    if arg == "off":
+        rider.auto_topup_fen = 0
+        rider.auto_topup_below_fen = 0
+        text = tr(lang, "Auto top-up is off.")
+    elif arg.isdigit() and int(arg) in turn.ctx.settings.billing.auto_topup_choices_fen:
+        rider.auto_topup_fen = int(arg)
+        rider.auto_topup_below_fen = AUTO_TOPUP_BELOW_FEN
+        text = tr(lang, "✅ Auto top-up on: we add {amount} whenever your balance falls below "
+                        "{below}.", amount=yuan(rider.auto_topup_fen),
+                  below=yuan(AUTO_TOPUP_BELOW_FEN))
+    else:
+        return await show(turn)
+    turn.session.add(rider)
+    await turn.session.flush()
+    return await _with_card(turn, text)
+
+
+async def _with_card(turn: Turn, text: str) -> list[Reply]:
+    """One message: `text` above the wallet card (WeChat answers a tap with one message)."""
+    card = (await show(turn))[0]
+    return [Reply(text + "\n\n" + card.text, buttons=card.buttons)]
 
 
 async def pay(turn: Turn) -> list[Reply]:
