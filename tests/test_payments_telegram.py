@@ -290,3 +290,24 @@ async def test_without_telegram_payments_the_card_keeps_the_sandbox(
     reply = await payer.ask(payer.user.press(card, "topupvia:telegram:1000", check_button=False))
     assert "only in the Telegram chat" in reply.params["text"]
     assert not [c for c in fakes[0].calls[start:] if c.method == "sendInvoice"]
+
+
+async def test_a_forged_successful_payment_is_refused_and_credits_nothing(
+    tg_pay: Running, fakes: tuple[Any, Any],
+) -> None:
+    from core.billing.payments import Payment, create_payment
+
+    payer = Payer(tg_pay, fakes[0])
+    await payer.wallet()  # the rider exists
+    rid = await rider_id(tg_pay, payer)
+    async with transaction(tg_pay.ctx.sm) as s:
+        order = (await create_payment(s, rid, "telegram", 5000)).out_trade_no
+    forged = payer.paid(order, 5000, "forged-charge")
+    async with tg_pay.http.post(f"{tg_pay.url}/telegram/webhook", json=forged,
+                                headers={"X-Telegram-Bot-Api-Secret-Token": "guess"}) as r:
+        assert r.status == 401
+    async with tg_pay.ctx.sm() as s:
+        pay = (await s.execute(select(Payment).where(Payment.out_trade_no == order))).scalar_one()
+    assert pay.state == "created" and await ledger(tg_pay, rid) == []
+    await payer.ask(payer.paid(order, 5000, "real-charge"))
+    assert await ledger(tg_pay, rid) == [("topup", 5000), ("bonus", 800)]
