@@ -76,6 +76,12 @@ async def main(url: str) -> None:
                                 power_w=240.0, energy_wh=4 * m) for m in range(1, 180, 10)])
             for p, ref, prt, _ in refs))
 
+        # The charges ran for hours: their "charging started" messages went out long ago.
+        deadline = time.perf_counter() + 30
+        while sum(1 for c in fake.calls if c.method == "sendMessage") < CHARGES:
+            assert time.perf_counter() < deadline, "start messages not delivered"
+            await asyncio.sleep(0.05)
+
         t0 = time.perf_counter()
         await asyncio.gather(*(clients[p].post([clients[p].event("heartbeat", now)])
                                for p, _, _, _ in refs))

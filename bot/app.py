@@ -17,7 +17,7 @@ from bot.handlers import notices
 from bot.payments import wechatpay as wechatpay_pay
 from core.charging import Charge
 from core.config import Settings
-from core.db import make_engine, make_sessionmaker, utcnow
+from core.db import make_engine, make_read_sessionmaker, make_sessionmaker, utcnow
 from core.outbox import OutboxMessage
 from notifications.worker import Notifier, Sender
 
@@ -31,7 +31,7 @@ async def healthz(_request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    async with ctx.sm() as session:
+    async with ctx.reader()() as session:
         by_state = (await session.execute(
             select(Charge.state, func.count()).group_by(Charge.state))).all()
         pending = await session.scalar(
@@ -47,7 +47,8 @@ def create_app(
 ) -> web.Application:
     logs.install(settings)
     engine = make_engine(settings.database.url, echo=settings.database.echo)
-    ctx = Context(settings=settings, engine=engine, sm=make_sessionmaker(engine), clock=clock)
+    ctx = Context(settings=settings, engine=engine, sm=make_sessionmaker(engine), clock=clock,
+                  read_sm=make_read_sessionmaker(engine))
     app = web.Application(client_max_size=2 * 1024 * 1024)
     app[CTX] = ctx
     # cleanup_ctx unwinds in reverse: the engine goes last, after everything that uses it.
@@ -68,8 +69,8 @@ def create_app(
     wechatpay_pay.setup(app, ctx)
     n = settings.notifications
     app[NOTIFIER] = Notifier(
-        ctx.sm, senders, notices.render, poll_s=n.poll_s, batch=n.batch, lease_s=n.lease_s,
-        max_attempts=n.max_attempts, clock=clock,
+        ctx.sm, senders, notices.render, read_sm=ctx.reader(), poll_s=n.poll_s,
+        batch=n.batch, lease_s=n.lease_s, max_attempts=n.max_attempts, clock=clock,
         wait=lambda t: ctx.wakeups.wait("outbox", t),
     )
     if notifier:

@@ -48,6 +48,11 @@ class Context:
     sm: async_sessionmaker[AsyncSession]
     clock: Callable[[], datetime] = utcnow
     wakeups: Wakeups = field(default_factory=Wakeups)
+    # Read-only sessions: on SQLite they never queue behind writers.
+    read_sm: async_sessionmaker[AsyncSession] | None = None
+
+    def reader(self) -> async_sessionmaker[AsyncSession]:
+        return self.read_sm or self.sm
 
     def wake_outbox(self) -> None:
         self.wakeups.wake("outbox")

@@ -36,7 +36,7 @@ class SecretCache:
         now = time.monotonic()
         if hit is not None and now - hit[0] < SECRET_TTL_S:
             return hit[1]
-        async with ctx.sm() as session:
+        async with ctx.reader()() as session:
             secret = await session.scalar(select(piles.Pile.secret).where(piles.Pile.id == pile_id))
         if len(self._entries) > 200_000:
             self._entries.clear()

@@ -53,7 +53,7 @@ def ui_strings(lang: str) -> dict[str, str]:
 async def _lang_of(ctx: Context, client_id: str | None) -> str:
     if client_id is None:
         return DEFAULT_LANGUAGE
-    async with ctx.sm() as session:
+    async with ctx.reader()() as session:
         lang = await session.scalar(
             select(Rider.language).join(Identity, Identity.rider_id == Rider.id)
             .where(Identity.platform == "webchat", Identity.external_id == client_id)
@@ -70,7 +70,7 @@ async def ui(request: web.Request) -> web.Response:
     lang = request.query.get("lang", "")
     if lang not in LANGUAGES:
         lang = await _lang_of(ctx, _client_id(request.query.get("client_id")))
-    async with ctx.sm() as session:
+    async with ctx.reader()() as session:
         sites = (await session.execute(select(Site).order_by(Site.id).limit(8))).scalars().all()
         codes = (await session.execute(
             select(Port.code).join(Pile, Pile.id == Port.pile_id).where(Port.number <= 3)
@@ -142,7 +142,7 @@ async def messages(request: web.Request) -> web.Response:
         return _bad("after", "after and wait must be numbers")
     deadline = time.monotonic() + wait
     while True:
-        async with ctx.sm() as session:
+        async with ctx.reader()() as session:
             rows = await webchat_inbox.after(session, client_id, after)
         remaining = deadline - time.monotonic()
         if rows or remaining <= 0:

@@ -94,7 +94,7 @@ async def save_options(ctx: Context, identity_id: int, options: dict[str, str]) 
 
 
 async def _identity(ctx: Context, openid: str) -> tuple[Identity, str] | None:
-    async with ctx.sm() as session:
+    async with ctx.reader()() as session:
         row = (await session.execute(
             select(Identity, Rider.language).join(Rider, Rider.id == Identity.rider_id)
             .where(Identity.platform == "wechat", Identity.external_id == openid)
@@ -106,7 +106,7 @@ async def _option(ctx: Context, openid: str, text: str) -> str | None:
     found = await _identity(ctx, openid)
     if found is None:
         return None
-    async with ctx.sm() as session:
+    async with ctx.reader()() as session:
         row = await session.get(ChatOptions, found[0].id)
     return row.options.get(text) if row else None
 

@@ -56,12 +56,22 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
     def _begin(conn: Any) -> None:
         # A deferred transaction that reads and then writes fails at once with "database is
         # locked" when another writer got in between; taking the write lock up front makes
-        # SQLite queue writers behind busy_timeout instead.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # SQLite queue writers behind busy_timeout instead. Read-only sessions (read_sessions)
+        # stay deferred, so they never wait for writers (WAL gives them a snapshot).
+        if conn.get_execution_options().get("read_only"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+def make_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that only read: on SQLite they do not take the write lock."""
+    return async_sessionmaker(engine.execution_options(read_only=True), class_=AsyncSession,
+                              expire_on_commit=False)
 
 
 @asynccontextmanager

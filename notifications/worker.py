@@ -50,8 +50,10 @@ class Notifier:
         *, poll_s: float = 0.5, batch: int = 50, lease_s: float = 30.0, max_attempts: int = 8,
         clock: Callable[[], datetime] = utcnow,
         wait: Callable[[float], Awaitable[bool]] | None = None,
+        read_sm: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self.sm = sm
+        self.read_sm = read_sm or sm
         self.senders = senders
         self.render = render
         self.poll_s = poll_s
@@ -116,7 +118,7 @@ class Notifier:
         return len(claimed)
 
     async def _target(self, rider_id: int) -> tuple[Rider, Identity] | None:
-        async with self.sm() as session:
+        async with self.read_sm() as session:
             rider = await session.get(Rider, rider_id)
             if rider is None:
                 return None

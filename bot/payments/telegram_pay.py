@@ -118,7 +118,7 @@ async def _telegram_rider(session: Any, user_id: int) -> Rider | None:
 async def check_pre_checkout(ctx: Context, query: PreCheckoutQuery) -> str | None:
     """None when the payment may go ahead, else the (translated) reason it may not."""
     settings = ctx.settings
-    async with ctx.sm() as session:
+    async with ctx.reader()() as session:
         rider = await _telegram_rider(session, query.from_user.id)
         lang = rider.language if rider is not None else language_from_hint(
             query.from_user.language_code)
