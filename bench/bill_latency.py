@@ -17,17 +17,13 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import common  # noqa: F401  (puts the repo root on sys.path)
-from aiohttp import web
-from common import fresh_sqlite, machine, pct, settings_for
-from pydantic import SecretStr
+from common import app_with_fake_telegram, fresh_sqlite, machine, pct
 from sqlalchemy import select
 
-from bot.app import create_app
 from bot.context import CTX
 from core import charging, piles
 from core.db import transaction
 from core.riders import rider_for
-from tests.fakes.telegram_api import FakeTelegram
 from tests.journey import PileClient
 
 ROUNDS = 60
@@ -35,20 +31,8 @@ SECRET = "bench-secret"
 
 
 async def main(url: str) -> None:
-    fake = FakeTelegram()
-    await fake.start()
-    settings = settings_for(url)
-    settings.telegram.token = SecretStr(fake.token)
-    settings.telegram.base_url = fake.base_url
-    settings.telegram.base_file_url = fake.base_file_url
-    settings.notifications.poll_s = 0.5
-    app = create_app(settings)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    base = f"http://127.0.0.1:{port}"
+    app, runner, base, fake = await app_with_fake_telegram(url)
+    settings = app[CTX].settings
     ctx = app[CTX]
     async with transaction(ctx.sm) as s:
         await piles.add_site(s, "B01", "bench", 30.27, 120.15)

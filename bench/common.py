@@ -136,3 +136,27 @@ def machine() -> str:
         pass
     return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
             f"SQLite {sqlite3.sqlite_version}")
+
+
+async def app_with_fake_telegram(db_url: str) -> tuple[Any, Any, str, Any]:
+    """The real app on 127.0.0.1 with python-telegram-bot pointed at the local fake Bot API:
+    (app, runner, base URL, fake). Clean up with `runner.cleanup()` and `fake.stop()`."""
+    from aiohttp import web
+    from pydantic import SecretStr
+
+    from bot.app import create_app
+    from tests.fakes.telegram_api import FakeTelegram
+
+    fake = FakeTelegram()
+    await fake.start()
+    settings = settings_for(db_url)
+    settings.telegram.token = SecretStr(fake.token)
+    settings.telegram.base_url = fake.base_url
+    settings.telegram.base_file_url = fake.base_file_url
+    app = create_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return app, runner, f"http://127.0.0.1:{port}", fake
