@@ -331,6 +331,16 @@ def _settled(charge: Charge, payer: int, now: datetime) -> bool:
 
 async def _debit(session: AsyncSession, charge: Charge, payer: int, gross: int,
                  b: dict[str, Any]) -> bool:
+    if not b.get("refund_fen") and not b.get("coupon_fen"):
+        # A single conditional debit is all-or-nothing by itself: no savepoint needed.
+        if gross <= 0:
+            return True
+        try:
+            await wallet.post(session, payer, "charge", -gross, f"charge:{charge.id}",
+                              charge_id=charge.id, memo=charge.port_code)
+        except InsufficientBalance:
+            return False
+        return True
     try:
         async with session.begin_nested():
             if b.get("refund_fen"):
