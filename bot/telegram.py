@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -202,8 +203,25 @@ async def webhook(request: web.Request) -> web.Response:
         return web.json_response({"error": "not a Telegram update"}, status=400)
     if update is None:
         return web.json_response({"error": "not a Telegram update"}, status=400)
+    if update.message is not None and update.message.successful_payment is not None:
+        # Money has been taken: credit it before answering, so that if we cannot, Telegram
+        # delivers the update again instead of the payment being lost.
+        try:
+            replies = await telegram_pay.on_successful_payment(ctx, update.message)
+        except Exception:
+            log.exception("crediting a telegram payment failed; telegram will retry")
+            return web.json_response({"error": "could not credit the payment, retry"},
+                                     status=503)
+        if replies:
+            task = asyncio.create_task(send_replies(app.bot, update.message.chat_id, replies))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+        return web.json_response({"ok": True})
     await app.update_queue.put(update)
     return web.json_response({"ok": True})
+
+
+_background: set[asyncio.Task] = set()
 
 
 def setup(app: web.Application, ctx: Context) -> Application | None:

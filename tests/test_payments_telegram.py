@@ -311,3 +311,34 @@ async def test_a_forged_successful_payment_is_refused_and_credits_nothing(
     assert pay.state == "created" and await ledger(tg_pay, rid) == []
     await payer.ask(payer.paid(order, 5000, "real-charge"))
     assert await ledger(tg_pay, rid) == [("topup", 5000), ("bonus", 800)]
+
+
+async def test_a_payment_we_fail_to_credit_is_redelivered_and_credited_once(
+    tg_pay: Running, fakes: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from core.billing import payments
+    from core.billing.payments import create_payment
+
+    payer = Payer(tg_pay, fakes[0])
+    await payer.wallet()
+    rid = await rider_id(tg_pay, payer)
+    async with transaction(tg_pay.ctx.sm) as s:
+        order = (await create_payment(s, rid, "telegram", 2000)).out_trade_no
+    real = payments.confirm
+    calls = []
+
+    async def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("database went away")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(payments, "confirm", flaky)
+    update = payer.paid(order, 2000, "charge-retry")
+    async with tg_pay.http.post(f"{tg_pay.url}/telegram/webhook", json=update,
+                                headers={"X-Telegram-Bot-Api-Secret-Token": TG_SECRET}) as r:
+        assert r.status == 503  # Telegram will deliver it again
+    assert await ledger(tg_pay, rid) == []
+    await payer.ask(update)  # the redelivery
+    await payer.post(update)  # and a duplicate after that
+    assert await ledger(tg_pay, rid) == [("topup", 2000)]
