@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sqlalchemy import (
     JSON,
     Column,
@@ -77,8 +77,6 @@ class _Event(BaseModel):
     model_config = ConfigDict(extra="allow", strict=False)
     id: EventId
     ts: datetime
-    # The pile's own fields as it sent them, stored verbatim (cheaper than dumping the model).
-    _raw: dict[str, Any] | None = PrivateAttr(default=None)
 
 
 class Heartbeat(_Event):
@@ -208,7 +206,9 @@ def parse_batch(body: Any, raw_body: bytes | None = None) -> list[Any]:
             event.ts = event.ts.replace(tzinfo=UTC)
         if not TS_MIN <= event.ts <= TS_MAX:  # compared as instants, before any conversion
             raise InvalidEvent(f"{where}.ts", f"must lie between {TS_MIN:%Y} and {TS_MAX:%Y}")
-        event._raw = raw
+        # The pile's own fields, stored verbatim: cheaper than dumping the model, and a plain
+        # instance-dict entry costs nothing, where a pydantic private attribute costs ~20 µs.
+        event.__dict__[_RAW] = raw
         if event.id in seen:
             continue  # the same event twice in one batch is still one event
         seen.add(event.id)
@@ -237,6 +237,7 @@ class BatchResult:
 
 SESSION_EVENTS = ("meter", "session_started", "session_ended")
 _ENVELOPE = ("id", "type", "ts")
+_RAW = "__chargebot_raw__"
 EVENTS = PileEvent.__table__
 PILES = Pile.__table__
 SAMPLES = MeterSample.__table__
@@ -273,7 +274,8 @@ def _row(pile_id: str, e: Any, now: datetime) -> dict[str, Any]:
     return {
         "pile_id": pile_id, "event_id": e.id, "type": e.type, "ts": _utc(e.ts),
         "payload": (
-            {k: v for k, v in e._raw.items() if k not in _ENVELOPE} if e._raw is not None
+            {k: v for k, v in raw.items() if k not in _ENVELOPE}
+            if (raw := e.__dict__.get(_RAW)) is not None
             else e.model_dump(mode="json", exclude=set(_ENVELOPE))
         ),
         "received_at": now,
