@@ -29,7 +29,8 @@ def help_(turn: Turn) -> list[Reply]:
         "like P0001-03) and press Start.\n3. Stop any time with /stop, or it stops by itself "
         "when the battery is full.\n4. The bill comes here, paid from your wallet.\n\n"
         "/status — my charge · /wallet — balance and top-up · /history — past charges · "
-        "/language — 中文/English · /link — share one wallet between WeChat and Telegram",
+        "/language — 中文/English · /link — share one wallet between WeChat and Telegram · "
+        "/plans — monthly plans · /family — family wallet · /dispute — question a bill",
     )
     return [Reply(text, buttons=menu_buttons(lang))]
 
