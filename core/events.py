@@ -282,13 +282,6 @@ def _row(pile_id: str, e: Any, now: datetime) -> dict[str, Any]:
     }
 
 
-async def ingest(
-    session: AsyncSession, pile: Pile, events: Sequence[Any], settings: Settings, now: datetime,
-) -> BatchResult:
-    """One pile's batch (see `ingest_group`)."""
-    return (await ingest_group(session, [(pile.id, events)], settings, now))[0]
-
-
 async def ingest_group(
     session: AsyncSession, items: Sequence[tuple[str, Sequence[Any]]], settings: Settings,
     now: datetime, *, touch: Callable[[str], bool] = lambda _pile: True,

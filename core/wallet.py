@@ -38,7 +38,7 @@ def yuan(fen: int) -> str:
     return f"{sign}¥{fen // 100}.{fen % 100:02d}"
 
 
-async def _existing(session: AsyncSession, key: str) -> LedgerEntry | None:
+async def find_entry(session: AsyncSession, key: str) -> LedgerEntry | None:
     return (
         await session.execute(select(LedgerEntry).where(LedgerEntry.idempotency_key == key))
     ).scalars().first()
@@ -55,7 +55,7 @@ async def post(
     """
     if kind not in ENTRY_KINDS:
         raise ValueError(kind)
-    if (found := await _existing(session, key)) is not None:
+    if (found := await find_entry(session, key)) is not None:
         return found
     stmt = update(Rider).where(Rider.id == rider_id)
     if amount_fen < 0 and not allow_negative:

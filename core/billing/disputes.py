@@ -43,11 +43,9 @@ async def refund(session: AsyncSession, charge: Any, amount_fen: int, key: str,
     A paid bill gets a `refund` ledger entry to whoever paid it; a due bill simply owes less.
     """
     from core import wallet
-    from core.wallet import LedgerEntry
 
     ledger_key = f"refund:{charge.id}:{key}"
-    if amount_fen <= 0 or (await session.execute(select(LedgerEntry.id).where(
-            LedgerEntry.idempotency_key == ledger_key))).first() is not None:
+    if amount_fen <= 0 or await wallet.find_entry(session, ledger_key) is not None:
         return 0
     if charge.state in ("settled", "refunded"):
         refundable = charge.paid_fen - (charge.refunded_fen - int(
