@@ -148,22 +148,27 @@ async def _run_bill(server: Running, rider: WechatRider) -> None:
     return cmd, pile, now
 
 
+@pytest.mark.parametrize("closed_by", ["our_clock", "wechat_45015"])
 async def test_bill_outside_the_48h_window_goes_out_as_a_template_message(
-    db_url: str, fakes,  # type: ignore[no-untyped-def]
+    db_url: str, fakes, closed_by: str,  # type: ignore[no-untyped-def]
 ) -> None:
     fakes[1].templates = {"TPL-BILL"}
     settings = all_skins_settings(db_url, *fakes, wechat={"templates": {"bill": "TPL-BILL"}})
     async with start_server(settings) as server:
         rider = WechatRider(server, fakes[1], ACCOUNT)
         cmd, pile, now = await _run_bill(server, rider)
-        async with transaction(server.ctx.sm) as s:
-            ident = (await s.execute(select(Identity))).scalars().one()
-            ident.last_inbound_at = server.ctx.clock() - timedelta(hours=49)
+        if closed_by == "our_clock":  # the rider last wrote 49 h ago
+            async with transaction(server.ctx.sm) as s:
+                ident = (await s.execute(select(Identity))).scalars().one()
+                ident.last_inbound_at = server.ctx.clock() - timedelta(hours=49)
+        else:  # our record says open, WeChat says closed: fall back to the template
+            fakes[1].closed_window.add(rider.user.openid)
         await pile.run_charge(1, cmd["session"], now, minutes=40)
         call = await fakes[1].wait_for(lambda c: c.path.endswith("template/send"))
         assert call.body["template_id"] == "TPL-BILL"
         assert call.body["touser"] == rider.user.openid
         assert any("¥" in v["value"] for v in call.body["data"].values())
+
         async def bill_row() -> OutboxMessage | None:
             async with server.ctx.sm() as s:
                 row = (await s.execute(select(OutboxMessage).where(
@@ -173,19 +178,6 @@ async def test_bill_outside_the_48h_window_goes_out_as_a_template_message(
         await wait_until(bill_row)
         bill = await bill_row()
         assert bill is not None and bill.channel == "wechat:template"
-
-
-async def test_window_closed_on_wechats_side_falls_back_to_the_template(
-    db_url: str, fakes,  # type: ignore[no-untyped-def]
-) -> None:
-    fakes[1].templates = {"TPL-BILL"}
-    settings = all_skins_settings(db_url, *fakes, wechat={"templates": {"bill": "TPL-BILL"}})
-    async with start_server(settings) as server:
-        rider = WechatRider(server, fakes[1], ACCOUNT)
-        cmd, pile, now = await _run_bill(server, rider)
-        fakes[1].closed_window.add(rider.user.openid)
-        await pile.run_charge(1, cmd["session"], now, minutes=40)
-        await fakes[1].wait_for(lambda c: c.path.endswith("template/send"))
 
 
 async def test_twenty_workers_asking_for_a_token_cause_one_refresh(db_url: str, fakes) -> None:  # type: ignore[no-untyped-def]
