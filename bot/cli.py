@@ -351,6 +351,55 @@ def cmd_coupons_issue(args: argparse.Namespace) -> None:
     print(f"coupon {asyncio.run(_with_session(settings, go))} issued")
 
 
+def cmd_staff_add(args: argparse.Namespace) -> None:
+    """A technician or supervisor is a chat user with a role: found (or created, so a work
+    order can reach them before they ever wrote) by platform and user id."""
+    from core import staff
+    from core.piles import Site
+    from core.riders import PLATFORMS, rider_for
+
+    settings = _settings(args)
+    if args.platform not in PLATFORMS:
+        raise CliError(f"--platform must be one of {', '.join(PLATFORMS)}")
+    try:
+        staff.parse_hours(args.hours or settings.maintenance.default_hours)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    sites = [s.strip() for s in args.sites.split(",") if s.strip()]
+    if not sites:
+        raise CliError("--sites needs site ids, or * for every site")
+
+    async def go(session):  # type: ignore[no-untyped-def]
+        for site in sites:
+            if site != staff.ALL_SITES and await session.get(Site, site) is None:
+                raise CliError(f"unknown site {site}")
+        rider = await rider_for(session, args.platform, args.user, chat_id=args.chat or None,
+                                display_name=args.name or "")
+        for site in sites:
+            await staff.add(session, rider.id, args.role, site,
+                            hours=args.hours or settings.maintenance.default_hours,
+                            name=args.name or "")
+        return rider.id
+
+    rider_id = asyncio.run(_with_session(settings, go))
+    print(f"{args.role} {args.name or args.user} (rider {rider_id}) at {', '.join(sites)}")
+
+
+def cmd_staff_list(args: argparse.Namespace) -> None:
+    from sqlalchemy import select
+
+    from core import staff
+
+    settings = _settings(args)
+
+    async def go(session):  # type: ignore[no-untyped-def]
+        rows = await session.execute(select(staff.StaffRole).order_by(staff.StaffRole.site_id))
+        return list(rows.scalars())
+
+    for r in asyncio.run(_with_session(settings, go)):
+        print(f"{r.site_id:<10} {r.role:<11} rider {r.rider_id:<6} {r.hours}  {r.name}")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="chargebot", description="e-bike charging piles via chat")
     ap.add_argument("--database", help="database URL (overrides bot.toml)")
@@ -413,6 +462,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--reason", default="")
     p.set_defaults(fn=cmd_coupons_issue)
+
+    st = sub.add_parser("staff").add_subparsers(dest="staff_command", required=True)
+    p = st.add_parser("add", help="make a chat user a technician or supervisor of sites")
+    p.add_argument("--platform", required=True, help="telegram | wechat | webchat")
+    p.add_argument("--user", required=True, help="Telegram user id, WeChat openid, web chat id")
+    p.add_argument("--chat", default="", help="chat id if not the user's private chat")
+    p.add_argument("--role", required=True, choices=["technician", "supervisor"])
+    p.add_argument("--sites", required=True, help="comma-separated site ids, or *")
+    p.add_argument("--hours", default="", help="local on-duty hours, e.g. 08:00-20:00")
+    p.add_argument("--name", default="", help="shown to riders, e.g. 王师傅")
+    p.set_defaults(fn=cmd_staff_add)
+    st.add_parser("list", help="staff and their sites").set_defaults(fn=cmd_staff_list)
 
     wx = sub.add_parser("wechat").add_subparsers(dest="wechat_command", required=True)
     wx.add_parser("menu", help="publish the official account's menu").set_defaults(

@@ -11,22 +11,43 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.context import Context
-from core import charging, commands, piles
+from core import charging, commands, faults, piles, workorders
 from core.db import transaction
 
 log = logging.getLogger("chargebot.scheduler")
 
 
 async def sweep_offline(ctx: Context) -> list[str]:
-    """Piles that missed heartbeats for `offline_after_s` drop out of search."""
+    """Piles that missed heartbeats for `offline_after_s` drop out of search; charges running
+    on them are closed from their last reading, and a technician is sent."""
     now = ctx.clock()
     async with transaction(ctx.sm) as session:
         gone = await piles.mark_offline(
             session, now - timedelta(seconds=ctx.settings.piles.offline_after_s)
         )
+        ended = await faults.on_offline(session, gone, now, ctx.settings)
     if gone:
         log.warning("piles offline: %s", ", ".join(gone[:20]))
+    if ended:
+        ctx.wake_outbox()
     return gone
+
+
+async def sweep_faults(ctx: Context) -> None:
+    """Faults that show over time: interrupted charges, piles back online, broken promises."""
+    now = ctx.clock()
+    async with transaction(ctx.sm) as session:
+        ended = await faults.sweep_interrupted(session, now, ctx.settings)
+        await faults.sweep_back_online(session, now)
+    async with transaction(ctx.sm) as session:
+        # Each escalation claims its order with a conditional update: however many workers or
+        # overlapping runs check, one escalates and gives the coupons.
+        escalated = [i for i in await workorders.overdue(session, now)
+                     if await workorders.escalate(session, i, now, ctx.settings)]
+    for order_id in escalated:
+        log.warning("work order %s missed its acknowledgement promise: escalated", order_id)
+    if ended or escalated:
+        ctx.wake_outbox()
 
 
 async def sweep_requests(ctx: Context) -> None:
@@ -86,6 +107,7 @@ def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
         (sweep_offline, s.offline_sweep_s),
         (sweep_requests, s.command_sweep_s),
         (sweep_disputes, 60.0),
+        (sweep_faults, ctx.settings.faults.sweep_s),
     ]
     for fn, every in jobs:
         scheduler.add_job(running.wrap(fn), "interval", seconds=every, args=[ctx], id=fn.__name__)

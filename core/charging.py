@@ -69,6 +69,12 @@ class Charge(SQLModel, table=True):
     last_power_w: float | None = None
     last_energy_wh: int | None = None
     last_meter_at: datetime | None = None
+    # Power fell from charging to nothing at this pile time (and we saw it then): without a
+    # session_ended within the grace period the charge was interrupted (core.faults).
+    power_dropped_at: datetime | None = None
+    power_dropped_seen_at: datetime | None = Field(default=None, index=True)
+    # Terminal heating per 100 W over the charge: the wear trend predictive maintenance reads.
+    heat_per_100w: float | None = None
 
 
 class MeterSample(SQLModel, table=True):
@@ -80,6 +86,8 @@ class MeterSample(SQLModel, table=True):
     ts: datetime
     power_w: float
     energy_wh: int
+    current_a: float | None = None
+    temperature_c: float | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,7 @@ async def start_charge(
     await commands.queue(
         session, pile.id, "start", port.number, charge_id=charge.id, session=charge.session_ref,
         max_minutes=settings.piles.max_minutes, max_energy_wh=settings.piles.max_energy_wh,
+        now=now,
     )
     return charge
 
@@ -178,7 +187,7 @@ async def stop_charge(
     charge = charges[-1]
     await commands.queue(
         session, charge.pile_id, "stop", charge.port_number, charge_id=charge.id,
-        session=charge.session_ref,
+        session=charge.session_ref, now=now,
     )
     return charge
 
@@ -280,7 +289,8 @@ async def on_ended(
     await outbox.enqueue(
         session, charge.rider_id, "bill",
         {
-            "charge_id": charge.id, "port": charge.port_code, "reason": reason,
+            "charge_id": charge.id, "port": charge.port_code, "pile": charge.pile_id,
+            "reason": reason,
             "bill": charge.bill, "paid": paid, "balance_fen": balance,
             "tariff": charge.tariff, "family": bool(charge.payer_rider_id
                                                     and charge.payer_rider_id != charge.rider_id),
@@ -288,6 +298,25 @@ async def on_ended(
         f"bill:{charge.id}",
     )
     return True
+
+
+async def end_on_fault(session: AsyncSession, charge: Charge, at: datetime, settings: Settings,
+                       now: datetime) -> bool:
+    """Close an open charge the pile did not end itself (a fault we detected, a pile gone
+    silent): billed from its last reading and only up to the fault. The pile's own end, if it
+    ever comes, finds the charge closed and changes nothing."""
+    if charge.state not in OPEN_STATES:
+        return False
+    at = _aware(at)
+    last = _aware(charge.last_meter_at) if charge.last_meter_at else None
+    end = max(at, last) if last else at
+    if charge.started_at is None:
+        first = (await session.execute(select(MeterSample.ts).where(
+            MeterSample.charge_id == charge.id).order_by(MeterSample.ts).limit(1))).scalar()
+        charge.started_at = _aware(first) if first else end
+    duration = max(0, int((end - _aware(charge.started_at)).total_seconds()))
+    return await on_ended(session, charge, end, "fault", charge.last_energy_wh or 0, duration,
+                          settings, now)
 
 
 async def settle(
@@ -426,7 +455,7 @@ async def expire_requests(
         charge.failure = "timeout"
         await commands.queue(
             session, charge.pile_id, "stop", charge.port_number, charge_id=charge.id,
-            session=charge.session_ref,
+            session=charge.session_ref, now=now,
         )
         await outbox.enqueue(
             session, charge.rider_id, "start_failed",

@@ -158,8 +158,43 @@ class PaymentSettings(BaseModel):
 
 
 class ServicePromiseSettings(BaseModel):
+    # A work order not acknowledged within `ack_minutes` escalates to the site's supervisor and
+    # every rider the fault hit (or who reported it) gets a coupon, once.
     ack_minutes: int = 30
     breach_coupon_fen: int = 500
+    coupon_days: int = 30
+
+
+class FaultModelSettings(BaseModel):
+    """Alarm thresholds of one pile model (DOMAIN.md: boards alarm at 50–100 °C, settable)."""
+
+    max_temperature_c: float = 70.0
+    max_current_a: float = 5.5  # a 1000 W port draws ~4.5 A at 220 V
+    max_power_w: float = 1500.0  # above this a reading is impossible for the port, not a load
+
+
+class FaultSettings(BaseModel):
+    models: dict[str, FaultModelSettings] = Field(
+        default_factory=lambda: {"generic-10": FaultModelSettings()})
+    # Samples in a row over a threshold before it is a fault: one hot reading is noise.
+    debounce_samples: int = 3
+    # A charge whose power fell from `drop_from_w` to under `zero_w` and stayed there this long
+    # without session_ended was interrupted. Longer than the ~60 s a pile needs to call
+    # "unplugged"; a full charge tapers and floats at 5–30 W instead (DOMAIN.md).
+    interrupt_grace_s: int = 180
+    drop_from_w: float = 60.0
+    zero_w: float = 3.0
+    sweep_s: float = 10.0
+
+    def model(self, name: str) -> FaultModelSettings:
+        return self.models.get(name) or self.models.get("generic-10") or FaultModelSettings()
+
+
+class MaintenanceSettings(BaseModel):
+    interval_days: int = 90  # routine service when no prediction says sooner
+    lead_hours: int = 24  # preventive visits at least this long before a predicted failure
+    plan_every_h: float = 24.0
+    default_hours: str = "08:00-20:00"  # a technician's on-duty hours unless given
 
 
 class SchedulerSettings(BaseModel):
@@ -188,6 +223,8 @@ class Settings(BaseSettings):
     billing: BillingSettings = Field(default_factory=BillingSettings)
     service_promises: ServicePromiseSettings = Field(default_factory=ServicePromiseSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    faults: FaultSettings = Field(default_factory=FaultSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     payments: PaymentSettings = Field(default_factory=PaymentSettings)
 

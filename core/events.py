@@ -27,12 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field as SQLField
 from sqlmodel import SQLModel
 
-from core import charging, commands
+from core import charging, commands, faults
 from core.charging import Charge, MeterSample
 from core.commands import PileCommand
 from core.config import Settings
 from core.db import insert_ignore
 from core.errors import InvalidEvent
+from core.faults import PowerTrack
 from core.piles import PORT_STATUSES, Pile, Port
 
 MAX_BATCH = 500
@@ -99,8 +100,8 @@ class Meter(_Event):
     power_w: Annotated[float, Field(ge=0, le=100_000)]
     energy_wh: Annotated[int, Field(ge=0, le=MAX_ENERGY_WH)]
     voltage_v: float | None = None
-    current_a: float | None = None
-    temperature_c: float | None = None
+    current_a: Annotated[float, Field(ge=0, le=1000)] | None = None
+    temperature_c: Annotated[float, Field(ge=-60, le=400)] | None = None
 
 
 class SessionStarted(_Event):
@@ -223,6 +224,26 @@ def _utc(ts: datetime) -> datetime:
     return ts.astimezone(UTC)
 
 
+def _stored(ts: datetime) -> datetime:
+    """A time read back from the database: SQLite returns it naive, and it is UTC."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+async def _over_limit_run(session: AsyncSession, charge_id: int, ts: datetime,
+                          limits: Any, run: int) -> tuple[str, datetime] | None:
+    """(cause, since) when this reading and the `run - 1` before it all break one threshold."""
+    rows = (await session.execute(
+        select(SAMPLES.c.ts, SAMPLES.c.power_w, SAMPLES.c.current_a, SAMPLES.c.temperature_c)
+        .where(SAMPLES.c.charge_id == charge_id, SAMPLES.c.ts <= ts)
+        .order_by(SAMPLES.c.ts.desc()).limit(run))).all()
+    if len(rows) < run:
+        return None
+    causes = {faults.over_limits(limits, p, a, t) for _, p, a, t in rows}
+    if len(causes) != 1 or None in causes:
+        return None
+    return causes.pop(), _stored(rows[-1][0])  # type: ignore[return-value]
+
+
 # --- applying a batch ------------------------------------------------------------------------
 
 
@@ -266,7 +287,8 @@ _METER = (
         (CHARGES.c.last_meter_at.is_(None)) | (CHARGES.c.last_meter_at <= bindparam("ts")),
     )
     .values(state="started", last_meter_at=bindparam("ts"), last_power_w=bindparam("p"),
-            last_energy_wh=bindparam("e"))
+            last_energy_wh=bindparam("e"), power_dropped_at=bindparam("d"),
+            power_dropped_seen_at=bindparam("ds"))
 )
 
 
@@ -331,12 +353,20 @@ async def ingest_group(
             for e in fresh if e.type in SESSION_EVENTS}
     # Charges are read as plain rows; only those whose state changes become ORM objects.
     charge_ids: dict[tuple[str, str], int] = {}
+    # Each running charge's last reading, to tell a sudden drop or a counter running back.
+    tracks: dict[int, PowerTrack] = {}
     if refs:
+        c = CHARGES.c
         found = await session.execute(
-            select(CHARGES.c.pile_id, CHARGES.c.session_ref, CHARGES.c.id)
-            .where(tuple_(CHARGES.c.pile_id, CHARGES.c.session_ref).in_(sorted(refs)))
+            select(c.pile_id, c.session_ref, c.id, c.state, c.last_meter_at, c.last_power_w,
+                   c.last_energy_wh, c.power_dropped_at, c.power_dropped_seen_at)
+            .where(tuple_(c.pile_id, c.session_ref).in_(sorted(refs)))
         )
-        charge_ids = {(p, r): i for p, r, i in found}
+        for p, r, i, state, *track in found:
+            charge_ids[(p, r)] = i
+            if state in charging.OPEN_STATES:
+                tracks[i] = PowerTrack(*(_stored(v) if isinstance(v, datetime) else v
+                                         for v in track))
     loaded: dict[int, Charge] = {}
 
     async def charge_for(pile_id: str, ref: str) -> Charge | None:
@@ -356,8 +386,19 @@ async def ingest_group(
         ports = {(p.pile_id, p.number): p for p in found_ports.scalars()}
     samples: list[dict[str, Any]] = []
     latest: dict[int, tuple[datetime, float, int]] = {}
+    fcfg = settings.faults
+    lowest = faults.lowest_limits(fcfg)
+    detected: dict[tuple[str, int, str], tuple[datetime, int]] = {}  # place → (since, item)
+    suspects: list[tuple[int, str, int, int, datetime]] = []  # item, pile, port, charge, ts
+    raised: list[tuple[int, faults.Fault]] = []  # item index → fault to answer
 
-    for (pile_id, _), fresh, result in zip(items, fresh_by_item, results, strict=True):
+    async def pile_row(pile_id: str) -> Pile:
+        pile = await session.get(Pile, pile_id)
+        assert pile is not None  # the request was signed with this pile's secret
+        return pile
+
+    for n, ((pile_id, _), fresh, result) in enumerate(zip(items, fresh_by_item, results,
+                                                           strict=True)):
         for e in fresh:
             ts = _utc(e.ts)
             if e.type == "port_status":
@@ -370,10 +411,19 @@ async def ingest_group(
                 cid = charge_ids.get((pile_id, e.session))
                 if cid is not None:
                     samples.append({"charge_id": cid, "ts": ts, "power_w": e.power_w,
-                                    "energy_wh": e.energy_wh})
+                                    "energy_wh": e.energy_wh, "current_a": e.current_a,
+                                    "temperature_c": e.temperature_c})
                     # Only the newest reading per charge is kept on the charge row.
                     if (last := latest.get(cid)) is None or ts >= last[0]:
                         latest[cid] = (ts, e.power_w, e.energy_wh)
+                    track = tracks.get(cid)
+                    if track is not None and (track.ts is None or ts > track.ts):
+                        cause = track.step(ts, e.power_w, e.energy_wh, fcfg, now)
+                        if cause is not None:
+                            since = track.dropped_at if cause == "interrupted" else ts
+                            detected.setdefault((pile_id, e.port, cause), (since or ts, n))
+                    if faults.over_limits(lowest, e.power_w, e.current_a, e.temperature_c):
+                        suspects.append((n, pile_id, e.port, cid, ts))
             elif e.type == "session_started":
                 charge = await charge_for(pile_id, e.session)
                 if charge is not None:
@@ -405,18 +455,46 @@ async def ingest_group(
                     if charge is not None:
                         await charging.on_start_rejected(session, charge, e.error)
                         result.notify = True
-            # heartbeat: applied above, once per pile; fault / fault_cleared are stored for the
-            # fault service, and the pile's own port_status events carry their effect on search.
+            elif e.type == "fault":
+                # Recorded in time order, so a session_ended(fault) right behind it is billed
+                # only up to it; the charges it hit are answered once the batch is applied.
+                r = await faults.record(session, await pile_row(pile_id), e.port or 0,
+                                        e.code[:40], ts, now, settings, detail=e.detail or "")
+                raised.append((n, r.fault))
+                result.notify = result.notify or r.new
+            elif e.type == "fault_cleared":
+                await faults.clear(session, pile_id, e.port or 0, e.code[:40], ts, now)
+            # heartbeat: applied above, once per pile.
     meters = []
     for cid, (ts, power, energy) in latest.items():
+        track = tracks.get(cid)
+        dropped = (track.dropped_at, track.dropped_seen_at) if track else (None, None)
         if cid in loaded:
             charging.on_meter(loaded[cid], ts, power, energy)
+            if loaded[cid].state == "started" and track is not None:
+                loaded[cid].power_dropped_at, loaded[cid].power_dropped_seen_at = dropped
         else:
-            meters.append({"cid": cid, "ts": ts, "p": power, "e": energy})
+            meters.append({"cid": cid, "ts": ts, "p": power, "e": energy, "d": dropped[0],
+                           "ds": dropped[1]})
     if meters:
         await session.execute(_METER, meters)
     if samples:
         await session.execute(insert(SAMPLES), samples)
+
+    for n, pile_id, port, cid, ts in suspects:
+        pile = await pile_row(pile_id)
+        if cause := await _over_limit_run(session, cid, ts, fcfg.model(pile.model),
+                                          fcfg.debounce_samples):
+            detected.setdefault((pile_id, port, cause[0]), (cause[1], n))
+    for (pile_id, port, cause), (since, n) in sorted(detected.items(), key=lambda kv: kv[1]):
+        r = await faults.record(session, await pile_row(pile_id), port, cause, since, now,
+                                settings, source="detected")
+        raised.append((n, r.fault))
+        results[n].notify = results[n].notify or r.new
+    for n, fault in raised:
+        ended = await faults.stop_charges(session, fault, settings, now)
+        results[n].billed.extend(ended)
+        results[n].notify = results[n].notify or bool(ended)
 
     pending = set((await session.execute(
         select(PileCommand.pile_id).distinct().where(

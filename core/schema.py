@@ -2,7 +2,19 @@
 
 from sqlmodel import SQLModel
 
-from core import charging, commands, events, outbox, piles, riders, wallet  # noqa: F401
+from core import (  # noqa: F401
+    charging,
+    commands,
+    events,
+    faults,
+    outbox,
+    piles,
+    prompts,
+    riders,
+    staff,
+    wallet,
+    workorders,
+)
 from core.billing import coupons, disputes, family, payments, plans  # noqa: F401
 from notifications import webchat_inbox, wechat_store  # noqa: F401
 

@@ -43,6 +43,12 @@ def test_upgrade_import_add_and_list(db: str, tmp_path: Path) -> None:
     (["sites", "import", "/nonexistent.csv"], "no such file"),
     (["simulate", "--url", "http://127.0.0.1:9", "--piles", "0"], "at least 1"),
     (["simulate", "--url", "http://127.0.0.1:9", "--piles", "3"], "no piles in the database"),
+    (["staff", "add", "--platform", "telegram", "--user", "1", "--role", "technician",
+      "--sites", "NOPE"], "unknown site NOPE"),
+    (["staff", "add", "--platform", "telegram", "--user", "1", "--role", "technician",
+      "--sites", "*", "--hours", "8-20"], "hours must look like 08:00-20:00"),
+    (["staff", "add", "--platform", "fax", "--user", "1", "--role", "technician",
+      "--sites", "*"], "--platform must be one of"),
 ])
 def test_bad_input_gets_a_clear_error(db: str, args: list[str], message: str) -> None:
     run(db, "db", "upgrade")
@@ -113,3 +119,21 @@ def test_staff_refund_coupon_and_disputes_commands(db: str) -> None:
     assert run(db, "disputes", "list").returncode == 0
     r = run(db, "disputes", "resolve", "7", "--note", "x")
     assert r.returncode == 2 and "unknown dispute" in r.stderr
+
+
+def test_staff_add_and_list(db: str, tmp_path: Path) -> None:
+    assert run(db, "db", "upgrade").returncode == 0
+    csv = tmp_path / "sites.csv"
+    csv.write_text("id,name,address,lat,lon,kind,tariff\n"
+                   "HZ09,城西银泰车棚,杭州市拱墅区,30.29,120.11,mall,by_time\n", encoding="utf-8")
+    assert run(db, "sites", "import", str(csv)).returncode == 0
+    r = run(db, "staff", "add", "--platform", "telegram", "--user", "777", "--role",
+            "technician", "--sites", "HZ09", "--hours", "20:00-08:00", "--name", "王师傅")
+    assert r.returncode == 0, r.stderr
+    assert "technician 王师傅" in r.stdout and "HZ09" in r.stdout
+    r = run(db, "staff", "add", "--platform", "telegram", "--user", "888", "--role",
+            "supervisor", "--sites", "*")
+    assert r.returncode == 0, r.stderr
+    listing = run(db, "staff", "list").stdout.splitlines()
+    assert any(line.startswith("*") and "supervisor" in line for line in listing)
+    assert any("HZ09" in line and "20:00-08:00" in line and "王师傅" in line for line in listing)

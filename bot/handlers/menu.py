@@ -6,10 +6,11 @@ from bot.handlers.text import menu_buttons
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
+from core import staff
 from core.riders import set_language
 
 
-def welcome(turn: Turn) -> list[Reply]:
+async def welcome(turn: Turn) -> list[Reply]:
     lang = turn.lang
     text = tr(
         lang,
@@ -17,8 +18,11 @@ def welcome(turn: Turn) -> list[Reply]:
         "location to find the nearest free port. You pay after charging; the bill arrives as "
         "soon as the charge ends.",
     )
-    return [Reply(text, buttons=menu_buttons(lang),
-                  request_location=tr(lang, "📍 Share my location"))]
+    buttons = menu_buttons(lang)
+    if await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
+        # Staff use the same bot: their work comes first.
+        buttons = [[Button(tr(lang, "🔧 Work orders"), data="wo:list")], *buttons]
+    return [Reply(text, buttons=buttons, request_location=tr(lang, "📍 Share my location"))]
 
 
 def help_(turn: Turn) -> list[Reply]:

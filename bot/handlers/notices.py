@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.handlers.staff import cause_name, order_buttons, order_card
 from bot.handlers.text import bill_text, tariff_sentence
 from bot.i18n import tr
-from bot.replies import Button, Reply
+from bot.replies import Button, Reply, Venue
 from core.wallet import yuan
 
 
@@ -30,13 +31,72 @@ def payment_text(lang: str, payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def fault_text(lang: str, payload: dict[str, Any]) -> str:
+    b = payload["bill"]
+    port = payload["port"]
+    cause = b.get("fault_code")
+    if cause in ("offline", "comm_loss"):
+        head = tr(lang, "⚠️ Charging at port {port} stopped: the pile lost its connection.",
+                  port=port)
+    elif cause:
+        head = tr(lang, "⚠️ Charging stopped because port {port} failed ({cause}).", port=port,
+                  cause=cause_name(lang, cause))
+    else:
+        head = tr(lang, "⚠️ Charging stopped because port {port} failed.", port=port)
+    if b.get("refund_fen"):
+        money = tr(lang, "{amount} refunded: you pay only until the fault.",
+                   amount=yuan(b["refund_fen"]))
+    else:
+        money = tr(lang, "You pay only until the fault, with no minimum fee.")
+    return head + " " + money + " " + tr(lang, "The port is reported for repair.")
+
+
 def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
     if kind == "bill":
         buttons = []
         if not payload["paid"] and payload["bill"]["amount_fen"] > 0:
             buttons = [[Button(tr(lang, "💳 Pay now"), data="pay"),
                         Button(tr(lang, "👛 Wallet"), data="wallet")]]
-        return [Reply(bill_text(lang, payload), buttons=buttons)]
+        text = bill_text(lang, payload)
+        b = payload["bill"]
+        if b.get("fault_code") or payload["reason"] in ("fault", "power_loss"):
+            # The fault first, in plain words, with what was refunded and where to go instead.
+            text = fault_text(lang, payload) + "\n\n" + text
+            if payload.get("pile"):
+                buttons.insert(0, [Button(tr(lang, "📍 Nearest free port"),
+                                          data=f"alt:{payload['pile']}")])
+        return [Reply(text, buttons=buttons)]
+    if kind == "work_order":
+        return [Reply(order_card(lang, payload, payload.get("tz", "Asia/Shanghai")),
+                      buttons=order_buttons(lang, payload["order_id"]),
+                      venue=Venue(payload["lat"], payload["lon"], payload["site"],
+                                  payload["address"]))]
+    if kind == "work_order_cleared":
+        return [Reply(tr(lang, "✔️ Work order #{id} ({where}) closed: the pile reports the "
+                               "fault cleared, no visit needed.", id=payload["order_id"],
+                         where=payload["where"]))]
+    if kind == "work_order_escalated":
+        return [Reply(
+            tr(lang, "⏰ Promise broken: work order #{id} ({where}) was not acknowledged within "
+                     "{m} minutes. Technician: {tech}. {n} riders received a coupon.",
+               id=payload["order_id"], where=payload["where"], m=payload["minutes"],
+               tech=payload["technician"] or tr(lang, "nobody assigned"),
+               n=payload["coupons"]) + "\n"
+            + order_card(lang, payload, payload.get("tz", "Asia/Shanghai")),
+            buttons=order_buttons(lang, payload["order_id"]))]
+    if kind == "promise_coupon":
+        return [Reply(tr(lang, "🙏 Sorry: the repair of {where} was not picked up within {m} "
+                               "minutes as we promise. A {amount} coupon is in your wallet for "
+                               "your next charge.", where=payload["where"],
+                         m=payload["minutes"], amount=yuan(payload["amount_fen"])),
+                      buttons=[[Button(tr(lang, "👛 Wallet"), data="wallet")]])]
+    if kind == "repair_done":
+        who = payload.get("technician") or tr(lang, "our technician")
+        return [Reply(
+            tr(lang, "🔧 {where} is repaired by {who} and back in service. How was it?",
+               where=payload["where"], who=who),
+            buttons=[[Button("⭐" * n, data=f"rate:{payload['order_id']}:{n}")
+                      for n in range(1, 6)]])]
     if kind == "charge_started":
         return [Reply(
             tr(lang, "⚡ Charging started at port {port}.", port=payload["port"]) + "\n"

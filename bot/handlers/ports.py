@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
 from bot.handlers.text import distance, tariff_sentence
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply, Venue
-from core import charging
+from core import charging, workorders
 from core.errors import UnknownPort
 from core.nearby import NearbyPile, free_ports, nearest_free
 from core.piles import Pile, Port, port_code
@@ -16,7 +19,7 @@ def status_text(lang: str, port: Port, pile: Pile, busy: bool) -> str:
     if not pile.online:
         return tr(lang, "⚫ pile offline")
     if pile.maintenance or port.maintenance:
-        return tr(lang, "🛠 under maintenance")
+        return tr(lang, "🛠 under repair")
     if port.status == "fault":
         return tr(lang, "🔴 out of order")
     if busy or port.status in ("charging", "full"):
@@ -40,6 +43,7 @@ async def port_card(turn: Turn, code: str) -> list[Reply]:
         tr(lang, "📍 {site} · {address}", site=site.name, address=site.address),
         tr(lang, "Status: {status}", status=status_text(lang, port, pile, busy)),
         tr(lang, "💰 {tariff}", tariff=tariff_sentence(lang, tariff)),
+        await calendar_line(turn, pile),
     ])
     usable = charging.port_is_free_for_start(port, pile) and not busy
     buttons = []
@@ -48,6 +52,28 @@ async def port_card(turn: Turn, code: str) -> list[Reply]:
     else:
         buttons.append([Button(tr(lang, "📍 Other free ports nearby"), data=f"alt:{pile.id}")])
     return [Reply(text, buttons=buttons)]
+
+
+async def calendar_line(turn: Turn, pile: Pile) -> str:
+    """Transparency: when the pile was last serviced, when next, and its technician's rating."""
+    lang, tz = turn.lang, turn.ctx.settings.server.timezone
+    cal = await workorders.calendar(turn.session, pile, turn.ctx.settings, turn.now)
+    parts = [tr(lang, "🛠 Last service: {last} · next: {next}",
+                last=_day(cal["last"], tz) if cal["last"] else tr(lang, "none yet"),
+                next=_day(cal["next"], tz) if cal["next"] else tr(lang, "not planned"))]
+    if cal["technician"]:
+        if cal["ratings"]:
+            parts.append(tr(lang, "Technician {name} ★{avg:.1f} ({n})", name=cal["technician"],
+                            avg=cal["rating"], n=cal["ratings"]))
+        else:
+            parts.append(tr(lang, "Technician {name}", name=cal["technician"]))
+    return tr(lang, " · ").join(parts)
+
+
+def _day(ts: datetime, tz: str) -> str:
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d")
 
 
 def unknown_port(turn: Turn, code: str) -> Reply:

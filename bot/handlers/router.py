@@ -6,10 +6,21 @@ import logging
 import re
 
 from bot.context import Context
-from bot.handlers import account, charging, disputes, family, menu, plans, ports, wallet
+from bot.handlers import (
+    account,
+    charging,
+    disputes,
+    family,
+    menu,
+    plans,
+    ports,
+    staff,
+    wallet,
+)
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Incoming, Reply
+from core import prompts
 from core.db import transaction
 from core.errors import DomainError
 from core.piles import PORT_CODE
@@ -51,6 +62,11 @@ async def dispatch(turn: Turn) -> list[Reply]:
         return await ports.nearest(turn, *inc.location)
     if inc.data is not None:
         return await on_button(turn, inc.data)
+    if (inc.text or inc.photo) and (
+            prompt := await prompts.pending(turn.session, turn.rider.id, turn.now)):  # type: ignore[arg-type]
+        answered = await staff.answer_prompt(turn, prompt)
+        if answered is not None:
+            return answered
     text = (inc.text or "").strip()
     if text.startswith("/"):
         command, _, arg = text[1:].partition(" ")
@@ -66,7 +82,7 @@ async def on_command(turn: Turn, command: str, arg: str) -> list[Reply]:
             return await ports.port_card(turn, m.group(1).upper())
         if arg:
             return [ports.unknown_port(turn, arg.removeprefix("port_"))]
-        return menu.welcome(turn)
+        return await menu.welcome(turn)
     if command == "status":
         return await charging.status(turn)
     if command == "stop":
@@ -89,10 +105,14 @@ async def on_command(turn: Turn, command: str, arg: str) -> list[Reply]:
         return await plans.show(turn)
     if command == "dispute":
         return await disputes.open_(turn, arg)
+    if command in ("orders", "workorders"):
+        return await staff.orders(turn)
+    if command == "promises":
+        return await staff.promises(turn)
     if command == "help":
         return menu.help_(turn)
     if command == "menu":
-        return menu.welcome(turn)
+        return await menu.welcome(turn)
     return menu.unknown(turn)
 
 
@@ -129,7 +149,7 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
     if verb == "lang":
         return await menu.choose_language(turn, arg) if arg else menu.language_menu(turn)
     if verb == "menu":
-        return menu.welcome(turn)
+        return await menu.welcome(turn)
     if verb == "help":
         return menu.help_(turn)
     if verb == "family":
@@ -138,4 +158,8 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
         return await plans.button(turn, arg)
     if verb == "dispute":
         return await disputes.open_(turn, arg)
+    if verb == "wo":
+        return await staff.button(turn, arg)
+    if verb == "rate":
+        return await staff.rate(turn, arg)
     return menu.unknown(turn)

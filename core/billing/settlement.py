@@ -4,10 +4,9 @@ the metering promise — each shown on the bill, each a ledger entry when money 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.billing import coupons, plans
@@ -24,6 +23,7 @@ class Breakdown:
     plan_fen: int = 0
     refund_fen: int = 0  # automatic: what was charged after a fault began, and the minimum fee
     fault_at: str | None = None
+    fault_code: str | None = None
     coupon_fen: int = 0
     coupon_ids: list[int] = field(default_factory=list)
     metered_wh: int | None = None  # energy from the meter samples
@@ -49,19 +49,16 @@ def integrate_wh(samples: list[tuple[datetime, float]], start: datetime, end: da
 
 
 async def fault_start(session: AsyncSession, pile_id: str, port: int, start: datetime,
-                      end: datetime) -> datetime | None:
-    """When the fault that ended a charge began, from the pile's own `fault` events."""
-    from core.events import PileEvent  # events imports charging, which imports this module
+                      end: datetime) -> tuple[datetime, str] | None:
+    """When the fault that ended a charge began, and its cause (core.faults keeps one row per
+    fault, from the pile's reports and from our own detection)."""
+    from core import faults  # faults → charging → this module
 
-    rows = await session.execute(
-        select(PileEvent.ts, PileEvent.payload).where(
-            PileEvent.pile_id == pile_id, PileEvent.type == "fault",
-            PileEvent.ts >= start, PileEvent.ts <= end,
-        ).order_by(PileEvent.ts))
-    for ts, payload in rows:
-        if payload.get("port") in (None, port):
-            return ts
-    return None
+    fault = await faults.first_during(session, pile_id, port, start, end)
+    if fault is None:
+        return None
+    opened = fault.opened_at if fault.opened_at.tzinfo else fault.opened_at.replace(tzinfo=UTC)
+    return max(opened, start), fault.cause
 
 
 async def adjust(
@@ -74,7 +71,8 @@ async def adjust(
 
     # A fault ends the charge early: the rider pays only up to the fault, without a minimum.
     if reason in FAULT_ENDS:
-        at = await fault_start(session, pile_id, port, started, ended) or ended
+        found = await fault_start(session, pile_id, port, started, ended)
+        at, b.fault_code = found if found else (ended, None)
         upto = max(0, int((at - started).total_seconds()))
         fair = compute_bill({**tariff, "min_fee_fen": 0}, started_at=started, duration_s=upto,
                             energy_wh=energy_wh, samples=[s for s in samples if s[0] <= at],
@@ -120,13 +118,10 @@ async def adjust(
 async def during_fault(session: AsyncSession, pile_id: str, port: int, start: datetime,
                        end: datetime) -> bool:
     """Was a fault reported on this port (or the whole pile) while the charge ran?"""
-    from core.events import PileEvent
+    from core import faults
 
-    rows = await session.execute(
-        select(PileEvent.payload).where(
-            PileEvent.pile_id == pile_id, PileEvent.type == "fault",
-            PileEvent.ts >= start - timedelta(minutes=1), PileEvent.ts <= end))
-    return any(p.get("port") in (None, port) for (p,) in rows)
+    return await faults.first_during(session, pile_id, port, start - timedelta(minutes=1),
+                                     end) is not None
 
 
 __all__ = ["Breakdown", "adjust", "during_fault", "integrate_wh"]

@@ -1,0 +1,242 @@
+"""Technicians and supervisors in the same chat: work orders, their buttons, the promises."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from bot.handlers.turn import Turn
+from bot.i18n import tr
+from bot.replies import Button, Reply
+from core import prompts, staff, workorders
+from core.workorders import WorkOrder
+
+RESOLVE_PROMPT = "resolve_note"
+
+
+def cause_name(lang: str, code: str) -> str:
+    return {
+        "overload": tr(lang, "overload"),
+        "over_temperature": tr(lang, "over-temperature"),
+        "over_voltage": tr(lang, "over-voltage"),
+        "under_voltage": tr(lang, "under-voltage"),
+        "leakage": tr(lang, "current leakage"),
+        "short_circuit": tr(lang, "short circuit"),
+        "relay_stuck": tr(lang, "relay stuck closed"),
+        "relay_open": tr(lang, "relay does not close"),
+        "meter_fault": tr(lang, "meter fault"),
+        "comm_loss": tr(lang, "communication lost"),
+        "power_loss": tr(lang, "power loss"),
+        "smoke": tr(lang, "smoke alarm"),
+        "flooding": tr(lang, "flooding"),
+        "door_open": tr(lang, "cabinet door open"),
+        "over_current": tr(lang, "over-current"),
+        "interrupted": tr(lang, "charging interrupted"),
+        "offline": tr(lang, "pile offline"),
+        "meter_backwards": tr(lang, "energy meter ran backwards"),
+        "impossible_power": tr(lang, "impossible power reading"),
+        "predicted_wear": tr(lang, "predicted wear-out"),
+    }.get(code, code)
+
+
+def causes_text(lang: str, causes: str) -> str:
+    return tr(lang, ", ").join(cause_name(lang, c) for c in causes.split(",") if c)
+
+
+def local(ts: datetime | str | None, tz: str) -> str:
+    if ts is None:
+        return "—"
+    if isinstance(ts, str):
+        ts = datetime.fromisoformat(ts)
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=ZoneInfo("UTC"))
+    return ts.astimezone(ZoneInfo(tz)).strftime("%m-%d %H:%M")
+
+
+def state_name(lang: str, state: str) -> str:
+    return {
+        "open": tr(lang, "waiting for a technician"),
+        "acknowledged": tr(lang, "acknowledged"),
+        "arrived": tr(lang, "technician on site"),
+        "resolved": tr(lang, "resolved"),
+        "cleared": tr(lang, "cleared by the pile"),
+    }.get(state, state)
+
+
+def order_buttons(lang: str, order_id: int, state: str = "open") -> list[list[Button]]:
+    row = []
+    if state == "open":
+        row.append(Button(tr(lang, "👌 Acknowledge"), data=f"wo:ack:{order_id}"))
+    if state in ("open", "acknowledged"):
+        row.append(Button(tr(lang, "📍 Arrived"), data=f"wo:arr:{order_id}"))
+    if state in workorders.ACTIVE:
+        row.append(Button(tr(lang, "✅ Resolved"), data=f"wo:res:{order_id}"))
+    return [row] if row else []
+
+
+def order_line(lang: str, o: WorkOrder, tz: str) -> str:
+    kind = tr(lang, "planned service") if o.kind == "preventive" else causes_text(lang, o.causes)
+    return tr(lang, "#{id} {where} · {what} · {state} · since {since}", id=o.id, where=o.where,
+              what=kind, state=state_name(lang, o.state), since=local(o.created_at, tz))
+
+
+async def _refuse(turn: Turn) -> list[Reply]:
+    return [Reply(tr(turn.lang, "This is for our technicians and supervisors only."))]
+
+
+async def orders(turn: Turn) -> list[Reply]:
+    if not await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
+        return await _refuse(turn)
+    tz = turn.ctx.settings.server.timezone
+    found = await workorders.active_for(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    if not found:
+        return [Reply(tr(turn.lang, "🔧 No open work orders. 👍"))]
+    lines = [tr(turn.lang, "🔧 Open work orders ({n}):", n=len(found))]
+    lines += [order_line(turn.lang, o, tz) for o in found[:20]]
+    buttons = [[Button(tr(turn.lang, "#{id} {where}", id=o.id, where=o.where),
+                       data=f"wo:show:{o.id}")] for o in found[:8]]
+    return [Reply("\n".join(lines), buttons=buttons)]
+
+
+async def show(turn: Turn, order_id: int) -> list[Reply]:
+    order = await turn.session.get(WorkOrder, order_id)
+    if order is None or not await workorders.may_act(turn.session, order, turn.rider.id):  # type: ignore[arg-type]
+        return await _refuse(turn)
+    tz = turn.ctx.settings.server.timezone
+    info = await workorders.payload(turn.session, order, tz=tz)
+    return [Reply(order_card(turn.lang, info, tz, order.state),
+                  buttons=order_buttons(turn.lang, order_id, order.state))]
+
+
+def order_card(lang: str, p: dict, tz: str, state: str = "open") -> str:
+    if p["kind"] == "preventive":
+        head = tr(lang, "🗓 Planned service #{id}: {where}", id=p["order_id"], where=p["where"])
+        what = tr(lang, "Predicted wear-out; visit by {when}.", when=local(p["planned_for"], tz))
+    else:
+        head = tr(lang, "🔧 Work order #{id}: {where}", id=p["order_id"], where=p["where"])
+        what = tr(lang, "Fault: {causes} ({severity})", causes=causes_text(lang, p["causes"]),
+                  severity=severity_name(lang, p["severity"]))
+    lines = [head, what, tr(lang, "📍 {site} · {address}", site=p["site"], address=p["address"])]
+    if p.get("ack_due_at") and state == "open":
+        lines.append(tr(lang, "Please acknowledge by {when}.", when=local(p["ack_due_at"], tz)))
+    if state != "open":
+        lines.append(tr(lang, "State: {state}", state=state_name(lang, state)))
+    return "\n".join(lines)
+
+
+def severity_name(lang: str, severity: str) -> str:
+    return {"critical": tr(lang, "critical"), "warning": tr(lang, "warning")}.get(
+        severity, severity)
+
+
+async def button(turn: Turn, arg: str) -> list[Reply]:
+    action, _, ref = arg.partition(":")
+    if not ref.isdigit():
+        return await orders(turn)
+    order_id = int(ref)
+    if action == "show":
+        return await show(turn, order_id)
+    rider_id: int = turn.rider.id  # type: ignore[assignment]
+    try:
+        if action == "ack":
+            order = await workorders.acknowledge(turn.session, order_id, rider_id, turn.now)
+            text = tr(turn.lang, "👌 Work order #{id} acknowledged. On your way?", id=order_id)
+        elif action == "arr":
+            order = await workorders.arrive(turn.session, order_id, rider_id, turn.now)
+            text = tr(turn.lang, "📍 Arrival at #{id} noted.", id=order_id)
+        elif action == "res":
+            order = await turn.session.get(WorkOrder, order_id)  # type: ignore[assignment]
+            if order is None or not await workorders.may_act(turn.session, order, rider_id):
+                raise workorders.NotAllowed(order_id)
+            if order.state not in workorders.ACTIVE:
+                return [Reply(tr(turn.lang, "Work order #{id} is already closed.", id=order_id))]
+            await prompts.ask(turn.session, rider_id, RESOLVE_PROMPT, order_id, turn.now)
+            return [Reply(tr(turn.lang, "✍️ What did you find and fix at {where}? Write a short "
+                                        "note; you can send a photo first (or with the note "
+                                        "as its caption).", where=order.where))]
+        else:
+            return await orders(turn)
+    except workorders.NotAllowed:
+        return await _refuse(turn)
+    if order.state not in workorders.ACTIVE:
+        return [Reply(tr(turn.lang, "Work order #{id} is already closed.", id=order_id))]
+    return [Reply(text, buttons=order_buttons(turn.lang, order_id, order.state))]
+
+
+async def answer_prompt(turn: Turn, prompt: prompts.ChatPrompt) -> list[Reply] | None:
+    """A technician's note (and photo) for the order they are resolving; None: not for us."""
+    if prompt.kind != RESOLVE_PROMPT:
+        return None
+    inc = turn.inc
+    note = (inc.text or "").strip()
+    if note.startswith("/"):
+        return None  # a command wins over the question
+    rider_id: int = turn.rider.id  # type: ignore[assignment]
+    order = await turn.session.get(WorkOrder, prompt.ref)
+    if order is None:
+        await prompts.done(turn.session, rider_id)
+        return None
+    if inc.photo and not note:
+        order.photo = inc.photo
+        return [Reply(tr(turn.lang, "📷 Photo saved. Now the note, please."))]
+    if not note:
+        return [Reply(tr(turn.lang, "Please write a short note on what you fixed."))]
+    try:
+        order, closed = await workorders.resolve(turn.session, prompt.ref, rider_id, note,
+                                                 inc.photo, turn.now)
+    except workorders.NotAllowed:
+        await prompts.done(turn.session, rider_id)
+        return await _refuse(turn)
+    await prompts.done(turn.session, rider_id)
+    if not closed:
+        return [Reply(tr(turn.lang, "Work order #{id} is already closed.", id=order.id))]
+    return [Reply(tr(turn.lang, "✅ Work order #{id} resolved: {where} is back in service. "
+                                "Thank you!", id=order.id, where=order.where))]
+
+
+async def promises(turn: Turn) -> list[Reply]:
+    """The service promise and where every open repair stands against it."""
+    if not await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
+        return await _refuse(turn)
+    p = turn.ctx.settings.service_promises
+    tz = turn.ctx.settings.server.timezone
+    lang = turn.lang
+    lines = [tr(lang, "⏱ Our promise: every fault is acknowledged by a technician within {m} "
+                      "minutes; if not, a supervisor takes over and each rider it hit gets a "
+                      "{coupon} coupon.", m=p.ack_minutes, coupon=_yuan(p.breach_coupon_fen))]
+    found = [o for o in await workorders.active_for(turn.session, turn.rider.id)  # type: ignore[arg-type]
+             if o.kind == "repair"]
+    if not found:
+        lines.append(tr(lang, "No open repairs."))
+    for o in found:
+        if o.escalated_at is not None:
+            status = tr(lang, "❌ broken at {when}, escalated", when=local(o.ack_due_at, tz))
+        elif o.acknowledged_at is not None:
+            status = tr(lang, "✅ kept (acknowledged {when})", when=local(o.acknowledged_at, tz))
+        else:
+            due = o.ack_due_at if o.ack_due_at.tzinfo else o.ack_due_at.replace(  # type: ignore[union-attr]
+                tzinfo=ZoneInfo("UTC"))
+            left = int((due - turn.now).total_seconds() // 60)
+            status = (tr(lang, "⏳ {m} min left", m=left) if left >= 0
+                      else tr(lang, "⚠️ overdue by {m} min", m=-left))
+        lines.append(tr(lang, "#{id} {where}: {status}", id=o.id, where=o.where, status=status))
+    return [Reply("\n".join(lines))]
+
+
+def _yuan(fen: int) -> str:
+    from core.wallet import yuan
+
+    return yuan(fen)
+
+
+async def rate(turn: Turn, arg: str) -> list[Reply]:
+    order_ref, _, stars = arg.partition(":")
+    if not (order_ref.isdigit() and stars.isdigit()):
+        return [Reply(tr(turn.lang, "Sorry, that didn't work. Please try again."))]
+    ok = await workorders.rate(turn.session, int(order_ref), turn.rider.id,  # type: ignore[arg-type]
+                               int(stars), turn.now)
+    if not ok:
+        return [Reply(tr(turn.lang, "Only riders whose charge this repair was about can rate "
+                                    "it."))]
+    return [Reply(tr(turn.lang, "⭐ Thanks! Your {n}-star rating is shown on the pile's card.",
+                     n=int(stars)))]
