@@ -19,11 +19,11 @@ from core.db import transaction
 from core.faults import Fault
 from core.nearby import free_ports
 from core.outbox import OutboxMessage
-from core.piles import Port
+from core.piles import Pile, Port
 from core.riders import rider_for
 from core.workorders import WorkOrder
 from tests.conftest import PILE_SECRET, Running, make_settings, seed_city, start_server
-from tests.journey import PileClient, WebRider, button, wait_until
+from tests.journey import PileClient, WebRider, button
 
 
 class Clock:
@@ -325,7 +325,7 @@ async def test_self_clearing_fault_closes_its_order_but_a_repair_waits_for_the_t
                          pile.event("fault", t, code="under_voltage"),
                          pile.event("fault", t, port=4, code="relay_stuck")])
         async with server.ctx.sm() as s:
-            pile_row = await s.get(__import__("core.piles", fromlist=["Pile"]).Pile, "P0001")
+            pile_row = await s.get(Pile, "P0001")
         assert pile_row is not None and not pile_row.maintenance  # grid faults: no repair
         assert (await _port(server, "P0001", 4)).maintenance
         await pile.post([pile.event("fault_cleared", t + timedelta(minutes=1),
