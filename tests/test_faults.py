@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from bot.scheduler import sweep_faults, sweep_offline
@@ -435,3 +436,56 @@ async def test_on_duty_technician_gets_the_order(db_url: str) -> None:
             tech = await rider_for(s, "webchat", "staff-night")
         assert order.technician_id == tech.id
         assert day.inbox == []
+
+
+@pytest.mark.parametrize("platform", ["telegram", "wechat"])
+async def test_technician_works_the_order_in_telegram_and_wechat(
+        db_url: str, fakes: tuple, platform: str) -> None:
+    """The work order arrives in the technician's own chat; buttons (Telegram) or numbered
+    options (WeChat) move it along; the note and photo come as ordinary messages."""
+    from tests.conftest import all_skins_settings
+    from tests.riders import ACCOUNT, TelegramRider, WechatRider
+
+    tg, wx = fakes
+    clock = Clock()
+    settings = all_skins_settings(db_url, tg, wx, scheduler={"enabled": False})
+    async with start_server(settings, clock=clock) as server:
+        await seed_city(server.ctx, piles_n=1, ports=4)
+        tech = (TelegramRider(server, tg) if platform == "telegram"
+                else WechatRider(server, wx, ACCOUNT))
+        await tech.say("/start")  # the technician has talked to the bot before
+        external = str(tech.user.user_id) if platform == "telegram" else tech.user.openid
+        async with transaction(server.ctx.sm) as s:
+            me = await rider_for(s, platform, external)
+            me.language = "en"
+            await staff.add(s, me.id, "technician", "T01", name="Wang")  # type: ignore[arg-type]
+        pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
+        await pile.post([pile.event("heartbeat", clock.now),
+                         pile.event("fault", clock.now, port=3, code="relay_stuck")])
+        card = await tech.wait_text("Work order #1")
+        assert "P0001-03" in card and "relay stuck closed" in card
+        await tech.tap("Acknowledge")
+        await tech.wait_text("acknowledged. On your way?")
+        if platform == "telegram":
+            await tech.tap("Resolved")
+        else:
+            # The options that count are those of the last reply (the acknowledgement).
+            from tests.riders import OPTION
+
+            await tech.say(next(n for n, label in OPTION.findall(tech.passive[-1])
+                                if "Resolved" in label))
+        await tech.wait_text("Write a short note")
+        if platform == "telegram":
+            await tech._post(tech.user.photo("AgAC-fixed", caption="replaced relay K3"))
+        else:
+            await tech.post(tech.user.image(media_id="media-fixed"))
+            await tech.wait_text("Photo saved")
+            await tech.say("replaced relay K3")
+        await tech.wait_text("back in service")
+        async with server.ctx.sm() as s:
+            order = await s.get(WorkOrder, 1)
+            port = (await s.execute(select(Port).where(Port.number == 3))).scalars().one()
+        assert order is not None and order.state == "resolved"
+        assert order.note == "replaced relay K3"
+        assert order.photo == ("AgAC-fixed" if platform == "telegram" else "media-fixed")
+        assert not port.maintenance
