@@ -98,6 +98,17 @@ async def sweep_disputes(ctx: Context) -> None:
             ctx.wake_outbox()
 
 
+async def plan_maintenance(ctx: Context) -> None:
+    """Daily: fit the wear models on all history and plan visits ahead of predicted failures."""
+    from core import maintenance
+
+    async with transaction(ctx.sm) as session:
+        planned = await maintenance.plan(session, ctx.clock(), ctx.settings)
+    if planned:
+        log.info("planned %d preventive visits", len(planned))
+        ctx.wake_outbox()
+
+
 def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
     running = running or _Running()
     s = ctx.settings.scheduler
@@ -108,6 +119,7 @@ def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
         (sweep_requests, s.command_sweep_s),
         (sweep_disputes, 60.0),
         (sweep_faults, ctx.settings.faults.sweep_s),
+        (plan_maintenance, ctx.settings.maintenance.plan_every_h * 3600),
     ]
     for fn, every in jobs:
         scheduler.add_job(running.wrap(fn), "interval", seconds=every, args=[ctx], id=fn.__name__)

@@ -217,6 +217,21 @@ async def _samples(
     return [(_aware(ts), p) for ts, p in rows]
 
 
+async def _heat(session: AsyncSession, charge: Charge) -> float | None:
+    """The charge's terminal heating per 100 W (core.wear): the trend that warns of wear-out.
+    Ambient is the pile's own last temperature reading, else a mild 25 °C."""
+    from core.wear import heat_coefficient
+
+    rows = (await session.execute(
+        select(MeterSample.power_w, MeterSample.temperature_c).where(
+            MeterSample.charge_id == charge.id, MeterSample.temperature_c.is_not(None)))).all()
+    if not rows:
+        return None
+    pile = await session.get(Pile, charge.pile_id)
+    ambient = pile.temperature_c if pile and pile.temperature_c is not None else 25.0
+    return heat_coefficient([(p, t) for p, t in rows], ambient_c=ambient)
+
+
 # --- what the pile tells us -------------------------------------------------------------------
 
 
@@ -277,6 +292,7 @@ async def on_ended(
     charge.energy_wh = bill.energy_wh
     charge.band_w = bill.band_w
     charge.bill = {**bill.as_dict(), **breakdown.as_dict()}
+    charge.heat_per_100w = await _heat(session, charge)
     charge.amount_fen = breakdown.net_fen
     charge.refunded_fen = breakdown.refund_fen
     if breakdown.compensation_fen:
