@@ -414,7 +414,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--speed", type=float, default=60.0, help="simulated time factor")
-    p.add_argument("--fault-rate", type=float, default=0.0, help="faults per port-hour")
+    p.add_argument("--fault-rate", type=float, default=0.02,
+                   help="faults per charging port-hour of virtual time (0 for none)")
     p.set_defaults(fn=cmd_demo)
 
     db = sub.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)

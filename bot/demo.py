@@ -7,7 +7,8 @@ import random
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import piles
+from core import piles, staff
+from core.riders import rider_for
 
 # Real neighbourhoods, made-up venues: riders charge at residential compounds, malls and
 # courier stations.
@@ -21,6 +22,9 @@ DEMO_SITES = [
 ]
 PILES_PER_SITE = 5
 PORTS_PER_PILE = 10
+# Web chat identities for trying the staff side: open /?as=demo-technician (or demo-supervisor).
+DEMO_STAFF = [("demo-technician", "technician", "王师傅"),
+              ("demo-supervisor", "supervisor", "李主管")]
 
 
 async def seed(session: AsyncSession, *, rng: random.Random | None = None) -> int:
@@ -39,4 +43,7 @@ async def seed(session: AsyncSession, *, rng: random.Random | None = None) -> in
                 session, sid, f"P{n:04d}", PORTS_PER_PILE, model="generic-10",
                 lat=lat + rng.uniform(-0.0003, 0.0003), lon=lon + rng.uniform(-0.0003, 0.0003),
             )
+    for client_id, role, name in DEMO_STAFF:
+        person = await rider_for(session, "webchat", client_id, display_name=name)
+        await staff.add(session, person.id, role, staff.ALL_SITES, name=name)  # type: ignore[arg-type]
     return n

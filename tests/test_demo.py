@@ -54,6 +54,10 @@ async def test_demo_serves_the_web_chat_with_a_seeded_city_and_live_fleet(tmp_pa
                 await asyncio.sleep(0.1)
             assert replies[0]["buttons"], replies
             assert "P00" in replies[0]["text"]
+            # The demo's technician works through the same web chat.
+            async with http.post(f"{url}/webchat/api/send", json={
+                    "client_id": "demo-technician", "text": "/orders"}) as r:
+                assert "工单" in (await r.json())["replies"][0]["text"]
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 20)

@@ -64,7 +64,10 @@
     return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
   }
 
-  let clientId = store.get('client_id');
+  // ?as=ID opens the chat as another web chat identity: the demo city's technician and
+  // supervisor are demo-technician and demo-supervisor.
+  const as = new URLSearchParams(location.search).get('as');
+  let clientId = as && /^[A-Za-z0-9-]{8,64}$/.test(as) ? as : store.get('client_id');
   if (!clientId) {
     clientId = uuid();
     store.set('client_id', clientId);
