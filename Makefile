@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/nearest.py
 	$(BIN)/python bench/bill_latency.py
 	$(BIN)/python bench/settle.py
+	$(BIN)/python bench/faults.py
 
 db: $(STAMP)
 	$(BIN)/chargebot db upgrade

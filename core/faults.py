@@ -145,8 +145,7 @@ async def stop_charges(session: AsyncSession, fault: Fault, settings: Settings,
     from core import charging
     from core.charging import Charge
 
-    if not policy(fault.cause).stops:
-        return []
+    stops = policy(fault.cause).stops
     where = [Charge.pile_id == fault.pile_id]
     if fault.port:
         where.append(Charge.port_number == fault.port)
@@ -157,6 +156,8 @@ async def stop_charges(session: AsyncSession, fault: Fault, settings: Settings,
     ended = []
     for charge in rows.scalars():
         if charge.state in charging.OPEN_STATES:
+            if not stops:
+                continue  # e.g. a meter fault: the charge goes on, the metering promise holds
             if charge.state == "requested" and charge.last_meter_at is None:
                 continue  # never ran: the start times out and costs nothing
             if await charging.end_on_fault(session, charge, fault.opened_at, settings, now):
