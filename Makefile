@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bill_latency.py
 	$(BIN)/python bench/settle.py
 	$(BIN)/python bench/faults.py
+	$(BIN)/python bench/predict.py
 
 db: $(STAMP)
 	$(BIN)/chargebot db upgrade

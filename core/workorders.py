@@ -100,10 +100,14 @@ async def _active(session: AsyncSession, pile_id: str, port: int, kind: str) -> 
     ))).scalars().first()
 
 
-async def open_counts(session: AsyncSession) -> dict[int, int]:
+async def open_counts(session: AsyncSession, site_id: str) -> dict[int, int]:
+    """Open orders per technician who could take one at this site."""
+    techs = [r.rider_id for r in await staff.for_site(session, site_id, "technician")]
+    if not techs:
+        return {}
     rows = await session.execute(
         select(WorkOrder.technician_id, func.count()).where(
-            WorkOrder.state.in_(ACTIVE), WorkOrder.technician_id.is_not(None))
+            WorkOrder.state.in_(ACTIVE), WorkOrder.technician_id.in_(techs))
         .group_by(WorkOrder.technician_id))
     return {tid: n for tid, n in rows}
 
@@ -145,7 +149,8 @@ async def open_order(
         await _set_maintenance(session, pile, port, True)
     if created:
         order.technician_id = await staff.pick_technician(
-            session, pile.site_id, now, settings.server.timezone, await open_counts(session))
+            session, pile.site_id, now, settings.server.timezone,
+            await open_counts(session, pile.site_id))
         await notify_technician(session, order, pile, settings.server.timezone)
     return order, created
 

@@ -81,17 +81,23 @@ class Notifier:
 
     async def claim(self) -> list[OutboxMessage]:
         now = self.clock()
-        async with transaction(self.sm) as session:
-            pick = (
-                select(OutboxMessage.id)
-                .where(
-                    OutboxMessage.state == "pending",
-                    OutboxMessage.due_at <= now,
-                    or_(OutboxMessage.lease_until.is_(None), OutboxMessage.lease_until < now),
-                )
-                .order_by(OutboxMessage.id)
-                .limit(self.batch)
+        pick = (
+            select(OutboxMessage.id)
+            .where(
+                OutboxMessage.state == "pending",
+                OutboxMessage.due_at <= now,
+                or_(OutboxMessage.lease_until.is_(None), OutboxMessage.lease_until < now),
             )
+            .order_by(OutboxMessage.id)
+            .limit(self.batch)
+        )
+        if self.read_sm is not self.sm:
+            # Look before taking SQLite's write lock: an idle poll must not queue behind (or
+            # starve) the ingest writer for nothing.
+            async with self.read_sm() as peek:
+                if (await peek.execute(pick.limit(1))).first() is None:
+                    return []
+        async with transaction(self.sm) as session:
             if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
                 # Several workers: each takes rows nobody else holds, without waiting.
                 pick = pick.with_for_update(skip_locked=True)
