@@ -62,12 +62,20 @@ def _ts(base: datetime, n: int) -> str:
     return (base + timedelta(milliseconds=n)).isoformat()
 
 
+def _energy(base: datetime, n: int) -> int:
+    """A cumulative counter that never runs back across runs and processes (1 Wh a second of
+    the reading's time since midnight UTC): a newer reading with less energy is a meter fault
+    (core.faults), which is not the load this measures."""
+    ts = base + timedelta(milliseconds=n)
+    return int((ts - ts.replace(hour=0, minute=0, second=0, microsecond=0)).total_seconds())
+
+
 def single_body(pile: dict[str, Any], tag: str, seq: int, base: datetime) -> tuple[bytes, int]:
     eid = f"{tag}-{seq}"
     if seq % 2:
         port, ref = random.choice(list(pile["sessions"].items()))
         event = {"id": eid, "type": "meter", "ts": _ts(base, seq), "port": port,
-                 "session": ref, "power_w": 180.0 + seq % 50, "energy_wh": seq}
+                 "session": ref, "power_w": 180.0 + seq % 50, "energy_wh": _energy(base, seq)}
     else:
         event = {"id": eid, "type": "heartbeat", "ts": _ts(base, seq), "signal_dbm": -70,
                  "temperature_c": 31.5}
@@ -88,7 +96,8 @@ def batch_body(pile: dict[str, Any], tag: str, seq: int, base: datetime) -> tupl
         else:
             port, ref = sessions[i % len(sessions)]
             events.append({"id": eid, "type": "meter", "ts": ts, "port": port, "session": ref,
-                           "power_w": 150.0 + i, "energy_wh": seq * BATCH + i})
+                           "power_w": 150.0 + i,
+                           "energy_wh": _energy(base, seq * BATCH + i)})
     return json.dumps({"events": events}).encode(), BATCH
 
 
