@@ -11,7 +11,7 @@ from datetime import datetime
 from aiohttp import web
 from sqlalchemy import func, select
 
-from bot import logs, piles_api, scheduler, telegram, webchat, wechat
+from bot import logs, photo_fetch, piles_api, scheduler, telegram, webchat, wechat
 from bot.context import CTX, Context
 from bot.handlers import notices
 from bot.payments import wechatpay as wechatpay_pay
@@ -67,6 +67,7 @@ def create_app(
     if tg is not None:
         senders["telegram"] = telegram.TelegramSender(tg)
     wechatpay_pay.setup(app, ctx)
+    photo_fetch.setup(app, ctx)  # photos are fetched with the app's own Telegram/WeChat clients
     n = settings.notifications
     app[NOTIFIER] = Notifier(
         ctx.sm, senders, notices.render, read_sm=ctx.reader(), poll_s=n.poll_s,

@@ -465,11 +465,11 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_coupons_issue)
 
     st = sub.add_parser("staff").add_subparsers(dest="staff_command", required=True)
-    p = st.add_parser("add", help="make a chat user a technician or supervisor of sites")
+    p = st.add_parser("add", help="make a chat user a technician, supervisor or agent (service)")
     p.add_argument("--platform", required=True, help="telegram | wechat | webchat")
     p.add_argument("--user", required=True, help="Telegram user id, WeChat openid, web chat id")
     p.add_argument("--chat", default="", help="chat id if not the user's private chat")
-    p.add_argument("--role", required=True, choices=["technician", "supervisor"])
+    p.add_argument("--role", required=True, choices=["technician", "supervisor", "agent"])
     p.add_argument("--sites", required=True, help="comma-separated site ids, or *")
     p.add_argument("--hours", default="", help="local on-duty hours, e.g. 08:00-20:00")
     p.add_argument("--name", default="", help="shown to riders, e.g. 王师傅")

@@ -98,6 +98,36 @@ async def sweep_disputes(ctx: Context) -> None:
             ctx.wake_outbox()
 
 
+async def sweep_support(ctx: Context) -> None:
+    """Emergency tickets nobody took in time page the supervisors (once)."""
+    from core import support
+
+    async with transaction(ctx.sm) as session:
+        escalated = await support.escalate_emergencies(session, ctx.clock(), ctx.settings)
+    if escalated:
+        log.warning("emergency tickets not taken in time: %s", escalated)
+        ctx.wake_outbox()
+
+
+async def faq_digest(ctx: Context) -> None:
+    """Weekly: the most asked questions to the customer-service staff and the desk; the top
+    ones lead the FAQ menu."""
+    from core import outbox, questions, support
+
+    now = ctx.clock()
+    async with transaction(ctx.sm) as session:
+        topics = await questions.weekly_digest(session, now)
+        if not topics:
+            return
+        payload = {"topics": [{"question": t.question, "count": t.count, "key": t.key}
+                              for t in topics]}
+        week = questions.week_of(now)
+        for rid in await support.desk_riders(session, ctx.settings, now, None):
+            await outbox.enqueue(session, rid, "faq_digest", payload, f"faq_digest:{week}:{rid}",
+                                 now=now)
+    ctx.wake_outbox()
+
+
 async def plan_maintenance(ctx: Context) -> None:
     """Daily: fit the wear models on all history and plan visits ahead of predicted failures."""
     from core import maintenance
@@ -119,10 +149,14 @@ def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
         (sweep_requests, s.command_sweep_s),
         (sweep_disputes, 60.0),
         (sweep_faults, ctx.settings.faults.sweep_s),
+        (sweep_support, max(1.0, ctx.settings.support.emergency_take_s / 6)),
         (plan_maintenance, ctx.settings.maintenance.plan_every_h * 3600),
     ]
     for fn, every in jobs:
         scheduler.add_job(running.wrap(fn), "interval", seconds=every, args=[ctx], id=fn.__name__)
+    # Monday morning, local time: the week's questions, before the staff's week starts.
+    scheduler.add_job(running.wrap(faq_digest), "cron", day_of_week="mon", hour=9,
+                      timezone=ctx.settings.server.timezone, args=[ctx], id="faq_digest")
     return scheduler
 
 

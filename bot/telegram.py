@@ -59,22 +59,26 @@ def build_application(settings: Settings) -> Application:
     return builder.build()
 
 
-def incoming(update: Update) -> Incoming | None:
+def incoming(update: Update, staff_chat: int | None = None) -> Incoming | None:
     user = update.effective_user
     chat = update.effective_chat
     if user is None or chat is None or user.is_bot:
         return None
-    common = {
+    common: dict = {
         "platform": "telegram", "user_id": str(user.id), "chat_id": str(chat.id),
         "display_name": user.first_name or "", "language_hint": user.language_code,
     }
     if chat.type != "private":
-        return None  # group features (group-buy, votes) come with their own issue
+        if staff_chat is None or chat.id != staff_chat:
+            return None  # rider groups (group-buy, votes) come with their own issue
+        common["group"] = True  # the staff desk: answers are replies to ticket posts
     if (cq := update.callback_query) is not None:
         return Incoming(**common, data=cq.data or "", nonce=cq.id)
     msg = update.message
     if msg is None:
         return None
+    if msg.reply_to_message is not None:
+        common["reply_to"] = msg.reply_to_message.text or msg.reply_to_message.caption
     nonce = str(msg.message_id)
     if msg.location is not None:
         return Incoming(**common, location=(msg.location.latitude, msg.location.longitude),
@@ -169,7 +173,7 @@ async def _on_update(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     ctx: Context = context.application.bot_data["ctx"]
     if await _on_payment_update(update, context):
         return
-    inc = incoming(update)
+    inc = incoming(update, ctx.settings.support.telegram_staff_chat)
     if update.callback_query is not None:
         try:
             await update.callback_query.answer()

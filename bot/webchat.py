@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 from sqlalchemy import select
 
+from bot import photo_fetch
 from bot.context import CTX, Context
 from bot.handlers import router
 from bot.i18n import tr
 from bot.replies import MAX_CALLBACK_BYTES, Incoming, Reply
+from core import photos
 from core.db import transaction
 from core.piles import Pile, Port, Site
 from core.riders import DEFAULT_LANGUAGE, LANGUAGES, Identity, Rider, language_from_hint
@@ -23,10 +27,20 @@ from notifications import webchat_inbox
 log = logging.getLogger("chargebot.webchat")
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_TEXT = 1000
+MULTIPART_SLACK = 16 * 1024  # boundaries and part headers around the photo
+PHOTO_PROBLEMS = {"too_large": "larger than the {mb} MB limit", "empty": "the file is empty",
+                  "not_image": "not a JPEG, PNG, WebP or GIF image"}
 
 
 def _bad(field: str, problem: str) -> web.Response:
     return web.json_response({"error": f"{field}: {problem}", "field": field}, status=400)
+
+
+def _bad_photo(reason: str, limit: int) -> web.Response:
+    """A refused upload; `reason` (too_large, not_image, empty) lets the page say why."""
+    problem = PHOTO_PROBLEMS[reason].format(mb=f"{limit / 2**20:.3g}")
+    return web.json_response({"error": f"photo: {problem}", "field": "photo", "reason": reason},
+                             status=400)
 
 
 def _client_id(value: Any) -> str | None:
@@ -98,6 +112,12 @@ async def send(request: web.Request) -> web.Response:
         return _bad("client_id", "8–64 letters, digits or dashes")
     text, data, loc = body.get("text"), body.get("data"), body.get("location")
     kwargs: dict[str, Any] = {}
+    photo = body.get("photo")
+    if photo is not None:
+        if not isinstance(photo, str) or photo_fetch.webchat_file(ctx, photo) is None:
+            return _bad("photo", "a ref returned by /webchat/api/photo")
+        kwargs["photo"] = photo
+        data = loc = None  # a photo comes with at most a caption
     if text is not None:
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
             return _bad("text", f"a non-empty string of at most {MAX_TEXT} characters")
@@ -114,8 +134,8 @@ async def send(request: web.Request) -> web.Response:
         if not (-90 <= lat <= 90 and -180 <= lon <= 180):
             return _bad("location", "lat/lon out of range")
         kwargs["location"] = (lat, lon)
-    else:
-        return _bad("text", "send one of text, data or location")
+    elif photo is None:
+        return _bad("text", "send one of text, data, location or photo")
     inc = Incoming(
         platform="webchat", user_id=client_id, chat_id=client_id,
         language_hint=request.headers.get("Accept-Language"), nonce=str(time.time_ns()),
@@ -128,6 +148,43 @@ async def send(request: web.Request) -> web.Response:
         lang = DEFAULT_LANGUAGE
         replies = [Reply(tr(lang, "Sorry, something went wrong on our side. Please try again."))]
     return web.json_response({"replies": [r.as_dict() for r in replies], "lang": lang})
+
+
+async def upload_photo(request: web.Request) -> web.Response:
+    """A photo for the next message: multipart field `photo` → {"ref": "webchat:<sha256>"}.
+
+    The body is read here, part by part, so the photo limit applies instead of the app-wide
+    request size limit, and reading stops as soon as the limit is passed.
+    """
+    ctx = request.app[CTX]
+    if _client_id(request.query.get("client_id")) is None:
+        return _bad("client_id", "8–64 letters, digits or dashes")
+    limit = ctx.settings.support.max_photo_bytes
+    if (request.content_length or 0) > limit + MULTIPART_SLACK:
+        return _bad_photo("too_large", limit)
+    not_multipart = _bad("photo", "send the file as multipart/form-data field 'photo'")
+    if request.content_type != "multipart/form-data":
+        return not_multipart
+    try:
+        reader = await request.multipart()
+        part = await reader.next()
+        # Only the photo, first: nothing else is read (or buffered) before it.
+        if not isinstance(part, BodyPartReader) or part.name != "photo":
+            return not_multipart
+        data = bytearray()
+        while chunk := await part.read_chunk(64 * 1024):
+            data += chunk
+            if len(data) > limit:
+                return _bad_photo("too_large", limit)
+    except (ValueError, RuntimeError, BadHttpMessage):
+        # aiohttp's multipart reader reports a malformed body with these.
+        return not_multipart
+    try:
+        stored = await asyncio.to_thread(photos.store, bytes(data), photo_fetch.photo_dir(ctx),
+                                         max_bytes=limit)
+    except photos.PhotoRejected as exc:
+        return _bad_photo(exc.reason, limit)
+    return web.json_response({"ref": photo_fetch.webchat_ref(stored.sha256)})
 
 
 async def messages(request: web.Request) -> web.Response:
@@ -172,6 +229,7 @@ def setup(app: web.Application, ctx: Context) -> None:
     app.router.add_static("/static", STATIC)
     app.router.add_get("/webchat/api/ui", ui)
     app.router.add_post("/webchat/api/send", send)
+    app.router.add_post("/webchat/api/photo", upload_photo)
     app.router.add_get("/webchat/api/messages", messages)
 
 

@@ -197,6 +197,21 @@ class MaintenanceSettings(BaseModel):
     default_hours: str = "08:00-20:00"  # a technician's on-duty hours unless given
 
 
+class SupportSettings(BaseModel):
+    """Customer service: where photos go, the staff desk, report rewards, the emergency lane."""
+
+    photo_dir: str = "var/photos"
+    max_photo_bytes: int = 5 * 1024 * 1024
+    # A Telegram group where every ticket is posted; staff answer by replying to the post.
+    telegram_staff_chat: int | None = None
+    desk_language: str = "zh_CN"
+    # A verified report earns ¥1, +¥2 with a photo, +¥2 when it found a new problem (¥1–5).
+    report_reward_fen: int = 100
+    photo_bonus_fen: int = 200
+    new_problem_bonus_fen: int = 200
+    emergency_take_s: int = 60  # an emergency nobody took by then pages the supervisors
+
+
 class SchedulerSettings(BaseModel):
     enabled: bool = True
     offline_sweep_s: float = 15.0
@@ -225,6 +240,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+    support: SupportSettings = Field(default_factory=SupportSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     payments: PaymentSettings = Field(default_factory=PaymentSettings)
 

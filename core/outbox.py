@@ -35,10 +35,12 @@ class OutboxMessage(SQLModel, table=True):
 
 async def enqueue(
     session: AsyncSession, rider_id: int, kind: str, payload: dict[str, Any], dedupe_key: str,
-    *, due_at: datetime | None = None,
+    *, due_at: datetime | None = None, now: datetime | None = None,
 ) -> None:
+    """`now` is the service's clock when the caller has it (the notifier compares due_at with
+    that clock)."""
     dialect = session.bind.dialect.name  # type: ignore[union-attr]
-    now = utcnow()
+    now = now or utcnow()
     await session.execute(
         insert_ignore(dialect, OutboxMessage.__table__).values(
             rider_id=rider_id, kind=kind, payload=payload, dedupe_key=dedupe_key,

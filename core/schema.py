@@ -10,8 +10,12 @@ from core import (  # noqa: F401
     outbox,
     piles,
     prompts,
+    questions,
+    reviews,
     riders,
     staff,
+    suggestions,
+    support,
     wallet,
     workorders,
 )

@@ -12,7 +12,7 @@ from sqlmodel import Field, SQLModel
 
 from core.db import utcnow
 
-ROLES = ("technician", "supervisor")
+ROLES = ("technician", "supervisor", "agent")  # agent: customer service
 ALL_SITES = "*"
 HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 
@@ -28,6 +28,10 @@ class StaffRole(SQLModel, table=True):
     hours: str = Field(default="00:00-24:00", max_length=11)  # local on-duty hours
     name: str = ""  # how riders see the technician, e.g. 王师傅
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class NotStaff(Exception):
+    """A rider tried a staff action."""
 
 
 def parse_hours(hours: str) -> tuple[time, time]:
@@ -72,6 +76,12 @@ async def roles_of(session: AsyncSession, rider_id: int) -> list[StaffRole]:
 
 async def has_role(session: AsyncSession, rider_id: int, *roles: str) -> bool:
     return any(r.role in roles for r in await roles_of(session, rider_id))
+
+
+async def with_role(session: AsyncSession, role: str) -> list[StaffRole]:
+    rows = await session.execute(select(StaffRole).where(StaffRole.role == role)
+                                 .order_by(StaffRole.id))
+    return list(rows.scalars())
 
 
 async def for_site(session: AsyncSession, site_id: str, role: str) -> list[StaffRole]:

@@ -37,6 +37,21 @@ class WechatError(Exception):
         self.errmsg = errmsg
 
 
+class MediaTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"media over {limit} bytes")
+        self.limit = limit
+
+
+def _error_of(raw: bytes) -> tuple[int, str]:
+    """The errcode of a JSON answer where a file was expected (a video's URL counts as -1)."""
+    try:
+        data = json.loads(raw)
+        return int(data["errcode"]) or -1, str(data.get("errmsg", ""))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return -1, "not a media file"
+
+
 class WechatClient:
     def __init__(self, sm: async_sessionmaker[AsyncSession], settings: WechatSettings,
                  http: aiohttp.ClientSession, clock: Any = utcnow) -> None:
@@ -128,6 +143,33 @@ class WechatClient:
             if code:
                 raise WechatError(code, str(data.get("errmsg", "")))
             return data
+        raise AssertionError("unreachable")
+
+    async def media(self, media_id: str, *, max_bytes: int | None = None) -> bytes:
+        """A temporary media file (a photo a rider sent: kept by WeChat for 3 days).
+
+        WeChat answers an error as JSON instead of the file, so the content type tells them
+        apart. Reading stops past `max_bytes` (MediaTooLarge) rather than holding any size.
+        """
+        token = await self.access_token()
+        for attempt in (1, 2):
+            async with self.http.get(f"{self.base}/cgi-bin/media/get",
+                                     params={"access_token": token, "media_id": media_id}) as r:
+                kind = r.content_type
+                if kind != "application/json" and not kind.startswith("text/"):
+                    if max_bytes is not None and (r.content_length or 0) > max_bytes:
+                        raise MediaTooLarge(max_bytes)
+                    body = bytearray()
+                    async for chunk in r.content.iter_chunked(64 * 1024):
+                        body += chunk
+                        if max_bytes is not None and len(body) > max_bytes:
+                            raise MediaTooLarge(max_bytes)
+                    return bytes(body)
+                code, message = _error_of(await r.content.read(64 * 1024))
+            if code in TOKEN_ERRORS and attempt == 1:
+                token = await self.access_token(stale=token)
+                continue
+            raise WechatError(code, message)
         raise AssertionError("unreachable")
 
     async def send_custom(self, openid: str, content: str) -> None:

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -25,6 +26,19 @@ from core.riders import rider_for
 from core.workorders import WorkOrder
 from tests.conftest import PILE_SECRET, Running, make_settings, seed_city, start_server
 from tests.journey import PileClient, WebRider, button
+
+
+def _jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (32, 24), (10, 120, 10)).save(out, "JPEG")
+    return out.getvalue()
+
+
+JPEG = _jpeg()
 
 
 class Clock:
@@ -440,7 +454,7 @@ async def test_on_duty_technician_gets_the_order(db_url: str) -> None:
 
 @pytest.mark.parametrize("platform", ["telegram", "wechat"])
 async def test_technician_works_the_order_in_telegram_and_wechat(
-        db_url: str, fakes: tuple, platform: str) -> None:
+        db_url: str, fakes: tuple, platform: str, tmp_path: Path) -> None:
     """The work order arrives in the technician's own chat; buttons (Telegram) or numbered
     options (WeChat) move it along; the note and photo come as ordinary messages."""
     from tests.conftest import all_skins_settings
@@ -448,7 +462,8 @@ async def test_technician_works_the_order_in_telegram_and_wechat(
 
     tg, wx = fakes
     clock = Clock()
-    settings = all_skins_settings(db_url, tg, wx, scheduler={"enabled": False})
+    settings = all_skins_settings(db_url, tg, wx, scheduler={"enabled": False},
+                                  support={"photo_dir": str(tmp_path)})
     async with start_server(settings, clock=clock) as server:
         await seed_city(server.ctx, piles_n=1, ports=4)
         tech = (TelegramRider(server, tg) if platform == "telegram"
@@ -476,8 +491,10 @@ async def test_technician_works_the_order_in_telegram_and_wechat(
                                 if "Resolved" in label))
         await tech.wait_text("Write a short note")
         if platform == "telegram":
+            tg.add_file("AgAC-fixed", JPEG)
             await tech._post(tech.user.photo("AgAC-fixed", caption="replaced relay K3"))
         else:
+            wx.add_media("media-fixed", JPEG)
             await tech.post(tech.user.image(media_id="media-fixed"))
             await tech.wait_text("Photo saved")
             await tech.say("replaced relay K3")
@@ -487,5 +504,6 @@ async def test_technician_works_the_order_in_telegram_and_wechat(
             port = (await s.execute(select(Port).where(Port.number == 3))).scalars().one()
         assert order is not None and order.state == "resolved"
         assert order.note == "replaced relay K3"
-        assert order.photo == ("AgAC-fixed" if platform == "telegram" else "media-fixed")
+        assert order.photo is not None and order.photo.endswith(".jpg")  # stored, by hash
+        assert (tmp_path / order.photo).read_bytes() == JPEG
         assert not port.maintenance

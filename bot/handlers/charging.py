@@ -5,6 +5,7 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 from bot.handlers.ports import alternatives, unknown_port
+from bot.handlers.support import report_button
 from bot.handlers.text import bill_text, duration, kwh, menu_buttons
 from bot.handlers.turn import Turn
 from bot.i18n import tr
@@ -68,7 +69,7 @@ async def status(turn: Turn) -> list[Reply]:
         replies.append(Reply(text, buttons=[[
             Button(tr(lang, "🔄 Refresh"), data="status"),
             Button(tr(lang, "⏹ Stop"), data=f"stop:{charge.id}"),
-        ]]))
+        ], [report_button(lang, f"c{charge.id}")]]))
     return replies
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bot.handlers.staff import cause_name, order_buttons, order_card
+from bot.handlers.support import kind_name, problem_name, ticket_buttons
 from bot.handlers.text import bill_text, tariff_sentence
 from bot.i18n import tr
 from bot.replies import Button, Reply, Venue
@@ -28,6 +29,27 @@ def payment_text(lang: str, payload: dict[str, Any]) -> str:
     if payload.get("bonus_fen"):
         lines.append(tr(lang, "🎁 Top-up bonus: +{bonus}", bonus=yuan(payload["bonus_fen"])))
     lines.append(tr(lang, "👛 Balance: {balance}", balance=yuan(payload["balance_fen"])))
+    return "\n".join(lines)
+
+
+def ticket_post(lang: str, p: dict[str, Any]) -> str:
+    """A ticket as the desk sees it: who, where, what, on which platform."""
+    sos = p["priority"] == "emergency"
+    head = (tr(lang, "🆘 EMERGENCY #{id}", id=p["ticket_id"]) if sos
+            else tr(lang, "🎫 Ticket #{id}", id=p["ticket_id"]))
+    if p.get("update"):
+        head += " · " + tr(lang, "new message")
+    what = problem_name(lang, p["problem"]) if p.get("problem") else kind_name(lang, p["kind"])
+    lines = [f"{head} · {what}" + (f" · {p['where']}" if p.get("where") else "")]
+    lines.append(tr(lang, "Rider: {name} (#{rid}, {platform})", name=p["rider"] or "—",
+                    rid=p["rider_id"], platform=p["platform"]))
+    if p.get("last_charge"):
+        lines.append(tr(lang, "Last charge: {port}", port=p["last_charge"]))
+    if p.get("text"):
+        lines.append(f"“{p['text']}”")
+    if p.get("photo"):
+        lines.append(tr(lang, "📷 photo attached"))
+    lines.append(tr(lang, "Reply to this message to answer the rider."))
     return "\n".join(lines)
 
 
@@ -65,7 +87,48 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
             if payload.get("pile"):
                 buttons.insert(0, [Button(tr(lang, "📍 Nearest free port"),
                                           data=f"alt:{payload['pile']}")])
+            buttons.append([Button(tr(lang, "🆘 Talk to a person now"),
+                                   data=f"sos:{payload['charge_id']}")])
+        else:
+            buttons.append([Button(tr(lang, "⭐ Rate this site"),
+                                   data=f"rv:{payload['charge_id']}"),
+                            Button(tr(lang, "🛠 Report a problem"),
+                                   data=f"rep:c{payload['charge_id']}")])
         return [Reply(text, buttons=buttons)]
+    if kind == "ticket":
+        return [Reply(ticket_post(lang, payload),
+                      buttons=ticket_buttons(lang, payload["ticket_id"], payload["kind"]))]
+    if kind == "ticket_answer":
+        return [Reply(tr(lang, "💬 Our team (ticket #{id}):", id=payload["ticket_id"]) + "\n"
+                      + payload["text"])]
+    if kind == "ticket_closed":
+        return [Reply(
+            tr(lang, "✅ Ticket #{id} is closed: {resolution}\nHow did we do?",
+               id=payload["ticket_id"], resolution=payload["resolution"]),
+            buttons=[[Button("⭐" * n, data=f"trate:{payload['ticket_id']}:{n}")
+                      for n in range(1, 6)]])]
+    if kind == "ticket_escalated":
+        return [Reply(tr(lang, "🆘 Emergency ticket #{id} was not taken within {s} seconds. "
+                               "Please take it now.", id=payload["ticket_id"],
+                         s=payload["seconds"]),
+                      buttons=ticket_buttons(lang, payload["ticket_id"], "emergency"))]
+    if kind == "suggestion_decided":
+        if payload["adopted"]:
+            return [Reply(tr(lang, "🎉 We are adopting your idea “{text}”. Thank you! You charge "
+                                   "free for the next {days} days.", text=payload["text"],
+                             days=payload["days"]))]
+        return [Reply(tr(lang, "💡 Thank you for your idea “{text}”. We won't do it for now, "
+                               "but keep them coming.", text=payload["text"]))]
+    if kind == "faq_digest":
+        lines = [tr(lang, "📊 This week's most asked questions:")]
+        lines += [tr(lang, "{n}× {question}", n=t["count"], question=t["question"])
+                  + ("" if t["key"] else " " + tr(lang, "(not in the FAQ yet)"))
+                  for t in payload["topics"]]
+        return [Reply("\n".join(lines))]
+    if kind == "report_verified":
+        return [Reply(tr(lang, "🙏 Your report on {where} is confirmed. Thank you! A {amount} "
+                               "coupon is in your wallet.", where=payload["where"],
+                         amount=yuan(payload["amount_fen"])))]
     if kind == "work_order":
         return [Reply(order_card(lang, payload, payload.get("tz", "Asia/Shanghai")),
                       buttons=order_buttons(lang, payload["order_id"]),

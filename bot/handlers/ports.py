@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from bot.handlers.feedback import summary_line
+from bot.handlers.support import report_button
 from bot.handlers.text import distance, tariff_sentence
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply, Venue
-from core import charging, workorders
+from core import charging, reviews, workorders
 from core.errors import UnknownPort
 from core.nearby import NearbyPile, free_ports, nearest_free
 from core.piles import Pile, Port, port_code
@@ -44,13 +46,15 @@ async def port_card(turn: Turn, code: str) -> list[Reply]:
         tr(lang, "Status: {status}", status=status_text(lang, port, pile, busy)),
         tr(lang, "💰 {tariff}", tariff=tariff_sentence(lang, tariff)),
         await calendar_line(turn, pile),
-    ])
+    ] + [line for line in [summary_line(lang, *await reviews.summary(turn.session, site.id))]
+         if line])
     usable = charging.port_is_free_for_start(port, pile) and not busy
     buttons = []
     if usable:
         buttons.append([Button(tr(lang, "⚡ Start charging"), data=f"start:{port.code}")])
     else:
         buttons.append([Button(tr(lang, "📍 Other free ports nearby"), data=f"alt:{pile.id}")])
+    buttons.append([report_button(lang, port.code)])
     return [Reply(text, buttons=buttons)]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 
 from bot.context import Context
 from bot.handlers import (
@@ -11,10 +12,12 @@ from bot.handlers import (
     charging,
     disputes,
     family,
+    feedback,
     menu,
     plans,
     ports,
     staff,
+    support,
     wallet,
 )
 from bot.handlers.turn import Turn
@@ -33,14 +36,20 @@ START_PAYLOAD = re.compile(r"^port_(P\d{4,}-\d{2})$", re.IGNORECASE)
 async def handle(ctx: Context, inc: Incoming) -> tuple[list[Reply], str]:
     """Returns the replies and the rider's language (after the action)."""
     after: list = []
+    photo_problem = None
+    if inc.photo:
+        # Fetched before the transaction: a platform download (and WeChat's token, kept in the
+        # database) must not run while this action holds SQLite's write lock.
+        inc, photo_problem = await _stored_photo(ctx, inc)
     try:
         async with transaction(ctx.sm) as session:
             rider = await rider_for(
-                session, inc.platform, inc.user_id, chat_id=inc.chat_id,
+                # A message in the staff group must not move the person's own chat there.
+                session, inc.platform, inc.user_id, chat_id=None if inc.group else inc.chat_id,
                 display_name=inc.display_name, language_hint=inc.language_hint,
                 seen_at=ctx.clock(),
             )
-            turn = Turn(ctx, session, rider, inc)
+            turn = Turn(ctx, session, rider, inc, photo_problem=photo_problem)
             replies = await dispatch(turn)
             after = turn.after_commit
             lang = rider.language
@@ -56,24 +65,56 @@ async def handle(ctx: Context, inc: Incoming) -> tuple[list[Reply], str]:
     return replies, lang
 
 
+async def _stored_photo(ctx: Context, inc: Incoming) -> tuple[Incoming, Exception | None]:
+    """The rider's photo stored locally (Incoming.photo becomes its path), or why not."""
+    from bot.photo_fetch import intake
+    from core.photos import PhotoRejected, PhotoUnavailable
+
+    try:
+        stored = await intake(ctx, inc.platform, inc.photo or "")
+    except (PhotoRejected, PhotoUnavailable) as exc:
+        log.info("photo from %s not taken: %s", inc.platform, exc)
+        return replace(inc, photo=None), exc
+    return replace(inc, photo=stored.path), None
+
+
 async def dispatch(turn: Turn) -> list[Reply]:
     inc = turn.inc
+    if inc.group:
+        return await desk(turn)
     if inc.location is not None:
         return await ports.nearest(turn, *inc.location)
     if inc.data is not None:
         return await on_button(turn, inc.data)
     if (inc.text or inc.photo) and (
             prompt := await prompts.pending(turn.session, turn.rider.id, turn.now)):  # type: ignore[arg-type]
-        answered = await staff.answer_prompt(turn, prompt)
-        if answered is not None:
-            return answered
+        for answer in (staff.answer_prompt, support.answer_prompt, feedback.answer_prompt):
+            if (answered := await answer(turn, prompt)) is not None:
+                return answered
     text = (inc.text or "").strip()
     if text.startswith("/"):
         command, _, arg = text[1:].partition(" ")
         return await on_command(turn, command.split("@", 1)[0].lower(), arg.strip())
     if PORT_CODE.match(text.upper()):
         return await ports.port_card(turn, text.upper())
-    return menu.unknown(turn)
+    return await support.free_text(turn) or menu.unknown(turn)
+
+
+TICKET_REF = re.compile(r"#(\d+)")
+
+
+async def desk(turn: Turn) -> list[Reply]:
+    """The Telegram staff group: ticket buttons, and replies to a ticket's post as answers."""
+    inc = turn.inc
+    if inc.data is not None:
+        verb, _, arg = inc.data.partition(":")
+        return await support.staff_button(turn, arg) if verb == "tk" else []
+    text = (inc.text or "").strip()
+    if text.startswith("/tickets"):
+        return await support.tickets(turn)
+    if inc.reply_to and text and (m := TICKET_REF.search(inc.reply_to)):
+        return await support.staff_answer(turn, int(m.group(1)), text)
+    return []  # staff talking among themselves
 
 
 async def on_command(turn: Turn, command: str, arg: str) -> list[Reply]:
@@ -105,6 +146,14 @@ async def on_command(turn: Turn, command: str, arg: str) -> list[Reply]:
         return await plans.show(turn)
     if command == "dispute":
         return await disputes.open_(turn, arg)
+    if command == "tickets":
+        return await support.tickets(turn)
+    if command == "suggest":
+        return await feedback.suggest(turn, arg)
+    if command == "suggestions":
+        return await feedback.suggestion_list(turn)
+    if command == "faq":
+        return await feedback.faq_menu(turn)
     if command in ("orders", "workorders"):
         return await staff.orders(turn)
     if command == "promises":
@@ -160,6 +209,33 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
         return await disputes.open_(turn, arg)
     if verb == "wo":
         return await staff.button(turn, arg)
+    if verb == "rep":
+        return await support.report_menu(turn, arg)
+    if verb == "rp":
+        target, _, problem = arg.rpartition(":")
+        return await support.report(turn, target, problem)
+    if verb == "rskip":
+        return await support.skip_photo(turn, int(arg) if arg.isdigit() else 0)
+    if verb == "tk":
+        return await support.staff_button(turn, arg)
+    if verb == "trate":
+        return await support.rate(turn, arg)
+    if verb == "ask":
+        return await support.ask_person(turn)
+    if verb == "rv":
+        return await feedback.review_start(turn, arg)
+    if verb == "rvs":
+        return await feedback.review_stars(turn, arg)
+    if verb == "rvt":
+        return await feedback.review_tag(turn, arg)
+    if verb == "rvd":
+        return await feedback.review_done(turn)
+    if verb == "sg":
+        return await feedback.decide(turn, arg)
+    if verb == "faq":
+        return await feedback.faq_menu(turn, arg)
+    if verb == "sos":
+        return await support.emergency(turn, charge_id=int(arg) if arg.isdigit() else None)
     if verb == "rate":
         return await staff.rate(turn, arg)
     return menu.unknown(turn)

@@ -126,5 +126,5 @@ def menu_buttons(lang: str) -> list[list[Button]]:
          Button(tr(lang, "⚡ My charge"), data="status")],
         [Button(tr(lang, "👛 Wallet"), data="wallet"),
          Button(tr(lang, "🧾 History"), data="history")],
-        [Button(tr(lang, "🌐 Language"), data="lang")],
+        [Button(tr(lang, "❓ FAQ"), data="faq"), Button(tr(lang, "🌐 Language"), data="lang")],
     ]

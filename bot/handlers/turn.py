@@ -20,6 +20,9 @@ class Turn:
     rider: Rider
     inc: Incoming
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    # A photo the rider sent that could not be taken (too large, not an image, unavailable);
+    # Incoming.photo is then None and the handler that wanted it says why.
+    photo_problem: Exception | None = None
 
     @property
     def lang(self) -> str:

@@ -7,8 +7,12 @@
 //            pick_location, pick_port, connecting, offline, language},
 //            locations:[{name, lat, lon}], ports:["P0001-01", ...]}
 //   POST /webchat/api/send  {client_id, text} | {client_id, data} |
-//                           {client_id, location:{lat, lon}}
+//                           {client_id, location:{lat, lon}} |
+//                           {client_id, photo:REF, text?:caption}
 //        -> {replies:[REPLY, ...], lang}
+//   POST /webchat/api/photo?client_id=ID   multipart/form-data, field "photo"
+//        -> {ref:"webchat:<sha256>"}  (REF for send), or 400
+//           {error, field:"photo", reason:"too_large"|"not_image"|"empty"}
 //   GET  /webchat/api/messages?client_id=ID&after=SEQ&wait=25   (long poll)
 //        -> {messages:[{seq, reply:REPLY}], lang}
 //   REPLY = {text, buttons:[[{label, data} | {label, url}]],
@@ -33,13 +37,17 @@
       title: '充电助手', placeholder: '输入消息…', send: '发送',
       share_location: '发送位置', scan_qr: '扫码', pick_location: '选择位置',
       pick_port: '选择充电口', connecting: '正在连接…', offline: '网络已断开，正在重试…',
-      language: 'English',
+      language: 'English', send_photo: '发送照片',
+      photo_too_large: '照片太大，请换一张小一点的。',
+      photo_not_image: '这不是可用的照片（JPEG、PNG、WebP 或 GIF）。',
     },
     en: {
       title: 'Charging bot', placeholder: 'Message…', send: 'Send',
       share_location: 'Share location', scan_qr: 'Scan QR', pick_location: 'Pick a location',
       pick_port: 'Pick a port', connecting: 'Connecting…', offline: 'Offline, retrying…',
-      language: '中文',
+      language: '中文', send_photo: 'Send a photo',
+      photo_too_large: 'That photo is too large. Please send a smaller one.',
+      photo_not_image: 'That file is not a photo we can use (JPEG, PNG, WebP or GIF).',
     },
   };
 
@@ -98,7 +106,7 @@
     if (state.log.length > MAX_LOG) state.log.splice(0, state.log.length - MAX_LOG);
     // Rider messages not (yet) delivered are not kept: a reload starts clean.
     const plain = state.log
-      .filter((e) => e.status !== 'pending' && e.status !== 'failed')
+      .filter((e) => e.status !== 'pending' && e.status !== 'failed' && e.status !== 'rejected')
       .map(({ status, ...rest }) => rest); // eslint-disable-line no-unused-vars
     store.set(LOG_KEY, JSON.stringify(plain));
   }
@@ -125,6 +133,7 @@
     clock: 'M12 3a9 9 0 1 0 0 18 9 9 0 0 0 0-18zM12 7v5l3 2',
     retry: 'M12 3a9 9 0 1 0 0 18 9 9 0 0 0 0-18zM12 7.5v5.5M12 16.2v.3',
     check: 'M5 12.5l4.5 4.5L19 7.5',
+    camera: 'M4 8h3.5l2-2.5h5l2 2.5H20v11H4zM12 10a3.5 3.5 0 1 0 0 7 3.5 3.5 0 0 0 0-7z',
     touch: 'M9 11V5.5a1.5 1.5 0 0 1 3 0V11m0-1.5a1.5 1.5 0 0 1 3 0V12m0-1a1.5 1.5 0 0 1 3 0v3.5A6.5 6.5 0 0 1 11.5 21h-.6a5 5 0 0 1-4-2L4 15.2a1.5 1.5 0 0 1 2.3-1.9L9 16',
   };
 
@@ -152,6 +161,8 @@
     composer: $('composer'),
     locBtn: $('loc-btn'),
     qrBtn: $('qr-btn'),
+    photoBtn: $('photo-btn'),
+    photoInput: $('photo-input'),
     input: $('input'),
     sendBtn: $('send-btn'),
     sheet: $('sheet'),
@@ -245,7 +256,8 @@
     el.input.placeholder = t('placeholder');
     el.input.setAttribute('aria-label', t('placeholder'));
     el.sendBtn.textContent = t('send');
-    for (const [btn, key] of [[el.locBtn, 'share_location'], [el.qrBtn, 'scan_qr']]) {
+    for (const [btn, key] of [[el.locBtn, 'share_location'], [el.qrBtn, 'scan_qr'],
+      [el.photoBtn, 'send_photo']]) {
       btn.title = t(key);
       btn.setAttribute('aria-label', t(key));
     }
@@ -447,9 +459,14 @@
     if (!m || !m.wrap) return;
     const { wrap, status: box } = m;
     box.replaceChildren();
-    wrap.classList.toggle('failed', status === 'failed');
+    wrap.classList.toggle('failed', status === 'failed' || status === 'rejected');
     if (status === 'pending') {
       box.appendChild(icon('clock'));
+    } else if (status === 'rejected') {
+      // The server refused the file itself: retrying cannot help, so say why instead.
+      box.appendChild(icon('retry'));
+      const note = h('div', 'note', t(m.rejected === 'too_large' ? 'photo_too_large' : 'photo_not_image'));
+      wrap.querySelector('.bubble').appendChild(note);
     } else if (status === 'failed') {
       const retry = h('button', 'retry');
       retry.type = 'button';
@@ -504,6 +521,28 @@
     return res.json();
   }
 
+  class PhotoRejected extends Error {
+    constructor(reason) {
+      super(`photo rejected: ${reason}`);
+      this.reason = reason;
+    }
+  }
+
+  async function uploadPhoto(file) {
+    const form = new FormData();
+    form.append('photo', file, file.name || 'photo');
+    const qs = new URLSearchParams({ client_id: clientId });
+    const res = await fetch(`${API}/photo?${qs}`, { method: 'POST', body: form, cache: 'no-store' });
+    if (res.status === 400) {
+      const data = await res.json().catch(() => ({}));
+      if (data && data.field === 'photo') throw new PhotoRejected(String(data.reason || 'not_image'));
+    }
+    if (!res.ok) throw new Error(`photo: HTTP ${res.status}`);
+    const data = await res.json();
+    if (!data || typeof data.ref !== 'string') throw new Error('photo: no ref');
+    return data.ref;
+  }
+
   // Sends on behalf of a rider bubble; retries happen via the bubble's mark.
   async function deliver(entry) {
     const m = meta.get(entry);
@@ -512,6 +551,8 @@
     setStatus(entry, 'pending');
     setTyping(+1);
     try {
+      // A photo is uploaded first (once, even across retries), then sent by its ref.
+      if (m.file && !m.payload.photo) m.payload = { ...m.payload, photo: await uploadPhoto(m.file) };
       const data = await postSend(m.payload);
       setStatus(entry, 'sent');
       saveLog();
@@ -521,17 +562,22 @@
       maybeSwitchLang(data && data.lang);
     } catch (err) {
       console.warn(err);
-      setStatus(entry, 'failed');
-      showBanner('offline');
+      if (err instanceof PhotoRejected) {
+        m.rejected = err.reason;
+        setStatus(entry, 'rejected');
+      } else {
+        setStatus(entry, 'failed');
+        showBanner('offline');
+      }
     } finally {
       m.inflight = false;
       setTyping(-1);
     }
   }
 
-  function sendAction(payload, me) {
+  function sendAction(payload, me, file) {
     const entry = { who: 'me', text: me.text, icon: me.icon, status: 'pending' };
-    meta.set(entry, { payload });
+    meta.set(entry, { payload, file });
     addEntry(entry);
     deliver(entry);
     return entry;
@@ -685,6 +731,18 @@
   });
   el.locBtn.addEventListener('click', () => openSheet('location', el.locBtn));
   el.qrBtn.addEventListener('click', () => openSheet('port', el.qrBtn));
+  el.photoBtn.addEventListener('click', () => el.photoInput.click());
+  el.photoInput.addEventListener('change', () => {
+    const file = el.photoInput.files && el.photoInput.files[0];
+    el.photoInput.value = ''; // choosing the same file again must fire change again
+    if (!file) return;
+    // Whatever is typed goes with the photo as its caption.
+    const caption = el.input.value.trim();
+    el.input.value = '';
+    updateSendEnabled();
+    const payload = caption ? { text: caption } : {};
+    sendAction(payload, { text: caption || t('send_photo'), icon: 'camera' }, file);
+  });
   el.langBtn.addEventListener('click', () => sendAction({ text: '/language' }, { text: t('language'), icon: 'globe' }));
   el.sheetClose.addEventListener('click', closeSheet);
   el.sheet.addEventListener('click', (ev) => { if (ev.target === el.sheet) closeSheet(); });

@@ -1,0 +1,163 @@
+"""Riders' voice: site reviews after a charge, /suggest, and the FAQ's most asked questions."""
+
+from __future__ import annotations
+
+from bot.handlers.turn import Turn
+from bot.i18n import tr
+from bot.replies import Button, Reply
+from core import prompts, questions, reviews, suggestions, support
+from core.charging import Charge
+
+SUGGEST_PROMPT = "suggest"
+REVIEW_PROMPT = "review_note"
+
+
+def tag_name(lang: str, tag: str) -> str:
+    return {
+        "fast": tr(lang, "charges fast"), "easy_to_find": tr(lang, "easy to find"),
+        "clean": tr(lang, "clean"), "safe": tr(lang, "feels safe"),
+        "good_price": tr(lang, "good price"), "slow": tr(lang, "slow"),
+        "hard_to_find": tr(lang, "hard to find"), "dirty": tr(lang, "dirty"),
+    }.get(tag, tag)
+
+
+def summary_line(lang: str, avg: float | None, n: int, tags: list[str]) -> str | None:
+    if not n or avg is None:
+        return None
+    line = tr(lang, "⭐ {avg:.1f} from {n} riders", avg=avg, n=n)
+    if tags:
+        line += " · " + tr(lang, ", ").join(tag_name(lang, t) for t in tags)
+    return line
+
+
+# --- site reviews -----------------------------------------------------------------------------
+
+
+async def _own_charge(turn: Turn, ref: str) -> Charge | None:
+    if not ref.isdigit():
+        return None
+    charge = await turn.session.get(Charge, int(ref))
+    if charge is None or charge.rider_id != turn.rider.id or charge.ended_at is None:
+        return None
+    return charge
+
+
+async def review_start(turn: Turn, ref: str) -> list[Reply]:
+    charge = await _own_charge(turn, ref)
+    if charge is None:
+        return [Reply(tr(turn.lang, "Only your own finished charges can be rated."))]
+    return [Reply(tr(turn.lang, "How was charging at this site?"),
+                  buttons=[[Button("⭐" * n, data=f"rvs:{charge.id}:{n}") for n in range(1, 6)]])]
+
+
+async def review_stars(turn: Turn, arg: str) -> list[Reply]:
+    ref, _, stars = arg.partition(":")
+    charge = await _own_charge(turn, ref)
+    if charge is None or not stars.isdigit() or not 1 <= int(stars) <= 5:
+        return [Reply(tr(turn.lang, "Only your own finished charges can be rated."))]
+    review = await reviews.rate(turn.session, turn.rider.id, charge.id, charge.site_id,  # type: ignore[arg-type]
+                                int(stars), turn.now)
+    await prompts.ask(turn.session, turn.rider.id, REVIEW_PROMPT, review.id, turn.now)  # type: ignore[arg-type]
+    return [_tags_reply(turn, review)]
+
+
+def _tags_reply(turn: Turn, review: reviews.SiteReview) -> Reply:
+    lang = turn.lang
+    chosen = set(review.tags.split(","))
+    buttons = [Button(("✅ " if t in chosen else "") + tag_name(lang, t),
+                      data=f"rvt:{review.id}:{t}") for t in reviews.TAGS]
+    rows = [buttons[i:i + 4] for i in range(0, len(buttons), 4)]
+    rows.append([Button(tr(lang, "Done"), data=f"rvd:{review.id}")])
+    return Reply(tr(lang, "Thanks! Tap what fits (optional); you can also send a few words or a "
+                          "photo of the site."), buttons=rows)
+
+
+async def review_tag(turn: Turn, arg: str) -> list[Reply]:
+    ref, _, tag = arg.partition(":")
+    review = await turn.session.get(reviews.SiteReview, int(ref)) if ref.isdigit() else None
+    if review is None or review.rider_id != turn.rider.id:
+        return [Reply(tr(turn.lang, "Only your own finished charges can be rated."))]
+    reviews.toggle_tag(review, tag)
+    return [_tags_reply(turn, review)]
+
+
+async def review_done(turn: Turn) -> list[Reply]:
+    await prompts.done(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    return [Reply(tr(turn.lang, "⭐ Thank you! Your review helps other riders choose."))]
+
+
+async def answer_prompt(turn: Turn, prompt: prompts.ChatPrompt) -> list[Reply] | None:
+    text = (turn.inc.text or "").strip()
+    if text.startswith("/"):
+        return None
+    if prompt.kind == REVIEW_PROMPT:
+        review = await turn.session.get(reviews.SiteReview, prompt.ref)
+        if review is None:
+            return None
+        if turn.inc.photo:
+            review.photo = turn.inc.photo
+        if text:
+            review.text = text[:500]
+        if not (text or turn.inc.photo):
+            return None
+        return await review_done(turn)
+    if prompt.kind == SUGGEST_PROMPT:
+        if not text:
+            return [Reply(tr(turn.lang, "Please write your idea as text."))]
+        await prompts.done(turn.session, turn.rider.id)  # type: ignore[arg-type]
+        return await suggest(turn, text)
+    return None
+
+
+# --- suggestions ------------------------------------------------------------------------------
+
+
+async def suggest(turn: Turn, text: str) -> list[Reply]:
+    if not text.strip():
+        await prompts.ask(turn.session, turn.rider.id, SUGGEST_PROMPT, 0, turn.now)  # type: ignore[arg-type]
+        return [Reply(tr(turn.lang, "💡 What would make charging better for you? Write your "
+                                    "idea; if we adopt it, you charge free for 3 months."))]
+    s = await suggestions.submit(turn.session, turn.rider.id, text, turn.now)  # type: ignore[arg-type]
+    return [Reply(tr(turn.lang, "💡 Thank you! Idea #{id} is with our team.", id=s.id))]
+
+
+async def suggestion_list(turn: Turn) -> list[Reply]:
+    if not await support.may_answer(turn.session, turn.rider.id):  # type: ignore[arg-type]
+        return [Reply(tr(turn.lang, "This is for our staff only."))]
+    found = await suggestions.pending(turn.session)
+    if not found:
+        return [Reply(tr(turn.lang, "💡 No new ideas."))]
+    return [Reply(f"💡 #{s.id}: {s.text}",
+                  buttons=[[Button(tr(turn.lang, "👍 Adopt"), data=f"sg:yes:{s.id}"),
+                            Button(tr(turn.lang, "Decline"), data=f"sg:no:{s.id}")]])
+            for s in found]
+
+
+async def decide(turn: Turn, arg: str) -> list[Reply]:
+    if not await support.may_answer(turn.session, turn.rider.id):  # type: ignore[arg-type]
+        return [Reply(tr(turn.lang, "This is for our staff only."))]
+    verdict, _, ref = arg.partition(":")
+    s = await suggestions.decide(turn.session, int(ref), turn.rider.id,  # type: ignore[arg-type]
+                                 verdict == "yes", turn.now) if ref.isdigit() else None
+    if s is None:
+        return [Reply(tr(turn.lang, "That idea was already decided."))]
+    if s.state == "adopted":
+        return [Reply(tr(turn.lang, "👍 Idea #{id} adopted: its rider charges free for 3 "
+                                    "months.", id=s.id))]
+    return [Reply(tr(turn.lang, "Idea #{id} declined; the rider was thanked.", id=s.id))]
+
+
+# --- the FAQ in the menu ----------------------------------------------------------------------
+
+
+async def faq_menu(turn: Turn, key: str = "") -> list[Reply]:
+    lang = turn.lang
+    idx = await questions.index(turn.session)
+    if key and (entry := idx.get(key)) is not None:
+        return [Reply(entry.answer_in(lang),
+                      buttons=[[Button(tr(lang, "❓ More questions"), data="faq"),
+                                Button(tr(lang, "💬 Ask a person"), data="ask")]])]
+    top = await questions.top_entries(turn.session)
+    return [Reply(tr(lang, "❓ What riders ask most:"),
+                  buttons=[[Button(e.question_in(lang)[:40], data=f"faq:{e.key}")] for e in top]
+                  + [[Button(tr(lang, "💬 Ask a person"), data="ask")]])]

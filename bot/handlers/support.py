@@ -1,0 +1,376 @@
+"""Customer service in the conversation: one-tap reports with a photo, questions answered from
+the FAQ or handed to a person, the emergency lane, and the staff side of tickets."""
+
+from __future__ import annotations
+
+import logging
+
+from bot.handlers.turn import Turn
+from bot.i18n import tr
+from bot.replies import Button, Reply
+from core import faq, prompts, questions, support
+from core.charging import Charge
+from core.errors import UnknownPort
+from core.piles import find_port, port_code
+from core.staff import NotStaff
+from core.support import Ticket
+
+log = logging.getLogger("chargebot.support")
+PHOTO_PROMPT = "report_photo"
+REPLY_PROMPT = "ticket_reply"
+CLOSE_PROMPT = "ticket_close"
+HUMAN = "human"  # the FAQ entry for "I want a person": answered by handing over
+
+
+def problem_name(lang: str, problem: str | None) -> str:
+    return {
+        "wont_start": tr(lang, "won't start"),
+        "stopped": tr(lang, "stopped while charging"),
+        "damaged": tr(lang, "damaged socket"),
+        "no_power": tr(lang, "no power"),
+        "dirty": tr(lang, "dirty or blocked"),
+        "other": tr(lang, "something else"),
+    }.get(problem or "", problem or "")
+
+
+def report_button(lang: str, target: str) -> Button:
+    """target: a port code, or c<charge id>."""
+    return Button(tr(lang, "🛠 Report a problem"), data=f"rep:{target}")
+
+
+# --- the rider's report -----------------------------------------------------------------------
+
+
+async def _target(turn: Turn, target: str) -> tuple[str, int, int | None] | None:
+    """(pile, port, charge) from a port code or one of the rider's own charges."""
+    if target.startswith("c") and target[1:].isdigit():
+        charge = await turn.session.get(Charge, int(target[1:]))
+        if charge is None or charge.rider_id != turn.rider.id:
+            return None
+        return charge.pile_id, charge.port_number, charge.id
+    try:
+        port, pile, _site = await find_port(turn.session, target)
+    except UnknownPort:
+        return None
+    return pile.id, port.number, None
+
+
+async def report_menu(turn: Turn, target: str) -> list[Reply]:
+    found = await _target(turn, target)
+    if found is None:
+        return [Reply(tr(turn.lang, "I can't find that port or charge. Send the port code "
+                                    "printed under the QR (like P0001-03)."))]
+    pile_id, port, _ = found
+    lang = turn.lang
+    rows = [[Button(problem_name(lang, p), data=f"rp:{target}:{p}") for p in pair]
+            for pair in zip(support.PROBLEMS[::2], support.PROBLEMS[1::2], strict=True)]
+    return [Reply(tr(lang, "What is wrong with {where}?", where=port_code(pile_id, port)),
+                  buttons=rows)]
+
+
+async def report(turn: Turn, target: str, problem: str) -> list[Reply]:
+    found = await _target(turn, target)
+    if found is None or problem not in support.PROBLEMS:
+        return await report_menu(turn, target)
+    pile_id, port, charge_id = found
+    ticket, _new = await support.open_ticket(
+        turn.session, turn.rider, kind="report", now=turn.now, problem=problem,
+        pile_id=pile_id, port=port, charge_id=charge_id)
+    await prompts.ask(turn.session, turn.rider.id, PHOTO_PROMPT, ticket.id, turn.now)  # type: ignore[arg-type]
+    # At the desk at once: a rider who walks away before the photo has still reported it.
+    await support.post_to_desk(turn.session, ticket, turn.ctx.settings, turn.now)
+    lang = turn.lang
+    if problem == "other":
+        return [Reply(tr(lang, "Tell us what is wrong with {where}: a few words, a photo, or "
+                               "both.", where=port_code(pile_id, port)))]
+    return [Reply(tr(lang, "📷 A photo helps the technician (and earns a bigger thank-you "
+                           "coupon if the report is confirmed). Send one now, or tap Skip."),
+                  buttons=[[Button(tr(lang, "Skip"), data=f"rskip:{ticket.id}")]])]
+
+
+async def skip_photo(turn: Turn, ticket_id: int) -> list[Reply]:
+    ticket = await turn.session.get(Ticket, ticket_id)
+    if ticket is None or ticket.rider_id != turn.rider.id:
+        return [Reply(tr(turn.lang, "Sorry, that didn't work. Please try again."))]
+    if ticket.problem == "other" and ticket.photo is None and not await _described(turn, ticket):
+        # "Something else" with nothing said is an empty report: ask, keep the ticket open.
+        return [Reply(tr(turn.lang, "Please tell us what is wrong first: a few words or a "
+                                    "photo."))]
+    await prompts.done(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    return [_filed(turn, ticket)]
+
+
+async def _described(turn: Turn, ticket: Ticket) -> bool:
+    from sqlalchemy import select
+
+    return (await turn.session.execute(select(support.TicketMessage.id).where(
+        support.TicketMessage.ticket_id == ticket.id))).first() is not None
+
+
+def _filed(turn: Turn, ticket: Ticket) -> Reply:
+    return Reply(tr(turn.lang, "✅ Thank you! Report #{id} is with our team; answers come here. "
+                               "Anything you write next is added to it.", id=ticket.id))
+
+
+async def answer_prompt(turn: Turn, prompt: prompts.ChatPrompt) -> list[Reply] | None:
+    """The rider's photo or words for a report, or a staff member's answer or resolution."""
+    inc = turn.inc
+    text = (inc.text or "").strip()
+    if text.startswith("/"):
+        return None  # a command wins over the question
+    if prompt.kind == PHOTO_PROMPT:
+        ticket = await turn.session.get(Ticket, prompt.ref)
+        if ticket is None or ticket.state not in support.OPEN:
+            await prompts.done(turn.session, turn.rider.id)  # type: ignore[arg-type]
+            return None
+        if (refused := photo_refusal(turn)) is not None:
+            return [refused]
+        if not text and not inc.photo:
+            return [Reply(tr(turn.lang, "Please describe the problem in a few words, or send a "
+                                        "photo."))]
+        photo = inc.photo
+        msg = await support.add_message(turn.session, ticket, "rider", turn.rider.id, text,  # type: ignore[arg-type]
+                                        photo, turn.now)
+        await prompts.done(turn.session, turn.rider.id)  # type: ignore[arg-type]
+        await support.post_to_desk(turn.session, ticket, turn.ctx.settings, turn.now,
+                                   message=msg)
+        return [_filed(turn, ticket)]
+    if prompt.kind in (REPLY_PROMPT, CLOSE_PROMPT):
+        if not text:
+            return [Reply(tr(turn.lang, "Please write the answer as text."))]
+        await prompts.done(turn.session, turn.rider.id)  # type: ignore[arg-type]
+        if prompt.kind == REPLY_PROMPT:
+            return await staff_answer(turn, prompt.ref, text)
+        return await staff_close(turn, prompt.ref, text)
+    return None
+
+
+def photo_refusal(turn: Turn) -> Reply | None:
+    """A clear answer when the rider's photo could not be taken (the router tried already)."""
+    from core.photos import PhotoRejected
+
+    exc = turn.photo_problem
+    if exc is None:
+        return None
+    if isinstance(exc, PhotoRejected) and exc.reason == "too_large":
+        mb = turn.ctx.settings.support.max_photo_bytes // (1024 * 1024)
+        return Reply(tr(turn.lang, "That photo is too large (over {mb} MB). Please send a "
+                                   "smaller one.", mb=mb))
+    if isinstance(exc, PhotoRejected):
+        return Reply(tr(turn.lang, "That file is not a photo we can use (JPEG, PNG, WebP or "
+                                   "GIF). Please send a picture."))
+    return Reply(tr(turn.lang, "I couldn't get that photo. Please send it again."))
+
+
+# --- free text: the open ticket, the emergency lane, the FAQ ----------------------------------
+
+
+async def free_text(turn: Turn) -> list[Reply] | None:
+    """Text that is not a command or a port code; None leaves it to the menu."""
+    inc = turn.inc
+    text = (inc.text or "").strip()
+    if text and support.is_emergency(text):
+        return await emergency(turn, text)
+    if (refused := photo_refusal(turn)) is not None:
+        return [refused]
+    current = await support.open_for(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    if current is not None and (text or inc.photo):
+        photo = inc.photo
+        msg = await support.add_message(turn.session, current, "rider", turn.rider.id, text,  # type: ignore[arg-type]
+                                        photo, turn.now)
+        await support.post_to_desk(turn.session, current, turn.ctx.settings, turn.now,
+                                   message=msg)
+        return [Reply(tr(turn.lang, "✉️ Added to your ticket #{id}.", id=current.id))]
+    if inc.photo:
+        return [Reply(tr(turn.lang, "Thanks for the photo. To report a broken port, open its "
+                                    "card (scan the QR or send its code) and tap 🛠 Report a "
+                                    "problem."))]
+    if not faq.tokens(text):
+        return None  # a greeting or a slip: the menu answers it
+    match = (await questions.index(turn.session)).answer(text)
+    await questions.log(turn.session, turn.rider.id, text, turn.lang,  # type: ignore[arg-type]
+                        match.entry.key if match else None, turn.now)
+    if match is not None and match.entry.key != HUMAN:
+        lang = turn.lang
+        return [Reply(match.entry.answer_in(lang),
+                      buttons=[[Button(tr(lang, "💬 Not what I asked: a person"), data="ask")]])]
+    ticket, _ = await support.open_ticket(turn.session, turn.rider, kind="question",
+                                          now=turn.now, text=text)
+    await support.post_to_desk(turn.session, ticket, turn.ctx.settings, turn.now)
+    return [Reply(tr(turn.lang, "I don't have a ready answer, so a person from our team will "
+                                "reply here (ticket #{id}).", id=ticket.id))]
+
+
+async def ask_person(turn: Turn) -> list[Reply]:
+    """The FAQ answer did not help: the last question goes to a person."""
+    ticket, new = await support.open_ticket(turn.session, turn.rider, kind="question",
+                                            now=turn.now)
+    if new:
+        await support.post_to_desk(turn.session, ticket, turn.ctx.settings, turn.now)
+    return [Reply(tr(turn.lang, "A person from our team will answer here (ticket #{id}). Write "
+                                "your question; everything you send is added to it.",
+                     id=ticket.id))]
+
+
+async def emergency(turn: Turn, text: str = "", charge_id: int | None = None) -> list[Reply]:
+    pile_id = port = None
+    if charge_id is not None:
+        charge = await turn.session.get(Charge, charge_id)
+        if charge is not None and charge.rider_id == turn.rider.id:
+            pile_id, port = charge.pile_id, charge.port_number
+        else:
+            charge_id = None
+    ticket, new = await support.open_ticket(
+        turn.session, turn.rider, kind="emergency", now=turn.now, text=text,
+        pile_id=pile_id, port=port, charge_id=charge_id)
+    await support.post_to_desk(turn.session, ticket, turn.ctx.settings, turn.now,
+                               tag="new" if new else "sos")
+    return [Reply(tr(turn.lang, "⚠️ Safety first: if you can do it safely, switch off and "
+                                "unplug your charger, and keep away from the pile. If there is "
+                                "fire or smoke, call 119. Our staff are alerted now (ticket "
+                                "#{id}) and will contact you here within a minute.",
+                     id=ticket.id))]
+
+
+# --- staff ------------------------------------------------------------------------------------
+
+
+def ticket_buttons(lang: str, ticket_id: int, kind: str = "report") -> list[list[Button]]:
+    row = [Button(tr(lang, "✋ Take"), data=f"tk:take:{ticket_id}"),
+           Button(tr(lang, "💬 Reply"), data=f"tk:reply:{ticket_id}")]
+    second = [Button(tr(lang, "✅ Close"), data=f"tk:close:{ticket_id}")]
+    if kind == "report":
+        second.insert(0, Button(tr(lang, "✔️ Verify report"), data=f"tk:ver:{ticket_id}"))
+    else:
+        second.insert(0, Button(tr(lang, "📚 Save as FAQ"), data=f"tk:faq:{ticket_id}"))
+    return [row, second]
+
+
+async def staff_button(turn: Turn, arg: str) -> list[Reply]:
+    action, _, ref = arg.partition(":")
+    lang = turn.lang
+    if not await support.may_answer(turn.session, turn.rider.id):  # type: ignore[arg-type]
+        return [Reply(tr(lang, "This is for our staff only."))]
+    if action == "list" or not ref.isdigit():
+        return await tickets(turn)
+    ticket_id = int(ref)
+    try:
+        if action == "take":
+            t = await support.take(turn.session, ticket_id, turn.rider.id, turn.now)  # type: ignore[arg-type]
+            return [Reply(tr(lang, "✋ Ticket #{id} is yours.", id=t.id),
+                          buttons=ticket_buttons(lang, ticket_id, t.kind))]
+        if action in ("reply", "close"):
+            ticket = await turn.session.get(Ticket, ticket_id)
+            if ticket is None:
+                raise LookupError(ticket_id)
+            if ticket.state == "closed":
+                raise support.TicketClosed(ticket_id)
+            kind = REPLY_PROMPT if action == "reply" else CLOSE_PROMPT
+            await prompts.ask(turn.session, turn.rider.id, kind, ticket_id, turn.now)  # type: ignore[arg-type]
+            if action == "reply":
+                return [Reply(tr(lang, "💬 Write your answer to #{id}; it goes to the rider.",
+                                 id=ticket_id))]
+            return [Reply(tr(lang, "✅ How was #{id} resolved? One line for the rider.",
+                             id=ticket_id))]
+        if action == "faq":
+            return await save_as_faq(turn, ticket_id)
+        if action == "ver":
+            t, fen = await support.verify(turn.session, ticket_id, turn.rider.id,  # type: ignore[arg-type]
+                                          turn.now, turn.ctx.settings)
+            if not fen:
+                return [Reply(tr(lang, "Report #{id} was already verified.", id=t.id))]
+            from core.wallet import yuan
+
+            return [Reply(tr(lang, "✔️ Report #{id} verified: the rider gets a {amount} coupon; "
+                                   "work order #{order}.", id=t.id, amount=yuan(fen),
+                             order=t.work_order_id))]
+    except support.TicketClosed:
+        return [Reply(tr(lang, "Ticket #{id} is already closed; nothing was sent.",
+                         id=ticket_id))]
+    except LookupError:
+        return [Reply(tr(lang, "There is no report #{id} to do that with.", id=ticket_id))]
+    return await tickets(turn)
+
+
+async def save_as_faq(turn: Turn, ticket_id: int) -> list[Reply]:
+    """The rider's question and the last staff answer become an FAQ entry (rider's language)."""
+    from sqlalchemy import select
+
+    from core.riders import Rider
+
+    ticket = await turn.session.get(Ticket, ticket_id)
+    if ticket is None:
+        raise LookupError(ticket_id)
+    msgs = list((await turn.session.execute(select(support.TicketMessage).where(
+        support.TicketMessage.ticket_id == ticket_id).order_by(support.TicketMessage.id)
+    )).scalars())
+    asked = next((m.text for m in msgs if m.author == "rider" and m.text), "")
+    answer = next((m.text for m in reversed(msgs) if m.author == "staff" and m.text), "")
+    if not asked or not answer:
+        return [Reply(tr(turn.lang, "#{id} needs the rider's question and a staff answer "
+                                    "before it can become an FAQ entry.", id=ticket_id))]
+    rider = await turn.session.get(Rider, ticket.rider_id)
+    entry = await questions.save_from_ticket(turn.session, ticket_id, asked, answer,
+                                             rider.language if rider else "zh_CN",
+                                             turn.rider.id, turn.now)  # type: ignore[arg-type]
+    return [Reply(tr(turn.lang, "📚 Saved: riders asking like #{id} now get this answer "
+                                "(FAQ {key}).", id=ticket_id, key=entry.key))]
+
+
+async def staff_answer(turn: Turn, ticket_id: int, text: str) -> list[Reply]:
+    try:
+        await support.answer(turn.session, ticket_id, turn.rider.id, text, turn.now)  # type: ignore[arg-type]
+    except NotStaff:
+        return [Reply(tr(turn.lang, "This is for our staff only."))]
+    except support.TicketClosed:
+        return [Reply(tr(turn.lang, "Ticket #{id} is already closed; nothing was sent.",
+                         id=ticket_id))]
+    except LookupError:
+        return [Reply(tr(turn.lang, "There is no ticket #{id}.", id=ticket_id))]
+    return [Reply(tr(turn.lang, "📨 Sent to the rider of #{id}.", id=ticket_id),
+                  buttons=ticket_buttons(turn.lang, ticket_id, "question"))]
+
+
+async def staff_close(turn: Turn, ticket_id: int, resolution: str) -> list[Reply]:
+    try:
+        await support.close(turn.session, ticket_id, turn.rider.id, resolution, turn.now)  # type: ignore[arg-type]
+    except NotStaff:
+        return [Reply(tr(turn.lang, "This is for our staff only."))]
+    except support.TicketClosed:
+        return [Reply(tr(turn.lang, "Ticket #{id} is already closed; nothing was sent.",
+                         id=ticket_id))]
+    except LookupError:
+        return [Reply(tr(turn.lang, "There is no ticket #{id}.", id=ticket_id))]
+    return [Reply(tr(turn.lang, "✅ Ticket #{id} closed; the rider was told.", id=ticket_id))]
+
+
+async def tickets(turn: Turn) -> list[Reply]:
+    lang = turn.lang
+    if not await support.may_answer(turn.session, turn.rider.id):  # type: ignore[arg-type]
+        return [Reply(tr(lang, "This is for our staff only."))]
+    found = await support.queue(turn.session)
+    if not found:
+        return [Reply(tr(lang, "🎫 No open tickets. 👍"))]
+    lines = [tr(lang, "🎫 Open tickets ({n}):", n=len(found))]
+    for t in found:
+        mark = "🆘 " if t.priority == "emergency" else ""
+        what = problem_name(lang, t.problem) if t.problem else kind_name(lang, t.kind)
+        where = port_code(t.pile_id, t.port) if t.pile_id and t.port else (t.pile_id or "")
+        lines.append(f"{mark}#{t.id} {what} {where}".rstrip())
+    buttons = [[Button(f"#{t.id}", data=f"tk:take:{t.id}") for t in found[i:i + 4]]
+               for i in range(0, min(len(found), 8), 4)]
+    return [Reply("\n".join(lines), buttons=buttons)]
+
+
+def kind_name(lang: str, kind: str) -> str:
+    return {"report": tr(lang, "report"), "question": tr(lang, "question"),
+            "emergency": tr(lang, "emergency")}.get(kind, kind)
+
+
+async def rate(turn: Turn, arg: str) -> list[Reply]:
+    ref, _, stars = arg.partition(":")
+    if not (ref.isdigit() and stars.isdigit()):
+        return [Reply(tr(turn.lang, "Sorry, that didn't work. Please try again."))]
+    if not await support.rate(turn.session, int(ref), turn.rider.id, int(stars)):  # type: ignore[arg-type]
+        return [Reply(tr(turn.lang, "Sorry, that didn't work. Please try again."))]
+    return [Reply(tr(turn.lang, "⭐ Thank you for rating our answer."))]

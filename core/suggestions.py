@@ -1,0 +1,68 @@
+"""Riders' ideas (/suggest): staff adopt the good ones, and the rider charges free for 3 months."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import Column, String, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import Field, SQLModel
+
+from core import outbox
+from core.billing.plans import RiderPlan
+from core.db import utcnow
+
+REWARD_DAYS = 90
+# Free charging is a plan entry like any other: minutes enough for the whole period.
+REWARD_MINUTES = REWARD_DAYS * 24 * 60
+
+
+class Suggestion(SQLModel, table=True):
+    __tablename__ = "suggestions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    rider_id: int = Field(foreign_key="riders.id", index=True)
+    text: str = Field(sa_column=Column(String(1000), nullable=False))
+    state: str = Field(default="new", max_length=12)  # new | adopted | declined
+    created_at: datetime = Field(default_factory=utcnow)
+    decided_at: datetime | None = None
+    decided_by: int | None = None
+    plan_id: int | None = None
+
+
+async def submit(session: AsyncSession, rider_id: int, text: str, now: datetime) -> Suggestion:
+    s = Suggestion(rider_id=rider_id, text=text.strip()[:1000], created_at=now)
+    session.add(s)
+    await session.flush()
+    return s
+
+
+async def pending(session: AsyncSession, limit: int = 10) -> list[Suggestion]:
+    rows = await session.execute(select(Suggestion).where(Suggestion.state == "new")
+                                 .order_by(Suggestion.id).limit(limit))
+    return list(rows.scalars())
+
+
+async def decide(session: AsyncSession, suggestion_id: int, staff_id: int, adopt: bool,
+                 now: datetime) -> Suggestion | None:
+    """Adopt (3 months of free charging, as a plan) or decline, once; None if already decided."""
+    claimed = await session.execute(
+        update(Suggestion).where(Suggestion.id == suggestion_id, Suggestion.state == "new")
+        .values(state="adopted" if adopt else "declined", decided_at=now, decided_by=staff_id)
+        .execution_options(synchronize_session=False))
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    s = await session.get(Suggestion, suggestion_id)
+    assert s is not None
+    await session.refresh(s)
+    if adopt:
+        plan = RiderPlan(rider_id=s.rider_id, plan="suggestion_reward",
+                         minutes_total=REWARD_MINUTES, price_fen=0, starts_at=now,
+                         ends_at=now + timedelta(days=REWARD_DAYS), created_at=now)
+        session.add(plan)
+        await session.flush()
+        s.plan_id = plan.id
+    await outbox.enqueue(session, s.rider_id, "suggestion_decided",
+                         {"suggestion_id": s.id, "adopted": adopt, "days": REWARD_DAYS,
+                          "text": s.text[:120]}, f"suggestion:{s.id}", now=now)
+    return s

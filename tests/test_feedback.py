@@ -1,0 +1,114 @@
+"""Riders' voice (ISSUE 6): site reviews shown on port cards, /suggest adopted into 3 months of
+free charging, the FAQ menu led by the week's most asked questions, and a ticket's answer turned
+into an FAQ entry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from bot.scheduler import faq_digest
+from core import staff
+from core.billing.plans import RiderPlan
+from core.db import transaction
+from core.questions import FaqDigest
+from core.riders import rider_for
+from core.suggestions import Suggestion
+from tests.conftest import PILE_SECRET, Running, make_settings, seed_city, start_server
+from tests.journey import PileClient, WebRider, button
+
+
+async def _staff(server: Running, client_id: str, role: str = "agent") -> WebRider:
+    async with transaction(server.ctx.sm) as s:
+        p = await rider_for(s, "webchat", client_id)
+        p.language = "en"
+        await staff.add(s, p.id, role, "*")  # type: ignore[arg-type]
+    return WebRider(server.http, server.url, client_id)
+
+
+async def _rider(server: Running, client_id: str) -> WebRider:
+    r = WebRider(server.http, server.url, client_id)
+    await r.press("lang:en")
+    return r
+
+
+async def test_review_after_a_charge_shows_on_the_port_card(db_url: str) -> None:
+    settings = make_settings(db_url, scheduler={"enabled": False})
+    async with start_server(settings) as server:
+        await seed_city(server.ctx, ports=4)
+        pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
+        now = datetime.now(UTC)
+        await pile.post([pile.event("heartbeat", now)])
+        rider = await _rider(server, "rider-review-1")
+        card = await rider.say("P0001-01")
+        await rider.press(button(card, "start:"))
+        ref = next(c["session"] for c in await pile.commands() if c["type"] == "start")
+        await pile.run_charge(1, ref, now - timedelta(minutes=40), 30)
+        bill = await rider.wait_message("🧾")
+        stars = await rider.press(button([bill], "rv:"))
+        tags = await rider.press(button(stars, "rvs:") [:-1] + "4")
+        tags = await rider.press(button(tags, "rvt:") .rsplit(":", 1)[0] + ":fast")
+        assert "✅ charges fast" in [b["label"] for row in tags[0]["buttons"] for b in row]
+        done = await rider.say("roof keeps the rain off")
+        assert "Thank you" in done[0]["text"]
+        other = await _rider(server, "rider-review-2")
+        card = await other.say("P0001-02")
+        assert "⭐ 4.0 from 1 riders · charges fast" in card[0]["text"]
+        # Someone else's charge cannot be rated.
+        assert "Only your own" in (await other.press(button([bill], "rv:")))[0]["text"]
+
+
+async def test_adopted_suggestion_grants_three_months_of_free_charging_once(db_url: str) -> None:
+    settings = make_settings(db_url, scheduler={"enabled": False})
+    async with start_server(settings) as server:
+        agent = await _staff(server, "staff-agent-sg")
+        rider = await _rider(server, "rider-suggest-1")
+        ask = await rider.say("/suggest")
+        assert "free for 3 months" in ask[0]["text"]
+        thanks = await rider.say("put a roof over the HZ02 piles")
+        assert "Idea #1" in thanks[0]["text"]
+        listing = await agent.say("/suggestions")
+        assert "roof over the HZ02" in listing[0]["text"]
+        assert "adopted" in (await agent.press(button(listing, "sg:yes:")))[0]["text"]
+        assert "already decided" in (await agent.press("sg:yes:1"))[0]["text"]
+        assert "staff only" in (await rider.press("sg:yes:1"))[0]["text"]
+        await rider.wait_message("We are adopting your idea")
+        async with server.ctx.sm() as s:
+            plans = list((await s.execute(select(RiderPlan))).scalars())
+            sug = (await s.execute(select(Suggestion))).scalars().one()
+        assert len(plans) == 1 and plans[0].price_fen == 0
+        assert (plans[0].ends_at - plans[0].starts_at).days == 90
+        assert sug.state == "adopted" and sug.plan_id == plans[0].id
+
+
+async def test_faq_menu_digest_and_a_ticket_answer_becoming_an_entry(db_url: str) -> None:
+    settings = make_settings(db_url, scheduler={"enabled": False})
+    async with start_server(settings) as server:
+        agent = await _staff(server, "staff-agent-faq")
+        riders = [await _rider(server, f"rider-faq-{i}") for i in range(3)]
+        for r in riders:
+            await r.say("how much does charging cost per hour?")
+        await riders[0].say("how can I stop charging early")
+        await faq_digest(server.ctx)
+        digest = await agent.wait_message("most asked questions")
+        assert "3×" in digest["text"]
+        async with server.ctx.sm() as s:
+            first = (await s.execute(select(FaqDigest).order_by(FaqDigest.rank))).scalars().first()
+        assert first is not None and first.key == "price"
+        menu = await riders[1].press("faq")
+        assert button(menu, "faq:") == "faq:price"  # the most asked comes first
+        answer = await riders[1].press("faq:price")
+        assert "/h" in answer[0]["text"] or "hour" in answer[0]["text"].lower()
+
+        # An uncovered question goes to a person; the answer becomes an FAQ entry.
+        handed = await riders[2].say("do you sell replacement charger cables at the sites?")
+        assert "a person from our team" in handed[0]["text"]
+        post = await agent.wait_message("Ticket #1")
+        await agent.press(button([post], "tk:reply:"))
+        await agent.say("Not yet: bring your own cable; the ports are standard sockets.")
+        saved = await agent.press("tk:faq:1")
+        assert "Saved" in saved[0]["text"]
+        newcomer = await _rider(server, "rider-faq-new")
+        reply = await newcomer.say("do you sell replacement charger cables at the sites?")
+        assert "bring your own cable" in reply[0]["text"]
