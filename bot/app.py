@@ -11,7 +11,7 @@ from datetime import datetime
 from aiohttp import web
 from sqlalchemy import func, select
 
-from bot import logs, photo_fetch, piles_api, scheduler, telegram, webchat, wechat
+from bot import logs, photo_fetch, photo_links, piles_api, scheduler, telegram, webchat, wechat
 from bot.context import CTX, Context
 from bot.handlers import notices
 from bot.payments import wechatpay as wechatpay_pay
@@ -42,6 +42,13 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
+async def _warm_faq(_app: web.Application) -> None:
+    """jieba loads its dictionary (~0.6 s) on first use: not in a rider's first question."""
+    from core import faq
+
+    await asyncio.to_thread(faq.tokens, "扫码充电")
+
+
 def create_app(
     settings: Settings, *, clock: Callable[[], datetime] = utcnow, notifier: bool = True,
 ) -> web.Application:
@@ -68,6 +75,8 @@ def create_app(
         senders["telegram"] = telegram.TelegramSender(tg)
     wechatpay_pay.setup(app, ctx)
     photo_fetch.setup(app, ctx)  # photos are fetched with the app's own Telegram/WeChat clients
+    app.on_startup.append(_warm_faq)
+    photo_links.setup(app)
     n = settings.notifications
     app[NOTIFIER] = Notifier(
         ctx.sm, senders, notices.render, read_sm=ctx.reader(), poll_s=n.poll_s,

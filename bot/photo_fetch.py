@@ -104,7 +104,7 @@ async def intake(ctx: Context, platform: str, ref: str) -> StoredPhoto:
 
 
 @asynccontextmanager
-async def _telegram_bot(ctx: Context) -> AsyncIterator[Bot]:
+async def telegram_bot(ctx: Context) -> AsyncIterator[Bot]:
     clients = _attached.get(id(ctx))
     if clients is not None and clients.telegram is not None:
         yield clients.telegram
@@ -120,7 +120,7 @@ async def _telegram_bot(ctx: Context) -> AsyncIterator[Bot]:
 
 async def _telegram(ctx: Context, file_id: str, limit: int) -> bytes:
     try:
-        async with _telegram_bot(ctx) as bot:
+        async with telegram_bot(ctx) as bot:
             file = await bot.get_file(file_id)
     except BadRequest as exc:
         # Telegram refuses getFile past its own 20 MB bot limit.

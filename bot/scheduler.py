@@ -128,6 +128,21 @@ async def faq_digest(ctx: Context) -> None:
     ctx.wake_outbox()
 
 
+async def monthly_vote(ctx: Context) -> None:
+    """On the 1st: last month's best pile is counted (once) and this month's polls go out."""
+    from bot import rider_groups
+    from core import votes
+
+    now = ctx.clock()
+    last = votes.month_of(now.replace(day=1) - timedelta(days=1))
+    async with transaction(ctx.sm) as session:
+        best = await votes.close(session, last, now)
+    if best is not None:
+        log.info("best pile of %s: %s (%d votes)", last, best.site_id, best.votes)
+        ctx.wake_outbox()
+    await rider_groups.post_polls(ctx, votes.month_of(now))
+
+
 async def plan_maintenance(ctx: Context) -> None:
     """Daily: fit the wear models on all history and plan visits ahead of predicted failures."""
     from core import maintenance
@@ -157,6 +172,8 @@ def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
     # Monday morning, local time: the week's questions, before the staff's week starts.
     scheduler.add_job(running.wrap(faq_digest), "cron", day_of_week="mon", hour=9,
                       timezone=ctx.settings.server.timezone, args=[ctx], id="faq_digest")
+    scheduler.add_job(running.wrap(monthly_vote), "cron", day=1, hour=10,
+                      timezone=ctx.settings.server.timezone, args=[ctx], id="monthly_vote")
     return scheduler
 
 

@@ -173,6 +173,10 @@ async def _on_update(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     ctx: Context = context.application.bot_data["ctx"]
     if await _on_payment_update(update, context):
         return
+    from bot import rider_groups
+
+    if await rider_groups.on_poll_answer(ctx, update):
+        return
     inc = incoming(update, ctx.settings.support.telegram_staff_chat)
     if update.callback_query is not None:
         try:

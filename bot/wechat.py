@@ -55,6 +55,8 @@ def render_text(replies: list[Reply], lang: str) -> tuple[str, dict[str, str]]:
     options: dict[str, str] = {}
     for reply in replies:
         lines = [html.escape(reply.text, quote=False)] if reply.text else []
+        if reply.photo_url:
+            lines.append(f'<a href="{html.escape(reply.photo_url)}">📷</a>')
         if reply.venue is not None:
             v = reply.venue
             link = (f"https://uri.amap.com/marker?position={v.lon},{v.lat}"

@@ -210,6 +210,8 @@ class SupportSettings(BaseModel):
     photo_bonus_fen: int = 200
     new_problem_bonus_fen: int = 200
     emergency_take_s: int = 60  # an emergency nobody took by then pages the supervisors
+    rider_groups: list[int] = Field(default_factory=list)  # Telegram groups for the monthly vote
+    link_secret: SecretStr | None = None  # signs staff photo links; derived from secrets if unset
 
 
 class SchedulerSettings(BaseModel):

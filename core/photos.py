@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import os
 import re
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from io import BytesIO
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from core.config import Settings
 from core.errors import DomainError
 
 FORMATS = {"JPEG": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"),
@@ -125,3 +128,33 @@ def find(directory: Path, sha256: str) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+# --- signed links for staff -------------------------------------------------------------------
+# A ticket's photo goes to the desk as a URL: Telegram fetches it to show the picture, WeChat and
+# the web chat show a link. The signature is an HMAC of the path and the expiry, keyed by
+# `support.link_secret`, or, when unset, by a key derived from the deployment's own secrets, so
+# every worker agrees without extra configuration.
+LINK_VALID_S = 7 * 24 * 3600
+
+
+def _key(settings: Settings) -> bytes:
+    s = settings.support.link_secret
+    if s is not None:
+        return s.get_secret_value().encode()
+    seed = "|".join(x.get_secret_value() if x is not None else "" for x in (
+        settings.telegram.token, settings.wechat.token, settings.wechat.secret))
+    return hashlib.sha256(f"chargebot photo links|{seed}|{settings.database.url}".encode()
+                          ).digest()
+
+
+def link_signature(settings: Settings, path: str, exp: int) -> str:
+    return hmac.new(_key(settings), f"{path}|{exp}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def signed_url(settings: Settings, path: str, now: float | None = None) -> str:
+    exp = int((now if now is not None else time.time()) + LINK_VALID_S)
+    base = settings.server.public_url.rstrip("/")
+    return f"{base}/photos/{path}?exp={exp}&sig={link_signature(settings, path, exp)}"
+
+

@@ -16,6 +16,7 @@ from core import (  # noqa: F401
     staff,
     suggestions,
     support,
+    votes,
     wallet,
     workorders,
 )

@@ -16,7 +16,7 @@ from sqlalchemy import Column, Index, String, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
-from core import outbox, staff, workorders
+from core import outbox, photos, staff, workorders
 from core.config import Settings
 from core.db import utcnow
 from core.piles import Pile, port_code
@@ -200,6 +200,8 @@ async def post_to_desk(session: AsyncSession, ticket: Ticket, settings: Settings
         else ticket.pile_id, "charge_id": ticket.charge_id or (last.id if last else None),
         "last_charge": (last.port_code if last else None),
         "text": body.text if body else "", "photo": bool(body and body.photo),
+        "photo_url": (photos.signed_url(settings, body.photo, now.timestamp())
+                      if body and body.photo else None),
         "update": message is not None,
     }
     key = f"desk:{ticket.id}:{message.id if message else tag}"

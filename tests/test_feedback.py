@@ -16,7 +16,11 @@ from core.questions import FaqDigest
 from core.riders import rider_for
 from core.suggestions import Suggestion
 from tests.conftest import PILE_SECRET, Running, make_settings, seed_city, start_server
-from tests.journey import PileClient, WebRider, button
+from tests.journey import PileClient, WebRider, button, wait_until
+
+
+async def _is(value, expected) -> bool:  # type: ignore[no-untyped-def]
+    return (await value) == expected
 
 
 async def _staff(server: Running, client_id: str, role: str = "agent") -> WebRider:
@@ -112,3 +116,60 @@ async def test_faq_menu_digest_and_a_ticket_answer_becoming_an_entry(db_url: str
         newcomer = await _rider(server, "rider-faq-new")
         reply = await newcomer.say("do you sell replacement charger cables at the sites?")
         assert "bring your own cable" in reply[0]["text"]
+
+
+async def test_best_pile_vote_in_chat_and_in_a_telegram_group_poll(
+        db_url: str, fakes: tuple) -> None:
+    from bot.scheduler import monthly_vote
+    from core import piles
+    from core.votes import BestPile, Vote
+    from tests.conftest import all_skins_settings
+    from tests.fakes.telegram_updates import TelegramUser, next_update_id
+    from tests.riders import TG_SECRET
+
+    tg, wx = fakes
+    group = -1_002_000_000_555
+    clock = {"now": datetime(2031, 3, 20, 4, 0, tzinfo=UTC)}
+    settings = all_skins_settings(db_url, tg, wx, scheduler={"enabled": False},
+                                  support={"rider_groups": [group]})
+    async with start_server(settings, clock=lambda: clock["now"]) as server:
+        await seed_city(server.ctx, ports=2)
+        async with transaction(server.ctx.sm) as s:
+            await piles.add_site(s, "T02", "第二车棚", 30.28, 120.12)
+        tech = await _staff(server, "staff-tech-vote", role="technician")
+        web = await _rider(server, "rider-vote-1")
+        menu = await web.say("/vote")
+        assert {b["data"] for row in menu[0]["buttons"] for b in row} == {"vote:T01", "vote:T02"}
+        await web.press("vote:T02")
+        assert "counted" in (await web.press("vote:T01"))[0]["text"]  # changed, still one vote
+
+        # The 1st of April: March is counted later; first the group poll for March goes out.
+        from bot import rider_groups
+
+        assert await rider_groups.post_polls(server.ctx, "2031-03") == 1
+        poll_msg = tg.messages_to(group)[-1]
+        options = [o["text"] for o in poll_msg["poll"]["options"]]
+        for uid in (555_001, 555_002):
+            voter = TelegramUser(uid)
+            update = {"update_id": next_update_id(), "poll_answer": {
+                "poll_id": poll_msg["poll"]["id"], "user": voter.user,
+                "option_ids": [options.index("第二车棚")],
+                "option_persistent_ids": [str(options.index("第二车棚"))]}}
+            async with server.http.post(f"{server.url}/telegram/webhook", json=update,
+                                        headers={"X-Telegram-Bot-Api-Secret-Token": TG_SECRET}
+                                        ) as r:
+                assert r.status == 200
+        async def votes_cast() -> int:
+            async with server.ctx.sm() as s:
+                return len((await s.execute(select(Vote))).scalars().all())
+
+        await wait_until(lambda: _is(votes_cast(), 3))  # updates are processed in the background
+        clock["now"] = datetime(2031, 4, 1, 2, 0, tzinfo=UTC)
+        await monthly_vote(server.ctx)
+        await monthly_vote(server.ctx)  # a second run changes nothing
+        async with server.ctx.sm() as s:
+            best = (await s.execute(select(BestPile))).scalars().one()
+        assert (best.month, best.site_id, best.votes) == ("2031-03", "T02", 2)
+        await tech.wait_message("best place to charge in 2031-03")
+        # March is closed; a vote now counts for April.
+        assert "2031-04" in (await web.press("vote:T01"))[0]["text"]

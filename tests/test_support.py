@@ -91,9 +91,17 @@ async def test_report_with_photo_staff_reply_rider_answer_close_and_rating(
         await rider.wait_text("Report #1 is with our team")
 
         # The desk (a Telegram group) got the ticket, then the photo.
-        await wait_until(lambda: any("photo attached" in (m.get("text") or "")
+        await wait_until(lambda: any("photo attached" in (m.get("caption") or "")
                                       for m in tg.messages_to(DESK)), timeout=15)
         posts = tg.messages_to(DESK)
+        # The desk sees the photo itself, through a signed, expiring link.
+        shown = next(c for c in tg.calls if c.method == "sendPhoto")
+        link = str(shown.params["photo"])
+        path = link.split("/photos/", 1)[1]
+        async with server.http.get(f"{server.url}/photos/{path}") as r:
+            assert r.status == 200 and await r.read() == jpeg()
+        async with server.http.get(f"{server.url}/photos/{path[:-4]}0000") as r:
+            assert r.status == 401
         first = posts[0]
         assert "Ticket #1" in first["text"] and "damaged socket" in first["text"]
         assert "P0001-02" in first["text"] and platform in first["text"]

@@ -161,3 +161,27 @@ async def faq_menu(turn: Turn, key: str = "") -> list[Reply]:
     return [Reply(tr(lang, "❓ What riders ask most:"),
                   buttons=[[Button(e.question_in(lang)[:40], data=f"faq:{e.key}")] for e in top]
                   + [[Button(tr(lang, "💬 Ask a person"), data="ask")]])]
+
+
+# --- the monthly best-pile vote ---------------------------------------------------------------
+
+
+async def vote_menu(turn: Turn) -> list[Reply]:
+    from core import votes
+
+    lang = turn.lang
+    sites = await votes.candidates(turn.session)
+    if not sites:
+        return [Reply(tr(lang, "No sites to vote for yet."))]
+    return [Reply(tr(lang, "🏆 Which site was the best place to charge this month? One vote "
+                           "per rider; you can change it until the month ends."),
+                  buttons=[[Button(s.name[:40], data=f"vote:{s.id}")] for s in sites])]
+
+
+async def vote(turn: Turn, site_id: str) -> list[Reply]:
+    from core import votes
+
+    month = votes.month_of(turn.now)
+    if not await votes.cast(turn.session, month, turn.rider.id, site_id, turn.now):  # type: ignore[arg-type]
+        return [Reply(tr(turn.lang, "This vote is closed."))]
+    return [Reply(tr(turn.lang, "🏆 Thanks! Your vote for {month} is counted.", month=month))]

@@ -34,7 +34,10 @@ def help_(turn: Turn) -> list[Reply]:
         "when the battery is full.\n4. The bill comes here, paid from your wallet.\n\n"
         "/status — my charge · /wallet — balance and top-up · /history — past charges · "
         "/language — 中文/English · /link — share one wallet between WeChat and Telegram · "
-        "/plans — monthly plans · /family — family wallet · /dispute — question a bill",
+        "/plans — monthly plans · /family — family wallet · /dispute — question a bill · "
+        "/faq — common questions · /suggest — an idea for us · /vote — best site of the month\n"
+        "A port is broken? Tap 🛠 Report a problem on its card. Smoke or fire: write it here, "
+        "we answer at once.",
     )
     return [Reply(text, buttons=menu_buttons(lang))]
 

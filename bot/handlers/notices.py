@@ -97,7 +97,8 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
         return [Reply(text, buttons=buttons)]
     if kind == "ticket":
         return [Reply(ticket_post(lang, payload),
-                      buttons=ticket_buttons(lang, payload["ticket_id"], payload["kind"]))]
+                      buttons=ticket_buttons(lang, payload["ticket_id"], payload["kind"]),
+                      photo_url=payload.get("photo_url"))]
     if kind == "ticket_answer":
         return [Reply(tr(lang, "💬 Our team (ticket #{id}):", id=payload["ticket_id"]) + "\n"
                       + payload["text"])]
@@ -125,6 +126,10 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
                   + ("" if t["key"] else " " + tr(lang, "(not in the FAQ yet)"))
                   for t in payload["topics"]]
         return [Reply("\n".join(lines))]
+    if kind == "best_pile":
+        return [Reply(tr(lang, "🏆 Riders voted {site} the best place to charge in {month} "
+                               "({votes} votes). Thank you for keeping it that way!",
+                         site=payload["site"], month=payload["month"], votes=payload["votes"]))]
     if kind == "report_verified":
         return [Reply(tr(lang, "🙏 Your report on {where} is confirmed. Thank you! A {amount} "
                                "coupon is in your wallet.", where=payload["where"],

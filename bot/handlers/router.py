@@ -154,6 +154,8 @@ async def on_command(turn: Turn, command: str, arg: str) -> list[Reply]:
         return await feedback.suggestion_list(turn)
     if command == "faq":
         return await feedback.faq_menu(turn)
+    if command == "vote":
+        return await feedback.vote_menu(turn)
     if command in ("orders", "workorders"):
         return await staff.orders(turn)
     if command == "promises":
@@ -234,6 +236,8 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
         return await feedback.decide(turn, arg)
     if verb == "faq":
         return await feedback.faq_menu(turn, arg)
+    if verb == "vote":
+        return await feedback.vote(turn, arg)
     if verb == "sos":
         return await support.emergency(turn, charge_id=int(arg) if arg.isdigit() else None)
     if verb == "rate":
