@@ -289,3 +289,34 @@ async def test_questions_answered_from_the_faq_or_handed_to_a_person(db_url: str
         async with server.ctx.sm() as s:
             ticket = (await s.execute(select(Ticket))).scalars().one()
         assert ticket.kind == "question"
+
+
+async def test_oversized_and_non_image_photos_in_chat_are_refused_clearly(
+        db_url: str, fakes: tuple, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tg, wx = fakes
+    settings = all_skins_settings(db_url, tg, wx, scheduler={"enabled": False},
+                                  support={"photo_dir": str(tmp_path / "photos"),
+                                           "max_photo_bytes": 30_000})
+    async with start_server(settings) as server:
+        await seed_city(server.ctx, ports=4)
+        rider = TelegramRider(server, tg)
+        await rider.say("/language")
+        await rider.tap("English")
+        await rider.scan("P0001-04")
+        await rider.tap("Report a problem")
+        await rider.tap("dirty or blocked")
+        tg.add_file("AgAC-huge", jpeg((2000, 2000)) + b"\0" * 40_000)
+        await rider._post(rider.user.photo("AgAC-huge"))
+        await rider.wait_text("too large")
+        tg.add_file("AgAC-text", b"this is not a picture at all")
+        await rider._post(rider.user.photo("AgAC-text"))
+        await rider.wait_text("not a photo we can use")
+        # Nothing was lost: the report waits for a good photo or a few words.
+        await rider.say("bikes parked in front of the socket")
+        await rider.wait_text("Report #1 is with our team")
+        async with server.ctx.sm() as s:
+            msgs = (await s.execute(select(TicketMessage))).scalars().all()
+            ticket = await s.get(Ticket, 1)
+        assert [m.text for m in msgs] == ["bikes parked in front of the socket"]
+        assert ticket is not None and ticket.photo is None and ticket.problem == "dirty"
+        assert not (tmp_path / "photos").exists() or not any((tmp_path / "photos").rglob("*.*"))
