@@ -21,7 +21,7 @@ def telegram_link(bot_username: str, code: str) -> str:
     return f"https://t.me/{bot_username}?start=port_{code}"
 
 
-def _font(size: int) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, bool]:
+def font(size: int) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, bool]:
     for path in CJK_FONTS:
         if Path(path).exists():
             return ImageFont.truetype(path, size), True
@@ -44,8 +44,8 @@ def port_sign(code: str, telegram_url: str, wechat_url: str | None) -> Image.Ima
     height = 760
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    big, cjk = _font(120)
-    small, _ = _font(34)
+    big, cjk = font(120)
+    small, _ = font(34)
     title = "扫码充电 · Scan to charge" if cjk else "Scan to charge"
     draw.text((width / 2, 40), title, font=small, fill="black", anchor="mt")
     left = (width - len(qrs) * (QR_PX + MARGIN) + MARGIN) // 2
@@ -58,7 +58,7 @@ def port_sign(code: str, telegram_url: str, wechat_url: str | None) -> Image.Ima
     size = 120
     while draw.textlength(code, font=big) > width - 2 * MARGIN and size > 40:
         size -= 10
-        big, _ = _font(size)
+        big, _ = font(size)
     draw.text((width / 2, height - 40), code, font=big, fill="black", anchor="mb")
     return img
 

@@ -143,6 +143,38 @@ async def monthly_vote(ctx: Context) -> None:
     await rider_groups.post_polls(ctx, votes.month_of(now))
 
 
+async def annual_reports(ctx: Context) -> None:
+    """Late December: every rider who charged this year hears their year is ready (once)."""
+    from zoneinfo import ZoneInfo
+
+    from sqlalchemy import select
+
+    from core import outbox
+    from core.charging import Charge
+
+    now = ctx.clock()
+    year = now.astimezone(ZoneInfo(ctx.settings.server.timezone)).year
+    start = now.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+    async with transaction(ctx.sm) as session:
+        riders = (await session.execute(select(Charge.rider_id).distinct().where(
+            Charge.state.in_(("ended", "settled")), Charge.ended_at >= start))).scalars()
+        for rider_id in riders:
+            await outbox.enqueue(session, rider_id, "annual_ready", {"year": year},
+                                 f"annual:{year}:{rider_id}", now=now)
+    ctx.wake_outbox()
+
+
+async def site_schedules(ctx: Context) -> None:
+    """Temporary sites open and close on their dates; the van moves to its current stop."""
+    from core import services
+
+    async with transaction(ctx.sm) as session:
+        changed = await services.apply_schedules(session, ctx.clock(),
+                                                 ctx.settings.server.timezone)
+    if changed:
+        log.info("sites changed by schedule: %s", ", ".join(changed))
+
+
 async def plan_maintenance(ctx: Context) -> None:
     """Daily: fit the wear models on all history and plan visits ahead of predicted failures."""
     from core import maintenance
@@ -166,6 +198,7 @@ def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
         (sweep_faults, ctx.settings.faults.sweep_s),
         (sweep_support, max(1.0, ctx.settings.support.emergency_take_s / 6)),
         (plan_maintenance, ctx.settings.maintenance.plan_every_h * 3600),
+        (site_schedules, 60.0),
     ]
     for fn, every in jobs:
         scheduler.add_job(running.wrap(fn), "interval", seconds=every, args=[ctx], id=fn.__name__)
@@ -174,6 +207,8 @@ def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
                       timezone=ctx.settings.server.timezone, args=[ctx], id="faq_digest")
     scheduler.add_job(running.wrap(monthly_vote), "cron", day=1, hour=10,
                       timezone=ctx.settings.server.timezone, args=[ctx], id="monthly_vote")
+    scheduler.add_job(running.wrap(annual_reports), "cron", month=12, day=28, hour=10,
+                      timezone=ctx.settings.server.timezone, args=[ctx], id="annual_reports")
     return scheduler
 
 

@@ -132,7 +132,7 @@ async def open_charge_on_port(session: AsyncSession, port_id: int) -> Charge | N
 def port_is_free_for_start(port: Port, pile: Pile) -> bool:
     """A plugged port is fine: riders plug in first, then scan."""
     return (
-        pile.online and not pile.maintenance and not port.maintenance
+        pile.online and pile.in_service and not pile.maintenance and not port.maintenance
         and port.status in ("idle", "plugged")
     )
 
@@ -302,6 +302,9 @@ async def on_ended(
                           memo=f"meter {breakdown.metering_gap_percent}% over samples")
     paid = await settle(session, charge, now, settings)
     balance = await wallet.balance(session, charge.payer_rider_id or charge.rider_id)
+    from core import services  # services → commands, piles; charging is imported lazily there
+
+    await services.lock_after_charge(session, charge, now)
     await outbox.enqueue(
         session, charge.rider_id, "bill",
         {

@@ -70,7 +70,7 @@ def _open_charge_on_port(port=Port, charge=Charge):  # type: ignore[no-untyped-d
 
 
 def _pile_usable(pile=Pile):  # type: ignore[no-untyped-def]
-    return and_(pile.online.is_(True), pile.maintenance.is_(False))
+    return and_(pile.online.is_(True), pile.maintenance.is_(False), pile.in_service.is_(True))
 
 
 def _port_free(port=Port, charge=Charge):  # type: ignore[no-untyped-def]

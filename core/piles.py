@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
-from sqlalchemy import Column, Index, String, UniqueConstraint, select, update
+from sqlalchemy import JSON, Column, Index, String, UniqueConstraint, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
@@ -24,8 +24,13 @@ class Site(SQLModel, table=True):
     address: str = ""
     lat: float
     lon: float
-    kind: str = "community"
+    kind: str = "community"  # community | mall | courier | office | van | temporary
     tariff: str = "standard"
+    # A temporary site serves between these times; a van follows `timetable` (core.services).
+    active_from: datetime | None = None
+    active_until: datetime | None = None
+    timetable: list[dict] | None = Field(default=None, sa_column=Column(JSON))
+    tool_kits: int = 0  # tool kits riders can borrow here
 
 class Pile(SQLModel, table=True):
     __tablename__ = "piles"
@@ -41,6 +46,9 @@ class Pile(SQLModel, table=True):
     lon: float
     online: bool = False
     maintenance: bool = False
+    # Out of service by schedule (a temporary site outside its dates, a van between stops).
+    in_service: bool = True
+    lockers: bool = False  # a charging cabinet: each port has a door the controller unlocks
     last_seen_at: datetime | None = None
     firmware: str | None = None
     signal_dbm: int | None = None
@@ -117,7 +125,8 @@ async def find_port(session: AsyncSession, code: str) -> tuple[Port, Pile, Site]
 
 def port_is_free(port: Port, pile: Pile) -> bool:
     return (
-        pile.online and not pile.maintenance and not port.maintenance and port.status == "idle"
+        pile.online and pile.in_service and not pile.maintenance and not port.maintenance
+        and port.status == "idle"
     )
 
 async def mark_offline(session: AsyncSession, before: datetime) -> list[str]:

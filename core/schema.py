@@ -13,6 +13,7 @@ from core import (  # noqa: F401
     questions,
     reviews,
     riders,
+    services,
     staff,
     suggestions,
     support,

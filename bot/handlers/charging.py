@@ -11,8 +11,9 @@ from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
 from core import charging
+from core.charging import Charge
 from core.errors import BillDue, NoOpenCharge, PortBusy, PortUnavailable, UnknownPort
-from core.piles import parse_port_code
+from core.piles import Pile, parse_port_code
 from core.wallet import yuan
 
 
@@ -69,8 +70,15 @@ async def status(turn: Turn) -> list[Reply]:
         replies.append(Reply(text, buttons=[[
             Button(tr(lang, "🔄 Refresh"), data="status"),
             Button(tr(lang, "⏹ Stop"), data=f"stop:{charge.id}"),
-        ], [report_button(lang, f"c{charge.id}")]]))
+        ], [report_button(lang, f"c{charge.id}")] + ([Button(tr(lang, "🔓 Open locker"),
+                                                             data=f"locker:{charge.id}")]
+                                                      if await _lockers(turn, charge) else [])]))
     return replies
+
+
+async def _lockers(turn: Turn, charge: Charge) -> bool:
+    pile = await turn.session.get(Pile, charge.pile_id)
+    return bool(pile and pile.lockers)
 
 
 async def stop(turn: Turn, charge_id: int | None) -> list[Reply]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bot.handlers import engagement
 from bot.handlers.text import menu_buttons
 from bot.handlers.turn import Turn
 from bot.i18n import tr
@@ -19,6 +20,8 @@ async def welcome(turn: Turn) -> list[Reply]:
         "soon as the charge ends.",
     )
     buttons = menu_buttons(lang)
+    if usual := await engagement.usual_piles(turn):
+        buttons = [usual, *buttons]
     if await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
         # Staff use the same bot: their work comes first.
         buttons = [[Button(tr(lang, "🔧 Work orders"), data="wo:list")], *buttons]

@@ -126,6 +126,10 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
                   + ("" if t["key"] else " " + tr(lang, "(not in the FAQ yet)"))
                   for t in payload["topics"]]
         return [Reply("\n".join(lines))]
+    if kind == "annual_ready":
+        return [Reply(tr(lang, "📅 Your {year} in charging is ready: charges, hours, km ridden "
+                               "and CO₂ avoided.", year=payload["year"]),
+                      buttons=[[Button(tr(lang, "🖼 Show my year"), data="myyear")]])]
     if kind == "best_pile":
         return [Reply(tr(lang, "🏆 Riders voted {site} the best place to charge in {month} "
                                "({votes} votes). Thank you for keeping it that way!",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from bot.handlers import engagement
 from bot.handlers.feedback import summary_line
 from bot.handlers.support import report_button
 from bot.handlers.text import distance, tariff_sentence
@@ -47,14 +48,14 @@ async def port_card(turn: Turn, code: str) -> list[Reply]:
         tr(lang, "💰 {tariff}", tariff=tariff_sentence(lang, tariff)),
         await calendar_line(turn, pile),
     ] + [line for line in [summary_line(lang, *await reviews.summary(turn.session, site.id))]
-         if line])
+         if line] + (extra := await engagement.site_services(turn, site))[0])
     usable = charging.port_is_free_for_start(port, pile) and not busy
     buttons = []
     if usable:
         buttons.append([Button(tr(lang, "⚡ Start charging"), data=f"start:{port.code}")])
     else:
         buttons.append([Button(tr(lang, "📍 Other free ports nearby"), data=f"alt:{pile.id}")])
-    buttons.append([report_button(lang, port.code)])
+    buttons.append([report_button(lang, port.code), *extra[1]])
     return [Reply(text, buttons=buttons)]
 
 

@@ -11,6 +11,7 @@ from bot.handlers import (
     account,
     charging,
     disputes,
+    engagement,
     family,
     feedback,
     menu,
@@ -156,6 +157,8 @@ async def on_command(turn: Turn, command: str, arg: str) -> list[Reply]:
         return await feedback.faq_menu(turn)
     if command == "vote":
         return await feedback.vote_menu(turn)
+    if command in ("myyear", "year"):
+        return await engagement.my_year(turn)
     if command in ("orders", "workorders"):
         return await staff.orders(turn)
     if command == "promises":
@@ -238,6 +241,12 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
         return await feedback.faq_menu(turn, arg)
     if verb == "vote":
         return await feedback.vote(turn, arg)
+    if verb == "myyear":
+        return await engagement.my_year(turn)
+    if verb == "tool":
+        return await engagement.tools(turn, arg)
+    if verb == "locker":
+        return await engagement.locker(turn, arg)
     if verb == "sos":
         return await support.emergency(turn, charge_id=int(arg) if arg.isdigit() else None)
     if verb == "rate":

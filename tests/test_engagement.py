@@ -1,0 +1,73 @@
+"""Riders who come back (ISSUE 7, part): the year in charging as text and an image card, pushed
+once in late December; their usual piles first on the menu."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from PIL import Image
+from sqlalchemy import func, insert, select
+
+from bot.scheduler import annual_reports
+from core import annual
+from core.charging import Charge
+from core.db import transaction
+from core.outbox import OutboxMessage
+from core.piles import Port
+from core.riders import rider_for
+from tests.conftest import make_settings, seed_city, start_server
+from tests.journey import WebRider
+
+
+def test_km_and_co2_estimates_follow_the_documented_factors() -> None:
+    km, co2 = annual.estimate(10.0)
+    assert km == pytest.approx(500.0)
+    assert co2 == pytest.approx(500 * 0.058 - 10 * 0.5703)
+
+
+async def test_my_year_text_card_push_and_usual_piles(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    now = datetime(2031, 12, 28, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai
+    settings = make_settings(db_url, scheduler={"enabled": False},
+                             support={"photo_dir": str(tmp_path)})
+    async with start_server(settings, clock=lambda: now) as server:
+        await seed_city(server.ctx, piles_n=2, ports=2)
+        web = WebRider(server.http, server.url, "rider-annual-1")
+        await web.press("lang:en")
+        async with transaction(server.ctx.sm) as s:
+            rider = await rider_for(s, "webchat", "rider-annual-1")
+            ports = {(p.pile_id, p.number): p.id for p in (await s.execute(select(Port))).scalars()}
+            rows = []
+            # 4 charges at P0002, 1 at P0001 this year; 1 last year (not counted).
+            for i, (pile, day) in enumerate([("P0002", 300), ("P0002", 320), ("P0002", 330),
+                                             ("P0002", 340), ("P0001", 200), ("P0001", -40)]):
+                ended = datetime(2031, 1, 1, 4, tzinfo=UTC) + timedelta(days=day)
+                rows.append({"rider_id": rider.id, "port_id": ports[(pile, 1)],
+                             "pile_id": pile, "port_number": 1, "port_code": f"{pile}-01",
+                             "site_id": "T01", "state": "settled", "tariff": {},
+                             "requested_at": ended - timedelta(hours=3),
+                             "started_at": ended - timedelta(hours=3), "ended_at": ended,
+                             "duration_s": 3 * 3600, "energy_wh": 800, "amount_fen": 75,
+                             "paid_fen": 75, "refunded_fen": 0, "session_ref": f"A{i}"})
+            await s.execute(insert(Charge), rows)
+        reply = (await web.say("/myyear"))[0]
+        assert "5 charges · 15 hours · 4.0 kWh · ¥3.75 spent" in reply["text"]
+        assert "≈ 200 km ridden and 9 kg CO₂ avoided" in reply["text"]
+        assert "测试小区车棚" in reply["text"]
+        path = reply["photo_url"].split("/photos/", 1)[1]
+        async with server.http.get(f"{server.url}/photos/{path}") as r:
+            assert r.status == 200
+            Image.open(io.BytesIO(await r.read())).verify()
+
+        await annual_reports(server.ctx)
+        await annual_reports(server.ctx)  # a second run adds nothing
+        async with server.ctx.sm() as s:
+            n = (await s.execute(select(func.count()).select_from(OutboxMessage).where(
+                OutboxMessage.kind == "annual_ready"))).scalar()
+        assert n == 1
+        await web.wait_message("is ready")
+
+        menu = (await web.say("/menu"))[0]
+        first_row = [b["data"] for b in menu["buttons"][0]]
+        assert first_row == ["pile:P0002"]  # P0001 was more than 90 days ago
