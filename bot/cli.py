@@ -400,6 +400,25 @@ def cmd_staff_list(args: argparse.Namespace) -> None:
         print(f"{r.site_id:<10} {r.role:<11} rider {r.rider_id:<6} {r.hours}  {r.name}")
 
 
+def cmd_report_monthly(args: argparse.Namespace) -> None:
+    from bot.handlers.surveys import text_summary
+    from core import reports
+
+    settings = _settings(args)
+    try:
+        reports.month_bounds(args.month, settings.server.timezone)
+    except ValueError as exc:
+        raise CliError(f"--month: {exc}") from exc
+
+    async def go(session):  # type: ignore[no-untyped-def]
+        return await reports.monthly(session, args.month, settings.server.timezone)
+
+    report = asyncio.run(_with_session(settings, go))
+    for path in reports.write(report, Path(args.out)):
+        print(path)
+    print(text_summary(report, "en"))
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="chargebot", description="e-bike charging piles via chat")
     ap.add_argument("--database", help="database URL (overrides bot.toml)")
@@ -463,6 +482,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--reason", default="")
     p.set_defaults(fn=cmd_coupons_issue)
+
+    rp = sub.add_parser("report").add_subparsers(dest="report_command", required=True)
+    p = rp.add_parser("monthly", help="the monthly satisfaction report: CSV and PNG charts")
+    p.add_argument("--month", required=True, help="YYYY-MM")
+    p.add_argument("--out", required=True, help="directory for figures.csv and the charts")
+    p.set_defaults(fn=cmd_report_monthly)
 
     st = sub.add_parser("staff").add_subparsers(dest="staff_command", required=True)
     p = st.add_parser("add", help="make a chat user a technician, supervisor or agent (service)")

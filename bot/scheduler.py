@@ -143,6 +143,25 @@ async def monthly_vote(ctx: Context) -> None:
     await rider_groups.post_polls(ctx, votes.month_of(now))
 
 
+async def monthly_report(ctx: Context) -> None:
+    """On the 1st: last month's satisfaction report to the staff desk (text; the PNG charts and
+    CSV are written under `var/reports/`)."""
+    from pathlib import Path
+    from zoneinfo import ZoneInfo
+
+    from core import reports, support
+
+    now = ctx.clock()
+    local = now.astimezone(ZoneInfo(ctx.settings.server.timezone))
+    month = (local.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
+    async with transaction(ctx.sm) as session:
+        report = await reports.monthly(session, month, ctx.settings.server.timezone)
+        reports.write(report, Path("var/reports") / month)
+        await reports.post(session, report,
+                           await support.desk_riders(session, ctx.settings, now, None), now)
+    ctx.wake_outbox()
+
+
 async def annual_reports(ctx: Context) -> None:
     """Late December: every rider who charged this year hears their year is ready (once)."""
     from zoneinfo import ZoneInfo
@@ -205,6 +224,8 @@ def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
     # Monday morning, local time: the week's questions, before the staff's week starts.
     scheduler.add_job(running.wrap(faq_digest), "cron", day_of_week="mon", hour=9,
                       timezone=ctx.settings.server.timezone, args=[ctx], id="faq_digest")
+    scheduler.add_job(running.wrap(monthly_report), "cron", day=1, hour=9,
+                      timezone=ctx.settings.server.timezone, args=[ctx], id="monthly_report")
     scheduler.add_job(running.wrap(monthly_vote), "cron", day=1, hour=10,
                       timezone=ctx.settings.server.timezone, args=[ctx], id="monthly_vote")
     scheduler.add_job(running.wrap(annual_reports), "cron", month=12, day=28, hour=10,

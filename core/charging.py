@@ -316,6 +316,10 @@ async def on_ended(
         },
         f"bill:{charge.id}",
     )
+    if paid:
+        from core import surveys
+
+        await surveys.maybe_prompt(session, charge, now, **surveys.prompt_rules(settings))
     return True
 
 

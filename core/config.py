@@ -214,6 +214,15 @@ class SupportSettings(BaseModel):
     link_secret: SecretStr | None = None  # signs staff photo links; derived from secrets if unset
 
 
+class SurveySettings(BaseModel):
+    """NPS after a charge: at most one prompt per rider per `min_days_between`, never in quiet
+    hours (a prompt that falls there waits for `quiet_end`)."""
+
+    min_days_between: int = 7
+    quiet_start: str = "22:00"
+    quiet_end: str = "08:00"
+
+
 class SchedulerSettings(BaseModel):
     enabled: bool = True
     offline_sweep_s: float = 15.0
@@ -243,6 +252,7 @@ class Settings(BaseSettings):
     faults: FaultSettings = Field(default_factory=FaultSettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     support: SupportSettings = Field(default_factory=SupportSettings)
+    surveys: SurveySettings = Field(default_factory=SurveySettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     payments: PaymentSettings = Field(default_factory=PaymentSettings)
 

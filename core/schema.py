@@ -17,6 +17,7 @@ from core import (  # noqa: F401
     staff,
     suggestions,
     support,
+    surveys,
     votes,
     wallet,
     workorders,

@@ -137,3 +137,13 @@ def test_staff_add_and_list(db: str, tmp_path: Path) -> None:
     listing = run(db, "staff", "list").stdout.splitlines()
     assert any(line.startswith("*") and "supervisor" in line for line in listing)
     assert any("HZ09" in line and "20:00-08:00" in line and "王师傅" in line for line in listing)
+
+
+def test_report_monthly_writes_csv_and_charts(db: str, tmp_path: Path) -> None:
+    assert run(db, "db", "upgrade").returncode == 0
+    r = run(db, "report", "monthly", "--month", "2031-03", "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "figures.csv").exists()
+    assert "2031-03" in r.stdout
+    bad = run(db, "report", "monthly", "--month", "March", "--out", str(tmp_path))
+    assert bad.returncode != 0 and "--month" in bad.stderr and "Traceback" not in bad.stderr

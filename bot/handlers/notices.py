@@ -6,6 +6,7 @@ from typing import Any
 
 from bot.handlers.staff import cause_name, order_buttons, order_card
 from bot.handlers.support import kind_name, problem_name, ticket_buttons
+from bot.handlers.surveys import render_prompt, render_report
 from bot.handlers.text import bill_text, tariff_sentence
 from bot.i18n import tr
 from bot.replies import Button, Reply, Venue
@@ -126,6 +127,10 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
                   + ("" if t["key"] else " " + tr(lang, "(not in the FAQ yet)"))
                   for t in payload["topics"]]
         return [Reply("\n".join(lines))]
+    if kind == "nps_prompt":
+        return render_prompt(payload, lang)
+    if kind == "monthly_report":
+        return render_report(payload, lang)
     if kind == "annual_ready":
         return [Reply(tr(lang, "📅 Your {year} in charging is ready: charges, hours, km ridden "
                                "and CO₂ avoided.", year=payload["year"]),

@@ -19,6 +19,7 @@ from bot.handlers import (
     ports,
     staff,
     support,
+    surveys,
     wallet,
 )
 from bot.handlers.turn import Turn
@@ -89,7 +90,8 @@ async def dispatch(turn: Turn) -> list[Reply]:
         return await on_button(turn, inc.data)
     if (inc.text or inc.photo) and (
             prompt := await prompts.pending(turn.session, turn.rider.id, turn.now)):  # type: ignore[arg-type]
-        for answer in (staff.answer_prompt, support.answer_prompt, feedback.answer_prompt):
+        for answer in (staff.answer_prompt, support.answer_prompt, feedback.answer_prompt,
+                       surveys.answer_prompt):
             if (answered := await answer(turn, prompt)) is not None:
                 return answered
     text = (inc.text or "").strip()
@@ -241,6 +243,8 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
         return await feedback.faq_menu(turn, arg)
     if verb == "vote":
         return await feedback.vote(turn, arg)
+    if verb == "nps":
+        return await surveys.button(turn, arg)
     if verb == "myyear":
         return await engagement.my_year(turn)
     if verb == "tool":
