@@ -162,6 +162,23 @@ async def monthly_report(ctx: Context) -> None:
     ctx.wake_outbox()
 
 
+async def red_packets(ctx: Context) -> None:
+    """Festival red packets: today's campaign (if any) and any unfinished one, exactly once per
+    rider however often this runs or how many workers run it."""
+    from core import redpackets
+
+    rp = ctx.settings.red_packets
+    if not rp.enabled:
+        return
+    stats = await redpackets.daily(
+        ctx.sm, now=ctx.clock(), tz=ctx.settings.server.timezone, amounts_fen=rp.amounts_fen,
+        greet_at_local=rp.greet_at_local, quiet_after_local=rp.quiet_after_local,
+        active_days=rp.active_days, batch=rp.batch)
+    if any(s.credited for s in stats):
+        log.info("red packets: %s", ", ".join(f"{s.campaign} +{s.credited}" for s in stats))
+        ctx.wake_outbox()
+
+
 async def annual_reports(ctx: Context) -> None:
     """Late December: every rider who charged this year hears their year is ready (once)."""
     from zoneinfo import ZoneInfo
@@ -218,6 +235,7 @@ def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
         (sweep_support, max(1.0, ctx.settings.support.emergency_take_s / 6)),
         (plan_maintenance, ctx.settings.maintenance.plan_every_h * 3600),
         (site_schedules, 60.0),
+        (red_packets, 1800.0),  # a finished campaign is a quick no-op
     ]
     for fn, every in jobs:
         scheduler.add_job(running.wrap(fn), "interval", seconds=every, args=[ctx], id=fn.__name__)

@@ -223,6 +223,18 @@ class SurveySettings(BaseModel):
     quiet_end: str = "08:00"
 
 
+class RedPacketSettings(BaseModel):
+    """Festival greetings with ¥1–2 for riders active in the last `active_days`
+    (core.redpackets)."""
+
+    enabled: bool = True
+    amounts_fen: list[int] = Field(default_factory=lambda: [100, 128, 166, 168, 188, 200])
+    greet_at_local: str = "10:00"
+    quiet_after_local: str = "21:00"
+    active_days: int = 90
+    batch: int = 500
+
+
 class SchedulerSettings(BaseModel):
     enabled: bool = True
     offline_sweep_s: float = 15.0
@@ -253,6 +265,7 @@ class Settings(BaseSettings):
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     support: SupportSettings = Field(default_factory=SupportSettings)
     surveys: SurveySettings = Field(default_factory=SurveySettings)
+    red_packets: RedPacketSettings = Field(default_factory=RedPacketSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     payments: PaymentSettings = Field(default_factory=PaymentSettings)
 

@@ -11,6 +11,7 @@ from core import (  # noqa: F401
     piles,
     prompts,
     questions,
+    redpackets,
     reviews,
     riders,
     services,

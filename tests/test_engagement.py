@@ -71,3 +71,38 @@ async def test_my_year_text_card_push_and_usual_piles(db_url: str, tmp_path) -> 
         menu = (await web.say("/menu"))[0]
         first_row = [b["data"] for b in menu["buttons"][0]]
         assert first_row == ["pile:P0002"]  # P0001 was more than 90 days ago
+
+
+async def test_festival_red_packet_reaches_an_active_rider_once(db_url: str) -> None:
+    from bot.scheduler import red_packets
+    from core import wallet
+    from core.redpackets import festivals
+
+    day = next(f.day for f in festivals(2031) if f.slug == "mid_autumn")
+    now = datetime(day.year, day.month, day.day, 2, 30, tzinfo=UTC)  # 10:30 local: greet now
+    settings = make_settings(db_url, scheduler={"enabled": False})
+    async with start_server(settings, clock=lambda: now) as server:
+        await seed_city(server.ctx, ports=1)
+        web = WebRider(server.http, server.url, "rider-festival-1")
+        await web.press("lang:en")
+        idle = WebRider(server.http, server.url, "rider-festival-2")
+        await idle.press("lang:en")
+        async with transaction(server.ctx.sm) as s:
+            rider = await rider_for(s, "webchat", "rider-festival-1")
+            port = (await s.execute(select(Port))).scalars().first()
+            ended = now - timedelta(days=10)
+            await s.execute(insert(Charge), [{
+                "rider_id": rider.id, "port_id": port.id, "pile_id": "P0001",  # type: ignore[union-attr]
+                "port_number": 1, "port_code": "P0001-01", "site_id": "T01", "state": "settled",
+                "tariff": {}, "requested_at": ended, "started_at": ended, "ended_at": ended,
+                "amount_fen": 0, "paid_fen": 0, "refunded_fen": 0, "session_ref": "F1"}])
+        await red_packets(server.ctx)
+        await red_packets(server.ctx)  # again: nothing more
+        async with server.ctx.sm() as s:
+            balance = await wallet.balance(s, rider.id)  # type: ignore[arg-type]
+            sent = (await s.execute(select(func.count()).select_from(OutboxMessage).where(
+                OutboxMessage.kind == "red_packet"))).scalar()
+        assert 100 <= balance <= 200 and sent == 1
+        msg = await web.wait_message("Mid-Autumn")
+        assert "red packet" in msg["text"]
+        assert idle.inbox == []

@@ -33,6 +33,18 @@ def payment_text(lang: str, payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def festival_greeting(lang: str, slug: str) -> str:
+    return {
+        "spring_festival": tr(lang, "🧨 Happy Spring Festival! Wishing you a safe ride home and "
+                                    "a great year."),
+        "mid_autumn": tr(lang, "🥮 Happy Mid-Autumn Festival! Enjoy the moon and the mooncakes."),
+        "dragon_boat": tr(lang, "🐉 Happy Dragon Boat Festival! Enjoy your zongzi."),
+        "national_day": tr(lang, "🇨🇳 Happy National Day! Have a good holiday."),
+        "labor_day": tr(lang, "💪 Happy Labour Day! Thank you for riding green all year."),
+        "new_year": tr(lang, "🎉 Happy New Year! Thank you for charging with us."),
+    }.get(slug, tr(lang, "🎉 Happy holidays!"))
+
+
 def ticket_post(lang: str, p: dict[str, Any]) -> str:
     """A ticket as the desk sees it: who, where, what, on which platform."""
     sos = p["priority"] == "emergency"
@@ -127,6 +139,11 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
                   + ("" if t["key"] else " " + tr(lang, "(not in the FAQ yet)"))
                   for t in payload["topics"]]
         return [Reply("\n".join(lines))]
+    if kind == "red_packet":
+        return [Reply(festival_greeting(lang, payload["festival"]) + "\n" + tr(
+            lang, "🧧 A red packet of {amount} is in your wallet. Balance: {balance}",
+            amount=yuan(payload["amount_fen"]), balance=yuan(payload["balance_fen"])),
+            buttons=[[Button(tr(lang, "👛 Wallet"), data="wallet")]])]
     if kind == "nps_prompt":
         return render_prompt(payload, lang)
     if kind == "monthly_report":
