@@ -419,6 +419,29 @@ def cmd_report_monthly(args: argparse.Namespace) -> None:
     print(text_summary(report, "en"))
 
 
+def cmd_broadcast(args: argparse.Namespace) -> None:
+    """Queue a message for the riders' groups (`support.rider_groups`) at a local time."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from core import broadcasts
+
+    settings = _settings(args)
+    try:
+        at = datetime.strptime(args.at, "%Y-%m-%d %H:%M").replace(
+            tzinfo=ZoneInfo(settings.server.timezone))
+    except ValueError as exc:
+        raise CliError("--at must look like 2031-03-20 19:00 (local time)") from exc
+    if not args.zh.strip():
+        raise CliError("--zh must not be empty")
+
+    async def go(session):  # type: ignore[no-untyped-def]
+        b = await broadcasts.schedule(session, args.zh, args.en or "", at, kind=args.kind)
+        return b.id
+
+    print(f"broadcast {asyncio.run(_with_session(settings, go))} queued for {args.at}")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="chargebot", description="e-bike charging piles via chat")
     ap.add_argument("--database", help="database URL (overrides bot.toml)")
@@ -482,6 +505,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--reason", default="")
     p.set_defaults(fn=cmd_coupons_issue)
+
+    p = sub.add_parser("broadcast", help="a message to the riders' groups at a local time")
+    p.add_argument("--at", required=True, help="local time, e.g. '2031-03-20 19:00'")
+    p.add_argument("--zh", required=True, help="the message in Chinese")
+    p.add_argument("--en", default="", help="the message in English")
+    p.add_argument("--kind", default="notice", choices=["notice", "safety", "maintenance"])
+    p.set_defaults(fn=cmd_broadcast)
 
     rp = sub.add_parser("report").add_subparsers(dest="report_command", required=True)
     p = rp.add_parser("monthly", help="the monthly satisfaction report: CSV and PNG charts")

@@ -179,6 +179,39 @@ async def red_packets(ctx: Context) -> None:
         ctx.wake_outbox()
 
 
+async def community_broadcasts(ctx: Context) -> None:
+    """Due broadcasts to the riders' groups; on Monday evenings, the week's safety tip."""
+    from zoneinfo import ZoneInfo
+
+    from core import broadcasts
+
+    groups = ctx.settings.support.rider_groups
+    if not groups:
+        return
+    now = ctx.clock()
+    local = now.astimezone(ZoneInfo(ctx.settings.server.timezone))
+    async with transaction(ctx.sm) as session:
+        if local.weekday() == 0 and local.hour >= 19:
+            await broadcasts.weekly_tip(session, now)
+        sent = await broadcasts.send_due(session, now, groups)
+    if sent:
+        ctx.wake_outbox()
+
+
+async def offpeak_reminders(ctx: Context) -> None:
+    """17:00 local: opted-in riders with an evening-peak habit hear about night prices."""
+    from core import recommendations
+
+    percents = [t.off_peak.percent for t in ctx.settings.billing.tariffs.values() if t.off_peak]
+    if not percents:
+        return
+    async with transaction(ctx.sm) as session:
+        sent = await recommendations.offpeak_reminders(
+            session, ctx.clock(), ctx.settings.server.timezone, min(percents))
+    if sent:
+        ctx.wake_outbox()
+
+
 async def annual_reports(ctx: Context) -> None:
     """Late December: every rider who charged this year hears their year is ready (once)."""
     from zoneinfo import ZoneInfo
@@ -235,6 +268,7 @@ def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
         (sweep_support, max(1.0, ctx.settings.support.emergency_take_s / 6)),
         (plan_maintenance, ctx.settings.maintenance.plan_every_h * 3600),
         (site_schedules, 60.0),
+        (community_broadcasts, 300.0),
         (red_packets, 1800.0),  # a finished campaign is a quick no-op
     ]
     for fn, every in jobs:
@@ -246,6 +280,8 @@ def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
                       timezone=ctx.settings.server.timezone, args=[ctx], id="monthly_report")
     scheduler.add_job(running.wrap(monthly_vote), "cron", day=1, hour=10,
                       timezone=ctx.settings.server.timezone, args=[ctx], id="monthly_vote")
+    scheduler.add_job(running.wrap(offpeak_reminders), "cron", hour=17,
+                      timezone=ctx.settings.server.timezone, args=[ctx], id="offpeak_reminders")
     scheduler.add_job(running.wrap(annual_reports), "cron", month=12, day=28, hour=10,
                       timezone=ctx.settings.server.timezone, args=[ctx], id="annual_reports")
     return scheduler

@@ -91,6 +91,23 @@ def fit_models(found: list[PortRecord]) -> dict[str, wear.WearModel]:
     return models
 
 
+async def _announce(session: AsyncSession, order: WorkOrder, pile: Pile, now: datetime,
+                    tz: str) -> None:
+    """Riders' groups hear about a planned visit (the port may be busy for a while)."""
+    from zoneinfo import ZoneInfo
+
+    from core import broadcasts
+    from core.piles import Site
+
+    site = await session.get(Site, pile.site_id)
+    when = (order.planned_for or now).astimezone(ZoneInfo(tz)).strftime("%m-%d")
+    name = site.name if site else pile.site_id
+    await broadcasts.schedule(
+        session, f"🛠 {name} 的 {order.where} 将于 {when} 进行预防性维护，届时可能暂停使用。",
+        f"🛠 {order.where} at {name} gets preventive maintenance on {when}; it may be out of "
+        "service for a while.", now, kind="maintenance", cause=f"maint:{order.id}")
+
+
 async def plan(session: AsyncSession, now: datetime, settings: Settings) -> list[WorkOrder]:
     """Open a planned (preventive) work order for each port forecast to fail soon, at least
     `lead_hours` before the predicted failure; ports already in a work order are left alone."""
@@ -117,6 +134,7 @@ async def plan(session: AsyncSession, now: datetime, settings: Settings) -> list
             out_of_service=False, now=now, settings=settings, kind="preventive",
             planned_for=visit, predicted_failure_at=failure)
         if created:
+            await _announce(session, order, pile, now, settings.server.timezone)
             log.info("planned service %s at %s-%02d: p=%.2f, %.1f days to failure",
                      order.id, h.pile_id, h.number, f.failure_probability, f.days_to_failure)
             planned.append(order)

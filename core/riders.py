@@ -28,6 +28,7 @@ class Rider(SQLModel, table=True):
     # 自动续费: top up `auto_topup_fen` when the balance falls below `auto_topup_below_fen`.
     auto_topup_fen: int = 0
     auto_topup_below_fen: int = 0
+    offpeak_reminders: bool = False  # opted in to "charge after 22:00, it's cheaper"
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -104,6 +105,20 @@ async def rider_for(
         await session.delete(rider)
         return await rider_for(session, platform, external_id, chat_id=chat_id, seen_at=seen_at)
     return rider
+
+
+async def chat_rider(session: AsyncSession, platform: str, chat_id: str | int, name: str,
+                     language: str) -> int:
+    """A group chat (the staff desk, a riders' group) as an outbox recipient: a rider row whose
+    only identity is that chat. Created on first use."""
+    external = f"chat:{chat_id}"
+    found = (await session.execute(select(Identity.rider_id).where(
+        Identity.platform == platform, Identity.external_id == external))).scalar()
+    if found is not None:
+        return found
+    rider = await rider_for(session, platform, external, chat_id=str(chat_id), display_name=name)
+    rider.language = language
+    return rider.id  # type: ignore[return-value]
 
 
 async def identity_for(session: AsyncSession, rider_id: int, platform: str) -> Identity | None:

@@ -3,6 +3,7 @@
 from sqlmodel import SQLModel
 
 from core import (  # noqa: F401
+    broadcasts,
     charging,
     commands,
     events,

@@ -20,7 +20,7 @@ from core import outbox, photos, staff, workorders
 from core.config import Settings
 from core.db import utcnow
 from core.piles import Pile, port_code
-from core.riders import Identity, Rider
+from core.riders import Rider, chat_rider
 
 PROBLEMS = ("wont_start", "stopped", "damaged", "no_power", "dirty", "other")
 # Problems that make the port unusable until a technician looks: a verified report opens a
@@ -32,7 +32,6 @@ EMERGENCY_WORDS = re.compile(
     r"\b(smoke|smoking|fire|burning|sparks?|electric shock|shocked|explod\w*)\b",
     re.IGNORECASE,
 )
-DESK_USER = "desk"  # the desk identity's external id prefix (a chat, not a person)
 
 
 class Ticket(SQLModel, table=True):
@@ -153,21 +152,12 @@ async def desk_riders(session: AsyncSession, settings: Settings, now: datetime,
 
 
 async def desk_rider(session: AsyncSession, settings: Settings) -> int | None:
-    """The Telegram staff group as an outbox recipient (created on first use)."""
+    """The Telegram staff group as an outbox recipient."""
     chat = settings.support.telegram_staff_chat
     if not chat:
         return None
-    external = f"{DESK_USER}:{chat}"
-    found = (await session.execute(select(Identity.rider_id).where(
-        Identity.platform == "telegram", Identity.external_id == external))).scalar()
-    if found is not None:
-        return found
-    from core.riders import rider_for
-
-    desk = await rider_for(session, "telegram", external, chat_id=str(chat),
-                           display_name="staff desk")
-    desk.language = settings.support.desk_language
-    return desk.id
+    return await chat_rider(session, "telegram", chat, "staff desk",
+                            settings.support.desk_language)
 
 
 async def post_to_desk(session: AsyncSession, ticket: Ticket, settings: Settings,

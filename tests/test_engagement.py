@@ -106,3 +106,58 @@ async def test_festival_red_packet_reaches_an_active_rider_once(db_url: str) -> 
         msg = await web.wait_message("Mid-Autumn")
         assert "red packet" in msg["text"]
         assert idle.inbox == []
+
+
+async def test_broadcasts_reach_rider_groups_once_and_offpeak_reminders_are_opt_in(
+        db_url: str, fakes: tuple) -> None:
+    from bot.scheduler import community_broadcasts, offpeak_reminders
+    from core import broadcasts
+    from tests.conftest import all_skins_settings
+
+    tg, wx = fakes
+    group = -1_002_000_000_777
+    monday_evening = datetime(2031, 3, 17, 11, 30, tzinfo=UTC)  # 19:30 local
+    clock = {"now": monday_evening}
+    settings = all_skins_settings(db_url, tg, wx, scheduler={"enabled": False},
+                                  support={"rider_groups": [group]})
+    async with start_server(settings, clock=lambda: clock["now"]) as server:
+        await seed_city(server.ctx, ports=1)
+        async with transaction(server.ctx.sm) as s:
+            await broadcasts.schedule(s, "今晚 22:00 起 T01 停电检修。", "T01: power works "
+                                      "tonight from 22:00.", monday_evening - timedelta(minutes=1))
+        await community_broadcasts(server.ctx)
+        await community_broadcasts(server.ctx)  # again: nothing twice
+        from tests.journey import wait_until
+
+        await wait_until(lambda: len(tg.messages_to(group)) >= 2)
+        texts = [m["text"] for m in tg.messages_to(group)]
+        assert len(texts) == 2 and any("停电检修" in t for t in texts)
+        assert any(t.startswith("🛡") for t in texts)  # the week's safety tip
+
+        # Off-peak reminders: only riders who opted in and charge at the evening peak.
+        web = WebRider(server.http, server.url, "rider-offpeak-1")
+        await web.press("lang:en")
+        assert "On:" in (await web.say("/offpeak"))[0]["text"]
+        async with transaction(server.ctx.sm) as s:
+            rider = await rider_for(s, "webchat", "rider-offpeak-1")
+            port = (await s.execute(select(Port))).scalars().first()
+            rows = []
+            for i in range(3):
+                start = datetime(2031, 3, 10 + i, 10, 0, tzinfo=UTC)  # 18:00 local
+                rows.append({"rider_id": rider.id, "port_id": port.id, "pile_id": "P0001",  # type: ignore[union-attr]
+                             "port_number": 1, "port_code": "P0001-01", "site_id": "T01",
+                             "state": "settled", "tariff": {}, "requested_at": start,
+                             "started_at": start, "ended_at": start + timedelta(hours=2),
+                             "amount_fen": 0, "paid_fen": 0, "refunded_fen": 0,
+                             "session_ref": f"O{i}"})
+            await s.execute(insert(Charge), rows)
+        clock["now"] = datetime(2031, 3, 17, 9, 0, tzinfo=UTC)  # 17:00 local
+        await offpeak_reminders(server.ctx)
+        await offpeak_reminders(server.ctx)
+        msg = await web.wait_message("charging after 22:00")
+        assert "80%" in msg["text"]
+        async with server.ctx.sm() as s:
+            n = (await s.execute(select(func.count()).select_from(OutboxMessage).where(
+                OutboxMessage.kind == "offpeak_reminder"))).scalar()
+        assert n == 1
+        assert "off" in (await web.say("/offpeak"))[0]["text"]

@@ -60,6 +60,16 @@ async def usual_piles(turn: Turn, n: int = 2) -> list[Button]:
             for pile, _count in rows]
 
 
+async def offpeak(turn: Turn) -> list[Reply]:
+    """Toggle the evening reminder to charge off-peak."""
+    turn.rider.offpeak_reminders = not turn.rider.offpeak_reminders
+    if turn.rider.offpeak_reminders:
+        return [Reply(tr(turn.lang, "🌙 On: on evenings when you usually charge at the peak, "
+                                    "I'll remind you that night charging is cheaper. /offpeak "
+                                    "again turns it off."))]
+    return [Reply(tr(turn.lang, "🌙 Off-peak reminders are off."))]
+
+
 # --- services at the site ---------------------------------------------------------------------
 
 

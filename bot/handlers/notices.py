@@ -139,6 +139,13 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
                   + ("" if t["key"] else " " + tr(lang, "(not in the FAQ yet)"))
                   for t in payload["topics"]]
         return [Reply("\n".join(lines))]
+    if kind == "offpeak_reminder":
+        return [Reply(tr(lang, "🌙 Tip: charging after 22:00 costs {percent}% of the day price at "
+                               "night-tariff sites. Tap to find a port later tonight.",
+                         percent=payload["percent"]),
+                      buttons=[[Button(tr(lang, "📍 Nearest free ports"), data="near")]])]
+    if kind == "broadcast":
+        return [Reply(payload.get(lang) or payload["zh_CN"])]
     if kind == "red_packet":
         return [Reply(festival_greeting(lang, payload["festival"]) + "\n" + tr(
             lang, "🧧 A red packet of {amount} is in your wallet. Balance: {balance}",

@@ -159,6 +159,8 @@ async def on_command(turn: Turn, command: str, arg: str) -> list[Reply]:
         return await feedback.faq_menu(turn)
     if command == "vote":
         return await feedback.vote_menu(turn)
+    if command == "offpeak":
+        return await engagement.offpeak(turn)
     if command in ("myyear", "year"):
         return await engagement.my_year(turn)
     if command in ("orders", "workorders"):
