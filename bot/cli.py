@@ -419,6 +419,25 @@ def cmd_report_monthly(args: argparse.Namespace) -> None:
     print(text_summary(report, "en"))
 
 
+def cmd_vouchers_redeem(args: argparse.Namespace) -> None:
+    """The merchant side: a voucher code is good once."""
+    from datetime import UTC, datetime
+
+    from core import vouchers
+
+    settings = _settings(args)
+
+    async def go(session):  # type: ignore[no-untyped-def]
+        try:
+            v = await vouchers.redeem(session, args.code, args.merchant or None,
+                                      datetime.now(UTC))
+        except vouchers.VoucherError as exc:
+            raise CliError(exc.explain()) from None
+        return vouchers.redeemed_line(v)
+
+    print(asyncio.run(_with_session(settings, go)))
+
+
 def cmd_broadcast(args: argparse.Namespace) -> None:
     """Queue a message for the riders' groups (`support.rider_groups`) at a local time."""
     from datetime import datetime
@@ -505,6 +524,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--reason", default="")
     p.set_defaults(fn=cmd_coupons_issue)
+
+    vp = sub.add_parser("vouchers").add_subparsers(dest="vouchers_command", required=True)
+    p = vp.add_parser("redeem", help="merchant side: redeem a partner voucher (once)")
+    p.add_argument("code")
+    p.add_argument("--merchant", default="", help="the merchant redeeming (checked if given)")
+    p.set_defaults(fn=cmd_vouchers_redeem)
 
     p = sub.add_parser("broadcast", help="a message to the riders' groups at a local time")
     p.add_argument("--at", required=True, help="local time, e.g. '2031-03-20 19:00'")

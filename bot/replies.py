@@ -20,7 +20,7 @@ class Incoming:
     display_name: str = ""
     language_hint: str | None = None
     nonce: str = ""  # unique per press/message: makes repeated taps idempotent
-    group: bool = False  # said in the staff group (Telegram), not in the person's own chat
+    group: str = ""  # said in a group, not the person's own chat: "staff" (the desk) | "riders"
     reply_to: str | None = None  # the text of the message this one replies to
 
 

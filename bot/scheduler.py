@@ -212,6 +212,17 @@ async def offpeak_reminders(ctx: Context) -> None:
         ctx.wake_outbox()
 
 
+async def expire_group_buys(ctx: Context) -> None:
+    """Group-buys that did not fill in time: every member's hold comes back, once."""
+    from core import groupbuy
+
+    async with transaction(ctx.sm) as session:
+        expired = await groupbuy.expire(session, ctx.clock())
+    if expired:
+        log.info("group-buys expired: %s", expired)
+        ctx.wake_outbox()
+
+
 async def annual_reports(ctx: Context) -> None:
     """Late December: every rider who charged this year hears their year is ready (once)."""
     from zoneinfo import ZoneInfo
@@ -269,6 +280,7 @@ def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
         (plan_maintenance, ctx.settings.maintenance.plan_every_h * 3600),
         (site_schedules, 60.0),
         (community_broadcasts, 300.0),
+        (expire_group_buys, 60.0),
         (red_packets, 1800.0),  # a finished campaign is a quick no-op
     ]
     for fn, every in jobs:

@@ -69,9 +69,8 @@ def incoming(update: Update, staff_chat: int | None = None) -> Incoming | None:
         "display_name": user.first_name or "", "language_hint": user.language_code,
     }
     if chat.type != "private":
-        if staff_chat is None or chat.id != staff_chat:
-            return None  # rider groups (group-buy, votes) come with their own issue
-        common["group"] = True  # the staff desk: answers are replies to ticket posts
+        # The staff desk answers by replying to ticket posts; riders' groups run group-buys.
+        common["group"] = "staff" if staff_chat is not None and chat.id == staff_chat else "riders"
     if (cq := update.callback_query) is not None:
         return Incoming(**common, data=cq.data or "", nonce=cq.id)
     msg = update.message

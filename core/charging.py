@@ -317,9 +317,12 @@ async def on_ended(
         f"bill:{charge.id}",
     )
     if paid:
-        from core import surveys
+        from core import surveys, vouchers
 
         await surveys.maybe_prompt(session, charge, now, **surveys.prompt_rules(settings))
+        site = await session.get(Site, charge.site_id)
+        if site is not None:
+            await vouchers.on_charge_settled(session, charge, site, now)
     return True
 
 

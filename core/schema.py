@@ -8,6 +8,7 @@ from core import (  # noqa: F401
     commands,
     events,
     faults,
+    groupbuy,
     outbox,
     piles,
     prompts,
@@ -21,6 +22,7 @@ from core import (  # noqa: F401
     support,
     surveys,
     votes,
+    vouchers,
     wallet,
     workorders,
 )

@@ -14,6 +14,7 @@ from core.riders import Rider
 
 ENTRY_KINDS = (
     "topup", "bonus", "charge", "refund", "coupon", "red_packet", "compensation", "adjustment",
+    "groupbuy_hold", "groupbuy_topup", "groupbuy_refund",
 )
 
 

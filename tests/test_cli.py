@@ -147,3 +147,34 @@ def test_report_monthly_writes_csv_and_charts(db: str, tmp_path: Path) -> None:
     assert "2031-03" in r.stdout
     bad = run(db, "report", "monthly", "--month", "March", "--out", str(tmp_path))
     assert bad.returncode != 0 and "--month" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_vouchers_redeem_once(db: str) -> None:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from core import vouchers
+    from core.db import make_engine, make_sessionmaker, transaction
+    from core.riders import Rider
+
+    assert run(db, "db", "upgrade").returncode == 0
+
+    async def issue() -> str:
+        engine = make_engine(db)
+        try:
+            async with transaction(make_sessionmaker(engine)) as s:
+                rider = Rider(display_name="r")
+                s.add(rider)
+                await s.flush()
+                v = await vouchers.on_topup(s, rider.id, 5000, "community",  # type: ignore[arg-type]
+                                            datetime.now(UTC), topup_ref="T-1")
+                return v[0].code
+        finally:
+            await engine.dispose()
+
+    code = asyncio.run(issue())
+    r = run(db, "vouchers", "redeem", code, "--merchant", "property")
+    assert r.returncode == 0 and "redeemed" in r.stdout, r.stderr
+    again = run(db, "vouchers", "redeem", code)
+    assert again.returncode != 0 and "already redeemed" in again.stderr
+    assert "unknown voucher" in run(db, "vouchers", "redeem", "NOPE-NOPE").stderr

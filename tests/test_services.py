@@ -91,6 +91,7 @@ async def test_locker_opens_for_its_rider_and_locks_after_the_charge(db_url: str
         opened = await rider.press(button(status, "locker:"))
         assert "opening" in opened[0]["text"]
         other = WebRider(server.http, server.url, "rider-locker-2")
+        await other.press("lang:en")
         assert "Only your own" in (await other.press(button(status, "locker:")))[0]["text"]
         await pile.post([pile.event("session_ended", now + timedelta(minutes=30), port=1,
                                     session=ref, reason="user", energy_wh=100,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.handlers import groupbuy
 from bot.handlers.staff import cause_name, order_buttons, order_card
 from bot.handlers.support import kind_name, problem_name, ticket_buttons
 from bot.handlers.surveys import render_prompt, render_report
@@ -87,6 +88,8 @@ def fault_text(lang: str, payload: dict[str, Any]) -> str:
 
 
 def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
+    if (replies := groupbuy.render(kind, payload, lang)) is not None:
+        return replies
     if kind == "bill":
         buttons = []
         if not payload["paid"] and payload["bill"]["amount_fen"] > 0:

@@ -14,6 +14,7 @@ from bot.handlers import (
     engagement,
     family,
     feedback,
+    groupbuy,
     menu,
     plans,
     ports,
@@ -25,7 +26,8 @@ from bot.handlers import (
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Incoming, Reply
-from core import prompts
+from core import groupbuy as groupbuy_core
+from core import outbox, prompts
 from core.db import transaction
 from core.errors import DomainError
 from core.piles import PORT_CODE
@@ -82,8 +84,10 @@ async def _stored_photo(ctx: Context, inc: Incoming) -> tuple[Incoming, Exceptio
 
 async def dispatch(turn: Turn) -> list[Reply]:
     inc = turn.inc
-    if inc.group:
+    if inc.group == "staff":
         return await desk(turn)
+    if inc.group:
+        return await riders_group(turn)
     if inc.location is not None:
         return await ports.nearest(turn, *inc.location)
     if inc.data is not None:
@@ -101,6 +105,29 @@ async def dispatch(turn: Turn) -> list[Reply]:
     if PORT_CODE.match(text.upper()):
         return await ports.port_card(turn, text.upper())
     return await support.free_text(turn) or menu.unknown(turn)
+
+
+async def riders_group(turn: Turn) -> list[Reply]:
+    """A riders' group: group-buy cards and their Join buttons; everything else is the riders'
+    own conversation. What a join costs (and the rider's balance) goes to their private chat."""
+    inc = turn.inc
+    if inc.data is not None:
+        verb, _, arg = inc.data.partition(":")
+        if verb != "gb":
+            return []
+        private = await groupbuy.button(turn, arg)
+        await outbox.enqueue(turn.session, turn.rider.id, "replies",  # type: ignore[arg-type]
+                             {"replies": [r.as_dict() for r in private]},
+                             f"gb-private:{inc.platform}:{inc.nonce}", now=turn.now)
+        deal = await groupbuy_core.find(turn.session, int(arg.rpartition(":")[2]))
+        link = f"https://t.me/{turn.ctx.settings.telegram.bot_username}?start=gb_{deal.code}"
+        return [Reply(tr(turn.lang, "{name}: the details are in your private chat with me. "
+                                    "Nothing there? Open {link}", name=inc.display_name or "👋",
+                         link=link))]
+    text = (inc.text or "").strip()
+    if text.startswith("/groupbuy"):
+        return await groupbuy.command(turn, text.partition(" ")[2].strip())
+    return []
 
 
 TICKET_REF = re.compile(r"#(\d+)")
@@ -124,6 +151,8 @@ async def on_command(turn: Turn, command: str, arg: str) -> list[Reply]:
     if command == "start":
         if m := START_PAYLOAD.match(arg):
             return await ports.port_card(turn, m.group(1).upper())
+        if arg.startswith("gb_"):
+            return await groupbuy.command(turn, arg[3:])
         if arg:
             return [ports.unknown_port(turn, arg.removeprefix("port_"))]
         return await menu.welcome(turn)
@@ -159,6 +188,10 @@ async def on_command(turn: Turn, command: str, arg: str) -> list[Reply]:
         return await feedback.faq_menu(turn)
     if command == "vote":
         return await feedback.vote_menu(turn)
+    if command == "groupbuy":
+        return await groupbuy.command(turn, arg)
+    if command == "vouchers":
+        return await groupbuy.vouchers_list(turn)
     if command == "offpeak":
         return await engagement.offpeak(turn)
     if command in ("myyear", "year"):
@@ -245,6 +278,8 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
         return await feedback.faq_menu(turn, arg)
     if verb == "vote":
         return await feedback.vote(turn, arg)
+    if verb == "gb":
+        return await groupbuy.button(turn, arg)
     if verb == "nps":
         return await surveys.button(turn, arg)
     if verb == "myyear":

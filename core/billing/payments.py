@@ -94,4 +94,11 @@ async def confirm(
         payment.bonus_fen = bonus
         await wallet.post(session, payment.rider_id, "bonus", bonus, f"bonus:{out_trade_no}",
                           memo=f"top-up bonus for {payment.amount_fen}")
+    if payment.purpose == "topup":
+        # Partner offers for top-ups ("≥ ¥50 at a community site → a property-service voucher").
+        from core import vouchers
+
+        await vouchers.on_topup(session, payment.rider_id, payment.amount_fen,
+                                await vouchers.home_site_kind(session, payment.rider_id), now,
+                                topup_ref=out_trade_no)
     return payment, True

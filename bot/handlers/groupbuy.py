@@ -1,0 +1,195 @@
+"""Community offers on the rider's side: group-buy top-ups and partner vouchers.
+
+Callback data: `gb:join:<deal id>` (the card's Join: shows what joining costs, moves nothing)
+and `gb:pay:<deal id>` (pays the price into the deal's hold). Both are pressed in the rider's
+own chat; a Join pressed on a group's card is answered in private by the skin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.handlers.staff import local
+from bot.handlers.turn import Turn
+from bot.i18n import tr
+from bot.replies import Button, Reply
+from core import groupbuy, vouchers, wallet
+from core.groupbuy import DealTerms, GroupDeal
+from core.wallet import yuan
+
+DEFAULT_TZ = "Asia/Shanghai"
+
+
+def _tz(turn: Turn) -> str:
+    return turn.ctx.settings.server.timezone
+
+
+# --- deal cards -------------------------------------------------------------------------------
+
+
+def deal_card(lang: str, p: dict[str, Any], tz: str = DEFAULT_TZ) -> Reply:
+    """The deal as posted in a group (or to its creator): `groupbuy.card_payload(deal)`."""
+    lines = [tr(lang, "👥 Group top-up: {size} riders each pay {price} and get {topup} "
+                      "({percent}% off).", size=p["size"], price=yuan(p["price_fen"]),
+                topup=yuan(p["topup_fen"]), percent=p["percent_off"])]
+    if p["state"] == "filled":
+        lines.append(tr(lang, "🎉 Full: every member got {topup} for {price}.",
+                        topup=yuan(p["topup_fen"]), price=yuan(p["price_fen"])))
+        return Reply("\n".join(lines))
+    if p["state"] == "expired":
+        lines.append(tr(lang, "⌛ Ended without a full group: every member got their money "
+                              "back."))
+        return Reply("\n".join(lines))
+    lines.append(tr(lang, "{joined}/{size} joined · open until {until}", joined=p["joined"],
+                    size=p["size"], until=local(p["expires_at"], tz)))
+    lines.append(tr(lang, "On WeChat or web chat, join with: /groupbuy {code}", code=p["code"]))
+    return Reply("\n".join(lines),
+                 buttons=[[Button(tr(lang, "🙋 Join"), data=f"gb:join:{p['deal_id']}")]])
+
+
+def _offer(turn: Turn, deal: GroupDeal, balance_fen: int) -> Reply:
+    """What joining means, before any money moves."""
+    lang = turn.lang
+    text = tr(lang, "👥 Group top-up {code}: pay {price} from your wallet now. When {size} "
+                    "riders have joined by {until}, each gets {topup}. If the group does not "
+                    "fill, your {price} comes back.", code=deal.code,
+              price=yuan(deal.price_fen), size=deal.size, until=local(deal.expires_at, _tz(turn)),
+              topup=yuan(deal.topup_fen))
+    text += "\n" + tr(lang, "{joined}/{size} joined. Your balance: {balance}", joined=deal.joined,
+                      size=deal.size, balance=yuan(balance_fen))
+    if balance_fen < deal.price_fen:
+        return Reply(text + "\n" + tr(lang, "Top up first, then join."),
+                     buttons=[[Button(tr(lang, "👛 Wallet"), data="wallet")]])
+    return Reply(text, buttons=[[Button(tr(lang, "✅ Pay {price} and join",
+                                           price=yuan(deal.price_fen)),
+                                        data=f"gb:pay:{deal.id}")]])
+
+
+def _closed(lang: str, state: str) -> Reply:
+    if state == "expired":
+        return Reply(tr(lang, "⌛ This group-buy has ended; nobody can join it any more."))
+    return Reply(tr(lang, "This group-buy is already full. Look out for the next one!"))
+
+
+def _already(lang: str, deal: GroupDeal) -> Reply:
+    return Reply(tr(lang, "You're already in this group-buy ({joined}/{size} joined).",
+                    joined=deal.joined, size=deal.size))
+
+
+# --- commands and buttons ---------------------------------------------------------------------
+
+
+async def command(turn: Turn, arg: str, terms: DealTerms | None = None) -> list[Reply]:
+    """`/groupbuy` starts a deal (in a group: that group's deal); `/groupbuy CODE` offers to join.
+
+    `terms` come from the caller's settings; the defaults are 3 riders, 10 % off ¥50, 24 h.
+    """
+    if arg.strip():
+        return await _show_offer(turn, arg.strip())
+    inc = turn.inc
+    deal = await groupbuy.create(
+        turn.session, turn.rider.id, turn.now, terms,  # type: ignore[arg-type]
+        platform=inc.platform if inc.group else None, chat_id=inc.chat_id if inc.group else None)
+    card = deal_card(turn.lang, groupbuy.card_payload(deal), _tz(turn))
+    if inc.group:
+        return [card]
+    return [card, Reply(tr(turn.lang, "Share the code {code} with friends: they join with "
+                                      "/groupbuy {code}.", code=deal.code))]
+
+
+async def button(turn: Turn, arg: str) -> list[Reply]:
+    """`gb:join:<id>` → what joining costs; `gb:pay:<id>` → pay into the hold and join."""
+    action, _, ref = arg.partition(":")
+    if not ref.isdigit() or action not in ("join", "pay"):
+        return [Reply(tr(turn.lang, "That group-buy no longer exists."))]
+    if action == "join":
+        return await _show_offer(turn, int(ref))
+    return await _join(turn, int(ref))
+
+
+async def _show_offer(turn: Turn, ref: int | str) -> list[Reply]:
+    lang = turn.lang
+    try:
+        deal = await groupbuy.find(turn.session, ref)
+    except groupbuy.UnknownDeal:
+        return [Reply(tr(lang, "No group-buy has the code {code}.",
+                         code=groupbuy.normalise_code(str(ref))))]
+    assert deal.id is not None
+    if await groupbuy.member(turn.session, deal.id, turn.rider.id) is not None:  # type: ignore[arg-type]
+        return [_already(lang, deal)]
+    if (state := groupbuy.closed_state(deal, turn.now)) is not None:
+        return [_closed(lang, state)]
+    return [_offer(turn, deal, await wallet.balance(turn.session, turn.rider.id))]  # type: ignore[arg-type]
+
+
+async def _join(turn: Turn, deal_id: int) -> list[Reply]:
+    lang = turn.lang
+    try:
+        done = await groupbuy.join(turn.session, deal_id, turn.rider.id, turn.now)  # type: ignore[arg-type]
+    except groupbuy.UnknownDeal:
+        return [Reply(tr(lang, "That group-buy no longer exists."))]
+    except groupbuy.AlreadyJoined:
+        return [_already(lang, await groupbuy.find(turn.session, deal_id))]
+    except groupbuy.DealClosed as exc:
+        return [_closed(lang, exc.state)]
+    except groupbuy.NotEnoughForDeal as exc:
+        return [Reply(tr(lang, "Your balance {balance} is not enough for {price}. Top up first.",
+                         balance=yuan(exc.balance_fen), price=yuan(exc.deal.price_fen)),
+                      buttons=[[Button(tr(lang, "👛 Wallet"), data="wallet")]])]
+    deal = done.deal
+    if done.filled:
+        return [Reply(tr(lang, "🎉 You completed the group! Every member gets {topup} for "
+                               "{price}.", topup=yuan(deal.topup_fen),
+                         price=yuan(deal.price_fen)))]
+    return [Reply(tr(lang, "✅ You're in: {price} is held for the group. {joined}/{size} joined; "
+                           "{left} more needed by {until}. Friends join with /groupbuy {code}.",
+                     price=yuan(deal.price_fen), joined=deal.joined, size=deal.size,
+                     left=deal.size - deal.joined, until=local(deal.expires_at, _tz(turn)),
+                     code=deal.code))]
+
+
+# --- partner vouchers -------------------------------------------------------------------------
+
+
+def _title(p: dict[str, Any], lang: str) -> str:
+    title = p.get("title") or {}
+    return title.get(lang) or next(iter(title.values()), p.get("merchant", ""))
+
+
+def voucher_line(lang: str, p: dict[str, Any], tz: str = DEFAULT_TZ) -> str:
+    return tr(lang, "🎟 {title} · code {code} · valid until {until}", title=_title(p, lang),
+              code=vouchers.display_code(p["code"]), until=local(p["expires_at"], tz))
+
+
+async def vouchers_list(turn: Turn) -> list[Reply]:
+    """`/vouchers`: the rider's unused partner vouchers."""
+    found = await vouchers.of_rider(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]
+    if not found:
+        return [Reply(tr(turn.lang, "🎟 You have no partner vouchers right now."))]
+    lines = [tr(turn.lang, "🎟 Your vouchers (show the code at the shop):")]
+    lines += [voucher_line(turn.lang, vouchers.notice_payload(v), _tz(turn)) for v in found]
+    return [Reply("\n".join(lines))]
+
+
+# --- outbox notices ---------------------------------------------------------------------------
+
+
+def render(kind: str, payload: dict[str, Any], lang: str,
+           tz: str = DEFAULT_TZ) -> list[Reply] | None:
+    """Outbox kinds of this module (None for any other kind)."""
+    p = payload
+    if kind == groupbuy.FILLED_NOTICE:
+        return [Reply(tr(lang, "🎉 Group-buy {code} is full: you got {topup} for {price}. "
+                               "Balance: {balance}", code=p["code"], topup=yuan(p["topup_fen"]),
+                         price=yuan(p["price_fen"]), balance=yuan(p["balance_fen"])))]
+    if kind == groupbuy.EXPIRED_NOTICE:
+        return [Reply(tr(lang, "⌛ Group-buy {code} did not fill in time, so nobody was charged: "
+                               "your {price} is back. Balance: {balance}", code=p["code"],
+                         price=yuan(p["price_fen"]), balance=yuan(p["balance_fen"])))]
+    if kind == vouchers.ISSUED_NOTICE:
+        return [Reply(tr(lang, "🎁 You earned a partner voucher!") + "\n"
+                      + voucher_line(lang, p, tz))]
+    if kind == vouchers.REDEEMED_NOTICE:
+        return [Reply(tr(lang, "🎟 Voucher {code} ({title}) was used. Enjoy!",
+                         code=vouchers.display_code(p["code"]), title=_title(p, lang)))]
+    return None
