@@ -43,6 +43,14 @@ async def seed(session: AsyncSession, *, rng: random.Random | None = None) -> in
                 session, sid, f"P{n:04d}", PORTS_PER_PILE, model="generic-10",
                 lat=lat + rng.uniform(-0.0003, 0.0003), lon=lon + rng.uniform(-0.0003, 0.0003),
             )
+    # Services to try: tool kits at the courier station, a charging cabinet (lockers) there too.
+    courier = await session.get(piles.Site, "HZ03")
+    if courier is not None:
+        courier.tool_kits = 3
+        first = await session.scalar(select(piles.Pile.id).where(piles.Pile.site_id == "HZ03")
+                                     .order_by(piles.Pile.id))
+        if first is not None:
+            (await session.get(piles.Pile, first)).lockers = True  # type: ignore[union-attr]
     for client_id, role, name in DEMO_STAFF:
         person = await rider_for(session, "webchat", client_id, display_name=name)
         await staff.add(session, person.id, role, staff.ALL_SITES, name=name)  # type: ignore[arg-type]
