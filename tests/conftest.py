@@ -15,12 +15,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.app import create_app
 from bot.context import CTX, Context
 from core import piles
 from core.config import Settings
-from core.db import transaction
+from core.db import make_engine, make_sessionmaker, transaction
 from core.migrate import upgrade
 from core.schema import metadata
 
@@ -84,6 +85,16 @@ def make_settings(db_url: str, **sections: dict[str, Any]) -> Settings:
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value}
     return Settings(**base)
+
+
+@pytest.fixture
+async def sm(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """A session factory on the test database, for tests of core functions without the app."""
+    engine = make_engine(db_url)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture

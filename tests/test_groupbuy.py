@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
@@ -19,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import wallet
-from core.db import make_engine, make_sessionmaker, transaction
+from core.db import transaction
 from core.outbox import OutboxMessage
 from core.riders import Rider
 
@@ -34,13 +33,6 @@ def gb() -> ModuleType:
     return groupbuy
 
 
-@pytest.fixture
-async def sm(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(db_url)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        await engine.dispose()
 
 
 async def add_riders(sm: async_sessionmaker[AsyncSession], *balances_fen: int) -> list[int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -19,7 +18,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.charging import Charge
-from core.db import make_engine, make_sessionmaker, transaction
+from core.db import transaction
 from core.nearby import MAX_RADIUS_M, NearbyPile, free_port_filter, nearest_free
 from core.piles import Pile, Port, Site, port_code
 from core.riders import Rider
@@ -136,13 +135,6 @@ async def seed(
     return city
 
 
-@pytest.fixture
-async def sm(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(db_url)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        await engine.dispose()
 
 
 def check(found: list[NearbyPile], expected: list[tuple[float, str]], city: City,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
@@ -13,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.charging import Charge
-from core.db import make_engine, make_sessionmaker, transaction
+from core.db import transaction
 from core.outbox import OutboxMessage
 from core.piles import Site
 from core.riders import Rider
@@ -30,13 +29,6 @@ def vc() -> ModuleType:
     return vouchers
 
 
-@pytest.fixture
-async def sm(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(db_url)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ the FAQ or handed to a person, the emergency lane, and the staff side of tickets
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from bot.handlers.turn import Turn
 from bot.i18n import tr
@@ -317,31 +318,32 @@ async def save_as_faq(turn: Turn, ticket_id: int) -> list[Reply]:
                                 "(FAQ {key}).", id=ticket_id, key=entry.key))]
 
 
-async def staff_answer(turn: Turn, ticket_id: int, text: str) -> list[Reply]:
+async def _staff_write(turn: Turn, ticket_id: int, write: Any) -> Reply | None:
+    """Run a staff write on a ticket; a refusal as the staff member's reply, else None."""
     try:
-        await support.answer(turn.session, ticket_id, turn.rider.id, text, turn.now)  # type: ignore[arg-type]
+        await write(turn.session, ticket_id, turn.rider.id)
     except NotStaff:
-        return [Reply(tr(turn.lang, "This is for our staff only."))]
+        return Reply(tr(turn.lang, "This is for our staff only."))
     except support.TicketClosed:
-        return [Reply(tr(turn.lang, "Ticket #{id} is already closed; nothing was sent.",
-                         id=ticket_id))]
+        return Reply(tr(turn.lang, "Ticket #{id} is already closed; nothing was sent.",
+                        id=ticket_id))
     except LookupError:
-        return [Reply(tr(turn.lang, "There is no ticket #{id}.", id=ticket_id))]
-    return [Reply(tr(turn.lang, "📨 Sent to the rider of #{id}.", id=ticket_id),
-                  buttons=ticket_buttons(turn.lang, ticket_id, "question"))]
+        return Reply(tr(turn.lang, "There is no ticket #{id}.", id=ticket_id))
+    return None
+
+
+async def staff_answer(turn: Turn, ticket_id: int, text: str) -> list[Reply]:
+    refused = await _staff_write(turn, ticket_id, lambda s, t, by: support.answer(
+        s, t, by, text, turn.now))
+    return [refused or Reply(tr(turn.lang, "📨 Sent to the rider of #{id}.", id=ticket_id),
+                             buttons=ticket_buttons(turn.lang, ticket_id, "question"))]
 
 
 async def staff_close(turn: Turn, ticket_id: int, resolution: str) -> list[Reply]:
-    try:
-        await support.close(turn.session, ticket_id, turn.rider.id, resolution, turn.now)  # type: ignore[arg-type]
-    except NotStaff:
-        return [Reply(tr(turn.lang, "This is for our staff only."))]
-    except support.TicketClosed:
-        return [Reply(tr(turn.lang, "Ticket #{id} is already closed; nothing was sent.",
-                         id=ticket_id))]
-    except LookupError:
-        return [Reply(tr(turn.lang, "There is no ticket #{id}.", id=ticket_id))]
-    return [Reply(tr(turn.lang, "✅ Ticket #{id} closed; the rider was told.", id=ticket_id))]
+    refused = await _staff_write(turn, ticket_id, lambda s, t, by: support.close(
+        s, t, by, resolution, turn.now))
+    return [refused or Reply(tr(turn.lang, "✅ Ticket #{id} closed; the rider was told.",
+                                id=ticket_id))]
 
 
 async def tickets(turn: Turn) -> list[Reply]:
