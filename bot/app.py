@@ -11,7 +11,17 @@ from datetime import datetime
 from aiohttp import web
 from sqlalchemy import func, select
 
-from bot import logs, photo_fetch, photo_links, piles_api, scheduler, telegram, webchat, wechat
+from bot import (
+    logs,
+    mqtt,
+    photo_fetch,
+    photo_links,
+    piles_api,
+    scheduler,
+    telegram,
+    webchat,
+    wechat,
+)
 from bot.context import CTX, Context
 from bot.handlers import notices
 from bot.payments import wechatpay as wechatpay_pay
@@ -30,15 +40,50 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text: what an operator watches (and alerts on) across the workers."""
+    from bot.scheduler import LEADERSHIP
+    from core.events import PileEvent
+    from core.support import Ticket
+    from core.workorders import ACTIVE, WorkOrder
+
     ctx = request.app[CTX]
+    now = ctx.clock()
     async with ctx.reader()() as session:
         by_state = (await session.execute(
             select(Charge.state, func.count()).group_by(Charge.state))).all()
-        pending = await session.scalar(
-            select(func.count()).where(OutboxMessage.state == "pending"))
+        outbox = dict((await session.execute(
+            select(OutboxMessage.state, func.count()).group_by(OutboxMessage.state))).all())
+        oldest = await session.scalar(select(func.min(OutboxMessage.due_at)).where(
+            OutboxMessage.state == "pending", OutboxMessage.due_at <= now))
+        # max(id), not count(*): the events table is the largest, and ids only grow.
+        events = await session.scalar(select(func.max(PileEvent.id)))
+        orders = await session.scalar(select(func.count()).select_from(WorkOrder).where(
+            WorkOrder.state.in_(ACTIVE)))
+        tickets = await session.scalar(select(func.count()).select_from(Ticket).where(
+            Ticket.state.in_(("open", "assigned"))))
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=now.tzinfo)
+    lag = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
+    leadership = request.app.get(LEADERSHIP)
+    notifier = request.app.get(NOTIFIER)
     lines = ["# TYPE chargebot_charges gauge"]
     lines += [f'chargebot_charges{{state="{s}"}} {n}' for s, n in by_state]
-    lines += ["# TYPE chargebot_outbox_pending gauge", f"chargebot_outbox_pending {pending or 0}"]
+    lines += ["# TYPE chargebot_outbox_messages gauge"]
+    lines += [f'chargebot_outbox_messages{{state="{s}"}} {n}' for s, n in sorted(outbox.items())]
+    lines += [
+        "# TYPE chargebot_outbox_pending gauge",
+        f"chargebot_outbox_pending {outbox.get('pending', 0)}",
+        "# TYPE chargebot_outbox_lag_seconds gauge", f"chargebot_outbox_lag_seconds {lag:.1f}",
+        "# TYPE chargebot_delivery_errors_total counter",
+        f"chargebot_delivery_errors_total {outbox.get('dead', 0)}",
+        "# TYPE chargebot_pile_events_total counter", f"chargebot_pile_events_total {events or 0}",
+        "# TYPE chargebot_work_orders_open gauge", f"chargebot_work_orders_open {orders or 0}",
+        "# TYPE chargebot_tickets_open gauge", f"chargebot_tickets_open {tickets or 0}",
+        "# TYPE chargebot_scheduler_leader gauge",
+        f"chargebot_scheduler_leader {int(bool(leadership and leadership.leading))}",
+        "# TYPE chargebot_delivered_total counter",
+        f"chargebot_delivered_total {notifier.delivered if notifier else 0}",
+    ]
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
@@ -63,6 +108,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     piles_api.setup(app, ctx)
+    mqtt.setup(app, ctx)  # after piles_api: it shares the ingest writer and the secret cache
     senders: dict[str, Sender] = {}
     if settings.server.webchat:
         webchat.setup(app, ctx)

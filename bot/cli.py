@@ -55,15 +55,44 @@ def _safe_url(url: str) -> str:
     return url
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
+def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
     from bot.app import create_app
 
+    web.run_app(create_app(settings), host=host, port=port, print=None, reuse_port=reuse_port)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """One process, or N stateless workers sharing the port (SO_REUSEPORT: the kernel spreads
+    connections). Several workers need PostgreSQL: SQLite has one writer, and the scheduler
+    leader is chosen with a PostgreSQL advisory lock."""
+    import multiprocessing
+    import signal
+
     settings = _settings(args)
+    if args.workers < 1:
+        raise CliError("--workers must be at least 1")
+    if args.workers > 1 and not settings.database.url.startswith("postgresql"):
+        raise CliError("--workers > 1 needs PostgreSQL (database.url postgresql+asyncpg://…)")
     upgrade(settings.database.url)
-    app = create_app(settings)
     host, port = args.host or settings.server.host, args.port or settings.server.port
-    print(f"chargebot serving on http://{host}:{port}")
-    web.run_app(app, host=host, port=port, print=None)
+    print(f"chargebot serving on http://{host}:{port} with {args.workers} worker(s)")
+    if args.workers == 1:
+        _serve_one(settings, host, port, False)
+        return
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: no shared loop state
+    procs = [ctx.Process(target=_serve_one, args=(settings, host, port, True), daemon=False)
+             for _ in range(args.workers)]
+    for p in procs:
+        p.start()
+
+    def stop(_sig: int, _frame: object) -> None:
+        for p in procs:
+            p.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for p in procs:
+        p.join()
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -469,6 +498,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the service")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the port (PostgreSQL)")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("demo", help="SQLite + demo city + simulated fleet + web chat")

@@ -50,6 +50,7 @@ class Context:
     wakeups: Wakeups = field(default_factory=Wakeups)
     # Read-only sessions: on SQLite they never queue behind writers.
     read_sm: async_sessionmaker[AsyncSession] | None = None
+    pile_listeners: list[Callable[[str], None]] = field(default_factory=list)
 
     def reader(self) -> async_sessionmaker[AsyncSession]:
         return self.read_sm or self.sm
@@ -59,6 +60,8 @@ class Context:
 
     def wake_pile(self, pile_id: str) -> None:
         self.wakeups.wake(f"pile:{pile_id}")
+        for listener in self.pile_listeners:  # e.g. the MQTT transport publishing commands
+            listener(pile_id)
 
 
 def _app_key() -> object:

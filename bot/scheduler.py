@@ -11,10 +11,12 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.context import Context
+from bot.leader import Leadership
 from core import charging, commands, faults, piles, workorders
 from core.db import transaction
 
 log = logging.getLogger("chargebot.scheduler")
+LEADERSHIP = web.AppKey("leadership", Leadership)
 
 
 async def sweep_offline(ctx: Context) -> list[str]:
@@ -305,11 +307,27 @@ def setup(app: web.Application, ctx: Context) -> None:
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         running = _Running()
-        scheduler = build(ctx, running)
-        scheduler.start()
+        scheduler: AsyncIOScheduler | None = None
+
+        async def lead() -> None:
+            nonlocal scheduler
+            scheduler = build(ctx, running)
+            scheduler.start()
+
+        async def follow() -> None:
+            nonlocal scheduler
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)
+                scheduler = None
+            if running.tasks:
+                await asyncio.wait(running.tasks, timeout=15)
+
+        # With N workers on PostgreSQL only the advisory-lock holder runs the jobs.
+        leadership = Leadership(ctx.engine, lead, follow,
+                                retry_s=ctx.settings.scheduler.leader_retry_s)
+        app[LEADERSHIP] = leadership
+        leadership.start()
         yield
-        scheduler.shutdown(wait=False)
-        if running.tasks:
-            await asyncio.wait(running.tasks, timeout=15)
+        await leadership.stop()
 
     app.cleanup_ctx.append(lifecycle)

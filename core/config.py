@@ -235,10 +235,31 @@ class RedPacketSettings(BaseModel):
     batch: int = 500
 
 
+class MqttSettings(BaseModel):
+    """`[mqtt]`: the device transport for large fleets (bot/mqtt.py); off by default."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str | None = None  # default: chargebot-{host name}-{pid}-{random}
+    topic_prefix: str = "piles"
+    shared_group: str | None = None  # several workers: each message goes to one of them
+    keepalive_s: int = 30
+    sweep_s: float = 1.0
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    max_inflight: int = 256  # messages handled at once (they share the ingest's group commit)
+
+
 class SchedulerSettings(BaseModel):
     enabled: bool = True
     offline_sweep_s: float = 15.0
     command_sweep_s: float = 5.0
+    # Workers on PostgreSQL try for the scheduler's advisory lock this often; a dead leader's
+    # jobs resume within about this long.
+    leader_retry_s: float = 5.0
 
 
 class NotificationSettings(BaseModel):
@@ -266,6 +287,7 @@ class Settings(BaseSettings):
     support: SupportSettings = Field(default_factory=SupportSettings)
     surveys: SurveySettings = Field(default_factory=SurveySettings)
     red_packets: RedPacketSettings = Field(default_factory=RedPacketSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     payments: PaymentSettings = Field(default_factory=PaymentSettings)
 

@@ -1,0 +1,30 @@
+"""GET /metrics (ISSUE 8, part): Prometheus text an operator can alert on."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from tests.conftest import PILE_SECRET, make_settings, seed_city, start_server
+from tests.journey import PileClient
+
+
+async def test_metrics_report_events_charges_outbox_and_leadership(db_url: str) -> None:
+    settings = make_settings(db_url, scheduler={"leader_retry_s": 0.1})
+    async with start_server(settings, notifier=False) as server:
+        await seed_city(server.ctx, ports=2)
+        pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
+        now = datetime.now(UTC)
+        await pile.post([pile.event("heartbeat", now),
+                         pile.event("fault", now, port=1, code="overload")])
+        async with server.http.get(f"{server.url}/metrics") as r:
+            assert r.status == 200 and r.content_type == "text/plain"
+            text = await r.text()
+        values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                  for line in text.splitlines() if line and not line.startswith("#")}
+        assert values["chargebot_pile_events_total"] >= 2
+        assert values["chargebot_work_orders_open"] == 1
+        assert values["chargebot_tickets_open"] == 0
+        assert values["chargebot_outbox_lag_seconds"] >= 0
+        assert values["chargebot_delivery_errors_total"] == 0
+        assert values["chargebot_scheduler_leader"] in (0, 1)
+        assert "chargebot_delivered_total" in values
