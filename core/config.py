@@ -253,6 +253,14 @@ class MqttSettings(BaseModel):
     max_inflight: int = 256  # messages handled at once (they share the ingest's group commit)
 
 
+class LimitSettings(BaseModel):
+    """Per rider, per 10 minutes: a script or a stuck button must not flood piles or staff.
+    Emergencies are never limited."""
+
+    starts_per_10_min: int = 6
+    ticket_messages_per_10_min: int = 20
+
+
 class SchedulerSettings(BaseModel):
     enabled: bool = True
     offline_sweep_s: float = 15.0
@@ -288,6 +296,7 @@ class Settings(BaseSettings):
     surveys: SurveySettings = Field(default_factory=SurveySettings)
     red_packets: RedPacketSettings = Field(default_factory=RedPacketSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     payments: PaymentSettings = Field(default_factory=PaymentSettings)
 

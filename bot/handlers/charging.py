@@ -10,7 +10,7 @@ from bot.handlers.text import bill_text, duration, kwh, menu_buttons
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
-from core import charging
+from core import charging, limits
 from core.charging import Charge
 from core.errors import BillDue, NoOpenCharge, PortBusy, PortUnavailable, UnknownPort
 from core.piles import Pile, parse_port_code
@@ -19,6 +19,11 @@ from core.wallet import yuan
 
 async def start(turn: Turn, code: str) -> list[Reply]:
     lang = turn.lang
+    if not await limits.starts_allowed(turn.session, turn.rider.id, turn.now,  # type: ignore[arg-type]
+                                       turn.ctx.settings.limits.starts_per_10_min):
+        return [Reply(tr(lang, "That's a lot of starts in a few minutes. Please wait a little "
+                               "and try again; if a port keeps failing, tap 🛠 Report a "
+                               "problem."))]
     try:
         charge = await charging.start_charge(
             turn.session, turn.rider, code, turn.ctx.settings, turn.now

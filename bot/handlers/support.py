@@ -9,7 +9,7 @@ from typing import Any
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
-from core import faq, prompts, questions, support
+from core import faq, limits, prompts, questions, support
 from core.charging import Charge
 from core.errors import UnknownPort
 from core.piles import find_port, port_code
@@ -69,7 +69,17 @@ async def report_menu(turn: Turn, target: str) -> list[Reply]:
                   buttons=rows)]
 
 
+async def _too_many(turn: Turn) -> Reply | None:
+    if await limits.reports_allowed(turn.session, turn.rider.id, turn.now,  # type: ignore[arg-type]
+                                    turn.ctx.settings.limits.ticket_messages_per_10_min):
+        return None
+    return Reply(tr(turn.lang, "We have your messages; please give our team a few minutes to "
+                               "answer before sending more."))
+
+
 async def report(turn: Turn, target: str, problem: str) -> list[Reply]:
+    if (limited := await _too_many(turn)) is not None:
+        return [limited]
     found = await _target(turn, target)
     if found is None or problem not in support.PROBLEMS:
         return await report_menu(turn, target)
@@ -176,6 +186,8 @@ async def free_text(turn: Turn) -> list[Reply] | None:
         return [refused]
     current = await support.open_for(turn.session, turn.rider.id)  # type: ignore[arg-type]
     if current is not None and (text or inc.photo):
+        if (limited := await _too_many(turn)) is not None:
+            return [limited]
         photo = inc.photo
         msg = await support.add_message(turn.session, current, "rider", turn.rider.id, text,  # type: ignore[arg-type]
                                         photo, turn.now)
