@@ -60,12 +60,14 @@ class Payer:
         ) as r:
             assert r.status == 200
 
-    async def ask(self, update: dict, method: str = "sendMessage") -> Call:
-        """Post an update and wait for the bot's next `method` call to this chat."""
+    async def ask(self, update: dict, method: str = "sendMessage", contains: str = "") -> Call:
+        """Post an update and wait for the bot's next `method` call to this chat (with
+        `contains` in its text: notices from the outbox may arrive in between)."""
         start = len(self.fake.calls)
         await self.post(update)
         return await self.fake.wait_for(
-            lambda c: c.method == method and c.params["chat_id"] == self.uid, start=start)
+            lambda c: c.method == method and c.params["chat_id"] == self.uid
+            and contains in str(c.params.get("text", "")), start=start)
 
     def shown(self, call: Call) -> dict:
         """The message a call produced, as the rider's client has it (to press its buttons)."""
@@ -74,7 +76,8 @@ class Payer:
         return msg
 
     async def wallet(self) -> dict:
-        return self.shown(await self.ask(self.user.text("/wallet")))
+        # The wallet card starts with the purse, in either language.
+        return self.shown(await self.ask(self.user.text("/wallet"), contains="👛"))
 
     def pre_checkout(self, payload: str, amount: int, currency: str = "CNY",
                      user: TelegramUser | None = None) -> dict:
