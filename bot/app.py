@@ -101,7 +101,7 @@ def create_app(
     engine = make_engine(settings.database.url, echo=settings.database.echo)
     ctx = Context(settings=settings, engine=engine, sm=make_sessionmaker(engine), clock=clock,
                   read_sm=make_read_sessionmaker(engine))
-    app = web.Application(client_max_size=2 * 1024 * 1024)
+    app = web.Application(client_max_size=2 * 1024 * 1024, middlewares=[logs.request_ids])
     app[CTX] = ctx
     # cleanup_ctx unwinds in reverse: the engine goes last, after everything that uses it.
     app.cleanup_ctx.append(_dispose_engine)

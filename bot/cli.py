@@ -601,7 +601,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CHARGEBOT_LOG", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: "
+                               "%(message)s")
+    from bot.logs import RequestIdFilter
+
+    for handler in logging.getLogger().handlers:  # every line has a request id ("-" outside)
+        handler.addFilter(RequestIdFilter())
     args = parser().parse_args(argv)
     try:
         args.fn(args)

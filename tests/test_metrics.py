@@ -28,3 +28,27 @@ async def test_metrics_report_events_charges_outbox_and_leadership(db_url: str) 
         assert values["chargebot_delivery_errors_total"] == 0
         assert values["chargebot_scheduler_leader"] in (0, 1)
         assert "chargebot_delivered_total" in values
+
+
+async def test_request_ids_are_kept_or_made_and_reach_log_records(db_url: str) -> None:
+    import logging
+
+    from bot.logs import REQUEST_ID, RequestIdFilter
+
+    settings = make_settings(db_url, scheduler={"enabled": False})
+    async with start_server(settings, notifier=False) as server:
+        async with server.http.get(f"{server.url}/healthz",
+                                   headers={"X-Request-Id": "lb-42.a"}) as r:
+            assert r.headers["X-Request-Id"] == "lb-42.a"
+        async with server.http.get(f"{server.url}/healthz",
+                                   headers={"X-Request-Id": "bad id; forged=1"}) as r:
+            made = r.headers["X-Request-Id"]
+        assert made != "bad id; forged=1" and len(made) == 16
+        async with server.http.get(f"{server.url}/no-such-route") as r:
+            assert r.status == 404 and "X-Request-Id" in r.headers
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", None, None)
+    token = REQUEST_ID.set("req-7")
+    try:
+        assert RequestIdFilter().filter(record) and record.request_id == "req-7"  # type: ignore[attr-defined]
+    finally:
+        REQUEST_ID.reset(token)
