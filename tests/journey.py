@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
@@ -53,6 +53,27 @@ class WebRider:
             for m in data["messages"]:
                 self.seq = max(self.seq, m["seq"])
                 self.inbox.append(m["reply"])
+
+
+async def english_rider(server: Any, client_id: str) -> WebRider:
+    """A web chat rider who switched to English (tests read the English wording)."""
+    rider = WebRider(server.http, server.url, client_id)
+    await rider.press("lang:en")
+    return rider
+
+
+class HandClock:
+    """Time the test moves by hand. It starts an hour ahead: outbox rows are stamped with the
+    real time, and the notifier (on this clock) must find them due."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kw: float) -> None:
+        self.now += timedelta(**kw)
 
 
 def button(replies: list[dict], prefix: str) -> str:

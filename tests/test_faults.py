@@ -25,7 +25,7 @@ from core.piles import Pile, Port
 from core.riders import rider_for
 from core.workorders import WorkOrder
 from tests.conftest import PILE_SECRET, Running, make_settings, seed_city, start_server
-from tests.journey import PileClient, WebRider, button
+from tests.journey import HandClock, PileClient, WebRider, button, english_rider
 
 
 def _jpeg() -> bytes:
@@ -41,22 +41,8 @@ def _jpeg() -> bytes:
 JPEG = _jpeg()
 
 
-class Clock:
-    """Time the test moves by hand. It starts an hour ahead: outbox rows are stamped with the
-    real time, and the notifier (on this clock) must find them due."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
-
-
 @asynccontextmanager
-async def _server(db_url: str, clock: Clock, **sections: dict) -> AsyncIterator[Running]:
+async def _server(db_url: str, clock: HandClock, **sections: dict) -> AsyncIterator[Running]:
     settings = make_settings(db_url, scheduler={"enabled": False}, **sections)
     async with start_server(settings, clock=clock) as server:
         await seed_city(server.ctx, piles_n=2, ports=4)
@@ -74,9 +60,7 @@ async def _staff(server: Running, client_id: str, role: str, name: str,
 
 
 async def _rider(server: Running, client_id: str = "rider-1") -> WebRider:
-    rider = WebRider(server.http, server.url, f"rider-id-{client_id}")
-    await rider.press("lang:en")
-    return rider
+    return await english_rider(server, f"rider-id-{client_id}")
 
 
 async def _start(server: Running, rider: WebRider, pile: PileClient, port: int,
@@ -106,7 +90,7 @@ async def _port(server: Running, pile_id: str, number: int) -> Port:
 
 
 async def test_fault_mid_charge_refund_work_order_repair_and_back(db_url: str) -> None:
-    clock = Clock()
+    clock = HandClock()
     async with _server(db_url, clock) as server:
         tech = await _staff(server, "tech-1", "technician", "Wang")
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
@@ -180,7 +164,7 @@ async def test_fault_mid_charge_refund_work_order_repair_and_back(db_url: str) -
 
 
 async def test_interrupted_charge_is_a_fault_but_a_full_one_never_is(db_url: str) -> None:
-    clock = Clock()
+    clock = HandClock()
     async with _server(db_url, clock) as server:
         await _staff(server, "tech-1", "technician", "Wang")
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
@@ -234,7 +218,7 @@ async def test_interrupted_charge_is_a_fault_but_a_full_one_never_is(db_url: str
 
 async def test_a_sudden_drop_seen_on_the_piles_clock_needs_no_sweep(db_url: str) -> None:
     """A pile that keeps reporting 0 W past the grace period is caught on ingest."""
-    clock = Clock()
+    clock = HandClock()
     async with _server(db_url, clock) as server:
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
         await pile.post([pile.event("heartbeat", clock.now)])
@@ -249,7 +233,7 @@ async def test_a_sudden_drop_seen_on_the_piles_clock_needs_no_sweep(db_url: str)
 
 
 async def test_over_temperature_from_meter_readings_is_debounced(db_url: str) -> None:
-    clock = Clock()
+    clock = HandClock()
     async with _server(db_url, clock) as server:
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
         await pile.post([pile.event("heartbeat", clock.now)])
@@ -277,7 +261,7 @@ async def test_over_temperature_from_meter_readings_is_debounced(db_url: str) ->
 
 
 async def test_meter_running_backwards_and_impossible_power(db_url: str) -> None:
-    clock = Clock()
+    clock = HandClock()
     async with _server(db_url, clock) as server:
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
         await pile.post([pile.event("heartbeat", clock.now)])
@@ -304,7 +288,7 @@ async def test_meter_running_backwards_and_impossible_power(db_url: str) -> None
 
 async def test_pile_offline_mid_charge_closes_the_charge_and_clears_on_return(
         db_url: str) -> None:
-    clock = Clock()
+    clock = HandClock()
     async with _server(db_url, clock) as server:
         tech = await _staff(server, "tech-1", "technician", "Wang")
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
@@ -332,7 +316,7 @@ async def test_pile_offline_mid_charge_closes_the_charge_and_clears_on_return(
 
 async def test_self_clearing_fault_closes_its_order_but_a_repair_waits_for_the_technician(
         db_url: str) -> None:
-    clock = Clock()
+    clock = HandClock()
     async with _server(db_url, clock) as server:
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
         t = clock.now
@@ -355,7 +339,7 @@ async def test_self_clearing_fault_closes_its_order_but_a_repair_waits_for_the_t
 
 async def test_unacknowledged_order_escalates_once_with_one_coupon_per_rider(
         db_url: str) -> None:
-    clock = Clock()
+    clock = HandClock()
     async with _server(db_url, clock) as server:
         await _staff(server, "tech-1", "technician", "Wang")
         sup = await _staff(server, "sup-1", "supervisor", "Li")
@@ -398,7 +382,7 @@ async def test_unacknowledged_order_escalates_once_with_one_coupon_per_rider(
 
 
 async def test_an_acknowledged_order_keeps_the_promise(db_url: str) -> None:
-    clock = Clock()
+    clock = HandClock()
     async with _server(db_url, clock) as server:
         tech = await _staff(server, "tech-1", "technician", "Wang")
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
@@ -416,7 +400,7 @@ async def test_an_acknowledged_order_keeps_the_promise(db_url: str) -> None:
 
 
 async def test_staff_buttons_are_refused_to_riders(db_url: str) -> None:
-    clock = Clock()
+    clock = HandClock()
     async with _server(db_url, clock) as server:
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
         await pile.post([pile.event("heartbeat", clock.now),
@@ -434,7 +418,7 @@ async def test_staff_buttons_are_refused_to_riders(db_url: str) -> None:
 
 
 async def test_on_duty_technician_gets_the_order(db_url: str) -> None:
-    clock = Clock()
+    clock = HandClock()
     # 03:00 in Shanghai (and after the real time): the night technician is on duty.
     clock.now = datetime(2030, 11, 25, 19, 0, tzinfo=UTC)
     async with _server(db_url, clock) as server:
@@ -461,7 +445,7 @@ async def test_technician_works_the_order_in_telegram_and_wechat(
     from tests.riders import ACCOUNT, TelegramRider, WechatRider
 
     tg, wx = fakes
-    clock = Clock()
+    clock = HandClock()
     settings = all_skins_settings(db_url, tg, wx, scheduler={"enabled": False},
                                   support={"photo_dir": str(tmp_path)})
     async with start_server(settings, clock=clock) as server:

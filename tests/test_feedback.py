@@ -16,7 +16,7 @@ from core.questions import FaqDigest
 from core.riders import rider_for
 from core.suggestions import Suggestion
 from tests.conftest import PILE_SECRET, Running, make_settings, seed_city, start_server
-from tests.journey import PileClient, WebRider, button, wait_until
+from tests.journey import PileClient, WebRider, button, english_rider, wait_until
 
 
 async def _is(value, expected) -> bool:  # type: ignore[no-untyped-def]
@@ -31,12 +31,6 @@ async def _staff(server: Running, client_id: str, role: str = "agent") -> WebRid
     return WebRider(server.http, server.url, client_id)
 
 
-async def _rider(server: Running, client_id: str) -> WebRider:
-    r = WebRider(server.http, server.url, client_id)
-    await r.press("lang:en")
-    return r
-
-
 async def test_review_after_a_charge_shows_on_the_port_card(db_url: str) -> None:
     settings = make_settings(db_url, scheduler={"enabled": False})
     async with start_server(settings) as server:
@@ -44,7 +38,7 @@ async def test_review_after_a_charge_shows_on_the_port_card(db_url: str) -> None
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
         now = datetime.now(UTC)
         await pile.post([pile.event("heartbeat", now)])
-        rider = await _rider(server, "rider-review-1")
+        rider = await english_rider(server, "rider-review-1")
         card = await rider.say("P0001-01")
         await rider.press(button(card, "start:"))
         ref = next(c["session"] for c in await pile.commands() if c["type"] == "start")
@@ -56,7 +50,7 @@ async def test_review_after_a_charge_shows_on_the_port_card(db_url: str) -> None
         assert "✅ charges fast" in [b["label"] for row in tags[0]["buttons"] for b in row]
         done = await rider.say("roof keeps the rain off")
         assert "Thank you" in done[0]["text"]
-        other = await _rider(server, "rider-review-2")
+        other = await english_rider(server, "rider-review-2")
         card = await other.say("P0001-02")
         assert "⭐ 4.0 from 1 riders · charges fast" in card[0]["text"]
         # Someone else's charge cannot be rated.
@@ -67,7 +61,7 @@ async def test_adopted_suggestion_grants_three_months_of_free_charging_once(db_u
     settings = make_settings(db_url, scheduler={"enabled": False})
     async with start_server(settings) as server:
         agent = await _staff(server, "staff-agent-sg")
-        rider = await _rider(server, "rider-suggest-1")
+        rider = await english_rider(server, "rider-suggest-1")
         ask = await rider.say("/suggest")
         assert "free for 3 months" in ask[0]["text"]
         thanks = await rider.say("put a roof over the HZ02 piles")
@@ -90,7 +84,7 @@ async def test_faq_menu_digest_and_a_ticket_answer_becoming_an_entry(db_url: str
     settings = make_settings(db_url, scheduler={"enabled": False})
     async with start_server(settings) as server:
         agent = await _staff(server, "staff-agent-faq")
-        riders = [await _rider(server, f"rider-faq-{i}") for i in range(3)]
+        riders = [await english_rider(server, f"rider-faq-{i}") for i in range(3)]
         for r in riders:
             await r.say("how much does charging cost per hour?")
         await riders[0].say("how can I stop charging early")
@@ -113,7 +107,7 @@ async def test_faq_menu_digest_and_a_ticket_answer_becoming_an_entry(db_url: str
         await agent.say("Not yet: bring your own cable; the ports are standard sockets.")
         saved = await agent.press("tk:faq:1")
         assert "Saved" in saved[0]["text"]
-        newcomer = await _rider(server, "rider-faq-new")
+        newcomer = await english_rider(server, "rider-faq-new")
         reply = await newcomer.say("do you sell replacement charger cables at the sites?")
         assert "bring your own cable" in reply[0]["text"]
 
@@ -137,7 +131,7 @@ async def test_best_pile_vote_in_chat_and_in_a_telegram_group_poll(
         async with transaction(server.ctx.sm) as s:
             await piles.add_site(s, "T02", "第二车棚", 30.28, 120.12)
         tech = await _staff(server, "staff-tech-vote", role="technician")
-        web = await _rider(server, "rider-vote-1")
+        web = await english_rider(server, "rider-vote-1")
         menu = await web.say("/vote")
         assert {b["data"] for row in menu[0]["buttons"] for b in row} == {"vote:T01", "vote:T02"}
         await web.press("vote:T02")

@@ -12,13 +12,11 @@ from core.charging import Charge
 from core.commands import PileCommand
 from core.support import Ticket, TicketMessage
 from tests.conftest import PILE_SECRET, make_settings, seed_city, start_server
-from tests.journey import PileClient, WebRider, button
+from tests.journey import PileClient, WebRider, button, english_rider
 
 
 async def _rider(server, name: str) -> WebRider:  # type: ignore[no-untyped-def]
-    r = WebRider(server.http, server.url, f"rider-sec-{name}")
-    await r.press("lang:en")
-    return r
+    return await english_rider(server, f"rider-sec-{name}")
 
 
 async def test_another_riders_charge_ticket_and_wallet_are_out_of_reach(db_url: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import aiohttp
 import pytest
@@ -23,7 +23,7 @@ from core.support import Ticket, TicketMessage
 from core.workorders import WorkOrder
 from tests.conftest import PILE_SECRET, all_skins_settings, make_settings, seed_city, start_server
 from tests.fakes.telegram_updates import TelegramUser
-from tests.journey import PileClient, WebRider, button, wait_until
+from tests.journey import HandClock, PileClient, WebRider, button, wait_until
 from tests.riders import ACCOUNT, TG_SECRET, TelegramRider, WechatRider
 
 DESK = -1_001_777_000_111  # the staff group
@@ -33,16 +33,6 @@ def jpeg(size: tuple[int, int] = (64, 48)) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, (200, 40, 40)).save(out, "JPEG")
     return out.getvalue()
-
-
-class Clock:
-    """An hour ahead of the wall clock, moved by hand (see tests/test_faults.py)."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def _post_tg(server, update: dict) -> None:  # type: ignore[no-untyped-def]
@@ -60,7 +50,7 @@ async def _count(server, model, *where) -> int:  # type: ignore[no-untyped-def]
 async def test_report_with_photo_staff_reply_rider_answer_close_and_rating(
         db_url: str, fakes: tuple, tmp_path, platform: str) -> None:  # type: ignore[no-untyped-def]
     tg, wx = fakes
-    clock = Clock()
+    clock = HandClock()
     settings = all_skins_settings(db_url, tg, wx, scheduler={"enabled": False},
                                   support={"telegram_staff_chat": DESK,
                                            "photo_dir": str(tmp_path / "photos"),
@@ -156,7 +146,7 @@ async def test_report_with_photo_staff_reply_rider_answer_close_and_rating(
 
 
 async def test_verified_report_earns_a_coupon_and_opens_one_work_order(db_url: str) -> None:
-    clock = Clock()
+    clock = HandClock()
     settings = make_settings(db_url, scheduler={"enabled": False})
     async with start_server(settings, clock=clock) as server:
         await seed_city(server.ctx, ports=4)
@@ -188,7 +178,7 @@ async def test_verified_report_earns_a_coupon_and_opens_one_work_order(db_url: s
 
 async def test_bad_input_gets_a_clear_answer_and_loses_nothing(
         db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    clock = Clock()
+    clock = HandClock()
     settings = make_settings(db_url, scheduler={"enabled": False},
                              support={"photo_dir": str(tmp_path), "max_photo_bytes": 20_000})
     async with start_server(settings, clock=clock) as server:
@@ -221,7 +211,7 @@ async def test_bad_input_gets_a_clear_answer_and_loses_nothing(
 
 
 async def test_smoke_message_pages_staff_at_once_and_escalates_once(db_url: str) -> None:
-    clock = Clock()
+    clock = HandClock()
     settings = make_settings(db_url, scheduler={"enabled": False})
     async with start_server(settings, clock=clock) as server:
         await seed_city(server.ctx, ports=4)
@@ -252,7 +242,7 @@ async def test_smoke_message_pages_staff_at_once_and_escalates_once(db_url: str)
 
 
 async def test_a_charge_cut_by_a_fault_offers_the_emergency_lane(db_url: str) -> None:
-    clock = Clock()
+    clock = HandClock()
     settings = make_settings(db_url, scheduler={"enabled": False})
     async with start_server(settings, clock=clock) as server:
         await seed_city(server.ctx, ports=4)
