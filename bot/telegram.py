@@ -55,7 +55,8 @@ def build_application(settings: Settings) -> Application:
     if tg.mode == "webhook":
         builder = builder.updater(None)
     # Telegram allows ~30 messages/s overall and 20/min per group; the limiter queues beyond.
-    builder = builder.rate_limiter(AIORateLimiter(max_retries=2)).concurrent_updates(64)
+    limiter = AIORateLimiter(overall_max_rate=tg.max_rate_per_s, max_retries=2)
+    builder = builder.rate_limiter(limiter).concurrent_updates(64)
     return builder.build()
 
 

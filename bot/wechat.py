@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -164,14 +165,20 @@ def _signature_ok(ctx: Context, request: web.Request) -> bool:
                         q.get("signature", ""), q.get("timestamp", ""), q.get("nonce", ""))
     except InvalidSignatureException:
         return False
-    return True
+    # WeChat signs with its wall-clock time (not our business clock): a captured request
+    # replayed later carries a stale timestamp and is refused like a forged one.
+    try:
+        skew = abs(time.time() - int(q.get("timestamp", "")))
+    except ValueError:
+        return False
+    return skew <= ctx.settings.wechat.replay_window_s
 
 
 async def verify(request: web.Request) -> web.Response:
     """The server-address check WeChat makes when the URL is configured."""
     ctx = request.app[CTX]
     if not _signature_ok(ctx, request):
-        return web.Response(status=403, text="bad signature")
+        return web.Response(status=401, text="bad or stale signature")
     return web.Response(text=request.query.get("echostr", ""))
 
 
@@ -179,7 +186,7 @@ async def receive(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     if not _signature_ok(ctx, request):
         log.warning("wechat: rejected a delivery with a bad signature")
-        return web.Response(status=403, text="bad signature")
+        return web.Response(status=401, text="bad or stale signature")
     q = request.query
     body = await request.read()
     encrypted = q.get("encrypt_type", "raw") == "aes"
@@ -191,7 +198,7 @@ async def receive(request: web.Request) -> web.Response:
             xml = crypto.decrypt_message(body, q.get("msg_signature", ""), q.get("timestamp", ""),
                                          q.get("nonce", ""))
         except InvalidSignatureException:
-            return web.Response(status=403, text="bad msg_signature")
+            return web.Response(status=401, text="bad msg_signature")
         except (InvalidAppIdException, ValueError, KeyError, TypeError, AttributeError) as exc:
             return web.Response(status=400, text=f"cannot decrypt: {type(exc).__name__}")
         except Exception as exc:  # expat and base64 errors have no common base

@@ -35,6 +35,8 @@ class TelegramSettings(BaseModel):
     base_url: str | None = None
     base_file_url: str | None = None
     bot_username: str = "chargebot"
+    # Telegram's broadcast limit: ~30 messages/s per bot, beyond which it answers 429.
+    max_rate_per_s: float = 30.0
 
 
 class WechatSettings(BaseModel):
@@ -47,6 +49,8 @@ class WechatSettings(BaseModel):
     reply_timeout_s: float = 4.0
     # Customer-service messages are allowed for 48 h after the rider last wrote to us.
     window_hours: float = 48.0
+    # A signed delivery older (or newer) than this is a replay, refused like a bad signature.
+    replay_window_s: int = 300
     # Template ids per notice kind, for riders outside the 48 h window (bill, start_failed, …).
     templates: dict[str, str] = Field(default_factory=dict)
 

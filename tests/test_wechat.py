@@ -36,17 +36,33 @@ async def test_server_verification_echoes_only_for_a_good_signature(all_skins: R
         assert r.status == 200 and await r.text() == "hello123"
     bad = verify_echo(ACCOUNT, "hello123") | {"signature": "0" * 40}
     async with all_skins.http.get(url, params=bad) as r:
-        assert r.status == 403
+        assert r.status == 401
 
 
 @pytest.mark.parametrize("only", [None, "signature", "msg_signature"])
-async def test_wrong_signature_is_403_and_changes_nothing(all_skins: Running, only) -> None:  # type: ignore[no-untyped-def]
+async def test_wrong_signature_is_401_and_changes_nothing(all_skins: Running, only) -> None:  # type: ignore[no-untyped-def]
     user = WechatUser("oWx-forged", ACCOUNT)
     forged = user.tamper(user.text("/wallet"), only=only)
     async with all_skins.http.post(**forged.post_args(all_skins.url)) as r:
-        assert r.status == 403
+        assert r.status == 401
     assert await _count(all_skins, Rider) == 0
     assert await _count(all_skins, WechatInbound) == 0
+
+
+async def test_a_replayed_push_outside_the_window_is_refused(all_skins: Running) -> None:
+    # Correctly signed, but with a timestamp ten minutes old: a captured request replayed.
+    ts, nonce = str(int(time.time()) - 600), "n0nce"
+    params = {"signature": sign(ACCOUNT.token, ts, nonce), "timestamp": ts, "nonce": nonce}
+    body = ("<xml><ToUserName>gh_x</ToUserName><FromUserName>oWx-replay</FromUserName>"
+            f"<CreateTime>{ts}</CreateTime><MsgType>text</MsgType><Content>/wallet</Content>"
+            "<MsgId>1</MsgId></xml>").encode()
+    async with all_skins.http.post(f"{all_skins.url}/wechat", params=params, data=body) as r:
+        assert r.status == 401
+    fresh = str(int(time.time()))
+    params = {"signature": sign(ACCOUNT.token, fresh, nonce), "timestamp": fresh, "nonce": nonce}
+    async with all_skins.http.post(f"{all_skins.url}/wechat", params=params, data=body) as r:
+        assert r.status == 200
+    assert await _count(all_skins, Rider) == 1
 
 
 async def test_malformed_xml_gets_a_clear_400(all_skins: Running) -> None:
