@@ -41,7 +41,7 @@ async def healthz(_request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text: what an operator watches (and alerts on) across the workers."""
-    from bot.scheduler import LEADERSHIP
+    from bot.scheduler import JOB_STATS, LEADERSHIP
     from core.events import PileEvent
     from core.support import Ticket
     from core.workorders import ACTIVE, WorkOrder
@@ -84,6 +84,8 @@ async def metrics(request: web.Request) -> web.Response:
         "# TYPE chargebot_delivered_total counter",
         f"chargebot_delivered_total {notifier.delivered if notifier else 0}",
     ]
+    if (stats := request.app.get(JOB_STATS)) is not None:
+        lines += stats.lines()
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
@@ -66,19 +67,53 @@ async def sweep_requests(ctx: Context) -> None:
 Job = Callable[[Context], Awaitable[None]]
 
 
+class JobStats:
+    """Per-job counts for /metrics: a sweep that keeps failing is an alert, not a log line."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+        self.last_ok: dict[str, float] = {}
+
+    def lines(self) -> list[str]:
+        out = ["# TYPE chargebot_scheduler_job_runs_total counter"]
+        out += [f'chargebot_scheduler_job_runs_total{{job="{j}"}} {n}'
+                for j, n in sorted(self.runs.items())]
+        out += ["# TYPE chargebot_scheduler_job_failures_total counter"]
+        out += [f'chargebot_scheduler_job_failures_total{{job="{j}"}} {n}'
+                for j, n in sorted(self.failures.items())]
+        out += ["# TYPE chargebot_scheduler_job_last_success_timestamp_seconds gauge"]
+        out += [f'chargebot_scheduler_job_last_success_timestamp_seconds{{job="{j}"}} {t:.0f}'
+                for j, t in sorted(self.last_ok.items())]
+        return out
+
+
+JOB_STATS = web.AppKey("job_stats", JobStats)
+
+
 class _Running:
     """Job runs in flight, so shutdown can let them finish before the engine goes away."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: JobStats | None = None) -> None:
         self.tasks: set[asyncio.Task] = set()
+        self.stats = stats or JobStats()
 
     def wrap(self, fn: Callable[[Context], Awaitable[object]]) -> Job:
+        name = fn.__name__
+        stats = self.stats
+
         async def run(ctx: Context) -> None:
             task = asyncio.current_task()
             assert task is not None
             self.tasks.add(task)
+            stats.runs[name] = stats.runs.get(name, 0) + 1
             try:
                 await fn(ctx)
+            except Exception:
+                stats.failures[name] = stats.failures.get(name, 0) + 1
+                raise  # apscheduler logs it with the traceback
+            else:
+                stats.last_ok[name] = time.time()
             finally:
                 self.tasks.discard(task)
 
@@ -305,8 +340,10 @@ def setup(app: web.Application, ctx: Context) -> None:
     if not ctx.settings.scheduler.enabled:
         return
 
+    stats = app[JOB_STATS] = JobStats()
+
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-        running = _Running()
+        running = _Running(stats)
         scheduler: AsyncIOScheduler | None = None
 
         async def lead() -> None:

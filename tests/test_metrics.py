@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
+from bot.scheduler import _Running
 from tests.conftest import PILE_SECRET, make_settings, seed_city, start_server
-from tests.journey import PileClient
+from tests.journey import PileClient, wait_until
 
 
 async def test_metrics_report_events_charges_outbox_and_leadership(db_url: str) -> None:
@@ -52,3 +55,27 @@ async def test_request_ids_are_kept_or_made_and_reach_log_records(db_url: str) -
         assert RequestIdFilter().filter(record) and record.request_id == "req-7"  # type: ignore[attr-defined]
     finally:
         REQUEST_ID.reset(token)
+
+
+async def test_scheduler_jobs_are_counted_with_their_failures(db_url: str) -> None:
+    settings = make_settings(db_url, scheduler={"leader_retry_s": 0.1, "command_sweep_s": 0.1})
+    async with start_server(settings, notifier=False) as server:
+        async def swept() -> bool:
+            async with server.http.get(f"{server.url}/metrics") as r:
+                text = await r.text()
+            return ('chargebot_scheduler_job_runs_total{job="sweep_requests"}' in text
+                    and 'last_success_timestamp_seconds{job="sweep_requests"}' in text)
+
+        await wait_until(swept)
+
+    # A job that raises is counted as a failure and has no new success time.
+    running = _Running()
+
+    async def broken(_ctx: object) -> None:
+        raise RuntimeError("database gone")
+
+    with pytest.raises(RuntimeError):
+        await running.wrap(broken)(None)  # type: ignore[arg-type]
+    assert running.stats.runs == {"broken": 1} and running.stats.failures == {"broken": 1}
+    assert "broken" not in running.stats.last_ok
+    assert 'chargebot_scheduler_job_failures_total{job="broken"} 1' in running.stats.lines()
