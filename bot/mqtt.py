@@ -35,7 +35,9 @@ Only piles that have sent a valid message over MQTT (within `2 × piles.offline_
 commands from the sweep, so HTTP piles of a mixed fleet keep theirs for their long poll.
 Several service processes share one fleet with a shared subscription (`shared_group`:
 `$share/{group}/{prefix}/+/events`, EMQX and Mosquitto ≥ 1.6). The broker connection is
-restored with backoff; a broker outage never stops the app (HTTP keeps working).
+restored with backoff; a broker outage never stops the app (HTTP keeps working). With
+`tls = true` the connection is verified TLS (`ca_file` for a private CA; `cert_file`/`key_file`
+when the broker wants client certificates).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -65,6 +68,16 @@ from core.errors import InvalidEvent
 from core.pile_auth import verify
 
 log = logging.getLogger("chargebot.mqtt")
+
+
+def tls_context(cfg: MqttSettings) -> ssl.SSLContext | None:
+    """Verified TLS (hostname and chain) or none: never a context that skips verification."""
+    if not cfg.tls:
+        return None
+    context = ssl.create_default_context(cafile=cfg.ca_file)
+    if cfg.cert_file:
+        context.load_cert_chain(cfg.cert_file, cfg.key_file)
+    return context
 
 
 class _Reject(Exception):
@@ -131,7 +144,7 @@ class MqttBridge:
         async with aiomqtt.Client(
             cfg.host, cfg.port, identifier=identifier, username=cfg.username,
             password=cfg.password.get_secret_value() if cfg.password else None,
-            keepalive=cfg.keepalive_s, timeout=10,
+            keepalive=cfg.keepalive_s, timeout=10, tls_context=tls_context(cfg),
         ) as client:
             await client.subscribe(self.subscription(), qos=1)
             self.client = client

@@ -255,6 +255,12 @@ class MqttSettings(BaseModel):
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
     max_inflight: int = 256  # messages handled at once (they share the ingest's group commit)
+    # TLS to the broker (EMQX on 8883 in production): on with `tls = true`; ca_file pins a
+    # private CA, cert_file/key_file present a client certificate when the broker asks for one.
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 class LimitSettings(BaseModel):

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import socket
+import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -270,3 +273,79 @@ def test_disabled_by_default() -> None:
 
     app = web.Application()
     assert mqtt.setup(app, None, MqttSettings()) is None  # type: ignore[arg-type]
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A private Mosquitto with a TLS listener only, on a certificate from a throwaway CA."""
+    if not shutil.which("mosquitto") and not Path("/usr/sbin/mosquitto").exists():
+        pytest.skip("no mosquitto binary to run a TLS broker")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA",
+             "-keyout", "ca.key", "-out", "ca.crt", cwd=tmp_path)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+             "-keyout", "server.key", "-out", "server.csr", cwd=tmp_path)
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", "server.crt",
+             cwd=tmp_path)
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+    (tmp_path / "mosquitto.conf").write_text(
+        # `user root`: as root, Mosquitto would drop to its own user and not read our 0700 tmp.
+        f"user root\nlistener {port} {HOST}\nallow_anonymous true\ncafile {tmp_path}/ca.crt\n"
+        f"certfile {tmp_path}/server.crt\nkeyfile {tmp_path}/server.key\n")
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([binary, "-c", str(tmp_path / "mosquitto.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                socket.create_connection((HOST, port), timeout=0.2).close()
+                break
+            time.sleep(0.05)
+        yield port, tmp_path / "ca.crt"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_tls_to_the_broker_is_verified(db_url: str, tls_broker: tuple[int, Path]) -> None:
+    port, ca = tls_broker
+    prefix = f"tls-{uuid.uuid4().hex[:8]}/piles"
+    # Trusting our CA: the bridge connects and a signed batch is stored and acknowledged.
+    srv = start_server(make_settings(db_url))
+    cfg = MqttSettings(enabled=True, host=HOST, port=port, topic_prefix=prefix, tls=True,
+                       ca_file=str(ca), sweep_s=0.2)
+    bridge = mqtt.setup(srv.app, srv.app[CTX], cfg)
+    assert bridge is not None
+    async with srv as server:
+        await asyncio.wait_for(bridge.connected.wait(), 10)
+        await seed_city(server.ctx)
+        context = mqtt.tls_context(cfg)
+        async with aiomqtt.Client(HOST, port, tls_context=context) as pile:
+            await pile.subscribe(f"{prefix}/{PILE}/acks", qos=1)
+            body = json.dumps({"events": [{"id": "t1", "type": "heartbeat",
+                                           "ts": datetime.now(UTC).isoformat()}]})
+            await pile.publish(f"{prefix}/{PILE}/events", envelope(body), qos=1)
+            async with asyncio.timeout(10):
+                async for message in pile.messages:
+                    assert json.loads(message.payload)["accepted"] == 1
+                    break
+        assert await count(server, PileEvent, PileEvent.pile_id == PILE) == 1
+
+    # Without our CA the broker's certificate is not trusted: no connection, the app still up.
+    srv = start_server(make_settings(db_url))
+    untrusted = MqttSettings(enabled=True, host=HOST, port=port, topic_prefix=prefix, tls=True,
+                             reconnect_min_s=0.1, reconnect_max_s=0.2)
+    bridge = mqtt.setup(srv.app, srv.app[CTX], untrusted)
+    assert bridge is not None
+    async with srv as server:
+        await asyncio.sleep(1.0)  # several connection attempts, all refused
+        assert bridge.connections == 0 and not bridge.connected.is_set()
+        async with server.http.get(f"{server.url}/healthz") as r:
+            assert r.status == 200
