@@ -42,6 +42,38 @@ def fresh_sqlite(name: str) -> str:
     return url
 
 
+PG_SERVER = os.environ.get("CHARGEBOT_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
+
+
+def _pg_admin(sql: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(f"{PG_SERVER}/postgres")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def drop_postgres(url: str) -> None:
+    """A bench database holds up to a million rows: do not leave it on the developer's server."""
+    _pg_admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+def fresh_postgres(name: str) -> str:
+    """A new, migrated PostgreSQL database (dropped first if a previous run left it)."""
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    url = f"{PG_SERVER.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+    upgrade(url)
+    return url
+
+
 def settings_for(db_url: str) -> Settings:
     """Like tests.conftest.make_settings, with the production sweep intervals from bot.toml."""
     return Settings(
@@ -62,7 +94,7 @@ def city_point(rng: random.Random, half_span_m: float = 10_000.0) -> tuple[float
 
 async def seed_city(
     session: AsyncSession, rng: random.Random, *, piles: int, ports: int, busy_share: float,
-    history_share: float = 0.0, charges_per_pile: int = 0,
+    history_share: float = 0.0, charges_per_pile: int = 0, half_span_m: float = 10_000.0,
 ) -> dict[str, dict[str, Any]]:
     """Bulk-insert a city: `piles` × `ports`, online, each port busy with p=busy_share (half an
     open charge, half a charging/full status); `history_share` ended charges per port; and
@@ -78,7 +110,7 @@ async def seed_city(
     port_id = 0
     for i in range(1, piles + 1):
         pid = f"P{i:05d}"
-        lat, lon = city_point(rng)
+        lat, lon = city_point(rng, half_span_m)
         site = sites[(i - 1) // 4 % len(sites)]["id"]
         pile_rows.append({"id": pid, "site_id": site, "model": "generic-10",
                           "secret": f"bench-secret-{pid}", "ports": ports, "lat": lat,
