@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -193,8 +194,13 @@ async def messages(request: web.Request) -> web.Response:
     if client_id is None:
         return _bad("client_id", "8–64 letters, digits or dashes")
     try:
-        after = int(request.query.get("after", "0"))
-        wait = min(max(float(request.query.get("wait", "0")), 0.0), 30.0)
+        # Ids are 32-bit: a larger (or negative) `after` means the same, and the database driver
+        # refuses an integer its column type cannot hold.
+        after = min(max(int(request.query.get("after", "0")), -1), 2**31 - 1)
+        wait = float(request.query.get("wait", "0"))
+        if math.isnan(wait):  # min/max pass NaN through, and a NaN deadline never comes
+            raise ValueError(wait)
+        wait = min(max(wait, 0.0), 30.0)
     except ValueError:
         return _bad("after", "after and wait must be numbers")
     deadline = time.monotonic() + wait

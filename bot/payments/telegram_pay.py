@@ -189,6 +189,9 @@ async def _credit(ctx: Context, message: Message) -> list[Reply]:
         try:
             if sp.currency != settings.payments.currency:
                 raise PaymentMismatch(f"{sp.invoice_payload}: currency {sp.currency}")
+            if not payments.could_be_ours(sp.invoice_payload):
+                # Telegram echoes our own payload; retrying one that cannot be ours never helps.
+                raise KeyError(sp.invoice_payload)
             payment, credited = await payments.confirm(
                 session, sp.invoice_payload, sp.total_amount, ref, settings, now)
         except (KeyError, PaymentMismatch) as exc:
@@ -196,7 +199,8 @@ async def _credit(ctx: Context, message: Message) -> list[Reply]:
             log.error("unmatched telegram payment %s (%s %s, charge %s / %s): %r",
                       sp.invoice_payload, sp.total_amount, sp.currency, ref,
                       sp.provider_payment_charge_id, exc)
-            if (p := await payments.find(session, sp.invoice_payload)) is not None:
+            if payments.could_be_ours(sp.invoice_payload) and (
+                    p := await payments.find(session, sp.invoice_payload)) is not None:
                 p.details = {**p.details, "mismatch": {
                     "total_amount": sp.total_amount, "currency": sp.currency,
                     "telegram_payment_charge_id": ref,

@@ -42,7 +42,13 @@ from yarl import URL
 
 from bot.context import CTX, Context
 from core import outbox, wallet
-from core.billing.payments import Payment, PaymentMismatch, confirm, create_payment
+from core.billing.payments import (
+    Payment,
+    PaymentMismatch,
+    confirm,
+    could_be_ours,
+    create_payment,
+)
 from core.charging import pay_due
 from core.config import Settings, WechatPaySettings
 from core.db import transaction
@@ -441,10 +447,12 @@ async def _credit(ctx: Context, txn: dict[str, Any], out_trade_no: str, total: i
         if not first:
             return False
         amount = txn.get("amount") or {}
+        payer = txn.get("payer")
         payment.details = {
             **payment.details,
             "transaction_id": txn.get("transaction_id"),
-            "openid": (txn.get("payer") or {}).get("openid"),
+            # Only recorded, never relied on: a payer that is no object must not undo the credit.
+            "openid": payer.get("openid") if isinstance(payer, dict) else None,
             "payer_total": amount.get("payer_total"),
             "trade_type": txn.get("trade_type") or payment.details.get("trade_type"),
             "success_time": txn.get("success_time"),
@@ -471,6 +479,8 @@ def _transaction_fields(txn: dict[str, Any], cfg: WechatPaySettings) -> tuple[st
     amount = txn.get("amount")
     if not isinstance(out_trade_no, str) or not out_trade_no or not isinstance(amount, dict):
         raise _Refused(400, "transaction has no out_trade_no or amount")
+    if not could_be_ours(out_trade_no):
+        raise KeyError(out_trade_no)  # answered as unknown, the same on every database
     total = amount.get("total")
     if not isinstance(total, int) or isinstance(total, bool):
         raise _Refused(400, "amount.total is not an integer")

@@ -59,6 +59,12 @@ async def create_payment(
     return payment
 
 
+def could_be_ours(out_trade_no: str) -> bool:
+    """Our order numbers are short printable ASCII; anything else is unknown without asking
+    the database (PostgreSQL refuses a NUL in a query, every driver a lone surrogate)."""
+    return len(out_trade_no) <= 64 and out_trade_no.isascii() and out_trade_no.isprintable()
+
+
 async def find(session: AsyncSession, out_trade_no: str) -> Payment | None:
     return (await session.execute(
         select(Payment).where(Payment.out_trade_no == out_trade_no))).scalars().first()
