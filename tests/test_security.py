@@ -4,10 +4,13 @@ rider could send: buttons carry ids, and ids can be guessed."""
 
 from __future__ import annotations
 
+import inspect
+import re
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
+from bot.i18n import tr
 from core.charging import Charge
 from core.commands import PileCommand
 from core.support import Ticket, TicketMessage
@@ -99,3 +102,22 @@ async def test_starts_and_ticket_messages_are_rate_limited_per_rider(db_url: str
         # Ten minutes later the rider may write again.
         server.ctx.clock = lambda: datetime.now(UTC) + timedelta(minutes=11)
         assert "Added to your ticket" in (await rider.say("still loose"))[0]["text"]
+
+
+async def test_odd_button_data_gets_an_answer_not_an_error(db_url: str) -> None:
+    """Forged or stale buttons with odd numbers: every verb answers, none falls into the
+    'something went wrong' path (int('²') raised; a 20-digit id overflowed PostgreSQL)."""
+    from bot.handlers.router import on_button
+
+    oops = "Sorry, something went wrong on our side. Please try again."
+    failed = {tr("zh_CN", oops), tr("en", oops)}  # the failure path answers in Chinese
+    verbs = re.findall(r'verb == "([a-z]+)"', inspect.getsource(on_button))
+    assert len(verbs) > 30
+    settings = make_settings(db_url, scheduler={"enabled": False})
+    async with start_server(settings, notifier=False) as server:
+        await seed_city(server.ctx)
+        rider = await english_rider(server, "odd-buttons")
+        for verb in verbs:
+            for ref in ("²", "99999999999999999999", "-1", "1:²", "²:²:²"):
+                replies = await rider.press(f"{verb}:{ref}")
+                assert replies and not any(r["text"] in failed for r in replies), (verb, ref)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Reply
@@ -16,8 +17,8 @@ async def open_(turn: Turn, arg: str) -> list[Reply]:
     lang = turn.lang
     stmt = select(Charge).where(Charge.rider_id == turn.rider.id,
                                 Charge.state.in_(("ended", "settled")))
-    if arg.strip().isdigit():
-        stmt = stmt.where(Charge.id == int(arg.strip()))
+    if (charge_id := number(arg.strip())) is not None:
+        stmt = stmt.where(Charge.id == charge_id)
     charge = (await turn.session.execute(stmt.order_by(Charge.id.desc()).limit(1))
               ).scalars().first()
     if charge is None:

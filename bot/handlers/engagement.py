@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 
 from bot.annual_card import card
+from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
@@ -127,7 +128,7 @@ async def tools(turn: Turn, arg: str) -> list[Reply]:
 async def locker(turn: Turn, ref: str) -> list[Reply]:
     from core import services
 
-    charge = await turn.session.get(Charge, int(ref)) if ref.isdigit() else None
+    charge = await turn.session.get(Charge, n) if (n := number(ref)) else None
     if charge is None or charge.rider_id != turn.rider.id:
         return [Reply(tr(turn.lang, "Only your own charge's locker can be opened."))]
     if not await services.open_locker(turn.session, charge, turn.now):

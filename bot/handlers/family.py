@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
@@ -146,10 +147,11 @@ async def _join(turn: Turn, code: str) -> list[Reply]:
 
 async def button(turn: Turn, arg: str) -> list[Reply]:
     verb, _, value = arg.partition(":")
-    if verb == "inv" and value.isdigit() and int(value) in INVITE_LIMITS_FEN:
-        return await _invite(turn, int(value))
-    if verb in ("rm", "rmok") and value.isdigit():
-        return await _remove(turn, int(value), confirmed=verb == "rmok")
+    n = number(value)
+    if verb == "inv" and n is not None and n in INVITE_LIMITS_FEN:
+        return await _invite(turn, n)
+    if verb in ("rm", "rmok") and n is not None:
+        return await _remove(turn, n, confirmed=verb == "rmok")
     if verb in ("leave", "leaveok"):
         return await _leave(turn, confirmed=verb == "leaveok")
     return await card(turn)

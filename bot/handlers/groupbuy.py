@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from bot.handlers.staff import local
+from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
@@ -100,11 +101,11 @@ async def command(turn: Turn, arg: str, terms: DealTerms | None = None) -> list[
 async def button(turn: Turn, arg: str) -> list[Reply]:
     """`gb:join:<id>` → what joining costs; `gb:pay:<id>` → pay into the hold and join."""
     action, _, ref = arg.partition(":")
-    if not ref.isdigit() or action not in ("join", "pay"):
+    if (deal_id := number(ref)) is None or action not in ("join", "pay"):
         return [Reply(tr(turn.lang, "That group-buy no longer exists."))]
     if action == "join":
-        return await _show_offer(turn, int(ref))
-    return await _join(turn, int(ref))
+        return await _show_offer(turn, deal_id)
+    return await _join(turn, deal_id)
 
 
 async def _show_offer(turn: Turn, ref: int | str) -> list[Reply]:

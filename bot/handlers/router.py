@@ -23,6 +23,7 @@ from bot.handlers import (
     surveys,
     wallet,
 )
+from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Incoming, Reply
@@ -207,11 +208,6 @@ async def on_command(turn: Turn, command: str, arg: str) -> list[Reply]:
     return menu.unknown(turn)
 
 
-def _number(text: str) -> int | None:
-    """Button data as a number; isascii too, since '²'.isdigit() is true but int('²') fails."""
-    return int(text) if text.isascii() and text.isdigit() else None
-
-
 async def on_button(turn: Turn, data: str) -> list[Reply]:
     verb, _, arg = data.partition(":")
     if verb == "port":
@@ -219,7 +215,7 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
     if verb == "start":
         return await charging.start(turn, arg)
     if verb == "stop":
-        return await charging.stop(turn, _number(arg))
+        return await charging.stop(turn, number(arg))
     if verb == "status":
         return await charging.status(turn)
     if verb == "near":
@@ -232,12 +228,12 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
         return await wallet.show(turn)
     if verb == "topup":
         amount, _, nonce = arg.partition(":")
-        return await wallet.topup(turn, _number(amount) or 0, nonce)
+        return await wallet.topup(turn, number(amount) or 0, nonce)
     if verb == "pay":
         return await wallet.pay(turn)
     if verb == "topupvia":
         provider, _, amount = arg.partition(":")
-        return await wallet.topup_via(turn, provider, _number(amount) or 0)
+        return await wallet.topup_via(turn, provider, number(amount) or 0)
     if verb == "autotopup":
         return await wallet.auto_topup(turn, arg)
     if verb == "history":
@@ -262,7 +258,7 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
         target, _, problem = arg.rpartition(":")
         return await support.report(turn, target, problem)
     if verb == "rskip":
-        return await support.skip_photo(turn, _number(arg) or 0)
+        return await support.skip_photo(turn, number(arg) or 0)
     if verb == "tk":
         return await support.staff_button(turn, arg)
     if verb == "trate":
@@ -294,7 +290,7 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
     if verb == "locker":
         return await engagement.locker(turn, arg)
     if verb == "sos":
-        return await support.emergency(turn, charge_id=_number(arg))
+        return await support.emergency(turn, charge_id=number(arg))
     if verb == "rate":
         return await staff.rate(turn, arg)
     return menu.unknown(turn)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
@@ -131,9 +132,8 @@ def severity_name(lang: str, severity: str) -> str:
 
 async def button(turn: Turn, arg: str) -> list[Reply]:
     action, _, ref = arg.partition(":")
-    if not ref.isdigit():
+    if (order_id := number(ref)) is None:
         return await orders(turn)
-    order_id = int(ref)
     if action == "show":
         return await show(turn, order_id)
     rider_id: int = turn.rider.id  # type: ignore[assignment]
@@ -231,10 +231,11 @@ def _yuan(fen: int) -> str:
 
 async def rate(turn: Turn, arg: str) -> list[Reply]:
     order_ref, _, stars = arg.partition(":")
-    if not (order_ref.isdigit() and stars.isdigit()):
+    order_id, n = number(order_ref), number(stars)
+    if order_id is None or n is None:
         return [Reply(tr(turn.lang, "Sorry, that didn't work. Please try again."))]
-    ok = await workorders.rate(turn.session, int(order_ref), turn.rider.id,  # type: ignore[arg-type]
-                               int(stars), turn.now)
+    ok = await workorders.rate(turn.session, order_id, turn.rider.id,  # type: ignore[arg-type]
+                               n, turn.now)
     if not ok:
         return [Reply(tr(turn.lang, "Only riders whose charge this repair was about can rate "
                                     "it."))]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
@@ -44,8 +45,8 @@ def report_button(lang: str, target: str) -> Button:
 
 async def _target(turn: Turn, target: str) -> tuple[str, int, int | None] | None:
     """(pile, port, charge) from a port code or one of the rider's own charges."""
-    if target.startswith("c") and target[1:].isdigit():
-        charge = await turn.session.get(Charge, int(target[1:]))
+    if target.startswith("c") and (charge_id := number(target[1:])) is not None:
+        charge = await turn.session.get(Charge, charge_id)
         if charge is None or charge.rider_id != turn.rider.id:
             return None
         return charge.pile_id, charge.port_number, charge.id
@@ -264,9 +265,8 @@ async def staff_button(turn: Turn, arg: str) -> list[Reply]:
     lang = turn.lang
     if not await support.may_answer(turn.session, turn.rider.id):  # type: ignore[arg-type]
         return [Reply(tr(lang, "This is for our staff only."))]
-    if action == "list" or not ref.isdigit():
+    if action == "list" or (ticket_id := number(ref)) is None:
         return await tickets(turn)
-    ticket_id = int(ref)
     try:
         if action == "take":
             t = await support.take(turn.session, ticket_id, turn.rider.id, turn.now)  # type: ignore[arg-type]
@@ -383,8 +383,9 @@ def kind_name(lang: str, kind: str) -> str:
 
 async def rate(turn: Turn, arg: str) -> list[Reply]:
     ref, _, stars = arg.partition(":")
-    if not (ref.isdigit() and stars.isdigit()):
+    ticket_id, n = number(ref), number(stars)
+    if ticket_id is None or n is None:
         return [Reply(tr(turn.lang, "Sorry, that didn't work. Please try again."))]
-    if not await support.rate(turn.session, int(ref), turn.rider.id, int(stars)):  # type: ignore[arg-type]
+    if not await support.rate(turn.session, ticket_id, turn.rider.id, n):  # type: ignore[arg-type]
         return [Reply(tr(turn.lang, "Sorry, that didn't work. Please try again."))]
     return [Reply(tr(turn.lang, "⭐ Thank you for rating our answer."))]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
@@ -45,9 +46,8 @@ def _reasons_reply(lang: str, ref: int) -> Reply:
 async def button(turn: Turn, arg: str) -> list[Reply]:
     lang, rider_id = turn.lang, turn.rider.id
     ref, _, rest = arg.partition(":")
-    if not ref.isdigit():
+    if (charge_id := number(ref)) is None:
         return [Reply(tr(lang, "This survey is closed."))]
-    charge_id = int(ref)
     try:
         if rest == "off":
             await surveys.opt_out(turn.session, rider_id, turn.now)  # type: ignore[arg-type]
@@ -59,9 +59,9 @@ async def button(turn: Turn, arg: str) -> list[Reply]:
                 await prompts.ask(turn.session, rider_id, COMMENT_PROMPT, charge_id, turn.now)  # type: ignore[arg-type]
                 return [Reply(tr(lang, "Please tell us in a few words what went wrong."))]
             return [Reply(tr(lang, "Thank you! We will work on it."))]
-        if not rest.isdigit():
+        if (score := number(rest)) is None:
             return [Reply(tr(lang, "This survey is closed."))]
-        row = await surveys.answer(turn.session, rider_id, charge_id, int(rest), turn.now)  # type: ignore[arg-type]
+        row = await surveys.answer(turn.session, rider_id, charge_id, score, turn.now)  # type: ignore[arg-type]
     except surveys.UnknownSurvey:
         return [Reply(tr(lang, "This survey is closed."))]
     if surveys.category(row.score or 0) == "detractor":

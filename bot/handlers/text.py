@@ -9,6 +9,14 @@ from bot.replies import Button
 from core.wallet import yuan
 
 
+def number(text: str) -> int | None:
+    """Button data or a typed id as a row id: ASCII digits that fit an INTEGER column, else None.
+    ('²'.isdigit() is true but int('²') fails; a 20-digit id overflows PostgreSQL's int4.)"""
+    if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= 2**31 - 1:
+        return int(text)
+    return None
+
+
 def duration(lang: str, seconds: int) -> str:
     minutes = max(0, seconds) // 60
     h, m = divmod(minutes, 60)
@@ -83,7 +91,7 @@ def bill_text(lang: str, p: dict[str, Any]) -> str:
     if b["mode"] == "power_tier" and b["band_w"] is not None:
         lines.append(tr(lang, "Power band: up to {tier} W (your power {w} W) · {rate}/h",
                         tier=b["tier_up_to_w"], w=b["band_w"], rate=yuan(b["fen_per_hour"])))
-    elif b["mode"] == "time":
+    elif b["mode"] == "time" and b["fen_per_hour"] is not None:  # None: nothing was billable
         lines.append(tr(lang, "Rate: {rate}/h", rate=yuan(b["fen_per_hour"])))
     if b["off_peak_minutes"]:
         lines.append(tr(lang, "Off-peak minutes: {n}", n=b["off_peak_minutes"]))

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 
 from bot.handlers.notices import payment_text
+from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.payments import telegram_pay
@@ -187,7 +188,7 @@ async def auto_topup(turn: Turn, arg: str) -> list[Reply]:
         rider.auto_topup_fen = 0
         rider.auto_topup_below_fen = 0
         text = tr(lang, "Auto top-up is off.")
-    elif arg.isdigit() and int(arg) in turn.ctx.settings.billing.auto_topup_choices_fen:
+    elif number(arg) in turn.ctx.settings.billing.auto_topup_choices_fen:
         rider.auto_topup_fen = int(arg)
         rider.auto_topup_below_fen = AUTO_TOPUP_BELOW_FEN
         text = tr(lang, "✅ Auto top-up on: we add {amount} whenever your balance falls below "
