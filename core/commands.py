@@ -9,7 +9,7 @@ from sqlalchemy import JSON, Column, Index, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
-from core.db import utcnow
+from core.db import row_id, utcnow
 
 COMMAND_TYPES = ("start", "stop", "lock", "unlock", "reboot")
 
@@ -39,9 +39,7 @@ class PileCommand(SQLModel, table=True):
 
 
 def parse_command_id(public_id: str) -> int | None:
-    if public_id.startswith("c") and public_id[1:].isdigit():
-        return int(public_id[1:])
-    return None
+    return row_id(public_id[1:]) if public_id.startswith("c") else None
 
 
 async def queue(

@@ -23,6 +23,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def row_id(text: str) -> int | None:
+    """Text (button data, a typed id, a pile's command id) as an INTEGER key, else None.
+    ASCII only ('²'.isdigit() is true but int('²') fails) and within int4, which a 20-digit
+    id overflows on PostgreSQL."""
+    if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= 2**31 - 1:
+        return int(text)
+    return None
+
+
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 

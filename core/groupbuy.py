@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
 from core import outbox, wallet
-from core.db import utcnow
+from core.db import row_id, utcnow
 from core.errors import DomainError, InsufficientBalance
 
 DEAL_STATES = ("open", "filled", "expired")
@@ -174,7 +174,8 @@ async def create(
 async def find(session: AsyncSession, ref: int | str) -> GroupDeal:
     """A deal by id (buttons) or by share code (typed)."""
     if isinstance(ref, int) or ref.isdigit():
-        deal = await session.get(GroupDeal, int(ref))
+        deal_id = ref if isinstance(ref, int) else row_id(ref)
+        deal = await session.get(GroupDeal, deal_id) if deal_id is not None else None
     else:
         deal = (await session.execute(
             select(GroupDeal).where(GroupDeal.code == normalise_code(ref)))).scalars().first()

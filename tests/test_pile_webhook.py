@@ -786,3 +786,17 @@ async def test_no_input_ever_gets_a_500(server: Running) -> None:
     # The app is still healthy afterwards, and the riders' charges are still tracked.
     assert (await link.post([ev("heartbeat", now_ts())]))["accepted"] == 1
     assert await count(server, Charge) == 2
+
+
+async def test_an_ack_for_a_command_id_no_database_can_hold_is_taken_and_ignored(
+    server: Running,
+) -> None:
+    await seed_city(server.ctx)
+    link = PileLink(server)
+    await link.come_online()
+    acks = [ev("command_ack", now_ts(), command=ref, ok=True)
+            for ref in ("c99999999999999999999", "c²", "c-1", "x1")]
+    data = await link.post(acks)
+    assert data["accepted"] == len(acks)
+    async with server.ctx.sm() as s:
+        assert await s.scalar(select(func.count()).select_from(PileCommand)) == 0

@@ -105,9 +105,10 @@ async def test_starts_and_ticket_messages_are_rate_limited_per_rider(db_url: str
 
 
 async def test_odd_button_data_gets_an_answer_not_an_error(db_url: str) -> None:
-    """Forged or stale buttons with odd numbers: every verb answers, none falls into the
-    'something went wrong' path (int('²') raised; a 20-digit id overflowed PostgreSQL)."""
-    from bot.handlers.router import on_button
+    """Forged or stale buttons and commands with odd numbers: each gets its own answer, none
+    falls into the 'something went wrong' path (int('²') raised; a 20-digit id overflowed
+    PostgreSQL)."""
+    from bot.handlers.router import on_button, on_command
 
     oops = "Sorry, something went wrong on our side. Please try again."
     failed = {tr("zh_CN", oops), tr("en", oops)}  # the failure path answers in Chinese
@@ -121,3 +122,7 @@ async def test_odd_button_data_gets_an_answer_not_an_error(db_url: str) -> None:
             for ref in ("²", "99999999999999999999", "-1", "1:²", "²:²:²"):
                 replies = await rider.press(f"{verb}:{ref}")
                 assert replies and not any(r["text"] in failed for r in replies), (verb, ref)
+        for command in re.findall(r'command == "([a-z]+)"', inspect.getsource(on_command)):
+            for ref in ("²", "99999999999999999999"):
+                replies = await rider.say(f"/{command} {ref}")
+                assert replies and not any(r["text"] in failed for r in replies), (command, ref)

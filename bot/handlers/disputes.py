@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Reply
 from core.billing.disputes import NothingToDispute, open_dispute
 from core.charging import Charge
+from core.db import row_id
 from core.wallet import yuan
 
 
@@ -17,7 +17,7 @@ async def open_(turn: Turn, arg: str) -> list[Reply]:
     lang = turn.lang
     stmt = select(Charge).where(Charge.rider_id == turn.rider.id,
                                 Charge.state.in_(("ended", "settled")))
-    if (charge_id := number(arg.strip())) is not None:
+    if (charge_id := row_id(arg.strip())) is not None:
         stmt = stmt.where(Charge.id == charge_id)
     charge = (await turn.session.execute(stmt.order_by(Charge.id.desc()).limit(1))
               ).scalars().first()

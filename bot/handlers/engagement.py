@@ -10,12 +10,12 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 
 from bot.annual_card import card
-from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
 from core import annual, photos
 from core.charging import Charge
+from core.db import row_id
 from core.piles import Site
 from core.wallet import yuan
 
@@ -128,7 +128,7 @@ async def tools(turn: Turn, arg: str) -> list[Reply]:
 async def locker(turn: Turn, ref: str) -> list[Reply]:
     from core import services
 
-    charge = await turn.session.get(Charge, n) if (n := number(ref)) else None
+    charge = await turn.session.get(Charge, n) if (n := row_id(ref)) else None
     if charge is None or charge.rider_id != turn.rider.id:
         return [Reply(tr(turn.lang, "Only your own charge's locker can be opened."))]
     if not await services.open_locker(turn.session, charge, turn.now):

@@ -7,12 +7,12 @@
 
 from __future__ import annotations
 
-from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
 from core import wallet
 from core.billing import family
+from core.db import row_id
 from core.riders import Rider
 from core.wallet import yuan
 
@@ -147,7 +147,7 @@ async def _join(turn: Turn, code: str) -> list[Reply]:
 
 async def button(turn: Turn, arg: str) -> list[Reply]:
     verb, _, value = arg.partition(":")
-    n = number(value)
+    n = row_id(value)
     if verb == "inv" and n is not None and n in INVITE_LIMITS_FEN:
         return await _invite(turn, n)
     if verb in ("rm", "rmok") and n is not None:

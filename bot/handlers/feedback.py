@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
 from core import prompts, questions, reviews, suggestions, support
 from core.charging import Charge
+from core.db import row_id
 
 SUGGEST_PROMPT = "suggest"
 REVIEW_PROMPT = "review_note"
@@ -35,7 +35,7 @@ def summary_line(lang: str, avg: float | None, n: int, tags: list[str]) -> str |
 
 
 async def _own_charge(turn: Turn, ref: str) -> Charge | None:
-    if (charge_id := number(ref)) is None:
+    if (charge_id := row_id(ref)) is None:
         return None
     charge = await turn.session.get(Charge, charge_id)
     if charge is None or charge.rider_id != turn.rider.id or charge.ended_at is None:
@@ -54,7 +54,7 @@ async def review_start(turn: Turn, ref: str) -> list[Reply]:
 async def review_stars(turn: Turn, arg: str) -> list[Reply]:
     ref, _, stars = arg.partition(":")
     charge = await _own_charge(turn, ref)
-    if charge is None or not 1 <= (number(stars) or 0) <= 5:
+    if charge is None or not 1 <= (row_id(stars) or 0) <= 5:
         return [Reply(tr(turn.lang, "Only your own finished charges can be rated."))]
     review = await reviews.rate(turn.session, turn.rider.id, charge.id, charge.site_id,  # type: ignore[arg-type]
                                 int(stars), turn.now)
@@ -75,7 +75,7 @@ def _tags_reply(turn: Turn, review: reviews.SiteReview) -> Reply:
 
 async def review_tag(turn: Turn, arg: str) -> list[Reply]:
     ref, _, tag = arg.partition(":")
-    review = await turn.session.get(reviews.SiteReview, n) if (n := number(ref)) else None
+    review = await turn.session.get(reviews.SiteReview, n) if (n := row_id(ref)) else None
     if review is None or review.rider_id != turn.rider.id:
         return [Reply(tr(turn.lang, "Only your own finished charges can be rated."))]
     reviews.toggle_tag(review, tag)
@@ -139,7 +139,7 @@ async def decide(turn: Turn, arg: str) -> list[Reply]:
         return [Reply(tr(turn.lang, "This is for our staff only."))]
     verdict, _, ref = arg.partition(":")
     s = await suggestions.decide(turn.session, n, turn.rider.id,  # type: ignore[arg-type]
-                                 verdict == "yes", turn.now) if (n := number(ref)) else None
+                                 verdict == "yes", turn.now) if (n := row_id(ref)) else None
     if s is None:
         return [Reply(tr(turn.lang, "That idea was already decided."))]
     if s.state == "adopted":

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from bot.handlers.staff import local
-from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
 from core import groupbuy, vouchers, wallet
+from core.db import row_id
 from core.groupbuy import DealTerms, GroupDeal
 from core.wallet import yuan
 
@@ -101,7 +101,7 @@ async def command(turn: Turn, arg: str, terms: DealTerms | None = None) -> list[
 async def button(turn: Turn, arg: str) -> list[Reply]:
     """`gb:join:<id>` → what joining costs; `gb:pay:<id>` → pay into the hold and join."""
     action, _, ref = arg.partition(":")
-    if (deal_id := number(ref)) is None or action not in ("join", "pay"):
+    if (deal_id := row_id(ref)) is None or action not in ("join", "pay"):
         return [Reply(tr(turn.lang, "That group-buy no longer exists."))]
     if action == "join":
         return await _show_offer(turn, deal_id)

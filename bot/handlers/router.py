@@ -23,13 +23,12 @@ from bot.handlers import (
     surveys,
     wallet,
 )
-from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Incoming, Reply
 from core import groupbuy as groupbuy_core
 from core import outbox, prompts
-from core.db import transaction
+from core.db import row_id, transaction
 from core.errors import DomainError
 from core.piles import PORT_CODE
 from core.riders import rider_for
@@ -215,7 +214,7 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
     if verb == "start":
         return await charging.start(turn, arg)
     if verb == "stop":
-        return await charging.stop(turn, number(arg))
+        return await charging.stop(turn, row_id(arg))
     if verb == "status":
         return await charging.status(turn)
     if verb == "near":
@@ -228,12 +227,12 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
         return await wallet.show(turn)
     if verb == "topup":
         amount, _, nonce = arg.partition(":")
-        return await wallet.topup(turn, number(amount) or 0, nonce)
+        return await wallet.topup(turn, row_id(amount) or 0, nonce)
     if verb == "pay":
         return await wallet.pay(turn)
     if verb == "topupvia":
         provider, _, amount = arg.partition(":")
-        return await wallet.topup_via(turn, provider, number(amount) or 0)
+        return await wallet.topup_via(turn, provider, row_id(amount) or 0)
     if verb == "autotopup":
         return await wallet.auto_topup(turn, arg)
     if verb == "history":
@@ -258,7 +257,7 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
         target, _, problem = arg.rpartition(":")
         return await support.report(turn, target, problem)
     if verb == "rskip":
-        return await support.skip_photo(turn, number(arg) or 0)
+        return await support.skip_photo(turn, row_id(arg) or 0)
     if verb == "tk":
         return await support.staff_button(turn, arg)
     if verb == "trate":
@@ -290,7 +289,7 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
     if verb == "locker":
         return await engagement.locker(turn, arg)
     if verb == "sos":
-        return await support.emergency(turn, charge_id=number(arg))
+        return await support.emergency(turn, charge_id=row_id(arg))
     if verb == "rate":
         return await staff.rate(turn, arg)
     return menu.unknown(turn)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
 from core import prompts, staff, workorders
+from core.db import row_id
 from core.workorders import WorkOrder
 
 RESOLVE_PROMPT = "resolve_note"
@@ -132,7 +132,7 @@ def severity_name(lang: str, severity: str) -> str:
 
 async def button(turn: Turn, arg: str) -> list[Reply]:
     action, _, ref = arg.partition(":")
-    if (order_id := number(ref)) is None:
+    if (order_id := row_id(ref)) is None:
         return await orders(turn)
     if action == "show":
         return await show(turn, order_id)
@@ -231,7 +231,7 @@ def _yuan(fen: int) -> str:
 
 async def rate(turn: Turn, arg: str) -> list[Reply]:
     order_ref, _, stars = arg.partition(":")
-    order_id, n = number(order_ref), number(stars)
+    order_id, n = row_id(order_ref), row_id(stars)
     if order_id is None or n is None:
         return [Reply(tr(turn.lang, "Sorry, that didn't work. Please try again."))]
     ok = await workorders.rate(turn.session, order_id, turn.rider.id,  # type: ignore[arg-type]

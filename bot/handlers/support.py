@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
 from core import faq, limits, prompts, questions, support
 from core.charging import Charge
+from core.db import row_id
 from core.errors import UnknownPort
 from core.piles import find_port, port_code
 from core.staff import NotStaff
@@ -45,7 +45,7 @@ def report_button(lang: str, target: str) -> Button:
 
 async def _target(turn: Turn, target: str) -> tuple[str, int, int | None] | None:
     """(pile, port, charge) from a port code or one of the rider's own charges."""
-    if target.startswith("c") and (charge_id := number(target[1:])) is not None:
+    if target.startswith("c") and (charge_id := row_id(target[1:])) is not None:
         charge = await turn.session.get(Charge, charge_id)
         if charge is None or charge.rider_id != turn.rider.id:
             return None
@@ -265,7 +265,7 @@ async def staff_button(turn: Turn, arg: str) -> list[Reply]:
     lang = turn.lang
     if not await support.may_answer(turn.session, turn.rider.id):  # type: ignore[arg-type]
         return [Reply(tr(lang, "This is for our staff only."))]
-    if action == "list" or (ticket_id := number(ref)) is None:
+    if action == "list" or (ticket_id := row_id(ref)) is None:
         return await tickets(turn)
     try:
         if action == "take":
@@ -383,7 +383,7 @@ def kind_name(lang: str, kind: str) -> str:
 
 async def rate(turn: Turn, arg: str) -> list[Reply]:
     ref, _, stars = arg.partition(":")
-    ticket_id, n = number(ref), number(stars)
+    ticket_id, n = row_id(ref), row_id(stars)
     if ticket_id is None or n is None:
         return [Reply(tr(turn.lang, "Sorry, that didn't work. Please try again."))]
     if not await support.rate(turn.session, ticket_id, turn.rider.id, n):  # type: ignore[arg-type]

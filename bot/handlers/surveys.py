@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
 from core import prompts, surveys
+from core.db import row_id
 from core.reports import MonthlyReport, as_payload
 
 COMMENT_PROMPT = "nps_comment"
@@ -46,7 +46,7 @@ def _reasons_reply(lang: str, ref: int) -> Reply:
 async def button(turn: Turn, arg: str) -> list[Reply]:
     lang, rider_id = turn.lang, turn.rider.id
     ref, _, rest = arg.partition(":")
-    if (charge_id := number(ref)) is None:
+    if (charge_id := row_id(ref)) is None:
         return [Reply(tr(lang, "This survey is closed."))]
     try:
         if rest == "off":
@@ -59,7 +59,7 @@ async def button(turn: Turn, arg: str) -> list[Reply]:
                 await prompts.ask(turn.session, rider_id, COMMENT_PROMPT, charge_id, turn.now)  # type: ignore[arg-type]
                 return [Reply(tr(lang, "Please tell us in a few words what went wrong."))]
             return [Reply(tr(lang, "Thank you! We will work on it."))]
-        if (score := number(rest)) is None:
+        if (score := row_id(rest)) is None:
             return [Reply(tr(lang, "This survey is closed."))]
         row = await surveys.answer(turn.session, rider_id, charge_id, score, turn.now)  # type: ignore[arg-type]
     except surveys.UnknownSurvey:

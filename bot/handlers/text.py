@@ -9,14 +9,6 @@ from bot.replies import Button
 from core.wallet import yuan
 
 
-def number(text: str) -> int | None:
-    """Button data or a typed id as a row id: ASCII digits that fit an INTEGER column, else None.
-    ('²'.isdigit() is true but int('²') fails; a 20-digit id overflows PostgreSQL's int4.)"""
-    if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= 2**31 - 1:
-        return int(text)
-    return None
-
-
 def duration(lang: str, seconds: int) -> str:
     minutes = max(0, seconds) // 60
     h, m = divmod(minutes, 60)

@@ -9,7 +9,6 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 
 from bot.handlers.notices import payment_text
-from bot.handlers.text import number
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.payments import telegram_pay
@@ -19,6 +18,7 @@ from core import charging, wallet
 from core.billing import coupons
 from core.billing.coupons import Coupon
 from core.config import Settings
+from core.db import row_id
 from core.wallet import LedgerEntry, yuan
 
 AUTO_TOPUP_BELOW_FEN = 500  # 自动续费 kicks in when the balance falls below ¥5
@@ -188,7 +188,7 @@ async def auto_topup(turn: Turn, arg: str) -> list[Reply]:
         rider.auto_topup_fen = 0
         rider.auto_topup_below_fen = 0
         text = tr(lang, "Auto top-up is off.")
-    elif number(arg) in turn.ctx.settings.billing.auto_topup_choices_fen:
+    elif row_id(arg) in turn.ctx.settings.billing.auto_topup_choices_fen:
         rider.auto_topup_fen = int(arg)
         rider.auto_topup_below_fen = AUTO_TOPUP_BELOW_FEN
         text = tr(lang, "✅ Auto top-up on: we add {amount} whenever your balance falls below "
