@@ -218,6 +218,9 @@ async def first_during(session: AsyncSession, pile_id: str, port: int, start: da
             Fault.pile_id == pile_id, Fault.port.in_((0, port)), Fault.opened_at <= end,
             or_(Fault.resolved_at.is_(None), Fault.resolved_at >= start),
             or_(Fault.cleared_at.is_(None), Fault.cleared_at >= start),
+            # A pile that reported this charge's start was talking: an offline fault from
+            # before it is stale (the back-online sweep has not closed it yet), not its cause.
+            or_(Fault.cause != "offline", Fault.opened_at >= start),
         ).order_by(Fault.opened_at).limit(1))).scalars().first()
 
 
