@@ -23,6 +23,10 @@ from core.pile_auth import verify
 log = logging.getLogger("chargebot.piles")
 
 SECRET_TTL_S = 60.0
+# Misses at once (many piles new to this worker, e.g. after a restart) beyond the engine's pool
+# (10 on PostgreSQL) made it open and close an overflow connection per lookup, a backend fork
+# each: ~480 new connections in 17 s of bench/ingest_workers.py. A few at a time stay in the pool.
+SECRET_LOOKUPS = 4
 
 
 class SecretCache:
@@ -30,13 +34,14 @@ class SecretCache:
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[float, str | None]] = {}
+        self._lookups = asyncio.Semaphore(SECRET_LOOKUPS)
 
     async def get(self, ctx: Context, pile_id: str) -> str | None:
         hit = self._entries.get(pile_id)
         now = time.monotonic()
         if hit is not None and now - hit[0] < SECRET_TTL_S:
             return hit[1]
-        async with ctx.reader()() as session:
+        async with self._lookups, ctx.reader()() as session:
             secret = await session.scalar(select(piles.Pile.secret).where(piles.Pile.id == pile_id))
         if len(self._entries) > 200_000:
             self._entries.clear()
