@@ -25,6 +25,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ingest_workers.py
 	$(BIN)/python bench/nearest.py
 	$(BIN)/python bench/bill_latency.py
 	$(BIN)/python bench/settle.py
