@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 
 from aiohttp import web
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
 from bot import (
     logs,
@@ -33,6 +34,49 @@ from notifications.worker import Notifier, Sender
 
 log = logging.getLogger("chargebot.app")
 NOTIFIER = web.AppKey("notifier", Notifier)
+
+
+# PostgreSQL's SQLSTATEs for "not reachable right now": connection exceptions (class 08),
+# admin/crash shutdown and "starting up" (57P01-57P03). They pass; a bug does not.
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+RETRY_AFTER_S = 2
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether a request failed because the database is restarting or unreachable."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, DBAPIError) and e.connection_invalidated:
+            return True
+        # asyncpg's connect raises these bare, not wrapped by SQLAlchemy.
+        if isinstance(e, ConnectionError | TimeoutError):
+            return True
+        code = getattr(e, "sqlstate", None)
+        if isinstance(code, str) and code.startswith(_UNAVAILABLE_SQLSTATES):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+@web.middleware
+async def answer_503_while_the_database_is_away(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """A database restart is an outage, not a bug: 503 + Retry-After tells piles, browsers and
+    load balancers to come back, where a 500 would page someone and look like a crash."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        log.warning("database unavailable for %s %s: %s", request.method, request.path,
+                    str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        return web.json_response({"error": "temporarily unavailable, retry"}, status=503,
+                                 headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -103,7 +147,8 @@ def create_app(
     engine = make_engine(settings.database.url, echo=settings.database.echo)
     ctx = Context(settings=settings, engine=engine, sm=make_sessionmaker(engine), clock=clock,
                   read_sm=make_read_sessionmaker(engine))
-    app = web.Application(client_max_size=2 * 1024 * 1024, middlewares=[logs.request_ids])
+    app = web.Application(client_max_size=2 * 1024 * 1024, middlewares=[
+        logs.request_ids, answer_503_while_the_database_is_away])
     app[CTX] = ctx
     # cleanup_ctx unwinds in reverse: the engine goes last, after everything that uses it.
     app.cleanup_ctx.append(_dispose_engine)

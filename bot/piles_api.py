@@ -99,8 +99,11 @@ async def post_events(request: web.Request) -> web.Response:
     try:
         result = await request.app[WRITER].submit(pile_id, batch)
     except Exception:
-        # Nothing was stored; the pile keeps the batch and sends it again.
-        return _error(503, "could not store the events, retry")
+        # Nothing was stored; the pile keeps the batch and sends it again (the writer has
+        # logged why: a database outage, or a bug that an alert on these lines will show).
+        response = _error(503, "could not store the events, retry")
+        response.headers["Retry-After"] = "2"
+        return response
     return web.json_response(
         {"accepted": result.accepted, "duplicates": result.duplicates,
          "commands": result.commands}

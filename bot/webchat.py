@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from bot import photo_fetch
 from bot.context import CTX, Context
@@ -21,6 +21,7 @@ from bot.i18n import tr
 from bot.replies import MAX_CALLBACK_BYTES, Incoming, Reply
 from core import photos
 from core.db import transaction
+from core.outbox import OutboxMessage
 from core.piles import Pile, Port, Site
 from core.riders import DEFAULT_LANGUAGE, LANGUAGES, Identity, Rider, language_from_hint
 from notifications import webchat_inbox
@@ -223,8 +224,20 @@ class WebchatSender:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    async def send(self, identity: Identity, replies: list[Reply], **_: Any) -> str:
+    async def send(self, identity: Identity, replies: list[Reply], *,
+                   outbox_id: int | None = None, **_: Any) -> str:
         async with transaction(self.ctx.sm) as session:
+            if outbox_id is not None:
+                # The inbox is our own database, so the push and "sent" can be one commit: a
+                # worker killed (or PostgreSQL restarted) between two commits would otherwise
+                # leave the row pending and the rider would get the same bill twice.
+                took = await session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id == outbox_id, OutboxMessage.state == "pending")
+                    .values(state="sent", sent_at=self.ctx.clock(), platform="webchat",
+                            channel="webchat", lease_until=None))
+                if took.rowcount == 0:  # type: ignore[attr-defined]
+                    return "webchat"  # delivered already, by a pass cut short after its commit
             await webchat_inbox.push(session, identity.chat_id, [r.as_dict() for r in replies])
         self.ctx.wakeups.wake(f"webchat:{identity.chat_id}")
         return "webchat"

@@ -281,7 +281,8 @@ class WechatSender:
         self.client = client
 
     async def send(self, identity: Identity, replies: list[Reply], *, lang: str = "zh_CN",
-                   kind: str = "text", payload: dict[str, Any] | None = None) -> str:
+                   kind: str = "text", payload: dict[str, Any] | None = None,
+                   **_: Any) -> str:
         wx = self.ctx.settings.wechat
         text, options = render_text(replies, lang)
         now = self.ctx.clock()
