@@ -10,6 +10,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from sqlalchemy import select
@@ -17,6 +18,9 @@ from sqlalchemy import select
 from core.config import Settings, load_settings
 from core.db import make_engine, make_sessionmaker, transaction
 from core.migrate import upgrade
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 log = logging.getLogger("chargebot")
 
@@ -468,26 +472,63 @@ def cmd_vouchers_redeem(args: argparse.Namespace) -> None:
 
 
 def cmd_broadcast(args: argparse.Namespace) -> None:
-    """Queue a message for the riders' groups (`support.rider_groups`) at a local time."""
-    from datetime import datetime
+    """Queue a message for the riders' groups (`support.rider_groups`) at a local time, or with
+    --riders for every rider in their own chat (one outbox message each, resumable)."""
+    from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 
     from core import broadcasts
 
     settings = _settings(args)
-    try:
-        at = datetime.strptime(args.at, "%Y-%m-%d %H:%M").replace(
-            tzinfo=ZoneInfo(settings.server.timezone))
-    except ValueError as exc:
-        raise CliError("--at must look like 2031-03-20 19:00 (local time)") from exc
+    now = datetime.now(UTC)
+    if args.at:
+        try:
+            at = datetime.strptime(args.at, "%Y-%m-%d %H:%M").replace(
+                tzinfo=ZoneInfo(settings.server.timezone))
+        except ValueError as exc:
+            raise CliError("--at must look like 2031-03-20 19:00 (local time)") from exc
+    elif args.riders:
+        at = now
+    else:
+        raise CliError("--at is required for the riders' groups (--riders sends now without it)")
     if not args.zh.strip():
         raise CliError("--zh must not be empty")
+    if args.cause and not args.riders:
+        raise CliError("--cause goes with --riders")
+    if args.riders:
+        print(asyncio.run(_broadcast_riders(settings, args, at, now)))
+        return
 
     async def go(session):  # type: ignore[no-untyped-def]
         b = await broadcasts.schedule(session, args.zh, args.en or "", at, kind=args.kind)
         return b.id
 
     print(f"broadcast {asyncio.run(_with_session(settings, go))} queued for {args.at}")
+
+
+async def _broadcast_riders(settings: Settings, args: argparse.Namespace, at: datetime,
+                            now: datetime) -> str:
+    from zoneinfo import ZoneInfo
+
+    from core import broadcasts
+
+    engine = make_engine(settings.database.url)
+    try:
+        # Without --at the broadcast is "today's": a re-run later the same day resumes it.
+        when = args.at or "today " + at.astimezone(
+            ZoneInfo(settings.server.timezone)).date().isoformat()
+        cause = args.cause or broadcasts.riders_cause(args.zh, args.en or "", when)
+        done = await broadcasts.queue_for_riders(
+            make_sessionmaker(engine), args.zh, args.en or "", at, cause=cause, now=now)
+    except broadcasts.BroadcastError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        await engine.dispose()
+    when = args.at or "now"
+    already = done.riders - done.queued
+    return (f"broadcast {done.broadcast_id} (cause {done.cause}) to {done.riders} riders, "
+            f"{when}: {done.queued} queued" + (f", {already} already queued before" if already
+                                               else ""))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -561,8 +602,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--merchant", default="", help="the merchant redeeming (checked if given)")
     p.set_defaults(fn=cmd_vouchers_redeem)
 
-    p = sub.add_parser("broadcast", help="a message to the riders' groups at a local time")
-    p.add_argument("--at", required=True, help="local time, e.g. '2031-03-20 19:00'")
+    p = sub.add_parser("broadcast", help="a message to the riders' groups at a local time, "
+                                         "or with --riders to every rider")
+    p.add_argument("--at", help="local time, e.g. '2031-03-20 19:00' (--riders: default now)")
+    p.add_argument("--riders", action="store_true",
+                   help="every rider in their own chat and language, once each; running the "
+                        "same command again resumes it and sends nothing twice")
+    p.add_argument("--cause", default="",
+                   help="with --riders: a name for this broadcast (default: from the texts and "
+                        "time); the same cause is never queued twice for a rider")
     p.add_argument("--zh", required=True, help="the message in Chinese")
     p.add_argument("--en", default="", help="the message in English")
     p.add_argument("--kind", default="notice", choices=["notice", "safety", "maintenance"])

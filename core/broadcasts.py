@@ -1,16 +1,22 @@
 """Community broadcasts to riders' groups: scheduled safety tips and maintenance notices, each
-sent once (claimed by a conditional update, so two workers never post it twice)."""
+sent once (claimed by a conditional update, so two workers never post it twice). A broadcast can
+also go to every rider in their own chat: one outbox row per rider, keyed by the broadcast's cause
+and the rider, so queueing it again (after a crash, or by mistake) adds nothing."""
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Column, String, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Column, String, cast, func, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import Field, SQLModel
 
 from core import outbox
-from core.riders import chat_rider
+from core.db import insert_ignore, transaction
+from core.outbox import OutboxMessage
+from core.riders import Identity, chat_rider
 
 # Rotating weekly safety tips (fire-safety guidance for e-bike charging in residential areas).
 SAFETY_TIPS = [
@@ -90,3 +96,103 @@ async def claim_due(session: AsyncSession, now: datetime) -> list[Broadcast]:
             await session.refresh(b)
             claimed.append(b)
     return claimed
+
+
+# Rider broadcasts are recorded with this cause prefix and sent_at already set, so the group
+# sweep (claim_due) never posts them to the riders' groups as well.
+RIDERS_CAUSE = "riders:"
+
+
+class BroadcastError(ValueError):
+    pass
+
+
+@dataclass
+class RidersQueued:
+    broadcast_id: int
+    cause: str
+    queued: int  # rows added by this call; 0 when every rider already had it
+    riders: int  # riders the broadcast is for
+
+
+def riders_cause(text_zh: str, text_en: str, when: str) -> str:
+    """A stable cause for a command line without --cause: the same texts for the same `when`
+    (the --at given, or today's date) are the same broadcast, so re-running the command
+    resumes it instead of sending it again."""
+    digest = hashlib.sha256(f"{when}\n{text_zh.strip()}\n{text_en.strip()}".encode())
+    return digest.hexdigest()[:20]
+
+
+async def queue_for_riders(
+    sm: async_sessionmaker[AsyncSession], text_zh: str, text_en: str, send_at: datetime, *,
+    cause: str | None = None, now: datetime, chunk: int = 5000,
+) -> RidersQueued:
+    """One outbox message per rider (not group chats), due at `send_at`, in the rider's
+    language when the notifier renders it. Rows go in with one INSERT … SELECT per `chunk`
+    riders, each chunk its own transaction: a stop half-way keeps what was queued and the
+    next run adds only the rest (the dedupe key is per cause and rider)."""
+    text_zh, text_en = text_zh.strip(), text_en.strip()
+    if not text_zh:
+        raise BroadcastError("the Chinese text must not be empty")
+    if len(text_zh) > 1000 or len(text_en) > 1000:
+        raise BroadcastError("a broadcast is at most 1000 characters per language")
+    cause = cause or riders_cause(text_zh, text_en, send_at.isoformat())
+    if len(cause) > 80 - len(RIDERS_CAUSE):
+        raise BroadcastError("the cause is at most 72 characters")
+    async with transaction(sm) as session:
+        b = (await session.execute(select(Broadcast).where(
+            Broadcast.cause == RIDERS_CAUSE + cause))).scalars().first()
+        if b is None:
+            b = Broadcast(kind="notice", text_zh=text_zh, text_en=text_en, send_at=send_at,
+                          sent_at=now, cause=RIDERS_CAUSE + cause)
+            session.add(b)
+            await session.flush()
+        elif (b.text_zh, b.text_en) != (text_zh, text_en):
+            raise BroadcastError(f"cause {cause!r} was already used for a different message")
+        bid, send_at = b.id, b.send_at
+    assert bid is not None
+    payload = {"zh_CN": text_zh, "en": text_en or text_zh}
+    prefix = f"broadcast:{RIDERS_CAUSE}{bid}:"
+    # Riders, not the group chats that are outbox recipients too (external id "chat:…").
+    riders = (select(Identity.rider_id).where(~Identity.external_id.like("chat:%"))
+              .group_by(Identity.rider_id))
+    queued = total = 0
+    last = 0
+    while True:
+        async with sm() as session:
+            ids = list((await session.execute(
+                riders.where(Identity.rider_id > last).order_by(Identity.rider_id).limit(chunk)
+            )).scalars())
+        if not ids:
+            break
+        total += len(ids)
+        async with transaction(sm) as session:
+            dialect = session.bind.dialect.name  # type: ignore[union-attr]
+            rid, col = Identity.rider_id, OutboxMessage.__table__.c
+            # Bound with the columns' own types: SQLite compares stored times as text, so they
+            # must be written exactly as the ORM writes them.
+            rows = (
+                select(
+                    rid, literal("broadcast"), literal(payload, col.payload.type),
+                    literal(prefix) + cast(rid, String), literal("pending"), literal(0),
+                    literal(send_at, col.due_at.type), literal(now, col.created_at.type),
+                )
+                .where(rid >= ids[0], rid <= ids[-1], ~Identity.external_id.like("chat:%"))
+                .group_by(rid)
+            )
+            result = await session.execute(
+                insert_ignore(dialect, OutboxMessage.__table__).from_select(
+                    ["rider_id", "kind", "payload", "dedupe_key", "state", "attempts",
+                     "due_at", "created_at"], rows))
+            queued += max(0, result.rowcount or 0)  # type: ignore[attr-defined]
+        last = ids[-1]
+    return RidersQueued(bid, cause, queued, total)
+
+
+async def riders_progress(session: AsyncSession, broadcast_id: int) -> dict[str, int]:
+    """How a rider broadcast is going: outbox rows by state."""
+    prefix = f"broadcast:{RIDERS_CAUSE}{broadcast_id}:"
+    rows = await session.execute(
+        select(OutboxMessage.state, func.count()).where(
+            OutboxMessage.dedupe_key.like(prefix + "%")).group_by(OutboxMessage.state))
+    return {state: n for state, n in rows.all()}

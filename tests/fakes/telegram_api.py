@@ -507,6 +507,14 @@ class FakeTelegram:
         self.throttled = 0
         self.rate_limit_per_s: float | None = None
         self.rate_limited_methods: set[str] = {"sendMessage"}
+        # Telegram's flood control as bots meet it: more than this many sendMessage calls in any
+        # rolling second are refused with 429 and a whole-second retry_after. Off by default.
+        self.flood_limit_per_s: int | None = None
+        # Messages the fake accepted, per chat: a chat above 1 after a broadcast is a duplicate.
+        self.accepted_per_chat: collections.Counter[int] = collections.Counter()
+        # Off for long benches: no call log, no stored messages (wait_for/messages_to/message
+        # then see nothing); the counters above still work.
+        self.keep_history = True
         # Sends to these chats fail like a user who blocked the bot.
         self.blocked_chats: set[int] = set()
         # Turn off to let malformed HTML/Markdown through (Telegram would answer 400).
@@ -529,6 +537,7 @@ class FakeTelegram:
         self._bucket_rate: float | None = None
         self._bucket_tokens = 0.0
         self._bucket_time = 0.0
+        self._flood_window: collections.deque[float] = collections.deque()
 
         self._updates: list[JSON] = []
         self._max_update_id = 0
@@ -692,8 +701,9 @@ class FakeTelegram:
         params, files = await self._read_params(request)
         method = self._canonical.get(raw_method.lower(), raw_method)
         call = Call(method=method, params=params, files=files, http_method=request.method)
-        self.calls.append(call)
-        self._signal_calls()
+        if self.keep_history:
+            self.calls.append(call)
+            self._signal_calls()
 
         try:
             if token != self.token:
@@ -712,7 +722,8 @@ class FakeTelegram:
         except _ApiError as exc:
             body, status = exc.body(), exc.error_code
         call.status, call.response = status, body
-        self._signal_calls()
+        if self.keep_history:
+            self._signal_calls()
         return _json_response(body, status)
 
     async def _read_params(self, request: web.Request) -> tuple[JSON, dict[str, UploadedFile]]:
@@ -770,6 +781,15 @@ class FakeTelegram:
                 {"retry_after": failure.retry_after} if failure.retry_after is not None else None
             )
             raise _ApiError(failure.error_code, failure.description, parameters)
+        if self.flood_limit_per_s is not None and method in self.rate_limited_methods:
+            retry_after = self._flood_check(self.flood_limit_per_s)
+            if retry_after is not None:
+                self.throttled += 1
+                raise _ApiError(
+                    429,
+                    f"Too Many Requests: retry after {retry_after}",
+                    {"retry_after": retry_after},
+                )
         if self.rate_limit_per_s is not None and method in self.rate_limited_methods:
             retry_after = self._take_token(self.rate_limit_per_s)
             if retry_after is not None:
@@ -779,6 +799,19 @@ class FakeTelegram:
                     f"Too Many Requests: retry after {retry_after}",
                     {"retry_after": retry_after},
                 )
+
+    def _flood_check(self, limit: int) -> int | None:
+        """Sliding one-second log of admitted calls; returns retry_after (whole seconds, at
+        least 1, as Telegram sends it) when `limit` of them already fall in the last second.
+        A refused call does not enter the log, so a client that honours retry_after gets in."""
+        now = time.monotonic()
+        window = self._flood_window
+        while window and window[0] <= now - 1.0:
+            window.popleft()
+        if len(window) < limit:
+            window.append(now)
+            return None
+        return max(1, math.ceil(window[0] + 1.0 - now))
 
     def _take_token(self, rate: float) -> int | None:
         """Token bucket holding one second's worth of requests; returns retry_after when
@@ -852,6 +885,11 @@ class FakeTelegram:
             "date": int(time.time()),
             **content,
         }
+        self.accepted_per_chat[chat_id] += 1
+        if not self.keep_history:
+            if markup is not None and "inline_keyboard" in markup:
+                wire["reply_markup"] = markup
+            return wire
         reply_to = (params.get("reply_parameters") or {}).get("message_id")
         replied = self._messages.get((chat_id, reply_to)) if reply_to else None
         if replied is not None:
