@@ -58,8 +58,9 @@ def build_application(settings: Settings) -> Application:
     # One message per 1/rate s, not a second's worth at once: after any pause a burst of 30
     # meets Telegram's rolling window, earns a 429 and a full second of silence (bench/
     # broadcast.py: 83 % of the limit bursting, 92 % paced, no 429s).
-    limiter = AIORateLimiter(overall_max_rate=1, overall_time_period=1 / tg.max_rate_per_s,
-                             max_retries=2)
+    rate = tg.max_rate_per_s
+    limiter = (AIORateLimiter(overall_max_rate=1, overall_time_period=1 / rate, max_retries=2)
+               if rate > 0 else AIORateLimiter(overall_max_rate=0, max_retries=2))  # 0: unpaced
     builder = builder.rate_limiter(limiter).concurrent_updates(64)
     return builder.build()
 
