@@ -61,6 +61,7 @@ from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 from common import ROOT, machine, pct, seed_city
 from ingest import BATCH, CHARGES_PER_PILE, PATH, PORTS, batch_body, single_body
 
+from bot.cli import run_workers
 from core.db import make_engine, make_sessionmaker, transaction
 from core.migrate import upgrade
 from core.pile_auth import signed_headers
@@ -224,19 +225,7 @@ def serve_bare(workers: int, port: int) -> None:
     if workers == 1:
         _bare_one(port, False)
         return
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_bare_one, args=(port, True)) for _ in range(workers)]
-    for p in procs:
-        p.start()
-
-    def stop(_sig: int, _frame: object) -> None:
-        for p in procs:
-            p.terminate()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for p in procs:
-        p.join()
+    run_workers(workers, _bare_one, (port, True))
 
 
 def free_port() -> int:

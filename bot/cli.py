@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,9 +70,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
     """One process, or N stateless workers sharing the port (SO_REUSEPORT: the kernel spreads
     connections). Several workers need PostgreSQL: SQLite has one writer, and the scheduler
     leader is chosen with a PostgreSQL advisory lock."""
-    import multiprocessing
-    import signal
-
     settings = _settings(args)
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
@@ -83,9 +81,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.workers == 1:
         _serve_one(settings, host, port, False)
         return
+    run_workers(args.workers, _serve_one, (settings, host, port, True))
+
+
+def run_workers(n: int, target: Callable[..., None], args: tuple) -> None:
+    """n spawned processes running target(*args) until SIGTERM/SIGINT, which they all get."""
+    import multiprocessing
+    import signal
+
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: no shared loop state
-    procs = [ctx.Process(target=_serve_one, args=(settings, host, port, True), daemon=False)
-             for _ in range(args.workers)]
+    procs = [ctx.Process(target=target, args=args, daemon=False) for _ in range(n)]
     for p in procs:
         p.start()
 
