@@ -317,7 +317,7 @@ async def test_fail_next_raises_retry_after(fake: FakeTelegram, app: Application
 
 @pytest.mark.asyncio
 async def test_rate_limit_counts_throttled(fake: FakeTelegram, app: Application) -> None:
-    fake.rate_limit_per_s = 3
+    fake.flood_limit_per_s = 3
     outcomes = []
     for i in range(6):
         try:

@@ -505,7 +505,6 @@ class FakeTelegram:
         self.calls: list[Call] = []
         self.sent: list[JSON] = []
         self.throttled = 0
-        self.rate_limit_per_s: float | None = None
         self.rate_limited_methods: set[str] = {"sendMessage"}
         # Telegram's flood control as bots meet it: more than this many sendMessage calls in any
         # rolling second are refused with 429 and a whole-second retry_after. Off by default.
@@ -534,9 +533,6 @@ class FakeTelegram:
         self._failures: dict[str, collections.deque[_Failure]] = collections.defaultdict(
             collections.deque
         )
-        self._bucket_rate: float | None = None
-        self._bucket_tokens = 0.0
-        self._bucket_time = 0.0
         self._flood_window: collections.deque[float] = collections.deque()
 
         self._updates: list[JSON] = []
@@ -790,15 +786,6 @@ class FakeTelegram:
                     f"Too Many Requests: retry after {retry_after}",
                     {"retry_after": retry_after},
                 )
-        if self.rate_limit_per_s is not None and method in self.rate_limited_methods:
-            retry_after = self._take_token(self.rate_limit_per_s)
-            if retry_after is not None:
-                self.throttled += 1
-                raise _ApiError(
-                    429,
-                    f"Too Many Requests: retry after {retry_after}",
-                    {"retry_after": retry_after},
-                )
 
     def _flood_check(self, limit: int) -> int | None:
         """Sliding one-second log of admitted calls; returns retry_after (whole seconds, at
@@ -812,20 +799,6 @@ class FakeTelegram:
             window.append(now)
             return None
         return max(1, math.ceil(window[0] + 1.0 - now))
-
-    def _take_token(self, rate: float) -> int | None:
-        """Token bucket holding one second's worth of requests; returns retry_after when
-        empty."""
-        now = time.monotonic()
-        capacity = max(1.0, rate)
-        if self._bucket_rate != rate:
-            self._bucket_rate, self._bucket_tokens, self._bucket_time = rate, capacity, now
-        self._bucket_tokens = min(capacity, self._bucket_tokens + (now - self._bucket_time) * rate)
-        self._bucket_time = now
-        if self._bucket_tokens >= 1.0:
-            self._bucket_tokens -= 1.0
-            return None
-        return max(1, math.ceil((1.0 - self._bucket_tokens) / rate))
 
     # ------------------------------------------------------------------ shared pieces
 
