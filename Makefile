@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/settle.py
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/broadcast.py
 
 db: $(STAMP)
 	$(BIN)/chargebot db upgrade
