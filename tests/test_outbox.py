@@ -94,3 +94,53 @@ async def test_a_failing_send_is_retried_and_still_delivered_once(db_url: str) -
             await asyncio.sleep(0.02)
         assert failures == [1]
         assert len(await _bills(server)) == 1
+
+
+async def test_several_notifiers_on_one_queue_deliver_each_message_once(db_url: str) -> None:
+    """N workers mean N notifiers claiming from one outbox (SKIP LOCKED on PostgreSQL, the
+    write lock on SQLite): every row goes out once, and the work is shared."""
+    import asyncio
+    import collections
+
+    from bot.handlers import notices
+    from core import outbox
+    from core.db import transaction
+    from core.riders import rider_for
+    from notifications.worker import Notifier
+
+    settings = make_settings(db_url, scheduler={"enabled": False})
+    async with start_server(settings, notifier=False) as server:
+        ctx = server.ctx
+        async with transaction(ctx.sm) as s:
+            for i in range(40):
+                rider = await rider_for(s, "webchat", f"many-{i}")
+                for k in range(3):
+                    text = {"zh_CN": f"通知{k}", "en": f"notice {k}"}
+                    await outbox.enqueue(s, rider.id, "broadcast", text,  # type: ignore[arg-type]
+                                         f"many:{i}:{k}")
+        seen: collections.Counter[int] = collections.Counter()
+        by_notifier: collections.Counter[int] = collections.Counter()
+
+        class Counting:
+            def __init__(self, n: int) -> None:
+                self.n = n
+
+            async def send(self, identity, replies, *, outbox_id=None, **_):  # type: ignore[no-untyped-def]
+                seen[outbox_id] += 1
+                by_notifier[self.n] += 1
+                await asyncio.sleep(0.005)  # a platform round trip, so the claims interleave
+                return "webchat"
+
+        notifiers = [Notifier(ctx.sm, {"webchat": Counting(n)}, notices.render, batch=10,
+                              lease_s=30) for n in range(3)]
+
+        async def drain(n: Notifier) -> None:
+            while await n.run_once():
+                pass
+
+        await asyncio.gather(*(drain(n) for n in notifiers))
+        async with ctx.sm() as s:
+            states = (await s.execute(select(OutboxMessage.state))).scalars().all()
+        assert len(seen) == 120 and set(seen.values()) == {1}
+        assert states.count("sent") == 120
+        assert len(by_notifier) >= 2  # more than one consumer took part
