@@ -236,7 +236,10 @@ async def _heat(session: AsyncSession, charge: Charge) -> float | None:
 
 
 async def on_started(session: AsyncSession, charge: Charge, ts: datetime) -> None:
-    if charge.state != "requested":
+    # A meter that overtook this event already marked the charge started, without a start
+    # time (a meter's time is not the start) and without telling the rider: both happen here.
+    if charge.state != "requested" and not (charge.state == "started"
+                                            and charge.started_at is None):
         return
     charge.state = "started"
     charge.started_at = ts

@@ -10,7 +10,7 @@ on-duty technician, and the port (or pile) is under repair until the order is re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Column, Index, String, or_, select, text
 from sqlalchemy.exc import IntegrityError
@@ -136,6 +136,22 @@ async def record(
     return Raised(fault, True)
 
 
+def _utc(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=UTC)  # SQLite hands datetimes back naive
+
+
+def hit_at(fault: Fault, began: datetime) -> datetime | None:
+    """When this fault hit a charge that began at `began`, or None if it did not. One row stands
+    for a place and cause until it is resolved, so a fault still open from before the charge
+    hit it only if the pile reported it again since (when last seen): a late report about the
+    previous charge, or an old row nobody has closed yet, must not end this one."""
+    opened, began = _utc(fault.opened_at), _utc(began)
+    if opened >= began:
+        return opened
+    seen = _utc(fault.last_seen_at or fault.opened_at)
+    return seen if seen >= began else None
+
+
 async def stop_charges(session: AsyncSession, fault: Fault, settings: Settings,
                        now: datetime) -> list[int]:
     """Close the charges the fault hit, billed up to it; link their riders to the work order.
@@ -160,7 +176,9 @@ async def stop_charges(session: AsyncSession, fault: Fault, settings: Settings,
                 continue  # e.g. a meter fault: the charge goes on, the metering promise holds
             if charge.state == "requested" and charge.last_meter_at is None:
                 continue  # never ran: the start times out and costs nothing
-            if await charging.end_on_fault(session, charge, fault.opened_at, settings, now):
+            if (at := hit_at(fault, charge.started_at or charge.requested_at)) is None:
+                continue  # about an earlier charge on this port, delivered late
+            if await charging.end_on_fault(session, charge, at, settings, now):
                 ended.append(charge.id)  # type: ignore[arg-type]
             await commands.queue(session, charge.pile_id, "stop", charge.port_number,
                                  charge_id=charge.id, session=charge.session_ref, now=now)
@@ -218,9 +236,12 @@ async def first_during(session: AsyncSession, pile_id: str, port: int, start: da
             Fault.pile_id == pile_id, Fault.port.in_((0, port)), Fault.opened_at <= end,
             or_(Fault.resolved_at.is_(None), Fault.resolved_at >= start),
             or_(Fault.cleared_at.is_(None), Fault.cleared_at >= start),
-            # A pile that reported this charge's start was talking: an offline fault from
-            # before it is stale (the back-online sweep has not closed it yet), not its cause.
-            or_(Fault.cause != "offline", Fault.opened_at >= start),
+            # A pile that reported this charge's start was talking: an offline fault opened at
+            # its last sign of life up to that start (the start's own heartbeat included) is
+            # stale (the back-online sweep has not closed it yet), not its cause.
+            or_(Fault.cause != "offline", Fault.opened_at > start),
+            # Any other fault from before the charge counts only if reported again since.
+            or_(Fault.opened_at >= start, Fault.last_seen_at >= start),
         ).order_by(Fault.opened_at).limit(1))).scalars().first()
 
 
@@ -341,4 +362,4 @@ class PowerTrack:
 
 
 __all__ = ["DETECTED", "Fault", "POLICIES", "PowerTrack", "Raised", "clear", "first_during",
-           "over_limits", "record", "stop_charges"]
+           "hit_at", "over_limits", "record", "stop_charges"]

@@ -4,7 +4,7 @@ the metering promise — each shown on the bill, each a ledger entry when money 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -57,8 +57,8 @@ async def fault_start(session: AsyncSession, pile_id: str, port: int, start: dat
     fault = await faults.first_during(session, pile_id, port, start, end)
     if fault is None:
         return None
-    opened = fault.opened_at if fault.opened_at.tzinfo else fault.opened_at.replace(tzinfo=UTC)
-    return max(opened, start), fault.cause
+    hit = faults.hit_at(fault, start)
+    return min(hit or start, end), fault.cause  # first_during found it hitting [start, end]
 
 
 async def adjust(
