@@ -339,6 +339,16 @@ async def _seed(db: Db, piles_n: int, ports: int) -> list[tuple[str, str, int]]:
     return await seed_city(SimpleNamespace(sm=db.sm), piles_n=piles_n, ports=ports)  # type: ignore[arg-type]
 
 
+async def _fleet_online(db: Db, http: aiohttp.ClientSession, url: str, piles_n: int,
+                        ports: int) -> tuple[dict[str, FieldPile], datetime]:
+    """A seeded fleet whose piles said hello at t0, half an hour ago (room for the charges)."""
+    specs = await _seed(db, piles_n, ports)
+    fleet = {pid: FieldPile(http, url, pid, secret) for pid, secret, _ in specs}
+    t0 = datetime.now(UTC) - timedelta(minutes=30)
+    await asyncio.gather(*(p.deliver([p.event("heartbeat", t0)]) for p in fleet.values()))
+    return fleet, t0
+
+
 # --- the tests -------------------------------------------------------------------------------
 
 
@@ -416,11 +426,8 @@ async def test_kill_9_during_a_burst_of_settlements_settles_each_charge_once(
     piles_n, ports = 6, 8
     async with database(fresh_pg) as db, aiohttp.ClientSession() as http, \
             services(fresh_pg, tmp_path) as start:
-        specs = await _seed(db, piles_n, ports)
         first = await start(http)
-        fleet = {pid: FieldPile(http, first.url, pid, secret) for pid, secret, _ in specs}
-        t0 = datetime.now(UTC) - timedelta(minutes=30)
-        await asyncio.gather(*(p.deliver([p.event("heartbeat", t0)]) for p in fleet.values()))
+        fleet, t0 = await _fleet_online(db, http, first.url, piles_n, ports)
         charges = await _start_charges(db, piles_n, ports, fresh_pg)
         by_pile: dict[str, list[tuple[int, str]]] = {}
         for pid, port, ref, _, _ in charges:
@@ -548,12 +555,8 @@ async def test_postgres_restart_mid_burst_loses_no_event_and_bills_once(tmp_path
         await asyncio.to_thread(upgrade, url)
         async with database(url) as db, aiohttp.ClientSession() as http, \
                 services(url, tmp_path) as start:
-            specs = await _seed(db, piles_n, ports)
             svc = await start(http)
-            fleet = {pid: FieldPile(http, svc.url, pid, secret) for pid, secret, _ in specs}
-            t0 = datetime.now(UTC) - timedelta(minutes=30)
-            await asyncio.gather(*(p.deliver([p.event("heartbeat", t0)])
-                                   for p in fleet.values()))
+            fleet, t0 = await _fleet_online(db, http, svc.url, piles_n, ports)
             charges = await _start_charges(db, piles_n, ports, url)
             clients = {cid: client for *_, cid, client in charges}
             by_pile: dict[str, list[tuple[int, str]]] = {}
