@@ -8,7 +8,7 @@ samples), never from arrival times, so a late, repeated or reordered event canno
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint, select, text
@@ -19,7 +19,7 @@ from sqlmodel import Field, SQLModel
 from core import commands, outbox, wallet
 from core.billing import compute_bill, family, plans, settlement, tariff_snapshot
 from core.config import Settings
-from core.db import utcnow
+from core.db import aware, utcnow
 from core.errors import BillDue, InsufficientBalance, NoOpenCharge, PortBusy, PortUnavailable
 from core.piles import Pile, Port, Site, find_port
 from core.riders import Rider
@@ -99,10 +99,6 @@ class Live:
     power_w: float | None
     energy_wh: int
     cost_fen: int
-
-
-def _aware(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
 
 async def due_charges(session: AsyncSession, rider_id: int) -> list[Charge]:
@@ -201,7 +197,7 @@ async def live(session: AsyncSession, charge: Charge, settings: Settings, now: d
     energy = charge.last_energy_wh or 0
     samples = await _samples(session, charge.id, None)  # type: ignore[arg-type]
     bill = compute_bill(
-        charge.tariff, started_at=_aware(started), duration_s=seconds, energy_wh=energy,
+        charge.tariff, started_at=aware(started), duration_s=seconds, energy_wh=energy,
         samples=samples, tz=settings.server.timezone, port_limit_w=settings.piles.port_limit_w,
     )
     return Live(charge, seconds // 60, charge.last_power_w, energy, bill.amount_fen)
@@ -214,7 +210,7 @@ async def _samples(
     if until is not None:
         stmt = stmt.where(MeterSample.ts <= until)
     rows = await session.execute(stmt.order_by(MeterSample.ts))
-    return [(_aware(ts), p) for ts, p in rows]
+    return [(aware(ts), p) for ts, p in rows]
 
 
 async def _heat(session: AsyncSession, charge: Charge) -> float | None:
@@ -278,13 +274,13 @@ async def on_ended(
     started = charge.started_at or (ts - timedelta(seconds=duration_s))
     samples = await _samples(session, charge.id, ts)  # type: ignore[arg-type]
     bill = compute_bill(
-        charge.tariff, started_at=_aware(started), duration_s=duration_s, energy_wh=energy_wh,
+        charge.tariff, started_at=aware(started), duration_s=duration_s, energy_wh=energy_wh,
         samples=samples, tz=settings.server.timezone, port_limit_w=settings.piles.port_limit_w,
     )
     breakdown = await settlement.adjust(
         session, rider_id=charge.rider_id, charge_id=charge.id, pile_id=charge.pile_id,  # type: ignore[arg-type]
-        port=charge.port_number, tariff=charge.tariff, bill=bill, started=_aware(started),
-        ended=_aware(ts), reason=reason, energy_wh=energy_wh, samples=samples,
+        port=charge.port_number, tariff=charge.tariff, bill=bill, started=aware(started),
+        ended=aware(ts), reason=reason, energy_wh=energy_wh, samples=samples,
         settings=settings, now=now,
     )
     charge.state = "ended"
@@ -336,14 +332,14 @@ async def end_on_fault(session: AsyncSession, charge: Charge, at: datetime, sett
     ever comes, finds the charge closed and changes nothing."""
     if charge.state not in OPEN_STATES:
         return False
-    at = _aware(at)
-    last = _aware(charge.last_meter_at) if charge.last_meter_at else None
+    at = aware(at)
+    last = aware(charge.last_meter_at) if charge.last_meter_at else None
     end = max(at, last) if last else at
     if charge.started_at is None:
         first = (await session.execute(select(MeterSample.ts).where(
             MeterSample.charge_id == charge.id).order_by(MeterSample.ts).limit(1))).scalar()
-        charge.started_at = _aware(first) if first else end
-    duration = max(0, int((end - _aware(charge.started_at)).total_seconds()))
+        charge.started_at = aware(first) if first else end
+    duration = max(0, int((end - aware(charge.started_at)).total_seconds()))
     return await on_ended(session, charge, end, "fault", charge.last_energy_wh or 0, duration,
                           settings, now)
 

@@ -23,6 +23,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(ts: datetime) -> datetime:
+    """A naive datetime (SQLite hands them back so) taken as the UTC it was stored as."""
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
 def row_id(text: str) -> int | None:
     """Text (button data, a typed id, a pile's command id) as an INTEGER key, else None.
     ASCII only ('²'.isdigit() is true but int('²') fails) and within int4, which a 20-digit

@@ -10,7 +10,7 @@ on-duty technician, and the port (or pile) is under repair until the order is re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Column, Index, String, or_, select, text
 from sqlalchemy.exc import IntegrityError
@@ -19,7 +19,7 @@ from sqlmodel import Field, SQLModel
 
 from core import commands, workorders
 from core.config import FaultModelSettings, FaultSettings, Settings
-from core.db import utcnow
+from core.db import aware, utcnow
 from core.piles import Pile
 
 
@@ -136,19 +136,15 @@ async def record(
     return Raised(fault, True)
 
 
-def _utc(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=UTC)  # SQLite hands datetimes back naive
-
-
 def hit_at(fault: Fault, began: datetime) -> datetime | None:
     """When this fault hit a charge that began at `began`, or None if it did not. One row stands
     for a place and cause until it is resolved, so a fault still open from before the charge
     hit it only if the pile reported it again since (when last seen): a late report about the
     previous charge, or an old row nobody has closed yet, must not end this one."""
-    opened, began = _utc(fault.opened_at), _utc(began)
+    opened, began = aware(fault.opened_at), aware(began)
     if opened >= began:
         return opened
-    seen = _utc(fault.last_seen_at or fault.opened_at)
+    seen = aware(fault.last_seen_at or fault.opened_at)
     return seen if seen >= began else None
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import outbox
 from core.charging import Charge
+from core.db import aware
 from core.faults import Fault
 from core.piles import Site
 from core.support import Ticket
@@ -95,11 +96,6 @@ def per_1000(count: int, charges: int) -> float | None:
     return 1000.0 * count / charges if charges else None
 
 
-def _aware(ts: datetime) -> datetime:
-    # sqlmodel returns aware UTC; a naive value from elsewhere is taken as UTC too.
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-
-
 async def _count(session: AsyncSession, stmt: Any) -> int:
     return int((await session.execute(stmt)).scalar_one())
 
@@ -138,7 +134,7 @@ async def monthly(session: AsyncSession, month: str, tz: str) -> MonthlyReport:
     repairs = list(await session.execute(select(WorkOrder.created_at, WorkOrder.resolved_at).where(
         WorkOrder.kind == "repair", WorkOrder.state == "resolved",
         WorkOrder.resolved_at >= start, WorkOrder.resolved_at < end)))
-    hours = [(_aware(done) - _aware(made)).total_seconds() / 3600
+    hours = [(aware(done) - aware(made)).total_seconds() / 3600
              for made, done in repairs]
 
     return MonthlyReport(

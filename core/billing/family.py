@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Column, String, UniqueConstraint, func, select, update
@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
-from core.db import utcnow
+from core.db import aware, utcnow
 from core.errors import DomainError
 from core.riders import Rider
 
@@ -175,7 +175,7 @@ async def join(session: AsyncSession, code: str, rider_id: int, now: datetime) -
     if len(code) != CODE_DIGITS or not code.isascii() or not code.isdigit():
         raise FamilyCodeInvalid()
     inv = await session.get(FamilyInvite, code)
-    if inv is None or inv.used_by is not None or _aware(inv.expires_at) < _aware(now):
+    if inv is None or inv.used_by is not None or aware(inv.expires_at) < aware(now):
         raise FamilyCodeInvalid()
     fam = await session.get(Family, inv.family_id)
     if fam is None:
@@ -280,7 +280,3 @@ async def spending(session: AsyncSession, owner_id: int,
         .order_by(FamilyMember.joined_at, FamilyMember.id))).all()
     spent = await spent_this_month(session, [r[0] for r in rows], owner_id, now)
     return [(rid, name or "", spent[rid], limit) for rid, name, limit in rows]
-
-
-def _aware(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
