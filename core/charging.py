@@ -58,7 +58,7 @@ class Charge(SQLModel, table=True):
     end_reason: str | None = None
     failure: str | None = None
     duration_s: int | None = None
-    energy_wh: int | None = None
+    energy_wh: float | None = None  # the pile's own counter, at its resolution (0.1 Wh)
     band_w: int | None = None
     bill: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     amount_fen: int = 0  # what the rider owes after plan, coupons and automatic refunds
@@ -67,7 +67,7 @@ class Charge(SQLModel, table=True):
     payer_rider_id: int | None = None  # the family owner when a family wallet pays
     settled_at: datetime | None = None
     last_power_w: float | None = None
-    last_energy_wh: int | None = None
+    last_energy_wh: float | None = None
     last_meter_at: datetime | None = None
     # Power fell from charging to nothing at this pile time (and we saw it then): without a
     # session_ended within the grace period the charge was interrupted (core.faults).
@@ -85,7 +85,7 @@ class MeterSample(SQLModel, table=True):
     charge_id: int = Field(foreign_key="charges.id")
     ts: datetime
     power_w: float
-    energy_wh: int
+    energy_wh: float
     current_a: float | None = None
     temperature_c: float | None = None
 
@@ -97,7 +97,7 @@ class Live:
     charge: Charge
     minutes: int
     power_w: float | None
-    energy_wh: int
+    energy_wh: float
     cost_fen: int
 
 
@@ -216,8 +216,8 @@ async def _samples(
 async def _heat(session: AsyncSession, charge: Charge) -> float | None:
     """The charge's terminal heating per 100 W (core.wear): the trend that warns of wear-out.
     Ambient is the pile's own last temperature reading, else a mild 25 °C."""
-    from core.wear import heat_coefficient
 
+    from core.wear import heat_coefficient
     rows = (await session.execute(
         select(MeterSample.power_w, MeterSample.temperature_c).where(
             MeterSample.charge_id == charge.id, MeterSample.temperature_c.is_not(None)))).all()
@@ -246,7 +246,7 @@ async def on_started(session: AsyncSession, charge: Charge, ts: datetime) -> Non
     )
 
 
-def on_meter(charge: Charge, ts: datetime, power_w: float, energy_wh: int) -> None:
+def on_meter(charge: Charge, ts: datetime, power_w: float, energy_wh: float) -> None:
     if charge.state == "requested":
         # A meter sample proves the charge runs even if session_started is still on its way.
         charge.state = "started"
@@ -259,8 +259,8 @@ def on_meter(charge: Charge, ts: datetime, power_w: float, energy_wh: int) -> No
 
 
 async def on_ended(
-    session: AsyncSession, charge: Charge, ts: datetime, reason: str, energy_wh: int,
-    duration_s: int, settings: Settings, now: datetime,
+    session: AsyncSession, charge: Charge, ts: datetime, reason: str, energy_wh: float,
+    duration_s: float, settings: Settings, now: datetime,
 ) -> bool:
     """Close and bill the charge once; returns False when it was already closed."""
     if charge.ended_at is not None or charge.state in ("ended", "settled", "refunded"):
@@ -276,6 +276,7 @@ async def on_ended(
     bill = compute_bill(
         charge.tariff, started_at=aware(started), duration_s=duration_s, energy_wh=energy_wh,
         samples=samples, tz=settings.server.timezone, port_limit_w=settings.piles.port_limit_w,
+        reason=reason,
     )
     breakdown = await settlement.adjust(
         session, rider_id=charge.rider_id, charge_id=charge.id, pile_id=charge.pile_id,  # type: ignore[arg-type]

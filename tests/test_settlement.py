@@ -28,6 +28,8 @@ TARIFFS = {
                        "free_minutes": 0, "min_fee_fen": 100},
     "energy": {"mode": "energy", "fen_per_kwh": 100, "service_fen_per_kwh": 80,
                "free_minutes": 0},
+    # bot.toml's `by_time` (issue 14's site): ¥0.25/h in started 30-minute blocks, 1 min free.
+    "by_time": {"mode": "time", "fen_per_hour": 25, "unit_minutes": 30, "free_minutes": 1},
 }
 
 
@@ -62,6 +64,42 @@ async def _charge(server: Running, rider_id: int, port: int, minutes: int = 60, 
         return await s.get(Charge, cid)  # type: ignore[return-value]
 
 
+async def _short_charge(server: Running, rider_id: int, port: int, seconds: int, *,
+                        reason: str, energy_wh: int, fault_at_s: int | None = None) -> Charge:
+    """A charge the pile reports second by second: started, a meter reading, maybe a fault
+    event, then its end `seconds` after the start."""
+    pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
+    now = datetime.now(UTC)
+    await pile.post([pile.event("heartbeat", now)])
+    async with transaction(server.ctx.sm) as s:
+        rider = await s.get(Rider, rider_id)
+        charge = await charging.start_charge(s, rider, f"P0001-{port:02d}",  # type: ignore[arg-type]
+                                             server.ctx.settings, now)
+        ref, cid = charge.session_ref, charge.id
+    t0 = now - timedelta(minutes=10)
+    events = [pile.event("session_started", t0, port=port, session=ref),
+              pile.event("meter", t0 + timedelta(seconds=min(5, seconds)), port=port,
+                         session=ref, power_w=250.0 if energy_wh else 0.0, energy_wh=0)]
+    if fault_at_s is not None:
+        events.append(pile.event("fault", t0 + timedelta(seconds=fault_at_s), port=port,
+                                 code="overload"))
+    events.append(pile.event("session_ended", t0 + timedelta(seconds=seconds), port=port,
+                             session=ref, reason=reason, duration_s=seconds,
+                             energy_wh=energy_wh))
+    await pile.post(events)
+    async with server.ctx.sm() as s:
+        return await s.get(Charge, cid)  # type: ignore[return-value]
+
+
+async def _starts_again(server: Running, rider_id: int, port: int) -> bool:
+    """A due bill would block the next start (BillDue); a free charge must not."""
+    async with transaction(server.ctx.sm) as s:
+        charge = await charging.start_charge(s, await s.get(Rider, rider_id),  # type: ignore[arg-type]
+                                             f"P0001-{port:02d}", server.ctx.settings,
+                                             datetime.now(UTC))
+    return charge.state == "requested"
+
+
 async def _ledger(server: Running, rider_id: int) -> list[tuple[str, int]]:
     async with server.ctx.sm() as s:
         rows = await s.execute(select(LedgerEntry.kind, LedgerEntry.amount_fen)
@@ -88,6 +126,81 @@ async def test_a_fault_refunds_what_was_charged_after_it_began_and_the_minimum_f
         assert charge.state == "settled"
         assert await _ledger(server, rider) == [("topup", 500), ("refund", 80), ("charge", -100)]
         assert await _reconciled(server, rider) == 480
+
+
+async def test_a_charge_cut_by_a_fault_within_the_free_minute_bills_and_refunds_nothing(
+    db_url: str,
+) -> None:
+    async with _server(db_url, "by_time") as server:
+        rider = await _rider(server, "cut-rider", 0)
+        # Overload 10 s in, the pile ends the session at 12 s: 12 s ≤ 60 s free → ¥0, so the
+        # message's "you pay only up to the fault" holds with nothing to refund either.
+        charge = await _short_charge(server, rider, 1, 12, reason="fault", energy_wh=1,
+                                     fault_at_s=10)
+        b = charge.bill or {}
+        assert (b["amount_fen"], b["gross_fen"], b["refund_fen"], b["net_fen"]) == (0, 0, 0, 0)
+        assert (charge.amount_fen, charge.refunded_fen, charge.state) == (0, 0, "settled")
+        assert b["fault_code"] == "overload"
+        assert await _ledger(server, rider) == []  # no ¥0.12 charged, nothing to refund
+        assert await _starts_again(server, rider, 2)
+
+
+async def test_a_fault_in_the_free_minute_refunds_a_charge_that_ran_on(db_url: str) -> None:
+    async with _server(db_url, "by_time") as server:
+        rider = await _rider(server, "ran-on-rider", 100)
+        # The fault began at 40 s but the pile ended the session only at 5 min: the bill for
+        # 5 min is 1 block (300 − 60 = 240 s → 30 min × 25/60 = 12.5 → 13), the fair bill up to
+        # the fault is 40 s ≤ 60 s free → 0, so all 13 fen come back.
+        charge = await _short_charge(server, rider, 1, 300, reason="fault", energy_wh=4,
+                                     fault_at_s=40)
+        b = charge.bill or {}
+        assert (b["gross_fen"], b["refund_fen"], charge.amount_fen) == (13, 13, 0)
+        # Refunded in full before any money moved: the wallet sees nothing at all.
+        assert await _ledger(server, rider) == [("topup", 100)]
+        assert await _reconciled(server, rider) == 100
+
+
+@pytest.mark.parametrize(("reason", "energy_wh"), [("no_load", 0), ("no_load", 2),
+                                                   ("fault", 0), ("user", 0)])
+async def test_a_charge_that_delivered_no_energy_costs_nothing_and_blocks_nothing(
+    db_url: str, reason: str, energy_wh: int,
+) -> None:
+    async with _server(db_url, "by_time") as server:
+        rider = await _rider(server, "no-load-rider", 0)
+        # "No charger detected" after 3 min (or a relay that never closed): 3 min would be one
+        # block (13 fen), but nothing flowed, so nothing is due and the next start is not held.
+        charge = await _short_charge(server, rider, 1, 180, reason=reason, energy_wh=energy_wh)
+        b = charge.bill or {}
+        assert (b["gross_fen"], b["net_fen"], b["plan_minutes"]) == (0, 0, 0)
+        assert (charge.amount_fen, charge.state) == (0, "settled")
+        assert await _ledger(server, rider) == []
+        assert await _starts_again(server, rider, 2)
+
+
+async def test_a_decimal_energy_counter_is_billed_and_judged_exactly(db_url: str) -> None:
+    from core.billing import settlement
+    from core.billing.tariffs import compute_bill
+
+    async with _server(db_url, "energy") as server:
+        rider = await _rider(server, "decimal-rider", 500)
+        t0 = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+        # 250 W held for 2 h by the samples = 500 Wh; the counter says 512.5 Wh (2.5 % ahead).
+        samples = [(t0 + timedelta(minutes=m, seconds=30), 250.0) for m in range(120)]
+        tariff = TARIFFS["energy"]
+        bill = compute_bill(tariff, started_at=t0, duration_s=7200, energy_wh=512.5,
+                            samples=samples)
+        assert (bill.amount_fen, bill.energy_wh) == (92, 512.5)  # 0.5125 × 180 = 92.25 → 92
+        async with transaction(server.ctx.sm) as s:
+            b = await settlement.adjust(
+                s, rider_id=rider, charge_id=0, pile_id="P0001", port=1, tariff=tariff,
+                bill=bill, started=t0, ended=t0 + timedelta(hours=2), reason="full",
+                energy_wh=512.5, samples=samples, settings=server.ctx.settings,
+                now=datetime.now(UTC))
+        # metered 500 Wh; gap (512.5 − 500) / 500 = 2.5 %; honest 0.5 × 180 = 90;
+        # 10 × (92 − 90) = 20 fen.
+        assert (b.metered_wh, b.metering_gap_percent, b.compensation_fen) == (500, 2.5, 20)
+        assert settlement.integrate_wh([(t0, 183.4), (t0 + timedelta(hours=1), 183.4)], t0,
+                                       t0 + timedelta(hours=1)) == 183.4
 
 
 async def test_the_best_coupon_is_applied_once_and_shown_on_the_bill(db_url: str) -> None:

@@ -1,6 +1,10 @@
 """Table of hand-computed bills: every mode, tier edge, free minute, block, window, fee and cap.
 
 Each case's expected fen is written by hand with its arithmetic; the code must agree exactly.
+DESIGN §5 is the contract: a charge of at most `free_minutes` costs nothing (whatever ended
+it); a longer one pays units = ceil((duration − free) / unit) started units, amount =
+units × unit / 60 × fen_per_hour, rounded half up once; a charge that delivered no energy
+(0 Wh, or the pile's `no_load`) costs nothing in every mode.
 Start times are UTC; comments give the Asia/Shanghai (UTC+8) local time the windows use.
 """
 
@@ -52,6 +56,11 @@ def energy_t(fen_per_kwh: int = 100, service: int = 80, **kw: Any) -> dict[str, 
     return tariff("energy", fen_per_kwh=fen_per_kwh, service_fen_per_kwh=service, **kw)
 
 
+# bot.toml's `by_time` (the issue's site): ¥0.25/h in started 30-minute blocks, 1 minute free.
+# One block is 30/60 × 25 = 12.5 fen, so the single rounding at the end is visible.
+BY_TIME = time_t(25, unit_minutes=30, free_minutes=1)
+
+
 def at(seconds: float, watts: float, start: datetime = T0) -> tuple[datetime, float]:
     return (start + timedelta(seconds=seconds), watts)
 
@@ -67,26 +76,118 @@ H = 3600
 class Case:
     name: str
     tariff: dict[str, Any]
-    duration_s: int
+    duration_s: float
     expected_fen: int
-    energy_wh: int = 0
+    energy_wh: float = 100  # some energy flowed, unless a case says otherwise (0 Wh is free)
     samples: tuple[tuple[datetime, float], ...] = ()
     start: datetime = T0
     port_limit_w: float = 1000
+    reason: str | None = None
+    billable_minutes: int | None = None  # checked when given: units × unit_minutes
     xfail: str | None = field(default=None, compare=False)
 
 
 # One charge with a lone 900 W reading in minute 5 and 200 W otherwise: 210 Wh in 1 h.
 SPIKE = (at(30, 200.0), at(5 * 60 + 30, 900.0), at(30 * 60, 200.0))
+W250 = (at(30, 250.0),)  # one 250 W reading: peak_minute = 250 W
 
 CASES = [
+    # --- the issue's site: time, 30-minute blocks, ¥0.25/h, 1 minute free -------------------
+    Case("by_time_0s", BY_TIME, 0, 0, billable_minutes=0),  # 0 s ≤ 60 s free → 0
+    Case("by_time_12s", BY_TIME, 12, 0, billable_minutes=0),  # 12 s ≤ 60 s free → 0
+    Case("by_time_60s", BY_TIME, 60, 0, billable_minutes=0),  # 60 s ≤ 60 s free → 0
+    Case("by_time_59_9s_decimal_duration", BY_TIME, 59.9, 0),  # 59.9 s ≤ 60 s free → 0
+    Case("by_time_60_4s_decimal_duration", BY_TIME, 60.4, 13, billable_minutes=30),
+    # 60.4 − 60 = 0.4 s → ceil(0.4/1800) = 1 unit → 12.5 → 13 (not truncated to a free 60 s)
+    Case("by_time_61s", BY_TIME, 61, 13, billable_minutes=30),
+    # 61 − 60 = 1 s → ceil(1/1800) = 1 unit → 1 × 30 min × 25/60 = 12.5 → 13
+    Case("by_time_2m30s", BY_TIME, 150, 13, billable_minutes=30),
+    # 150 − 60 = 90 s → 1 unit → 30 × 25/60 = 12.5 → 13
+    Case("by_time_29m59s", BY_TIME, 29 * 60 + 59, 13, billable_minutes=30),
+    # 1799 − 60 = 1739 s → ceil(1739/1800) = 1 unit → 12.5 → 13
+    Case("by_time_30m00s", BY_TIME, 30 * 60, 13, billable_minutes=30),
+    # 1800 − 60 = 1740 s → 1 unit → 12.5 → 13
+    Case("by_time_30m01s", BY_TIME, 30 * 60 + 1, 13, billable_minutes=30),
+    # 1801 − 60 = 1741 s → 1 unit → 12.5 → 13
+    Case("by_time_31m00s_fills_the_first_block", BY_TIME, 31 * 60, 13, billable_minutes=30),
+    # 1860 − 60 = 1800 s → exactly 1 unit → 12.5 → 13
+    Case("by_time_31m01s_starts_a_second_block", BY_TIME, 31 * 60 + 1, 25, billable_minutes=60),
+    # 1861 − 60 = 1801 s → ceil(1801/1800) = 2 units → 60 × 25/60 = 25
+    Case("by_time_three_blocks_rounded_once", BY_TIME, 61 * 60 + 1, 38, billable_minutes=90),
+    # 3661 − 60 = 3601 s → 3 units → 90 × 25/60 = 37.5 → 38 (per block: 13 × 3 = 39)
+    Case("by_time_4h01m_is_one_yuan", BY_TIME, 4 * H + 60, 100, billable_minutes=240),
+    # 14460 − 60 = 14400 s → 8 units → 240 × 25/60 = 100
+    Case("by_time_4h01m01s", BY_TIME, 4 * H + 61, 113, billable_minutes=270),
+    # 14461 − 60 = 14401 s → 9 units → 270 × 25/60 = 112.5 → 113
+    # --- the same blocks without free minutes: the unit edge itself --------------------------
+    Case("unit30_free0_29m59s", time_t(25, unit_minutes=30), 29 * 60 + 59, 13),
+    # ceil(1799/1800) = 1 unit → 12.5 → 13
+    Case("unit30_free0_30m00s", time_t(25, unit_minutes=30), 30 * 60, 13),
+    # ceil(1800/1800) = 1 unit → 12.5 → 13
+    Case("unit30_free0_30m01s", time_t(25, unit_minutes=30), 30 * 60 + 1, 25),
+    # ceil(1801/1800) = 2 units → 60 × 25/60 = 25
+    # --- a fault or power loss that cuts a charge within the free minute ----------------------
+    Case("fault_cut_after_12s_is_free", BY_TIME, 12, 0, energy_wh=1, reason="fault"),
+    # 12 s ≤ 60 s free → 0, whatever ended it
+    Case("power_loss_after_59s_is_free", BY_TIME, 59, 0, energy_wh=3, reason="power_loss"),
+    # 59 s ≤ 60 s free → 0
+    Case("fault_cut_within_free_minute_power_tier",
+         tariff("power_tier", tiers=STANDARD, free_minutes=1), 45, 0, energy_wh=2,
+         samples=(at(10, 390.0),), reason="fault"),  # 45 s ≤ 60 s free → 0 (no band needed)
+    Case("fault_after_the_free_minute_is_billed", BY_TIME, 5 * 60, 13, energy_wh=20,
+         reason="fault"),  # 300 − 60 = 240 s → 1 unit → 12.5 → 13 (settlement refunds later)
+    # --- no energy delivered: free in every mode (relay_open, no_load, 0 Wh) -------------------
+    Case("no_energy_time", BY_TIME, 3 * 60, 0, energy_wh=0, billable_minutes=0),
+    # 0 Wh → 0 (was 13: 1 block), so the rider's next start is not blocked by a due bill
+    Case("no_energy_time_relay_open_fault", time_t(60), H, 0, energy_wh=0, reason="fault"),
+    # relay never closed: 0 Wh over an hour → 0
+    Case("no_energy_power_tier_peak_minute",
+         tariff("power_tier", tiers=STANDARD, free_minutes=1), H, 0, energy_wh=0,
+         samples=W250),  # a reading but 0 Wh counted → nothing delivered → 0
+    Case("no_energy_power_tier_session_mean", bands(band_by="session_mean"), H, 0,
+         energy_wh=0),  # 0 Wh → 0 W → no energy → 0
+    Case("no_energy_energy_mode", energy_t(100, 80), H, 0, energy_wh=0),  # 0 kWh → 0
+    Case("no_energy_keeps_no_minimum_fee", time_t(60, min_fee_fen=50), H, 0, energy_wh=0),
+    # 0 Wh → 0, and a minimum fee never lifts a free charge
+    Case("no_load_time_counter_crept", BY_TIME, 3 * 60, 0, energy_wh=2, reason="no_load"),
+    # the pile found no charger: `no_load` → 0 although the counter shows 2 Wh
+    Case("no_load_power_tier", tariff("power_tier", tiers=STANDARD), 3 * 60, 0, energy_wh=1,
+         samples=W250, reason="no_load"),  # no_load → 0
+    Case("no_load_energy_mode", energy_t(100, 80, min_fee_fen=50), 3 * 60, 0, energy_wh=3,
+         reason="no_load"),  # no_load → 0 (not 3 × 0.18 = 0.54 → 1 → min fee 50)
+    Case("a_tenth_of_a_watt_hour_is_energy", time_t(60), H, 60, energy_wh=0.1),
+    # 0.1 Wh > 0 → billed: 60 units × 1 min × 60/60 = 60
     # --- each mode -------------------------------------------------------------------------
     Case("time_per_minute", time_t(60), 10 * 60, 10),  # 60/60 × 10 = 10
     Case("energy_with_service", energy_t(100, 80), H, 222,
          energy_wh=1234),  # 1.234 kWh × (100 + 80) = 222.12 → 222
+    Case("energy_decimal_512_5_wh", energy_t(100, 80), H, 92,
+         energy_wh=512.5),  # 0.5125 kWh × 180 = 92.25 → 92
+    Case("energy_decimal_exact_at_the_half", energy_t(5000, 0), H, 501, energy_wh=100.1),
+    # 0.1001 kWh × 5000 = 500.5 → 501 (the binary float 100.0999… would round to 500)
+    Case("energy_free_minute_61s", energy_t(100, 80, free_minutes=1), 61, 1, energy_wh=5,
+         billable_minutes=1),  # 61 > 60 s free → billed: 0.005 kWh × 180 = 0.9 → 1
+    Case("energy_free_minute_60s", energy_t(100, 80, free_minutes=1), 60, 0,
+         energy_wh=5),  # 60 s ≤ 60 s free → 0 although 5 Wh flowed
     Case("power_tier_3h_250w_standard",
          tariff("power_tier", tiers=STANDARD, free_minutes=1), 3 * H, 119, energy_wh=750,
-         samples=(at(30, 250.0),)),  # 250 W → 400 W tier; 40/60 × (180 − 1) = 119.33 → 119
+         samples=W250, billable_minutes=179),
+    # 250 W → 400 W tier; 10800 − 60 = 10740 s → 179 units → 40/60 × 179 = 119.33 → 119
+    Case("power_tier_30min_blocks_2m30s",
+         tariff("power_tier", tiers=STANDARD, unit_minutes=30, free_minutes=1), 150, 20,
+         energy_wh=10, samples=W250),  # 250 W → 40 fen/h; 1 unit → 30 × 40/60 = 20
+    Case("power_tier_session_mean_free_minute", bands(band_by="session_mean", free_minutes=1),
+         2 * H, 129, energy_wh=500, billable_minutes=119),
+    # 500 Wh / 2 h = 250 W → ≤360 → 65 fen/h; 7200 − 60 = 7140 s → 119 → 65 × 119/60
+    # = 128.92 → 129
+    Case("session_mean_decimal_energy", bands(band_by="session_mean"), H, 65,
+         energy_wh=183.4),  # 183.4 Wh / 1 h = 183.4 W → 183 → >180 → 65/60 × 60 = 65
+    Case("session_mean_decimal_half_watt_is_dearer", bands(band_by="session_mean"), H, 65,
+         energy_wh=180.5),  # 180.5 W → half up 181 → >180 → 65
+    Case("session_mean_decimal_under_half_stays", bands(band_by="session_mean"), H, 55,
+         energy_wh=180.4),  # 180.4 W → 180 → ≤180 → 55
+    Case("peak_minute_decimal_readings", bands(), H, 65,
+         samples=(at(10, 180.3), at(20, 180.8))),  # (180.3 + 180.8)/2 = 180.55 → 181 → 65
     # --- every tier boundary (peak_minute, one reading, 60 min) ---------------------------------
     Case("tier_at_180w", bands(), H, 55, samples=(at(30, 180.0),)),  # ≤180 → 55/60 × 60 = 55
     Case("tier_181w", bands(), H, 65, samples=(at(30, 181.0),)),  # 181–360 → 65/60 × 60 = 65
@@ -105,7 +206,7 @@ CASES = [
     Case("above_top_tier_uses_last", bands(), H, 150, samples=(at(30, 1201.0),),
          port_limit_w=1500),  # 1201 W > every up_to_w → last tier: 150/60 × 60 = 150
     Case("tiers_listed_out_of_order", bands(tiers=list(reversed(BANDS))), H, 65,
-         samples=(at(30, 250.0),)),  # sorted by up_to_w, 250 W → ≤360 → 65
+         samples=W250),  # sorted by up_to_w, 250 W → ≤360 → 65
     # --- peak_minute vs session_mean -------------------------------------------------------
     Case("spike_minute_peak_minute", bands(), H, 150, energy_wh=210,
          samples=SPIKE),  # minute 5 mean = 900 W → ≤1200 → 150/60 × 60 = 150
@@ -125,15 +226,16 @@ CASES = [
     Case("reading_before_start_ignored", bands(), H, 55,
          samples=(at(-30, 900.0), at(30, 150.0))),  # only 150 W is "since start" → 55
     # --- free minutes (time, 60 fen/h, per minute: fen = billable minutes) -------------------
-    Case("free0_one_second", time_t(60), 1, 1),  # 1 started minute − 0 = 1 → 1
-    Case("free0_zero_seconds", time_t(60), 0, 0),  # no started minute → 0
-    Case("free1_exactly_60s", time_t(60, free_minutes=1), 60, 0),  # 1 − 1 = 0 → free
-    Case("free1_61s", time_t(60, free_minutes=1), 61, 1),  # 2 started − 1 = 1 → 1
-    Case("free30_exactly_1800s", time_t(60, free_minutes=30), 1800, 0),  # 30 − 30 = 0
-    Case("free30_1801s", time_t(60, free_minutes=30), 1801, 1),  # 31 − 30 = 1 → 1
-    Case("free30_two_hours", time_t(60, free_minutes=30), 2 * H, 90),  # 120 − 30 = 90
-    Case("free1_with_30min_blocks", time_t(60, unit_minutes=30, free_minutes=1), 61, 29),
-    # 1 started block = 30 min − 1 free = 29 → 60/60 × 29 = 29
+    Case("free0_one_second", time_t(60), 1, 1),  # ceil(1/60) = 1 unit → 1
+    Case("free0_zero_seconds", time_t(60), 0, 0),  # 0 units → 0
+    Case("free1_exactly_60s", time_t(60, free_minutes=1), 60, 0),  # 60 ≤ 60 → free
+    Case("free1_61s", time_t(60, free_minutes=1), 61, 1),  # ceil(1/60) = 1 → 1
+    Case("free30_exactly_1800s", time_t(60, free_minutes=30), 1800, 0),  # 1800 ≤ 1800 → free
+    Case("free30_1801s", time_t(60, free_minutes=30), 1801, 1),  # ceil(1/60) = 1 → 1
+    Case("free30_two_hours", time_t(60, free_minutes=30), 2 * H, 90),  # (7200 − 1800)/60 = 90
+    Case("free1_with_30min_blocks", time_t(60, unit_minutes=30, free_minutes=1), 61, 30,
+         billable_minutes=30),
+    # 61 − 60 = 1 s → 1 unit = 30 min → 60/60 × 30 = 30 (the old "block − free" gave 29)
     # --- started units ---------------------------------------------------------------------
     Case("unit1_exact_10min", time_t(60), 600, 10),  # 10 started minutes → 10
     Case("unit1_one_second_over", time_t(60), 601, 11),  # 11 started minutes → 11
@@ -163,6 +265,16 @@ CASES = [
     Case("tou_free_minutes_shift_the_interval",
          time_t(60, free_minutes=10, off_peak=NIGHT), 40 * 60, 24,
          start=utc(2, 13, 50)),  # 21:50 local; billable 22:00–22:30 all off: 30 × 0.8 = 24
+    Case("tou_blocks_across_the_edge",
+         time_t(60, unit_minutes=30, free_minutes=1, off_peak=NIGHT), 46 * 60, 51,
+         start=utc(2, 13, 44), billable_minutes=60),
+    # 21:44 local; 2760 − 60 = 2700 s → 2 units = 60 min billed 21:45–22:45:
+    # 15 peak + 45 off → 60/60 × (15 + 45 × 0.8) = 15 + 36 = 51
+    Case("tou_free_minute_before_the_morning_edge",
+         time_t(60, free_minutes=1, off_peak=NIGHT), 61 * 60, 54, start=utc(2, 23, 29),
+         billable_minutes=60),
+    # 07:29 local; 3660 − 60 = 3600 s → 60 min billed 07:30–08:30 (the free minute is the
+    # 07:29 one): 30 off + 30 peak → 30 × 0.8 + 30 = 24 + 30 = 54
     Case("tou_energy_by_time_share", energy_t(100, 80, off_peak=NIGHT), 2 * H, 162,
          energy_wh=1000, start=utc(2, 13)),
     # 21:00–23:00 local: 1 kWh × 180 × (60 + 60 × 0.8) / 120 = 180 × 108 / 120 = 162
@@ -174,15 +286,23 @@ CASES = [
     Case("min_fee_equal", time_t(60, min_fee_fen=50), 50 * 60, 50),  # 50 = 50 → 50
     Case("min_fee_above", time_t(60, min_fee_fen=50), 51 * 60, 51),  # 51 > 50 → 51
     Case("min_fee_free_session_stays_zero", time_t(60, min_fee_fen=50, free_minutes=1), 60, 0),
-    # 1 − 1 = 0 billable → 0, no minimum fee
-    Case("min_fee_no_energy_stays_zero", energy_t(100, 80, min_fee_fen=50), H, 0),
-    # 0 kWh × 180 = 0 → 0, no minimum fee
+    # 60 s ≤ 60 s free → 0, no minimum fee
+    Case("min_fee_by_time_61s", {**BY_TIME, "min_fee_fen": 50}, 61, 50),
+    # 1 unit → 12.5 → 13 > 0 → lifted to the 50 minimum
+    Case("min_fee_by_time_12s_stays_zero", {**BY_TIME, "min_fee_fen": 50}, 12, 0),
+    # 12 s ≤ 60 s free → 0, no minimum fee
+    Case("min_fee_no_energy_stays_zero", energy_t(100, 80, min_fee_fen=50), H, 0, energy_wh=0),
+    # 0 Wh → nothing delivered → 0, no minimum fee
     # --- cap (time, 60 fen/h) ---------------------------------------------------------------------
     Case("cap_below", time_t(60, cap_fen=300), 299 * 60, 299),  # 299 < 300
     Case("cap_exactly", time_t(60, cap_fen=300), 300 * 60, 300),  # 300 = 300
     Case("cap_above", time_t(60, cap_fen=300), 10 * H, 300),  # 600 > 300 → 300
     Case("cap_beats_min_fee", time_t(60, min_fee_fen=500, cap_fen=300), 2 * 60, 300),
     # 2 → min fee 500 → capped 300
+    Case("cap_by_time_a_whole_day", {**BY_TIME, "cap_fen": 500}, 24 * H, 500),
+    # 86400 − 60 = 86340 s → ceil(47.97) = 48 units → 1440 × 25/60 = 600 > 500 → 500
+    Case("cap_energy_mode", energy_t(100, 80, cap_fen=200), 3 * H, 200, energy_wh=1500),
+    # 1.5 kWh × 180 = 270 > 200 → 200
     # --- half-up, once per bill ------------------------------------------------------------------
     Case("half_fen_rounds_up", time_t(1), 30 * 60, 1),  # 1/60 × 30 = 0.5 → 1
     Case("x_point_5_rounds_up", energy_t(149, 0), H, 224,
@@ -192,7 +312,7 @@ CASES = [
     Case("once_not_per_minute_25_per_hour", time_t(25), 179 * 60, 75),
     # 25/60 × 179 = 74.58 → 75 (each minute rounded alone: 0.42 → 0, total 0)
     Case("once_not_per_minute_40_per_hour", tariff("power_tier", tiers=STANDARD), 179 * 60, 119,
-         samples=(at(30, 250.0),)),  # 40/60 × 179 = 119.33 → 119 (per minute: 0.67 → 1, 179)
+         samples=W250),  # 40/60 × 179 = 119.33 → 119 (per minute: 0.67 → 1, 179)
     Case("once_not_per_price_part", time_t(3, off_peak={**NIGHT, "percent": 50}), 30 * 60, 1,
          start=utc(2, 13, 50)),
     # 21:50–22:20 local: 3/60 × 10 = 0.5 peak + 3/60 × 20 × 0.5 = 0.5 off → 1.0 → 1
@@ -216,9 +336,13 @@ def test_bill_table(case: Case) -> None:
     bill = compute_bill(
         case.tariff, started_at=case.start, duration_s=case.duration_s, energy_wh=case.energy_wh,
         samples=list(case.samples), tz="Asia/Shanghai", port_limit_w=case.port_limit_w,
+        reason=case.reason,
     )
     assert bill.amount_fen == case.expected_fen
     assert bill.mode == case.tariff["mode"]
+    if case.billable_minutes is not None:
+        assert bill.billable_minutes == case.billable_minutes
+    assert bill.energy_wh == case.energy_wh  # kept at the pile's resolution
 
 
 def test_every_configured_tariff_bills_a_3h_250w_charge(monkeypatch: pytest.MonkeyPatch) -> None:

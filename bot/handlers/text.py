@@ -28,37 +28,56 @@ def distance(lang: str, meters: float) -> str:
 
 
 def tariff_sentence(lang: str, t: dict[str, Any]) -> str:
-    """The whole price in one plain sentence, told before the rider starts."""
-    mode = t["mode"]
+    """The whole price in plain words, told before the rider starts: DESIGN §5's rules, each as
+    a rider would say it (free minutes, how a started block counts, windows, minimum, cap, and
+    that a charge which drew no power costs nothing)."""
+    mode, free = t["mode"], int(t.get("free_minutes") or 0)
+    unit = max(1, int(t.get("unit_minutes") or 1))
+    if unit == 1:
+        per_unit = tr(lang, "per started minute")
+    else:
+        per_unit = tr(lang, "per started {unit}-minute block (part of a block counts as a "
+                            "whole one)", unit=unit)
     if mode == "power_tier":
         tiers = tr(lang, ", ").join(
             tr(lang, "up to {w} W {price}/h", w=x["up_to_w"], price=yuan(x["fen_per_hour"]))
             for x in sorted(t["tiers"], key=lambda x: x["up_to_w"])
         )
         if t.get("band_by") == "session_mean":
-            s = tr(lang, "Priced by power ({tiers}); the band is your average power.", tiers=tiers)
+            rule = tr(lang, "priced by power ({tiers}), the band is your average power, "
+                            "{per_unit}", tiers=tiers, per_unit=per_unit)
         else:
-            s = tr(lang, "Priced by power ({tiers}); the band is your highest 1-minute average.",
-                   tiers=tiers)
+            rule = tr(lang, "priced by power ({tiers}), the band is your highest 1-minute "
+                            "average, {per_unit}", tiers=tiers, per_unit=per_unit)
     elif mode == "time":
-        s = tr(lang, "{price} per hour, counted in started {unit}-minute blocks.",
-               price=yuan(t["fen_per_hour"]), unit=t.get("unit_minutes", 1))
+        rule = tr(lang, "{price}/h, {per_unit}", price=yuan(t["fen_per_hour"]), per_unit=per_unit)
     else:
-        s = tr(lang, "{elec}/kWh electricity + {svc}/kWh service.",
-               elec=yuan(t["fen_per_kwh"]), svc=yuan(t.get("service_fen_per_kwh", 0)))
-    extras = []
-    if t.get("free_minutes"):
-        extras.append(tr(lang, "first {n} min free", n=t["free_minutes"]))
+        rule = tr(lang, "{elec}/kWh electricity + {svc}/kWh service",
+                  elec=yuan(t["fen_per_kwh"]), svc=yuan(t.get("service_fen_per_kwh", 0)))
+    clauses = []
+    if free and mode == "energy":
+        # Energy is billed whole once a charge outlasts the free minutes: only short ones are free.
+        clauses += [tr(lang, "charges of {n} min or less are free", n=free), rule]
+    elif free:
+        clauses += [tr(lang, "first {n} min free", n=free),
+                    tr(lang, "after that {rule}", rule=rule)]
+    else:
+        clauses.append(rule)
     if t.get("off_peak"):
         op = t["off_peak"]
-        extras.append(tr(lang, "{start}–{end} at {percent}%", **op))
+        clauses.append(tr(lang, "{start}–{end} at {percent}% of the price", start=op["start"],
+                          end=op["end"], percent=op["percent"]))
     if t.get("min_fee_fen"):
-        extras.append(tr(lang, "minimum {fee}", fee=yuan(t["min_fee_fen"])))
+        clauses.append(tr(lang, "at least {fee} when there is something to pay",
+                          fee=yuan(t["min_fee_fen"])))
     if t.get("cap_fen"):
-        extras.append(tr(lang, "never more than {cap} a charge", cap=yuan(t["cap_fen"])))
-    if extras:
-        s += " " + tr(lang, "Also: {extras}.", extras=tr(lang, ", ").join(extras))
-    return s + " " + tr(lang, "You pay after charging, from your wallet.")
+        clauses.append(tr(lang, "never more than {cap} a charge", cap=yuan(t["cap_fen"])))
+    clauses.append(tr(lang, "no power drawn, nothing to pay"))
+    rules = tr(lang, "; ").join(clauses)
+    # Clauses are lower-case so they can follow each other; the sentence starts with a capital
+    # (a no-op for Chinese).
+    rules = rules[:1].upper() + rules[1:]
+    return tr(lang, "{rules}. You pay after charging, from your wallet.", rules=rules)
 
 
 def end_reason(lang: str, reason: str) -> str:

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from fractions import Fraction
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.billing import coupons, plans
-from core.billing.tariffs import Bill, compute_bill
+from core.billing.tariffs import (
+    Bill,
+    Reading,
+    compute_bill,
+    delivered_no_energy,
+    exact,
+    round_half_up,
+)
 from core.config import Settings
 
 FAULT_ENDS = ("fault", "power_loss")
@@ -39,13 +47,25 @@ def integrate_wh(samples: list[tuple[datetime, float]], start: datetime, end: da
     """Energy from the power samples (trapezoids between readings; the first reading held back
     to the start and the last one on to the end), as an independent check of the pile's own
     energy counter."""
-    pts = [(ts, p) for ts, p in samples if start <= ts <= end]
+    return float(_integrate(samples, start, end))
+
+
+def _integrate(samples: list[tuple[datetime, float]], start: datetime, end: datetime) -> Fraction:
+    # Exact, like the bill: a 183.4 W reading is 1834/10 W and time is whole microseconds, so
+    # the metered energy, the gap and the honest bill it implies carry no float noise.
+    pts = [(ts, exact(p)) for ts, p in samples if start <= ts <= end]
     if len(pts) < 2:
-        return 0.0
-    wh = pts[0][1] * (pts[0][0] - start).total_seconds() / 3600
+        return Fraction(0)
+
+    def hours(a: datetime, b: datetime) -> Fraction:
+        d = b - a
+        return Fraction((d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds,
+                        3_600_000_000)
+
+    wh = pts[0][1] * hours(start, pts[0][0])
     for (t0, p0), (t1, p1) in zip(pts, pts[1:], strict=False):
-        wh += (p0 + p1) / 2 * (t1 - t0).total_seconds() / 3600
-    return wh + pts[-1][1] * (end - pts[-1][0]).total_seconds() / 3600
+        wh += (p0 + p1) / 2 * hours(t0, t1)
+    return wh + pts[-1][1] * hours(pts[-1][0], end)
 
 
 async def fault_start(session: AsyncSession, pile_id: str, port: int, start: datetime,
@@ -64,9 +84,13 @@ async def fault_start(session: AsyncSession, pile_id: str, port: int, start: dat
 async def adjust(
     session: AsyncSession, *, rider_id: int, charge_id: int, pile_id: str, port: int,
     tariff: dict[str, Any], bill: Bill, started: datetime, ended: datetime, reason: str,
-    energy_wh: int, samples: list[tuple[datetime, float]], settings: Settings, now: datetime,
+    energy_wh: Reading, samples: list[tuple[datetime, float]], settings: Settings, now: datetime,
 ) -> Breakdown:
-    b = Breakdown(gross_fen=bill.amount_fen)
+    # A charge that delivered nothing is free (DESIGN §5), judged here with the pile's end
+    # reason too: a `no_load` end is free even when the counter crept up a watt-hour and the bill
+    # was computed without the reason.
+    gross = 0 if delivered_no_energy(energy_wh, reason) else bill.amount_fen
+    b = Breakdown(gross_fen=gross)
     tz, limit = settings.server.timezone, settings.piles.port_limit_w
 
     # A fault ends the charge early: the rider pays only up to the fault, without a minimum.
@@ -76,12 +100,12 @@ async def adjust(
         upto = max(0, int((at - started).total_seconds()))
         fair = compute_bill({**tariff, "min_fee_fen": 0}, started_at=started, duration_s=upto,
                             energy_wh=energy_wh, samples=[s for s in samples if s[0] <= at],
-                            tz=tz, port_limit_w=limit)
-        b.refund_fen = max(0, bill.amount_fen - fair.amount_fen)
+                            tz=tz, port_limit_w=limit, reason=reason)
+        b.refund_fen = max(0, gross - fair.amount_fen)
         b.fault_at = at.isoformat()
 
     # Prepaid plan minutes pay for the part of the charge they cover.
-    after_refund = bill.amount_fen - b.refund_fen
+    after_refund = gross - b.refund_fen
     if bill.billable_minutes and after_refund > 0:
         covered, _ = await plans.cover(session, rider_id, bill.billable_minutes, now)
         if covered:
@@ -102,15 +126,15 @@ async def adjust(
     b.net_fen = max(0, owed - b.coupon_fen)
 
     # The metering promise: the pile's counter may not run more than 1 % ahead of its samples.
-    metered = integrate_wh(samples, started, ended)
+    metered = _integrate(samples, started, ended)
     if metered > 0:
-        b.metered_wh = round(metered)
-        b.metering_gap_percent = round((energy_wh - metered) * 100 / metered, 2)
+        b.metered_wh = round_half_up(metered)
+        b.metering_gap_percent = round(float((exact(energy_wh) - metered) * 100 / metered), 2)
         if b.metering_gap_percent > settings.billing.metering_tolerance_percent:
             honest = compute_bill(tariff, started_at=started,
-                                  duration_s=bill.duration_s, energy_wh=round(metered),
-                                  samples=samples, tz=tz, port_limit_w=limit)
-            over = max(0, bill.amount_fen - honest.amount_fen)
+                                  duration_s=bill.duration_s, energy_wh=metered,
+                                  samples=samples, tz=tz, port_limit_w=limit, reason=reason)
+            over = max(0, gross - honest.amount_fen)
             b.compensation_fen = over * settings.billing.metering_compensation_factor
     return b
 
