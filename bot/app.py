@@ -86,7 +86,7 @@ async def healthz(_request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text: what an operator watches (and alerts on) across the workers."""
     from bot.scheduler import JOB_STATS, LEADERSHIP
-    from core.events import PileEvent
+    from core.events import PileEvent, RejectedEvent
     from core.support import Ticket
     from core.workorders import ACTIVE, WorkOrder
 
@@ -101,6 +101,7 @@ async def metrics(request: web.Request) -> web.Response:
             OutboxMessage.state == "pending", OutboxMessage.due_at <= now))
         # max(id), not count(*): the events table is the largest, and ids only grow.
         events = await session.scalar(select(func.max(PileEvent.id)))
+        rejected = await session.scalar(select(func.count()).select_from(RejectedEvent))
         orders = await session.scalar(select(func.count()).select_from(WorkOrder).where(
             WorkOrder.state.in_(ACTIVE)))
         tickets = await session.scalar(select(func.count()).select_from(Ticket).where(
@@ -121,6 +122,9 @@ async def metrics(request: web.Request) -> web.Response:
         "# TYPE chargebot_delivery_errors_total counter",
         f"chargebot_delivery_errors_total {outbox.get('dead', 0)}",
         "# TYPE chargebot_pile_events_total counter", f"chargebot_pile_events_total {events or 0}",
+        # Each distinct bad event once, however often its pile resent it.
+        "# TYPE chargebot_pile_events_rejected_total counter",
+        f"chargebot_pile_events_rejected_total {rejected or 0}",
         "# TYPE chargebot_work_orders_open gauge", f"chargebot_work_orders_open {orders or 0}",
         "# TYPE chargebot_tickets_open gauge", f"chargebot_tickets_open {tickets or 0}",
         "# TYPE chargebot_scheduler_leader gauge",

@@ -10,8 +10,8 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from sqlalchemy import select
@@ -19,9 +19,6 @@ from sqlalchemy import select
 from core.config import Settings, load_settings
 from core.db import make_engine, make_sessionmaker, transaction
 from core.migrate import upgrade
-
-if TYPE_CHECKING:
-    from datetime import datetime
 
 log = logging.getLogger("chargebot")
 
@@ -234,6 +231,48 @@ def cmd_piles_list(args: argparse.Namespace) -> None:
         print(f"{p.id}\t{p.site_id}\t{p.ports} ports\t{p.model}\t{state}")
 
 
+_AGO = re.compile(r"(\d+)\s*([mhd])")
+
+
+def _since(text: str, now: datetime) -> datetime:
+    """`--since`: an ISO-8601 date or time (UTC unless it says otherwise), or 30m / 2h / 7d."""
+    if m := _AGO.fullmatch(text.strip()):
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+        return now - timedelta(**{unit: int(m.group(1))})
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CliError(f"--since {text!r}: give an ISO date/time (2026-12-07, "
+                       "2026-12-07T08:00+08:00) or an age like 30m, 2h, 7d") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def cmd_events_rejected(args: argparse.Namespace) -> None:
+    """Events piles sent that could not be applied (the rest of their batch was), newest last."""
+    from core.db import aware, utcnow
+    from core.events import RejectedEvent
+
+    settings = _settings(args)
+    stmt = select(RejectedEvent).order_by(RejectedEvent.received_at, RejectedEvent.id)
+    if args.pile:
+        stmt = stmt.where(RejectedEvent.pile_id == args.pile)
+    if args.since:
+        stmt = stmt.where(RejectedEvent.received_at >= _since(args.since, utcnow()))
+    stmt = stmt.limit(args.limit)
+
+    async def load(session):  # type: ignore[no-untyped-def]
+        return list((await session.execute(stmt)).scalars())
+
+    rows = asyncio.run(_with_session(settings, load))
+    if not rows:
+        print("no rejected events" + (f" for pile {args.pile}" if args.pile else ""))
+        return
+    print("received_at\tpile\tindex\tid\tfield\terror\traw")
+    for r in rows:
+        print(f"{aware(r.received_at).isoformat(timespec='seconds')}\t{r.pile_id}\t{r.position}"
+              f"\t{r.event_id or '-'}\t{r.field}\t{r.error}\t{r.raw}")
+
+
 async def _wechat_client(settings: Settings):  # type: ignore[no-untyped-def]
     import aiohttp
 
@@ -312,7 +351,6 @@ def cmd_piles_qr(args: argparse.Namespace) -> None:
 
 def cmd_refund(args: argparse.Namespace) -> None:
     """Staff: give back part of a bill, once per --key."""
-    from datetime import UTC, datetime
 
     from core.billing import disputes
     from core.charging import Charge
@@ -340,7 +378,6 @@ def cmd_refund(args: argparse.Namespace) -> None:
 
 
 def cmd_disputes(args: argparse.Namespace) -> None:
-    from datetime import UTC, datetime
 
     from core.billing import disputes
     from core.charging import Charge
@@ -459,7 +496,6 @@ def cmd_report_monthly(args: argparse.Namespace) -> None:
 
 def cmd_vouchers_redeem(args: argparse.Namespace) -> None:
     """The merchant side: a voucher code is good once."""
-    from datetime import UTC, datetime
 
     from core import vouchers
 
@@ -479,7 +515,6 @@ def cmd_vouchers_redeem(args: argparse.Namespace) -> None:
 def cmd_broadcast(args: argparse.Namespace) -> None:
     """Queue a message for the riders' groups (`support.rider_groups`) at a local time, or with
     --riders for every rider in their own chat (one outbox message each, resumable)."""
-    from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 
     from core import broadcasts
@@ -638,6 +673,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="shown to riders, e.g. 王师傅")
     p.set_defaults(fn=cmd_staff_add)
     st.add_parser("list", help="staff and their sites").set_defaults(fn=cmd_staff_list)
+
+    ev = sub.add_parser("events").add_subparsers(dest="events_command", required=True)
+    p = ev.add_parser("rejected", help="pile events that were refused, with field and reason")
+    p.add_argument("--pile", help="only this pile")
+    p.add_argument("--since", help="ISO date/time, or an age: 30m, 2h, 7d")
+    p.add_argument("--limit", type=int, default=1000)
+    p.set_defaults(fn=cmd_events_rejected)
 
     wx = sub.add_parser("wechat").add_subparsers(dest="wechat_command", required=True)
     wx.add_parser("menu", help="publish the official account's menu").set_defaults(

@@ -16,20 +16,20 @@ Topics (`{prefix}` is `mqtt.topic_prefix`, default `piles`; QoS 1 everywhere):
   HMAC-SHA256(pile secret, `"{ts}.{body}"`) where body is the UTF-8 bytes of `body` — exactly
   `X-Timestamp` / `X-Signature` of the HTTP contract (`core.pile_auth.sign`).
 * `{prefix}/{pile_id}/acks` — service → pile, after the batch is durably stored:
-  `{"ts": <the envelope's ts>, "accepted": n, "duplicates": d}` (the HTTP 200 answer without
-  the commands). A pile that sees no ack resends the same batch; duplicates are acknowledged,
-  never applied twice.
+  `{"ts": <the envelope's ts>, "accepted": n, "duplicates": d, "rejected": [...]}` (the HTTP
+  200 answer without the commands; `rejected` lists the batch's bad events, which were kept for
+  operators while the rest was applied). A pile that sees no ack resends the same batch;
+  duplicates are acknowledged, never applied twice.
 * `{prefix}/{pile_id}/commands` — service → pile: `{"commands": [COMMAND, ...]}`, COMMAND as in
   the HTTP contract. Published with each ack that has commands, at once when a command is queued
   in this process (`ctx.wake_pile`), and by a sweep every `sweep_s` (commands queued by another
   process, and resends of unacknowledged ones after `piles.command_resend_s`). A command keeps
   its id when resent: the pile acknowledges with a `command_ack` event as over HTTP.
 * `{prefix}/{pile_id}/errors` — service → pile, for a dropped message:
-  `{"error": "...", "status": 400|401|404|503, "field"?: "...", "pile"?: "...", "ts"?: ...}`,
-  the HTTP error bodies plus the HTTP status they stand for. `field` names the bad part:
-  `message` (the envelope is not `{ts, sig, body}`), `body` (not JSON), or the first bad event
-  field like `events[3].power_w`. 401 bad or stale signature, 404 unknown pile, 503 not stored
-  (resend later).
+  `{"error": "...", "status": 400|401|503, "field"?: "...", "ts"?: ...}`, the HTTP error bodies
+  plus the HTTP status they stand for. `field` names the bad part: `message` (the envelope is
+  not `{ts, sig, body}`), `body` (not JSON), or `events` (not a list of 1–500). 401 bad or stale
+  signature or unknown pile, 503 not stored (resend later).
 
 Only piles that have sent a valid message over MQTT (within `2 × piles.offline_after_s`) get
 commands from the sweep, so HTTP piles of a mixed fleet keep theirs for their long poll.
@@ -59,7 +59,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from bot.context import Context
-from bot.piles_api import SECRETS, WRITER, SecretCache, _finite, _no_constant
+from bot.piles_api import SECRETS, WRITER, SecretCache
 from core import commands, events
 from core.commands import PileCommand
 from core.config import MqttSettings
@@ -221,7 +221,7 @@ class MqttBridge:
         ts = env["ts"]
         secret = await self.app[SECRETS].get(self.ctx, pile_id)
         if secret is None:
-            raise _Reject(404, "unknown pile", pile=pile_id, ts=ts)
+            raise _Reject(401, "bad or stale signature", ts=ts)  # no pile-id probing
         try:
             body = env["body"].encode()
         except UnicodeEncodeError:  # a lone surrogate: no pile signed these bytes
@@ -230,7 +230,7 @@ class MqttBridge:
             raise _Reject(401, "bad or stale signature", ts=ts)
         self._mqtt_piles[pile_id] = time.monotonic()
         try:
-            raw = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
+            raw = events.decode_body(body)
         except (ValueError, RecursionError):
             raise _Reject(400, "body is not JSON", field="body", ts=ts) from None
         try:
@@ -241,7 +241,8 @@ class MqttBridge:
             result = await self.app[WRITER].submit(pile_id, batch)
         except Exception:
             raise _Reject(503, "could not store the events, retry", ts=ts) from None
-        ack = {"ts": ts, "accepted": result.accepted, "duplicates": result.duplicates}
+        ack = {"ts": ts, "accepted": result.accepted, "duplicates": result.duplicates,
+               "rejected": result.rejected}
         return ack, result.commands
 
     # --- service → pile: commands queued outside an ingest ---------------------------------

@@ -26,14 +26,14 @@ TOUCH_EVERY_S = 5.0
 class IngestWriter:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.queue: asyncio.Queue[tuple[str, list[Any], asyncio.Future[events.BatchResult]]] = (
+        self.queue: asyncio.Queue[tuple[str, events.Batch, asyncio.Future[events.BatchResult]]] = (
             asyncio.Queue())
         self._touched: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self.groups = 0
         self.requests = 0
 
-    async def submit(self, pile_id: str, batch: list[Any]) -> events.BatchResult:
+    async def submit(self, pile_id: str, batch: events.Batch) -> events.BatchResult:
         if self._task is None or self._task.done():
             self.start()
         fut: asyncio.Future[events.BatchResult] = asyncio.get_running_loop().create_future()
@@ -64,7 +64,7 @@ class IngestWriter:
                     break
             await self._commit(group)
 
-    async def _commit(self, group: list[tuple[str, list[Any], asyncio.Future[Any]]]) -> None:
+    async def _commit(self, group: list[tuple[str, events.Batch, asyncio.Future[Any]]]) -> None:
         ctx = self.ctx
         now = ctx.clock()
         try:

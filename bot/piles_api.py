@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -52,17 +50,6 @@ class SecretCache:
 SECRETS = web.AppKey("pile_secrets", SecretCache)
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999: no database column or JSON document holds it
-        raise ValueError(f"number out of range: {text[:20]}")
-    return value
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")  # NaN / Infinity: Python accepts them, JSON does not
-
-
 def _error(status: int, error: str, **extra: Any) -> web.Response:
     return web.json_response({"error": error, **extra}, status=status)
 
@@ -73,7 +60,9 @@ async def _authenticate(request: web.Request, body: bytes) -> str | web.Response
         return _error(401, "missing or bad X-Pile-Id")
     secret = await request.app[SECRETS].get(request.app[CTX], pile_id)
     if secret is None:
-        return _error(404, "unknown pile", pile=pile_id)
+        # The same answer as a bad signature: nobody learns which pile ids exist.
+        log.warning("rejected request from unknown pile %r", pile_id)
+        return _error(401, "bad or stale signature")
     ok = verify(secret, request.headers.get("X-Timestamp", ""), body,
                 request.headers.get("X-Signature", ""), time.time())
     if not ok:
@@ -89,7 +78,7 @@ async def post_events(request: web.Request) -> web.Response:
         return auth
     pile_id = auth
     try:
-        raw = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
+        raw = events.decode_body(body)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or absurdly deep
         return _error(400, "body is not JSON", field="body")
     try:
@@ -104,9 +93,13 @@ async def post_events(request: web.Request) -> web.Response:
         response = _error(503, "could not store the events, retry")
         response.headers["Retry-After"] = "2"
         return response
+    if result.rejected:
+        log.warning("pile %s: %d event(s) rejected, first %s: %s", pile_id,
+                    len(result.rejected), result.rejected[0]["field"],
+                    result.rejected[0]["error"][:120])
     return web.json_response(
         {"accepted": result.accepted, "duplicates": result.duplicates,
-         "commands": result.commands}
+         "rejected": result.rejected, "commands": result.commands}
     )
 
 

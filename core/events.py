@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,8 +17,8 @@ from sqlalchemy import (
     Column,
     Float,
     Index,
-    Integer,
     String,
+    Text,
     bindparam,
     func,
     insert,
@@ -31,7 +34,7 @@ from core import charging, commands, faults
 from core.charging import Charge, MeterSample
 from core.commands import PileCommand
 from core.config import Settings
-from core.db import insert_ignore
+from core.db import insert_ignore, utcnow
 from core.errors import InvalidEvent
 from core.faults import PowerTrack
 from core.piles import PORT_STATUSES, Pile, Port
@@ -67,6 +70,32 @@ class PileEvent(SQLModel, table=True):
     received_at: datetime
 
 
+class RejectedEvent(SQLModel, table=True):
+    """An event a pile sent that we could not apply, kept for operators with the reason.
+
+    The rest of its batch was applied (DESIGN §3): a pile that resends a refused batch forever
+    would go dark and lose every bill behind it. A resend of the same bad event is stored once.
+    """
+
+    __tablename__ = "rejected_events"
+    __table_args__ = (
+        Index("uq_rejected_events_pile_digest", "pile_id", "digest", unique=True),
+        Index("ix_rejected_events_received", "received_at"),
+    )
+
+    id: int | None = SQLField(default=None, primary_key=True)
+    pile_id: str = SQLField(max_length=32, index=True)
+    event_id: str | None = SQLField(default=None, max_length=81)
+    position: int  # its index in the batch it came in
+    field: str = SQLField(max_length=200)
+    error: str = SQLField(max_length=500)
+    # The event as received, re-serialised as ASCII JSON text: NaN and ±Infinity stay readable
+    # (no JSON column takes them) and so do NUL and lone surrogates (escaped).
+    raw: str = SQLField(sa_column=Column(Text, nullable=False))
+    digest: str = SQLField(max_length=64)
+    received_at: datetime = SQLField(default_factory=utcnow)
+
+
 # --- the wire format ------------------------------------------------------------------------
 
 EventId = Annotated[str, Field(min_length=1, max_length=80)]
@@ -74,16 +103,23 @@ PortNo = Annotated[int, Field(ge=1, le=99)]
 SessionRef = Annotated[str, Field(min_length=1, max_length=40)]
 
 
+# Readings are JSON numbers, whole or decimal (boards report 0.1 W, 0.01 kWh, 0.1 V; OCPP meter
+# values are decimals): kept as floats at their resolution. Only money is integer fen.
+Reading = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class _Event(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=False)
+    # Unknown fields are kept in the stored payload, not refused: a newer firmware that adds a
+    # field must not lose its riders' bills.
+    model_config = ConfigDict(extra="allow", strict=False, allow_inf_nan=False)
     id: EventId
     ts: datetime
 
 
 class Heartbeat(_Event):
     type: Literal["heartbeat"]
-    signal_dbm: Annotated[int, Field(ge=-255, le=255)] | None = None
-    temperature_c: float | None = None
+    signal_dbm: Annotated[Reading, Field(ge=-255, le=255)] | None = None
+    temperature_c: Annotated[Reading, Field(ge=-60, le=400)] | None = None
     firmware: Annotated[str, Field(max_length=64)] | None = None
 
 
@@ -97,11 +133,11 @@ class Meter(_Event):
     type: Literal["meter"]
     port: PortNo
     session: SessionRef
-    power_w: Annotated[float, Field(ge=0, le=100_000)]
-    energy_wh: Annotated[int, Field(ge=0, le=MAX_ENERGY_WH)]
-    voltage_v: float | None = None
-    current_a: Annotated[float, Field(ge=0, le=1000)] | None = None
-    temperature_c: Annotated[float, Field(ge=-60, le=400)] | None = None
+    power_w: Annotated[Reading, Field(ge=0, le=100_000)]
+    energy_wh: Annotated[Reading, Field(ge=0, le=MAX_ENERGY_WH)]
+    voltage_v: Annotated[Reading, Field(ge=0, le=1000)] | None = None
+    current_a: Annotated[Reading, Field(ge=0, le=1000)] | None = None
+    temperature_c: Annotated[Reading, Field(ge=-60, le=400)] | None = None
 
 
 class SessionStarted(_Event):
@@ -115,8 +151,8 @@ class SessionEnded(_Event):
     port: PortNo
     session: SessionRef
     reason: Literal[charging.END_REASONS]  # type: ignore[valid-type]
-    energy_wh: Annotated[int, Field(ge=0, le=MAX_ENERGY_WH)]
-    duration_s: Annotated[int, Field(ge=0, le=MAX_DURATION_S)]
+    energy_wh: Annotated[Reading, Field(ge=0, le=MAX_ENERGY_WH)]
+    duration_s: Annotated[Reading, Field(ge=0, le=MAX_DURATION_S)]
 
 
 class Fault(_Event):
@@ -151,35 +187,98 @@ EVENT_TYPES = (
 )
 
 
-def _unstorable_text(value: Any, where: str) -> str | None:
-    """Where a string no database text column can hold (NUL, lone surrogates) hides, if any."""
+def _unstorable(value: Any, where: str) -> tuple[str, str] | None:
+    """(field, problem) where a value no database can hold hides, if anywhere: NUL and lone
+    surrogates in text, NaN and ±Infinity among numbers (no JSON column takes them)."""
     if isinstance(value, str):
         if "\x00" in value:
-            return where
+            return where, "must not contain NUL characters"
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            return where
+            return where, "must not contain unpaired surrogate characters"
         return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where, "must be a finite number")
     if isinstance(value, dict):
         for k, v in value.items():
-            if (bad := _unstorable_text(k, f"{where}.{k!r}")
-                    or _unstorable_text(v, f"{where}.{k}")) is not None:
+            if (bad := _unstorable(k, f"{where}.{k!r}")
+                    or _unstorable(v, f"{where}.{k}")) is not None:
                 return bad
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            if (bad := _unstorable_text(v, f"{where}[{i}]")) is not None:
+            if (bad := _unstorable(v, f"{where}[{i}]")) is not None:
                 return bad
     return None
 
 
-def parse_batch(body: Any, raw_body: bytes | None = None) -> list[Any]:
-    """Validate a request body; the error names the first bad field like `events[3].power_w`.
+def decode_body(body: bytes) -> Any:
+    """The request body as Python values. NaN, ±Infinity and numbers too large for a double
+    (1e999) are not JSON, but boards send them: they decode here so that only the event that
+    holds one is refused, not its whole batch. Raises ValueError/RecursionError when the body
+    is not JSON at all."""
+    return json.loads(body, parse_constant=float)
 
-    `raw_body`, when given, lets the walk for NUL and lone surrogates be skipped for the usual
-    body that cannot contain them (JSON must escape both as `\\u0000` / `\\udXXX`).
+
+@dataclass
+class Rejection:
+    """One event of a batch that was not applied, and why (DESIGN §3 `rejected`)."""
+
+    index: int
+    id: str | None
+    field: str
+    error: str
+    raw: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "id": self.id, "field": self.field, "error": self.error}
+
+
+@dataclass
+class Batch:
+    events: list[Any]
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def _shown_id(raw: Any) -> str | None:
+    ident = raw.get("id") if isinstance(raw, dict) else None
+    if not isinstance(ident, str):
+        return None
+    # Echoed back and stored: a 10k-character id is cut (and marked), it is refused anyway.
+    ident = ident if len(ident) <= 80 else ident[:80] + "…"
+    return ident.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+
+
+def _check(raw: Any, where: str, suspicious: bool,
+           ) -> tuple[Any, None] | tuple[None, tuple[str, str]]:
+    """The parsed event, or the (field, problem) that refuses it."""
+    if not isinstance(raw, dict):
+        return None, (where, "must be an object")
+    if raw.get("type") not in EVENT_TYPES:
+        return None, (f"{where}.type", f"must be one of {', '.join(EVENT_TYPES)}")
+    if suspicious and (bad := _unstorable(raw, where)) is not None:
+        return None, bad
+    try:
+        event = _adapter.validate_python(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"][1:]] or ["?"]
+        return None, (f"{where}.{'.'.join(loc)}", err["msg"])
+    if event.ts.tzinfo is None:
+        event.ts = event.ts.replace(tzinfo=UTC)
+    if not TS_MIN <= event.ts <= TS_MAX:  # compared as instants, before any conversion
+        return None, (f"{where}.ts", f"must lie between {TS_MIN:%Y} and {TS_MAX:%Y}")
+    return event, None
+
+
+def parse_batch(body: Any, raw_body: bytes | None = None) -> Batch:
+    """Validate a request body: its good events, and each bad one with the field that is wrong
+    (like `events[3].power_w`). Raises InvalidEvent only when the body itself is unusable.
+
+    `raw_body`, when given, lets the walk for values no database holds (NUL, lone surrogates,
+    NaN, ±Infinity) be skipped for the usual body that cannot contain them.
     """
-    suspicious = raw_body is None or _ESCAPES.search(raw_body) is not None
+    suspicious = raw_body is None or _SUSPICIOUS.search(raw_body) is not None
     if not isinstance(body, dict):
         raise InvalidEvent("body", "must be a JSON object")
     events = body.get("events")
@@ -187,37 +286,41 @@ def parse_batch(body: Any, raw_body: bytes | None = None) -> list[Any]:
         raise InvalidEvent("events", "must be a list")
     if not 1 <= len(events) <= MAX_BATCH:
         raise InvalidEvent("events", f"must hold 1 to {MAX_BATCH} events")
-    parsed = []
+    batch = Batch(events=[])
     seen: set[str] = set()
     for i, raw in enumerate(events):
-        where = f"events[{i}]"
-        if not isinstance(raw, dict):
-            raise InvalidEvent(where, "must be an object")
-        if raw.get("type") not in EVENT_TYPES:
-            raise InvalidEvent(f"{where}.type", f"must be one of {', '.join(EVENT_TYPES)}")
-        if suspicious and (bad := _unstorable_text(raw, where)) is not None:
-            raise InvalidEvent(bad, "must not contain NUL or unpaired surrogate characters")
-        try:
-            event = _adapter.validate_python(raw)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = [str(p) for p in err["loc"][1:]] or ["?"]
-            raise InvalidEvent(f"{where}.{'.'.join(loc)}", err["msg"]) from None
-        if event.ts.tzinfo is None:
-            event.ts = event.ts.replace(tzinfo=UTC)
-        if not TS_MIN <= event.ts <= TS_MAX:  # compared as instants, before any conversion
-            raise InvalidEvent(f"{where}.ts", f"must lie between {TS_MIN:%Y} and {TS_MAX:%Y}")
+        event, bad = _check(raw, f"events[{i}]", suspicious)
+        if bad is not None:
+            batch.rejected.append(Rejection(i, _shown_id(raw), bad[0], bad[1][:500], raw))
+            continue
         # The pile's own fields, stored verbatim: cheaper than dumping the model, and a plain
         # instance-dict entry costs nothing, where a pydantic private attribute costs ~20 µs.
         event.__dict__[_RAW] = raw
         if event.id in seen:
             continue  # the same event twice in one batch is still one event
         seen.add(event.id)
-        parsed.append(event)
-    return parsed
+        batch.events.append(event)
+    return batch
 
 
-_ESCAPES = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+# JSON escapes NUL and surrogates; NaN, Infinity and huge exponents are the non-finite numbers.
+_SUSPICIOUS = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])|NaN|Infinity|[0-9][eE]\+?[0-9]{3}")
+MAX_RAW_CHARS = 100_000
+
+
+def rejected_rows(pile_id: str, rejected: Sequence[Rejection], now: datetime
+                  ) -> list[dict[str, Any]]:
+    rows = []
+    for r in rejected:
+        raw = json.dumps(r.raw, ensure_ascii=True, allow_nan=True, default=repr)
+        if len(raw) > MAX_RAW_CHARS:
+            raw = raw[:MAX_RAW_CHARS] + "…(cut)"
+        rows.append({
+            "pile_id": pile_id, "event_id": r.id, "position": r.index, "field": r.field[:200],
+            "error": r.error[:500], "raw": raw,
+            "digest": hashlib.sha256(raw.encode()).hexdigest(), "received_at": now,
+        })
+    return rows
 
 
 def _utc(ts: datetime) -> datetime:
@@ -251,6 +354,7 @@ async def _over_limit_run(session: AsyncSession, charge_id: int, ts: datetime,
 class BatchResult:
     accepted: int = 0
     duplicates: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
     billed: list[int] = field(default_factory=list)
     notify: bool = False
     commands: list[dict[str, Any]] = field(default_factory=list)
@@ -260,6 +364,7 @@ SESSION_EVENTS = ("meter", "session_started", "session_ended")
 _ENVELOPE = ("id", "type", "ts")
 _RAW = "__chargebot_raw__"
 EVENTS = PileEvent.__table__
+REJECTED = RejectedEvent.__table__
 PILES = Pile.__table__
 SAMPLES = MeterSample.__table__
 # One statement shape for every pile of a group: heartbeat fields only overwrite when given.
@@ -269,7 +374,7 @@ _TOUCH = (
     .values(
         online=True, last_seen_at=bindparam("seen"),
         firmware=func.coalesce(bindparam("fw", type_=String), PILES.c.firmware),
-        signal_dbm=func.coalesce(bindparam("sig", type_=Integer), PILES.c.signal_dbm),
+        signal_dbm=func.coalesce(bindparam("sig", type_=Float), PILES.c.signal_dbm),
         temperature_c=func.coalesce(bindparam("temp", type_=Float), PILES.c.temperature_c),
     )
 )
@@ -305,7 +410,7 @@ def _row(pile_id: str, e: Any, now: datetime) -> dict[str, Any]:
 
 
 async def ingest_group(
-    session: AsyncSession, items: Sequence[tuple[str, Sequence[Any]]], settings: Settings,
+    session: AsyncSession, batches: Sequence[tuple[str, Batch]], settings: Settings,
     now: datetime, *, touch: Callable[[str], bool] = lambda _pile: True,
 ) -> list[BatchResult]:
     """Store new events once (by pile + id) and apply them in each pile's own time order.
@@ -316,11 +421,18 @@ async def ingest_group(
     a write (a worker skips rewriting it for a pile seen moments ago).
     """
     dialect = session.bind.dialect.name  # type: ignore[union-attr]
+    items = [(pile_id, b.events) for pile_id, b in batches]
+    # Bad events are kept in the same commit as the good ones: what is acknowledged is stored.
+    bad = [row for pile_id, b in batches for row in rejected_rows(pile_id, b.rejected, now)]
+    if bad:
+        await session.execute(insert_ignore(dialect, REJECTED), bad)
     rows = [_row(pile_id, e, now) for pile_id, events in items for e in events]
-    stored = await session.execute(
-        insert_ignore(dialect, EVENTS).returning(EVENTS.c.pile_id, EVENTS.c.event_id), rows
-    )
-    new = {(p, i) for p, i in stored}
+    new: set[tuple[str, str]] = set()
+    if rows:
+        stored = await session.execute(
+            insert_ignore(dialect, EVENTS).returning(EVENTS.c.pile_id, EVENTS.c.event_id), rows
+        )
+        new = {(p, i) for p, i in stored}
     results: list[BatchResult] = []
     fresh_by_item: list[list[Any]] = []
     for pile_id, events in items:
@@ -333,6 +445,8 @@ async def ingest_group(
         fresh.sort(key=lambda e: e.ts)
         fresh_by_item.append(fresh)
         results.append(BatchResult(accepted=len(fresh), duplicates=len(events) - len(fresh)))
+    for (_, b), result in zip(batches, results, strict=True):
+        result.rejected = [r.as_dict() for r in b.rejected]
 
     pile_ids = sorted({pile_id for pile_id, _ in items})
     beats: dict[str, Any] = {}

@@ -334,11 +334,11 @@ class PowerTrack:
 
     ts: datetime | None
     power_w: float | None
-    energy_wh: int | None
+    energy_wh: float | None
     dropped_at: datetime | None  # the pile's clock
     dropped_seen_at: datetime | None  # ours
 
-    def step(self, ts: datetime, power_w: float, energy_wh: int, cfg: FaultSettings,
+    def step(self, ts: datetime, power_w: float, energy_wh: float, cfg: FaultSettings,
              now: datetime) -> str | None:
         """Take a newer reading; returns a detected cause: interrupted or meter_backwards."""
         found = None

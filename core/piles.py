@@ -51,7 +51,7 @@ class Pile(SQLModel, table=True):
     lockers: bool = False  # a charging cabinet: each port has a door the controller unlocks
     last_seen_at: datetime | None = None
     firmware: str | None = None
-    signal_dbm: int | None = None
+    signal_dbm: float | None = None
     temperature_c: float | None = None
 
 class Port(SQLModel, table=True):

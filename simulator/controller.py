@@ -188,7 +188,7 @@ class PileController:
             port=port.number,
             session=s.id,
             power_w=power,
-            energy_wh=round(s.energy_wh(now_v)),
+            energy_wh=round(s.energy_wh(now_v), 1),  # 0.1 Wh, as boards count
             voltage_v=volts,
             current_a=round(power / volts, 3),
             temperature_c=charger.port_temperature_c(power, self.rng),
@@ -204,7 +204,7 @@ class PileController:
             port=port.number,
             session=s.id,
             reason=reason,
-            energy_wh=round(s.energy_wh(at_v)),
+            energy_wh=round(s.energy_wh(at_v), 1),
             duration_s=round(at_v - s.start_v),
         )
         port.session = None

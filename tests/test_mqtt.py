@@ -30,7 +30,7 @@ from core import charging, riders, wallet
 from core.charging import Charge
 from core.config import MqttSettings
 from core.db import transaction
-from core.events import PileEvent
+from core.events import PileEvent, RejectedEvent
 from core.pile_auth import sign
 from core.piles import Pile
 from core.wallet import LedgerEntry
@@ -227,20 +227,26 @@ async def test_bad_messages_get_an_error_and_change_nothing(
         await pile.publish(envelope("{not json"))
         assert (await pile.next("errors"))["field"] == "body"
 
-        bad = {"events": [pile.ev("meter", datetime.now(UTC), port=1, session="S1",
-                                  energy_wh=5)]}
-        await pile.publish(envelope(json.dumps(bad)))
-        err = await pile.next("errors")
-        assert err["field"] == "events[0].power_w" and err["status"] == 400, err
-
-        await pile.publish(envelope(json.dumps({"events": [{"id": "x", "type": "nope",
-                                                            "ts": "2025-01-01T00:00:00Z"}]})))
-        assert (await pile.next("errors"))["field"] == "events[0].type"
+        await pile.publish(envelope(json.dumps({"events": []})))
+        assert (await pile.next("errors"))["field"] == "events"
 
         assert await count(server, PileEvent) == 0
         async with server.ctx.sm() as s:
             assert not (await s.get(Pile, PILE)).online
         await pile.nothing("acks", 0)
+
+        # A bad event is refused alone, in the ack, and kept: the rest of its batch is applied.
+        bad = {"events": [pile.ev("meter", datetime.now(UTC), port=1, session="S1",
+                                  energy_wh=5), pile.ev("heartbeat", datetime.now(UTC))]}
+        await pile.publish(envelope(json.dumps(bad)))
+        ack = await pile.next("acks")
+        assert ack["accepted"] == 1
+        assert [r["field"] for r in ack["rejected"]] == ["events[0].power_w"], ack
+        await pile.publish(envelope(json.dumps({"events": [{"id": "x", "type": "nope",
+                                                            "ts": "2025-01-01T00:00:00Z"}]})))
+        assert [r["field"] for r in (await pile.next("acks"))["rejected"]] == ["events[0].type"]
+        assert await count(server, PileEvent) == 1
+        assert await count(server, RejectedEvent) == 2
 
         # The loop survived all of it: a good message is still taken.
         await pile.publish(envelope(body))
@@ -249,7 +255,7 @@ async def test_bad_messages_get_an_error_and_change_nothing(
     async with MqttPile(prefix, "P9999") as stranger:
         await stranger.publish(envelope(body))
         err = await stranger.next("errors")
-        assert (err["error"], err["status"], err["pile"]) == ("unknown pile", 404, "P9999")
+        assert (err["error"], err["status"]) == ("bad or stale signature", 401)
 
 
 async def test_no_broker_does_not_stop_the_app(db_url: str) -> None:

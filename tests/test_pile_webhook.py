@@ -16,16 +16,17 @@ from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from core.charging import END_REASONS, Charge, MeterSample
 from core.commands import PileCommand
-from core.events import EVENT_TYPES, FAULT_CODES, PileEvent
+from core.events import EVENT_TYPES, FAULT_CODES, PileEvent, RejectedEvent
 from core.outbox import OutboxMessage
 from core.pile_auth import sign, signed_headers
-from core.piles import PORT_STATUSES
+from core.piles import PORT_STATUSES, Pile
 from core.wallet import LedgerEntry
 from tests.conftest import PILE_SECRET, Running, seed_city
 from tests.journey import WebRider, button
@@ -222,27 +223,24 @@ async def test_missing_auth_headers_are_refused_with_401(server: Running) -> Non
     assert await count(server, PileEvent) == 0
 
 
-async def test_an_unknown_pile_gets_404(server: Running) -> None:
+async def test_an_unknown_pile_gets_401_like_a_bad_signature(server: Running) -> None:
     await seed_city(server.ctx)
-    link = PileLink(server, pile_id="P9999", secret="whatever")
-    status, data = await link.send({"events": [ev("heartbeat", now_ts())]})
-    assert status == 404
-    assert data["pile"] == "P9999"
-    status, _ = await link.poll(0)
-    assert status == 404
+    stranger = PileLink(server, pile_id="P9999", secret="whatever")
+    forger = PileLink(server, secret="not-the-secret")
+    status, data = await stranger.send({"events": [ev("heartbeat", now_ts())]})
+    forged = await forger.send({"events": [ev("heartbeat", now_ts())]})
+    # Nothing tells a pile id that exists from one that does not.
+    assert (status, data) == forged and status == 401
+    assert (await stranger.poll(0)) == (await forger.poll(0))
+    assert (await stranger.poll(0))[0] == 401
 
 
-async def test_a_malformed_event_gets_400_naming_the_bad_field(server: Running) -> None:
+async def test_an_unusable_body_gets_400_naming_the_part(server: Running) -> None:
     await seed_city(server.ctx)
     link = PileLink(server)
     now = now_ts()
     good = ev("heartbeat", now)
     cases: list[tuple[bytes, str]] = [
-        (json.dumps({"events": [ev("meter", now, port=1, session="S1", power_w="lots",
-                                   energy_wh=1)]}).encode(), "events[0].power_w"),
-        (json.dumps({"events": [good, ev("teleport", now)]}).encode(), "events[1].type"),
-        (json.dumps({"events": [good, {"id": "x", "ts": now.isoformat()}]}).encode(),
-         "events[1].type"),
         (json.dumps({"events": []}).encode(), "events"),
         (json.dumps({"events": [ev("heartbeat", now) for _ in range(501)]}).encode(), "events"),
         (json.dumps({"events": "heartbeat"}).encode(), "events"),
@@ -252,17 +250,6 @@ async def test_a_malformed_event_gets_400_naming_the_bad_field(server: Running) 
         (b"[" * 100_000 + b"]" * 100_000, "body"),  # deeper than any parser recursion
         (b"", "body"),
         (json.dumps([good]).encode(), "body"),
-        (json.dumps({"events": [ev("port_status", now, port=1, status="melting")]}).encode(),
-         "events[0].status"),
-        (json.dumps({"events": [ev("port_status", now, port=100, status="idle")]}).encode(),
-         "events[0].port"),
-        (json.dumps({"events": [good, good, {**ev("heartbeat", now), "ts": "soon"}]}).encode(),
-         "events[2].ts"),
-        (json.dumps({"events": [ev("session_ended", now, port=1, session="S1", reason="bored",
-                                   energy_wh=1, duration_s=1)]}).encode(), "events[0].reason"),
-        (json.dumps({"events": [ev("meter", now, port=1, session="S1", power_w=-1,
-                                   energy_wh=1)]}).encode(), "events[0].power_w"),
-        (json.dumps({"events": [7]}).encode(), "events[0]"),
     ]
     for body, field in cases:
         status, data = await link.send_body(body)
@@ -271,8 +258,82 @@ async def test_a_malformed_event_gets_400_naming_the_bad_field(server: Running) 
     # 500 events is the limit, not over it.
     status, data = await link.send({"events": [ev("heartbeat", now) for _ in range(500)]})
     assert status == 200 and data["accepted"] == 500
-    # A refused batch stored nothing: only the 500 accepted ones are there.
+    # A refused body stored nothing: only the 500 accepted events are there.
     assert await count(server, PileEvent) == 500
+    assert await count(server, RejectedEvent) == 0
+
+
+async def test_a_bad_event_is_listed_and_kept_while_its_batch_is_applied(
+        server: Running) -> None:
+    """DESIGN §3: one bad event never costs the others (a pile resending a refused batch forever
+    would go dark and lose every bill behind it)."""
+    await seed_city(server.ctx)
+    link = PileLink(server)
+    now = now_ts()
+    bad: list[tuple[Any, str]] = [
+        (ev("meter", now, port=1, session="S1", power_w="lots", energy_wh=1),
+         "power_w"),
+        (ev("teleport", now), "type"),
+        ({"id": "x", "ts": now.isoformat()}, "type"),
+        (ev("port_status", now, port=1, status="melting"), "status"),
+        (ev("port_status", now, port=100, status="idle"), "port"),
+        (ev("port_status", now, port=2.5, status="idle"), "port"),  # ports are whole
+        ({**ev("heartbeat", now), "ts": "soon"}, "ts"),
+        (ev("session_ended", now, port=1, session="S1", reason="bored", energy_wh=1,
+            duration_s=1), "reason"),
+        (ev("meter", now, port=1, session="S1", power_w=-1, energy_wh=1), "power_w"),
+        (ev("meter", now, port=1, session="S1", power_w=10, energy_wh={"wh": 1}), "energy_wh"),
+        (ev("heartbeat", now, temperature_c=1e308), "temperature_c"),
+        ({**ev("heartbeat", now), "id": "i" * 10_000}, "id"),
+        (7, ""),
+    ]
+    events: list[Any] = []
+    for i, (event, _) in enumerate(bad):
+        events += [ev("port_status", now, port=1 + i % 4, status="idle"), event]
+    events.append(ev("heartbeat", now, temperature_c=31.5, signal_dbm=-71.5))
+    status, data = await link.send({"events": events})
+    assert status == 200, data
+    assert data["accepted"] == len(bad) + 1
+    assert [r["index"] for r in data["rejected"]] == [2 * i + 1 for i in range(len(bad))]
+    for r, (event, name) in zip(data["rejected"], bad, strict=True):
+        assert r["field"] == f"events[{r['index']}]" + (f".{name}" if name else ""), r
+        assert r["error"], r
+        shown = event.get("id") if isinstance(event, dict) else None
+        assert r["id"] == (shown if shown is None or len(shown) <= 80 else shown[:80] + "…")
+    assert await count(server, PileEvent) == len(bad) + 1
+    async with server.ctx.sm() as s:
+        kept = (await s.execute(select(RejectedEvent).order_by(RejectedEvent.position))).scalars()
+        kept = list(kept)
+        pile = await s.get(Pile, PILE)
+    assert [k.position for k in kept] == [r["index"] for r in data["rejected"]]
+    assert all(k.pile_id == PILE for k in kept)
+    assert [k.field for k in kept] == [r["field"] for r in data["rejected"]]
+    assert json.loads(kept[0].raw)["power_w"] == "lots"
+    # Readings are kept at the pile's resolution.
+    assert (pile.temperature_c, pile.signal_dbm) == (31.5, -71.5)
+
+    # The pile resends the same batch: nothing is applied twice, nothing is stored twice.
+    again = (await link.send({"events": events}))[1]
+    assert (again["accepted"], again["duplicates"]) == (0, len(bad) + 1)
+    assert again["rejected"] == data["rejected"]
+    assert await count(server, RejectedEvent) == len(bad)
+
+    # NaN, ±Infinity and 1e999 are not JSON, but one of them costs only its own event.
+    odd = (b'{"events": [{"id": "n1", "type": "heartbeat", "ts": "%s", "temperature_c": NaN},'
+           b' {"id": "n2", "type": "heartbeat", "ts": "%s", "x": -Infinity},'
+           b' {"id": "n3", "type": "meter", "ts": "%s", "port": 1, "session": "S1",'
+           b' "power_w": 1e999, "energy_wh": 1},'
+           b' {"id": "n4", "type": "heartbeat", "ts": "%s"}]}') % ((now.isoformat().encode(),) * 4)
+    status, data = await link.send_body(odd)
+    assert status == 200, data
+    assert data["accepted"] == 1
+    assert [(r["id"], r["field"]) for r in data["rejected"]] == [
+        ("n1", "events[0].temperature_c"), ("n2", "events[1].x"), ("n3", "events[2].power_w")]
+    async with server.ctx.sm() as s:
+        raws = (await s.execute(select(RejectedEvent.raw).where(
+            RejectedEvent.event_id.in_(("n1", "n2"))).order_by(RejectedEvent.event_id))).scalars()
+        assert [json.loads(r).get("temperature_c", json.loads(r).get("x")) for r in raws] == [
+            pytest.approx(math.nan, nan_ok=True), -math.inf]
 
 
 async def test_the_command_long_poll_checks_the_signature_and_the_path(server: Running) -> None:

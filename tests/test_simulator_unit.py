@@ -251,7 +251,7 @@ def test_meters_every_interval_with_rising_energy_then_full_at_planned_time() ->
     assert ended["reason"] == "full"
     assert ended["duration_s"] == round(plan.end_minute * 60)
     assert ts(ended) == pytest.approx(1_700_000_000.0 + plan.end_minute * 60, abs=0.01)
-    assert ended["energy_wh"] == round(ch.energy_wh(DEFAULT, plan.end_minute))
+    assert ended["energy_wh"] == round(ch.energy_wh(DEFAULT, plan.end_minute), 1)  # 0.1 Wh
     assert not any(m["ts"] > ended["ts"] for m in meters)
 
 
