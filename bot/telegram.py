@@ -118,7 +118,10 @@ async def send_replies(bot: Bot, chat_id: int | str, replies: list[Reply]) -> No
         markup = _markup(reply)
         if reply.venue is not None:
             if reply.text:
-                await bot.send_message(chat_id, reply.text)
+                # The buttons ride with the text: a reader acts on the words, and the venue
+                # that follows (a separate Bot API message) may arrive after they tap.
+                await bot.send_message(chat_id, reply.text, reply_markup=markup)
+                markup = None
             v = reply.venue
             await bot.send_venue(chat_id, latitude=v.lat, longitude=v.lon, title=v.title,
                                  address=v.address or v.title, reply_markup=markup)

@@ -45,14 +45,29 @@ class WebChatRider:
     async def say(self, text: str) -> None:
         self.log += await self.web.say(text)
 
-    async def tap(self, label: str) -> None:
+    def _button(self, label: str) -> str | None:
         for reply in reversed(self.log):
             for row in reply["buttons"]:
                 for b in row:
                     if label in b["label"] and "data" in b:
-                        self.log += await self.web.press(b["data"])
-                        return
-        raise AssertionError(f"no button {label!r}")
+                        return b["data"]
+        return None
+
+    async def _pull(self) -> None:
+        try:
+            await self.web.wait_message("\x00", timeout=0.5)  # no text holds NUL: just collect
+        except AssertionError:
+            pass
+        self.log += [m for m in self.web.inbox if m not in self.log]
+
+    async def tap(self, label: str) -> None:
+        # The button may come in a pushed message (a notice) that has not been collected yet.
+        async def find() -> str | None:
+            if (data := self._button(label)) is None:
+                await self._pull()
+            return data
+
+        self.log += await self.web.press(await _until(find, f"button {label!r}", 10))
 
     async def wait_text(self, contains: str, timeout: float = 30) -> str:
         async def find() -> str | None:
@@ -97,16 +112,21 @@ class TelegramRider:
         await self._post(self.user.text(text))
         await _until(lambda: len(self._messages()) > n, "reply", 10)
 
-    async def tap(self, label: str) -> None:
+    def _button(self, label: str) -> tuple[dict, str] | None:
         for msg in reversed(self._messages()):
             for row in (msg.get("reply_markup") or {}).get("inline_keyboard", []):
                 for b in row:
                     if label in b["text"] and "callback_data" in b:
-                        n = len(self._messages())
-                        await self._post(self.user.press(msg, b["callback_data"]))
-                        await _until(lambda n=n: len(self._messages()) > n, "reply", 10)
-                        return
-        raise AssertionError(f"no button {label!r}")
+                        return msg, b["callback_data"]
+        return None
+
+    async def tap(self, label: str) -> None:
+        # A reply may be several Bot API messages still on their way: wait for the button
+        # itself, not for the first message after the last action.
+        msg, data = await _until(lambda: self._button(label), f"button {label!r}", 10)
+        n = len(self._messages())
+        await self._post(self.user.press(msg, data))
+        await _until(lambda: len(self._messages()) > n, "reply", 10)
 
     async def wait_text(self, contains: str, timeout: float = 30) -> str:
         def find() -> str | None:
@@ -147,14 +167,18 @@ class WechatRider:
         status, _ = await self.post(self.user.text(text))
         assert status == 200
 
-    async def tap(self, label: str) -> None:
-        # WeChat has no inline buttons: the rider taps the numbered link, which sends the number.
+    def _option(self, label: str) -> str | None:
         for text in reversed(self.texts()):
             for number, shown in OPTION.findall(text):
                 if label in shown:
-                    await self.say(number)
-                    return
-        raise AssertionError(f"no option {label!r} in {self.texts()[-3:]}")
+                    return number
+        return None
+
+    async def tap(self, label: str) -> None:
+        # WeChat has no inline buttons: the rider taps the numbered link, which sends the number.
+        # Options may come in a customer-service message after the passive reply: wait for them.
+        number = await _until(lambda: self._option(label), f"option {label!r}", 10)
+        await self.say(number)
 
     async def wait_text(self, contains: str, timeout: float = 30) -> str:
         def find() -> str | None:

@@ -360,10 +360,12 @@ async def test_group_buy_in_a_telegram_group_fills_through_private_chats(
         card = next(m for m in tg.messages_to(group) if "reply_markup" in m)
         join = card["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
         for u in users:
-            before = len(tg.messages_to(u.user_id))
             await post(u.press(card, join))
-            await wait_until(lambda u=u, b=before: len(tg.messages_to(u.user_id)) > b)
-            offer = tg.messages_to(u.user_id)[-1]
+            # Wait for the offer's Pay button itself, not for any first message.
+            await wait_until(lambda u=u: any("gb:pay:" in str(m.get("reply_markup"))
+                                             for m in tg.messages_to(u.user_id)))
+            offer = next(m for m in tg.messages_to(u.user_id)
+                         if "gb:pay:" in str(m.get("reply_markup")))
             pay = offer["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
             assert pay.startswith("gb:pay:")
             await post(u.press(offer, pay))
