@@ -463,6 +463,14 @@ async def test_technician_works_the_order_in_telegram_and_wechat(
                          pile.event("fault", clock.now, port=3, code="relay_stuck")])
         card = await tech.wait_text("Work order #1")
         assert "P0001-03" in card and "relay stuck closed" in card
+        if platform == "telegram":
+            # The card carries its own buttons; the site's venue comes after it, without them.
+            msg = next(m for m in tech._messages() if "Work order #1" in (m.get("text") or ""))
+            labels = [b["text"] for row in msg["reply_markup"]["inline_keyboard"] for b in row]
+            assert any("Acknowledge" in label for label in labels), labels
+            venue = await tg.wait_for(lambda c: c.method == "sendVenue"
+                                      and int(c.params["chat_id"]) == tech.user.user_id)
+            assert "reply_markup" not in venue.params
         await tech.tap("Acknowledge")
         await tech.wait_text("acknowledged. On your way?")
         if platform == "telegram":
