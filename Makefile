@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/broadcast.py
+	$(BIN)/python bench/cold_start.py
 
 db: $(STAMP)
 	$(BIN)/chargebot db upgrade

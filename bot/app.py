@@ -14,12 +14,14 @@ from sqlalchemy.exc import DBAPIError
 
 from bot import (
     logs,
+    loop_lag,
     mqtt,
     photo_fetch,
     photo_links,
     piles_api,
     scheduler,
     telegram,
+    warmup,
     webchat,
     wechat,
 )
@@ -134,14 +136,9 @@ async def metrics(request: web.Request) -> web.Response:
     ]
     if (stats := request.app.get(JOB_STATS)) is not None:
         lines += stats.lines()
+    if (loop := request.app.get(loop_lag.LAG)) is not None:
+        lines += loop.lines()
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
-
-
-async def _warm_faq(_app: web.Application) -> None:
-    """jieba loads its dictionary (~0.6 s) on first use: not in a rider's first question."""
-    from core import faq
-
-    await asyncio.to_thread(faq.tokens, "扫码充电")
 
 
 def create_app(
@@ -156,6 +153,10 @@ def create_app(
     app[CTX] = ctx
     # cleanup_ctx unwinds in reverse: the engine goes last, after everything that uses it.
     app.cleanup_ctx.append(_dispose_engine)
+    # Before every other start-up step: the loop is watched from the start, and the warm-up
+    # (bot.warmup) is done before the notifier, the scheduler or any request can need it.
+    loop_lag.setup(app, settings)
+    app.cleanup_ctx.append(warmup.ready)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     piles_api.setup(app, ctx)
@@ -172,7 +173,6 @@ def create_app(
         senders["telegram"] = telegram.TelegramSender(tg)
     wechatpay_pay.setup(app, ctx)
     photo_fetch.setup(app, ctx)  # photos are fetched with the app's own Telegram/WeChat clients
-    app.on_startup.append(_warm_faq)
     photo_links.setup(app)
     n = settings.notifications
     app[NOTIFIER] = Notifier(

@@ -8,6 +8,7 @@ from telegram import Update
 
 from bot.context import Context
 from bot.i18n import tr
+from bot.photo_fetch import telegram_bot
 from core import votes
 from core.db import transaction
 from core.riders import rider_for
@@ -17,8 +18,6 @@ log = logging.getLogger("chargebot.groups")
 
 async def post_polls(ctx: Context, month: str) -> int:
     """One non-anonymous poll per configured rider group (votes must be one per rider)."""
-    from bot.photo_fetch import telegram_bot
-
     groups = ctx.settings.support.rider_groups
     if not groups or ctx.settings.telegram.token is None:
         return 0

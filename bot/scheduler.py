@@ -7,13 +7,39 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import select
 
+# Every job's modules at the top, never inside the job: a job's first run would otherwise import
+# them on the event loop (core.maintenance brings numpy and scipy, seconds of it), late and in
+# the way of riders. The server imports this module at start-up.
+from bot import rider_groups
 from bot.context import Context
 from bot.leader import Leadership
-from core import charging, commands, faults, piles, workorders
+from core import (
+    broadcasts,
+    charging,
+    commands,
+    faults,
+    groupbuy,
+    maintenance,
+    outbox,
+    piles,
+    questions,
+    recommendations,
+    redpackets,
+    reports,
+    services,
+    support,
+    votes,
+    workorders,
+)
+from core.billing import disputes
+from core.charging import Charge
 from core.db import transaction
 
 log = logging.getLogger("chargebot.scheduler")
@@ -123,9 +149,6 @@ class _Running:
 
 async def sweep_disputes(ctx: Context) -> None:
     """A dispute not answered within its deadline is escalated and the rider is told."""
-    from core import outbox
-    from core.billing import disputes
-
     async with transaction(ctx.sm) as session:
         for d in await disputes.overdue(session, ctx.clock()):
             log.warning("dispute %s missed its deadline: escalated", d.id)
@@ -137,8 +160,6 @@ async def sweep_disputes(ctx: Context) -> None:
 
 async def sweep_support(ctx: Context) -> None:
     """Emergency tickets nobody took in time page the supervisors (once)."""
-    from core import support
-
     async with transaction(ctx.sm) as session:
         escalated = await support.escalate_emergencies(session, ctx.clock(), ctx.settings)
     if escalated:
@@ -149,8 +170,6 @@ async def sweep_support(ctx: Context) -> None:
 async def faq_digest(ctx: Context) -> None:
     """Weekly: the most asked questions to the customer-service staff and the desk; the top
     ones lead the FAQ menu."""
-    from core import outbox, questions, support
-
     now = ctx.clock()
     async with transaction(ctx.sm) as session:
         topics = await questions.weekly_digest(session, now)
@@ -167,9 +186,6 @@ async def faq_digest(ctx: Context) -> None:
 
 async def monthly_vote(ctx: Context) -> None:
     """On the 1st: last month's best pile is counted (once) and this month's polls go out."""
-    from bot import rider_groups
-    from core import votes
-
     now = ctx.clock()
     last = votes.month_of(now.replace(day=1) - timedelta(days=1))
     async with transaction(ctx.sm) as session:
@@ -183,17 +199,15 @@ async def monthly_vote(ctx: Context) -> None:
 async def monthly_report(ctx: Context) -> None:
     """On the 1st: last month's satisfaction report to the staff desk (text; the PNG charts and
     CSV are written under `var/reports/`)."""
-    from pathlib import Path
-    from zoneinfo import ZoneInfo
-
-    from core import reports, support
-
     now = ctx.clock()
     local = now.astimezone(ZoneInfo(ctx.settings.server.timezone))
     month = (local.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
-    async with transaction(ctx.sm) as session:
+    async with ctx.sm() as session:
         report = await reports.monthly(session, month, ctx.settings.server.timezone)
-        reports.write(report, Path("var/reports") / month)
+    # Drawing the charts (matplotlib) is CPU work: in a worker thread, not on the event loop,
+    # and with no transaction held open meanwhile.
+    await asyncio.to_thread(reports.write, report, Path("var/reports") / month)
+    async with transaction(ctx.sm) as session:
         await reports.post(session, report,
                            await support.desk_riders(session, ctx.settings, now, None), now)
     ctx.wake_outbox()
@@ -202,8 +216,6 @@ async def monthly_report(ctx: Context) -> None:
 async def red_packets(ctx: Context) -> None:
     """Festival red packets: today's campaign (if any) and any unfinished one, exactly once per
     rider however often this runs or how many workers run it."""
-    from core import redpackets
-
     rp = ctx.settings.red_packets
     if not rp.enabled:
         return
@@ -218,10 +230,6 @@ async def red_packets(ctx: Context) -> None:
 
 async def community_broadcasts(ctx: Context) -> None:
     """Due broadcasts to the riders' groups; on Monday evenings, the week's safety tip."""
-    from zoneinfo import ZoneInfo
-
-    from core import broadcasts
-
     groups = ctx.settings.support.rider_groups
     if not groups:
         return
@@ -237,8 +245,6 @@ async def community_broadcasts(ctx: Context) -> None:
 
 async def offpeak_reminders(ctx: Context) -> None:
     """17:00 local: opted-in riders with an evening-peak habit hear about night prices."""
-    from core import recommendations
-
     percents = [t.off_peak.percent for t in ctx.settings.billing.tariffs.values() if t.off_peak]
     if not percents:
         return
@@ -251,8 +257,6 @@ async def offpeak_reminders(ctx: Context) -> None:
 
 async def expire_group_buys(ctx: Context) -> None:
     """Group-buys that did not fill in time: every member's hold comes back, once."""
-    from core import groupbuy
-
     async with transaction(ctx.sm) as session:
         expired = await groupbuy.expire(session, ctx.clock())
     if expired:
@@ -262,13 +266,6 @@ async def expire_group_buys(ctx: Context) -> None:
 
 async def annual_reports(ctx: Context) -> None:
     """Late December: every rider who charged this year hears their year is ready (once)."""
-    from zoneinfo import ZoneInfo
-
-    from sqlalchemy import select
-
-    from core import outbox
-    from core.charging import Charge
-
     now = ctx.clock()
     year = now.astimezone(ZoneInfo(ctx.settings.server.timezone)).year
     start = now.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -283,8 +280,6 @@ async def annual_reports(ctx: Context) -> None:
 
 async def site_schedules(ctx: Context) -> None:
     """Temporary sites open and close on their dates; the van moves to its current stop."""
-    from core import services
-
     async with transaction(ctx.sm) as session:
         changed = await services.apply_schedules(session, ctx.clock(),
                                                  ctx.settings.server.timezone)
@@ -294,8 +289,6 @@ async def site_schedules(ctx: Context) -> None:
 
 async def plan_maintenance(ctx: Context) -> None:
     """Daily: fit the wear models on all history and plan visits ahead of predicted failures."""
-    from core import maintenance
-
     async with transaction(ctx.sm) as session:
         planned = await maintenance.plan(session, ctx.clock(), ctx.settings)
     if planned:

@@ -21,6 +21,7 @@ from core.billing import compute_bill, family, plans, settlement, tariff_snapsho
 from core.config import Settings
 from core.db import aware, utcnow
 from core.errors import BillDue, InsufficientBalance, NoOpenCharge, PortBusy, PortUnavailable
+from core.heat import heat_coefficient  # not core.wear: no scipy on the settling path
 from core.piles import Pile, Port, Site, find_port
 from core.riders import Rider
 
@@ -216,8 +217,6 @@ async def _samples(
 async def _heat(session: AsyncSession, charge: Charge) -> float | None:
     """The charge's terminal heating per 100 W (core.wear): the trend that warns of wear-out.
     Ambient is the pile's own last temperature reading, else a mild 25 °C."""
-
-    from core.wear import heat_coefficient
     rows = (await session.execute(
         select(MeterSample.power_w, MeterSample.temperature_c).where(
             MeterSample.charge_id == charge.id, MeterSample.temperature_c.is_not(None)))).all()

@@ -26,6 +26,9 @@ class ServerSettings(BaseModel):
     public_url: str = "http://127.0.0.1:8080"
     timezone: str = "Asia/Shanghai"
     webchat: bool = True
+    # > 0: asyncio debug mode, logging every callback that holds the event loop longer than
+    # this many seconds ("Executing <…> took N seconds"). For tests and hunting stalls; 0 = off.
+    slow_callback_s: float = Field(default=0.0, ge=0.0)
 
 
 class TelegramSettings(BaseModel):

@@ -17,7 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
-from core import commands, workorders
+from core import charging, commands, workorders
+from core.charging import Charge
 from core.config import FaultModelSettings, FaultSettings, Settings
 from core.db import aware, utcnow
 from core.piles import Pile
@@ -154,9 +155,6 @@ async def stop_charges(session: AsyncSession, fault: Fault, settings: Settings,
 
     A charge the pile already ended because of the fault is only linked. Returns the charge ids
     this call ended."""
-    from core import charging
-    from core.charging import Charge
-
     stops = policy(fault.cause).stops
     where = [Charge.pile_id == fault.pile_id]
     if fault.port:
@@ -248,8 +246,6 @@ async def sweep_interrupted(session: AsyncSession, now: datetime,
                             settings: Settings) -> list[int]:
     """Charges whose power dropped to nothing `interrupt_grace_s` ago (our clock) with no
     session_ended since: the pile did not stop them, so the charge was interrupted."""
-    from core.charging import Charge
-
     grace = timedelta(seconds=settings.faults.interrupt_grace_s)
     rows = await session.execute(select(Charge).where(
         Charge.state == "started", Charge.power_dropped_seen_at <= now - grace))
@@ -271,8 +267,6 @@ async def on_offline(session: AsyncSession, pile_ids: list[str], now: datetime,
                      settings: Settings) -> list[int]:
     """A pile gone silent mid-charge: its charges close from their last reading (some piles
     force-stop on network loss; none can report), and a technician looks at it."""
-    from core.charging import Charge
-
     ended: list[int] = []
     for pile_id in pile_ids:
         running = (await session.execute(select(Charge.id).where(

@@ -8,14 +8,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.charging import Charge
+from core.support import TicketMessage
+
 WINDOW = timedelta(minutes=10)
 
 
 async def starts_allowed(session: AsyncSession, rider_id: int, now: datetime,
                          per_window: int) -> bool:
     """Start presses: each leaves a charge row (requested, failed or running)."""
-    from core.charging import Charge
-
     n = await session.scalar(select(func.count()).select_from(Charge).where(
         Charge.rider_id == rider_id, Charge.requested_at >= now - WINDOW))
     return (n or 0) < per_window
@@ -24,8 +25,6 @@ async def starts_allowed(session: AsyncSession, rider_id: int, now: datetime,
 async def reports_allowed(session: AsyncSession, rider_id: int, now: datetime,
                           per_window: int) -> bool:
     """Reports and ticket messages: each leaves a ticket message row."""
-    from core.support import TicketMessage
-
     n = await session.scalar(select(func.count()).select_from(TicketMessage).where(
         TicketMessage.author_id == rider_id, TicketMessage.author == "rider",
         TicketMessage.created_at >= now - WINDOW))

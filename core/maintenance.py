@@ -8,19 +8,21 @@ running life is censored at now.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import wear, workorders
+from core import broadcasts, wear, workorders
 from core.charging import Charge
 from core.config import Settings
 from core.faults import Fault
-from core.piles import Pile, Port
+from core.piles import Pile, Port, Site
 from core.workorders import WorkOrder
 
 log = logging.getLogger("chargebot.maintenance")
@@ -44,9 +46,16 @@ def _days(ts: datetime) -> float:
     return ts.timestamp() / 86400.0
 
 
-async def histories(session: AsyncSession, now: datetime) -> list[PortRecord]:
-    """Every port's lives, read from charges (with their heating), wear-out faults and
-    resolved preventive orders."""
+@dataclass
+class _Rows:
+    """What the forecasts read from the database, gathered on the event loop."""
+
+    ports: dict[int, tuple[str, int, str]]  # port id → (pile id, number, pile model)
+    charges: dict[int, list[tuple[float, float | None]]]
+    ends: dict[int, list[tuple[float, bool]]]
+
+
+async def _read(session: AsyncSession) -> _Rows:
     ports = {pid: (pile_id, number, model) for pid, pile_id, number, model in
              await session.execute(select(Port.id, Port.pile_id, Port.number, Pile.model)
                                    .join(Pile, Pile.id == Port.pile_id))}
@@ -69,10 +78,14 @@ async def histories(session: AsyncSession, now: datetime) -> list[PortRecord]:
                    WorkOrder.port > 0)):
         if (pid := by_place.get((pile_id, number))) is not None and done is not None:
             ends[pid].append((_days(done), False))
+    return _Rows(ports, charges, ends)
+
+
+def _lives(rows: _Rows, now: datetime) -> list[PortRecord]:
     return [PortRecord(pid, pile_id, number, model,
-                       wear.port_history(charges.get(pid, []), sorted(ends.get(pid, [])),
-                                         _days(now), USAGE_DAYS))
-            for pid, (pile_id, number, model) in sorted(ports.items())]
+                       wear.port_history(rows.charges.get(pid, []),
+                                         sorted(rows.ends.get(pid, [])), _days(now), USAGE_DAYS))
+            for pid, (pile_id, number, model) in sorted(rows.ports.items())]
 
 
 def fit_models(found: list[PortRecord]) -> dict[str, wear.WearModel]:
@@ -91,14 +104,25 @@ def fit_models(found: list[PortRecord]) -> dict[str, wear.WearModel]:
     return models
 
 
+def _forecasts(rows: _Rows, now: datetime, lead_hours: float
+               ) -> list[tuple[PortRecord, wear.Forecast]]:
+    """The ports whose forecast asks for a visit now (pure CPU: run off the event loop)."""
+    found = _lives(rows, now)
+    models = fit_models(found)
+    out = []
+    for h in found:
+        model = models.get(h.model)
+        if model is None:
+            continue
+        f = wear.forecast(model, h.history.state, lead_hours=lead_hours)
+        if f.service:
+            out.append((h, f))
+    return out
+
+
 async def _announce(session: AsyncSession, order: WorkOrder, pile: Pile, now: datetime,
                     tz: str) -> None:
     """Riders' groups hear about a planned visit (the port may be busy for a while)."""
-    from zoneinfo import ZoneInfo
-
-    from core import broadcasts
-    from core.piles import Site
-
     site = await session.get(Site, pile.site_id)
     when = (order.planned_for or now).astimezone(ZoneInfo(tz)).strftime("%m-%d")
     name = site.name if site else pile.site_id
@@ -111,19 +135,16 @@ async def _announce(session: AsyncSession, order: WorkOrder, pile: Pile, now: da
 async def plan(session: AsyncSession, now: datetime, settings: Settings) -> list[WorkOrder]:
     """Open a planned (preventive) work order for each port forecast to fail soon, at least
     `lead_hours` before the predicted failure; ports already in a work order are left alone."""
-    found = await histories(session, now)
-    models = fit_models(found)
+    lead = settings.maintenance.lead_hours
+    # The fits (scipy's Weibull) and a forecast per port take seconds on a large fleet: in a
+    # worker thread, so riders' requests and bills are not held up behind the daily job.
+    due = await asyncio.to_thread(_forecasts, await _read(session), now, lead)
     busy = {(p, n) for p, n in await session.execute(
         select(WorkOrder.pile_id, WorkOrder.port).where(
             WorkOrder.state.in_(workorders.ACTIVE)))}
-    lead = settings.maintenance.lead_hours
     planned = []
-    for h in found:
-        model = models.get(h.model)
-        if model is None or (h.pile_id, h.number) in busy:
-            continue
-        f = wear.forecast(model, h.history.state, lead_hours=lead)
-        if not f.service:
+    for h, f in due:
+        if (h.pile_id, h.number) in busy:
             continue
         failure = now + timedelta(days=f.days_to_failure)
         visit = max(now, min(failure - timedelta(hours=lead), now + timedelta(days=1)))

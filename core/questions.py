@@ -6,6 +6,7 @@ with use, in the database, so every worker answers from the same entries.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlmodel import Field, SQLModel
 
 from core import faq
 from core.db import utcnow
+from core.support import Ticket, TicketMessage
 
 
 class QuestionLog(SQLModel, table=True):
@@ -67,9 +69,15 @@ async def index(session: AsyncSession) -> faq.Index:
         rows = (await session.execute(select(FaqEntry).order_by(FaqEntry.id))).scalars()
         extra = [faq.Entry(key=r.key, question=dict(r.question), answer=dict(r.answer),
                            phrasings=tuple(r.phrasings)) for r in rows]
-        _cache["index"] = faq.Index([*faq.load_entries(), *extra])
+        # Reading the shipped file and tokenizing every entry (jieba) is ~30 ms of CPU: off
+        # the event loop.
+        _cache["index"] = await asyncio.to_thread(_build, extra)
         _cache["version"] = version
     return _cache["index"]
+
+
+def _build(extra: list[faq.Entry]) -> faq.Index:
+    return faq.Index([*faq.load_entries(), *extra])
 
 
 async def log(session: AsyncSession, rider_id: int, text: str, lang: str, key: str | None,
@@ -99,8 +107,6 @@ def week_of(now: datetime) -> str:
 
 async def weekly_digest(session: AsyncSession, now: datetime, top: int = 10) -> list[faq.Topic]:
     """Group the last 7 days' questions (and question tickets) into topics; store them."""
-    from core.support import Ticket, TicketMessage
-
     since = now - timedelta(days=7)
     texts = list((await session.execute(select(QuestionLog.text).where(
         QuestionLog.asked_at >= since))).scalars())
@@ -110,7 +116,8 @@ async def weekly_digest(session: AsyncSession, now: datetime, top: int = 10) -> 
         select(TicketMessage.text).join(Ticket, Ticket.id == TicketMessage.ticket_id).where(
             Ticket.created_at >= since, TicketMessage.id.in_(first),
             TicketMessage.text != ""))).scalars())
-    topics = faq.frequent(texts, top, index=await index(session))
+    # A week of questions is thousands of texts to tokenize and group: in a worker thread.
+    topics = await asyncio.to_thread(faq.frequent, texts, top, index=await index(session))
     week = week_of(now)
     if not (await session.execute(select(FaqDigest.id).where(FaqDigest.week == week))).first():
         for rank, t in enumerate(topics, 1):

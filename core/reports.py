@@ -173,6 +173,8 @@ def csv_rows(report: MonthlyReport) -> list[list[str]]:
 
 def cjk_font() -> str | None:
     """A font family installed here that draws Chinese, or None."""
+    # matplotlib (~1 s to import) only where charts are drawn: the bot imports this module for
+    # the report's text. The server imports it at start-up in a worker thread (bot.warmup).
     from matplotlib import font_manager
 
     installed = {f.name for f in font_manager.fontManager.ttflist}
@@ -198,7 +200,8 @@ def write(report: MonthlyReport, out_dir: Path | str,
 
 
 def _charts(report: MonthlyReport, out: Path, reason_labels: dict[str, str]) -> list[Path]:
-    # Imported here: the scheduler and the bot load this module without drawing anything.
+    # Imported here: the bot loads this module without drawing anything (see cjk_font). Drawing
+    # is CPU work: the scheduler calls `write` in a worker thread, never on the event loop.
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no global state, the Agg canvas
 

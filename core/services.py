@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Index, select, text, update
+from sqlalchemy import Index, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
@@ -91,7 +91,7 @@ async def apply_schedules(session: AsyncSession, now: datetime, tz: str) -> list
 async def open_locker(session: AsyncSession, charge: object, now: datetime) -> bool:
     """Unlock the charge's port door for its rider: while charging, or shortly after the end
     (to take the battery). False when the pile has no lockers or it is too late."""
-    from core.charging import OPEN_STATES, Charge
+    from core.charging import OPEN_STATES, Charge  # charging imports this module
 
     assert isinstance(charge, Charge)
     pile = await session.get(Pile, charge.pile_id)
@@ -108,7 +108,7 @@ async def open_locker(session: AsyncSession, charge: object, now: datetime) -> b
 
 async def lock_after_charge(session: AsyncSession, charge: object, now: datetime) -> None:
     """The battery stays locked in after the charge until its owner opens the door."""
-    from core.charging import Charge
+    from core.charging import Charge  # charging imports this module
 
     assert isinstance(charge, Charge)
     pile = await session.get(Pile, charge.pile_id)
@@ -141,8 +141,6 @@ class NoKitLeft(Exception):
 
 
 async def kits_out(session: AsyncSession, site_id: str) -> int:
-    from sqlalchemy import func
-
     return int((await session.execute(select(func.count()).select_from(ToolLoan).where(
         ToolLoan.site_id == site_id, ToolLoan.returned_at.is_(None)))).scalar() or 0)
 

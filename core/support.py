@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
 from core import outbox, photos, staff, workorders
+from core.billing import coupons
+from core.charging import Charge
 from core.config import Settings
 from core.db import utcnow
 from core.piles import Pile, port_code
@@ -168,8 +170,6 @@ async def post_to_desk(session: AsyncSession, ticket: Ticket, settings: Settings
     rider = await session.get(Rider, ticket.rider_id)
     last = None
     if ticket.charge_id is None:
-        from core.charging import Charge
-
         last = (await session.execute(select(Charge).where(
             Charge.rider_id == ticket.rider_id).order_by(Charge.id.desc()).limit(1)
         )).scalars().first()
@@ -263,8 +263,6 @@ async def verify(session: AsyncSession, ticket_id: int, staff_id: int, now: date
                  settings: Settings) -> tuple[Ticket, int]:
     """A report staff confirm: the rider earns a coupon (more with a photo and when it reveals a
     new problem), and a work order opens if none is open at that port. Returns (ticket, fen)."""
-    from core.billing import coupons
-
     ticket = await _ticket_for_staff(session, ticket_id, staff_id)
     if ticket.kind != "report" or not ticket.pile_id:
         raise LookupError(ticket_id)

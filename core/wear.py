@@ -18,11 +18,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy import stats
 
-# Under ~50 W (float charge, a charger's standby) the terminal rise is a fraction of a degree,
-# so its ratio to power is mostly sensor noise.
-MIN_POWER_W = 50.0
-# One reading can be a spike; a median of three is the least that survives one.
-MIN_SAMPLES = 3
+# The per-charge coefficient lives apart, on the standard library only: settlement computes it
+# for every charge and must not wait for numpy and scipy. Re-exported for the model's users.
+from core.heat import MIN_POWER_W, MIN_SAMPLES, heat_coefficient  # noqa: F401
+
 # A two-parameter Weibull from fewer failures swings wildly with every new failure.
 MIN_FAILURES = 10
 # A life with fewer healthy charges says little about its own heating level.
@@ -112,16 +111,6 @@ def port_history(charges: Sequence[tuple[float, float | None]],
     out.state = PortState(cycles=len(last), cycles_per_day=recent / usage_days,
                           heat=tuple(h for _, h in last if h is not None))
     return out
-
-
-def heat_coefficient(
-    samples: Sequence[tuple[float, float]], ambient_c: float = 25.0
-) -> float | None:
-    """One charge's terminal heating in degrees C per 100 W, from (power_w, temperature_c)."""
-    ratios = [100.0 * (temp - ambient_c) / power for power, temp in samples if power >= MIN_POWER_W]
-    if len(ratios) < MIN_SAMPLES:
-        return None
-    return float(statistics.median(ratios))
 
 
 def fit(

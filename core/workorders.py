@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
 from core import outbox, staff
+from core.billing import coupons
 from core.config import Settings
 from core.db import utcnow
 from core.piles import Pile, Port, Site, port_code
@@ -262,7 +263,7 @@ async def close_cleared(session: AsyncSession, order: WorkOrder, now: datetime) 
 
 async def _close(session: AsyncSession, order: WorkOrder, state: str, now: datetime, *,
                  note: str, photo: str | None = None, by: int | None = None) -> None:
-    from core import faults
+    from core import faults  # faults imports this module
 
     order.state, order.resolved_at, order.note, order.resolved_by = state, now, note, by
     if photo:
@@ -300,8 +301,6 @@ async def escalate(session: AsyncSession, order_id: int, now: datetime,
                    settings: Settings) -> bool:
     """Claim the breach (a conditional update: one worker wins however many run the check),
     then tell the supervisors and give each hit or reporting rider one coupon."""
-    from core.billing import coupons
-
     claimed = await session.execute(
         update(WorkOrder).where(WorkOrder.id == order_id, WorkOrder.state == "open",
                                 WorkOrder.escalated_at.is_(None))

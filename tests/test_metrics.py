@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
 
+from bot.loop_lag import LoopLag
 from bot.scheduler import _Running
 from tests.conftest import PILE_SECRET, make_settings, seed_city, start_server
 from tests.journey import PileClient, wait_until
@@ -79,3 +81,40 @@ async def test_scheduler_jobs_are_counted_with_their_failures(db_url: str) -> No
     assert running.stats.runs == {"broken": 1} and running.stats.failures == {"broken": 1}
     assert "broken" not in running.stats.last_ok
     assert 'chargebot_scheduler_job_failures_total{job="broken"} 1' in running.stats.lines()
+
+
+async def test_event_loop_lag_shows_a_callback_that_held_the_loop(db_url: str) -> None:
+    settings = make_settings(db_url, scheduler={"enabled": False})
+    async with start_server(settings, notifier=False) as server:
+        async def worst_lag() -> float:
+            async with server.http.get(f"{server.url}/metrics") as r:
+                text = await r.text()
+            line = next(x for x in text.splitlines()
+                        if x.startswith("chargebot_event_loop_lag_max_seconds "))
+            return float(line.split()[1])
+
+        before = await worst_lag()  # whatever the start-up cost, on a busy machine
+        # What a heavy import or a chart drawn in a handler does: the whole loop stops. The
+        # test blocks it on purpose, since that is what the gauge measures.
+        held = before + 0.5
+        time.sleep(held)
+
+        async def seen() -> bool:
+            return await worst_lag() >= held - 0.1
+
+        await wait_until(seen, timeout=5)
+
+
+def test_loop_lag_keeps_the_worst_of_the_last_minute_only() -> None:
+    lag = LoopLag(interval_s=0.1, window_s=60)
+    lag.record(10.2, 0.002)
+    lag.record(10.5, 1.5)
+    lag.record(10.9, 0.003)
+    lag.record(40.0, 0.2)
+    assert lag.worst(40.0) == 1.5
+    assert lag.worst(70.5) == 1.5  # the 10th second is still inside the minute
+    lag.record(71.2, 0.001)
+    assert lag.worst(71.2) == 0.2
+    lag.record(101.0, 0.0)
+    assert lag.worst(101.0) == 0.001
+    assert lag.worst(200.0) == 0.0  # a quiet minute

@@ -13,7 +13,7 @@ from bot.annual_card import card
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
-from core import annual, photos
+from core import annual, photos, services
 from core.charging import Charge
 from core.db import row_id
 from core.piles import Site
@@ -42,7 +42,9 @@ async def my_year(turn: Turn) -> list[Reply]:
         return [Reply(tr(turn.lang, "No charges yet this year. Your yearly report fills up as "
                                     "you charge."))]
     site = await turn.session.get(Site, y.favourite_site) if y.favourite_site else None
-    png = card(y, turn.lang, turn.rider.display_name)
+    # Drawing the card (Pillow, fonts) and checking it as a photo are CPU work: in a worker
+    # thread, so a rider's /myyear does not stall everyone else's chat.
+    png = await asyncio.to_thread(card, y, turn.lang, turn.rider.display_name)
     stored = await asyncio.to_thread(photos.store, png, Path(settings.support.photo_dir),
                                      max_bytes=settings.support.max_photo_bytes)
     return [Reply(year_text(turn.lang, y, site.name if site else None),
@@ -76,8 +78,6 @@ async def offpeak(turn: Turn) -> list[Reply]:
 
 async def site_services(turn: Turn, site: Site) -> tuple[list[str], list[Button]]:
     """Lines and buttons a port card adds for the site's services (van, dates, tool kits)."""
-    from core import services
-
     lang, tz = turn.lang, turn.ctx.settings.server.timezone
     lines: list[str] = []
     buttons: list[Button] = []
@@ -103,8 +103,6 @@ async def site_services(turn: Turn, site: Site) -> tuple[list[str], list[Button]
 
 
 async def tools(turn: Turn, arg: str) -> list[Reply]:
-    from core import services
-
     action, _, site_id = arg.partition(":")
     lang = turn.lang
     if action == "borrow":
@@ -126,8 +124,6 @@ async def tools(turn: Turn, arg: str) -> list[Reply]:
 
 
 async def locker(turn: Turn, ref: str) -> list[Reply]:
-    from core import services
-
     charge = await turn.session.get(Charge, n) if (n := row_id(ref)) else None
     if charge is None or charge.rider_id != turn.rider.id:
         return [Reply(tr(turn.lang, "Only your own charge's locker can be opened."))]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
-from core import prompts, questions, reviews, suggestions, support
+from core import prompts, questions, reviews, suggestions, support, votes
 from core.charging import Charge
 from core.db import row_id
 
@@ -168,8 +168,6 @@ async def faq_menu(turn: Turn, key: str = "") -> list[Reply]:
 
 
 async def vote_menu(turn: Turn) -> list[Reply]:
-    from core import votes
-
     lang = turn.lang
     sites = await votes.candidates(turn.session)
     if not sites:
@@ -180,8 +178,6 @@ async def vote_menu(turn: Turn) -> list[Reply]:
 
 
 async def vote(turn: Turn, site_id: str) -> list[Reply]:
-    from core import votes
-
     month = votes.month_of(turn.now)
     if not await votes.cast(turn.session, month, turn.rider.id, site_id, turn.now):  # type: ignore[arg-type]
         return [Reply(tr(turn.lang, "This vote is closed."))]

@@ -25,11 +25,13 @@ from bot.handlers import (
 )
 from bot.handlers.turn import Turn
 from bot.i18n import tr
+from bot.photo_fetch import intake
 from bot.replies import Incoming, Reply
 from core import groupbuy as groupbuy_core
 from core import outbox, prompts
 from core.db import row_id, transaction
 from core.errors import DomainError
+from core.photos import PhotoRejected, PhotoUnavailable
 from core.piles import PORT_CODE
 from core.riders import rider_for
 
@@ -71,9 +73,6 @@ async def handle(ctx: Context, inc: Incoming) -> tuple[list[Reply], str]:
 
 async def _stored_photo(ctx: Context, inc: Incoming) -> tuple[Incoming, Exception | None]:
     """The rider's photo stored locally (Incoming.photo becomes its path), or why not."""
-    from bot.photo_fetch import intake
-    from core.photos import PhotoRejected, PhotoUnavailable
-
     try:
         stored = await intake(ctx, inc.platform, inc.photo or "")
     except (PhotoRejected, PhotoUnavailable) as exc:

@@ -10,6 +10,7 @@ from bot.i18n import tr
 from bot.replies import Button, Reply
 from core import prompts, staff, workorders
 from core.db import row_id
+from core.wallet import yuan
 from core.workorders import WorkOrder
 
 RESOLVE_PROMPT = "resolve_note"
@@ -224,8 +225,6 @@ async def promises(turn: Turn) -> list[Reply]:
 
 
 def _yuan(fen: int) -> str:
-    from core.wallet import yuan
-
     return yuan(fen)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy import select
+
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
@@ -13,9 +15,12 @@ from core import faq, limits, prompts, questions, support
 from core.charging import Charge
 from core.db import row_id
 from core.errors import UnknownPort
+from core.photos import PhotoRejected
 from core.piles import find_port, port_code
+from core.riders import Rider
 from core.staff import NotStaff
 from core.support import Ticket
+from core.wallet import yuan
 
 log = logging.getLogger("chargebot.support")
 PHOTO_PROMPT = "report_photo"
@@ -113,8 +118,6 @@ async def skip_photo(turn: Turn, ticket_id: int) -> list[Reply]:
 
 
 async def _described(turn: Turn, ticket: Ticket) -> bool:
-    from sqlalchemy import select
-
     return (await turn.session.execute(select(support.TicketMessage.id).where(
         support.TicketMessage.ticket_id == ticket.id))).first() is not None
 
@@ -159,8 +162,6 @@ async def answer_prompt(turn: Turn, prompt: prompts.ChatPrompt) -> list[Reply] |
 
 def photo_refusal(turn: Turn) -> Reply | None:
     """A clear answer when the rider's photo could not be taken (the router tried already)."""
-    from core.photos import PhotoRejected
-
     exc = turn.photo_problem
     if exc is None:
         return None
@@ -292,8 +293,6 @@ async def staff_button(turn: Turn, arg: str) -> list[Reply]:
                                           turn.now, turn.ctx.settings)
             if not fen:
                 return [Reply(tr(lang, "Report #{id} was already verified.", id=t.id))]
-            from core.wallet import yuan
-
             return [Reply(tr(lang, "✔️ Report #{id} verified: the rider gets a {amount} coupon; "
                                    "work order #{order}.", id=t.id, amount=yuan(fen),
                              order=t.work_order_id))]
@@ -307,10 +306,6 @@ async def staff_button(turn: Turn, arg: str) -> list[Reply]:
 
 async def save_as_faq(turn: Turn, ticket_id: int) -> list[Reply]:
     """The rider's question and the last staff answer become an FAQ entry (rider's language)."""
-    from sqlalchemy import select
-
-    from core.riders import Rider
-
     ticket = await turn.session.get(Ticket, ticket_id)
     if ticket is None:
         raise LookupError(ticket_id)
