@@ -200,3 +200,13 @@ async def _report_leftover_tasks() -> AsyncIterator[None]:
         for t in left:
             print("LEFTOVER", t.get_coro(), file=sys.stderr)
             t.print_stack(limit=8, file=sys.stderr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Fuzz tests log the lone surrogates they send; pytest-xdist ships each report (captured
+    output included) to the controller as UTF-8 and dies on them. Escape them in the report."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    report.sections = [(title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+                       for title, text in report.sections]
