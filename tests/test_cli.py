@@ -178,3 +178,51 @@ def test_vouchers_redeem_once(db: str) -> None:
     again = run(db, "vouchers", "redeem", code)
     assert again.returncode != 0 and "already redeemed" in again.stderr
     assert "unknown voucher" in run(db, "vouchers", "redeem", "NOPE-NOPE").stderr
+
+
+def test_events_rejected_lists_what_piles_sent_that_was_refused(db: str, tmp_path: Path) -> None:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from core import events, piles
+    from core.config import Settings
+    from core.db import make_engine, make_sessionmaker, transaction
+
+    assert run(db, "db", "upgrade").returncode == 0
+
+    async def ingest() -> None:
+        engine = make_engine(db)
+        now = datetime.now(UTC)
+        try:
+            async with transaction(make_sessionmaker(engine)) as s:
+                await piles.add_site(s, "HZ01", "车棚", 30.2, 120.1)
+                await s.flush()
+                await piles.add_pile(s, "HZ01", "P0001", 4, secret="s1", lat=30.2, lon=120.1)
+                await piles.add_pile(s, "HZ01", "P0002", 4, secret="s2", lat=30.2, lon=120.1)
+            for pile, body in (
+                ("P0001", b'{"events": [{"id": "m1", "type": "meter", "ts": "2026-12-07T08:00:00Z",'
+                          b' "port": 1, "session": "S1", "power_w": NaN, "energy_wh": 12.5}]}'),
+                ("P0002", b'{"events": [{"id": "t1", "type": "teleport",'
+                          b' "ts": "2026-12-07T08:00:00Z"}]}'),
+            ):
+                batch = events.parse_batch(events.decode_body(body), body)
+                async with transaction(make_sessionmaker(engine)) as s:
+                    await events.ingest_group(s, [(pile, batch)], Settings(), now)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(ingest())
+    everything = run(db, "events", "rejected")
+    assert everything.returncode == 0, everything.stderr
+    lines = everything.stdout.splitlines()
+    assert lines[0].startswith("received_at\tpile\tindex\tid\tfield\terror\traw")
+    assert len(lines) == 3
+    assert "\tP0001\t0\tm1\tevents[0].power_w\tmust be a finite number\t" in lines[1]
+    assert '"power_w": NaN' in lines[1]  # the raw event, as the pile sent it
+    assert "\tP0002\t0\tt1\tevents[0].type\t" in lines[2]
+    one = run(db, "events", "rejected", "--pile", "P0002", "--since", "1h")
+    assert one.returncode == 0 and len(one.stdout.splitlines()) == 2 and "P0002" in one.stdout
+    later = run(db, "events", "rejected", "--since", "2099-01-01")
+    assert later.returncode == 0 and later.stdout.strip() == "no rejected events"
+    bad = run(db, "events", "rejected", "--since", "last tuesday")
+    assert bad.returncode != 0 and "--since" in bad.stderr and "Traceback" not in bad.stderr

@@ -317,6 +317,8 @@ async def test_a_bad_event_is_listed_and_kept_while_its_batch_is_applied(
     assert (again["accepted"], again["duplicates"]) == (0, len(bad) + 1)
     assert again["rejected"] == data["rejected"]
     assert await count(server, RejectedEvent) == len(bad)
+    async with server.http.get(server.url + "/metrics") as r:
+        assert f"chargebot_pile_events_rejected_total {len(bad)}\n" in await r.text()
 
     # NaN, ±Infinity and 1e999 are not JSON, but one of them costs only its own event.
     odd = (b'{"events": [{"id": "n1", "type": "heartbeat", "ts": "%s", "temperature_c": NaN},'
