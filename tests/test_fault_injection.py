@@ -179,7 +179,7 @@ class Service:
             except (TimeoutError, aiohttp.ClientError):
                 return False
 
-        await wait_until(answers, timeout=60, step=0.1)
+        await wait_until(answers, timeout=180, step=0.1)  # start-up warms up first
 
     def worker_pids(self) -> list[int]:
         assert self.proc is not None
