@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
@@ -28,6 +30,7 @@ from bot import (
 from bot.context import CTX, Context
 from bot.handlers import notices
 from bot.payments import wechatpay as wechatpay_pay
+from core import photos
 from core.charging import Charge
 from core.config import Settings
 from core.db import make_engine, make_read_sessionmaker, make_sessionmaker, utcnow
@@ -85,8 +88,46 @@ async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+def _peer_address(request: web.Request) -> str | None:
+    """The socket's peer, never a header: X-Forwarded-For and friends are the client's word."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if not peer:
+        return None
+    host = peer[0] if isinstance(peer, tuple) else str(peer)
+    with contextlib.suppress(ValueError):
+        ip = ipaddress.ip_address(host)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)  # a dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d
+        return str(ip)
+    return host
+
+
+def metrics_refusal(request: web.Request, settings: Settings) -> web.Response | None:
+    """Why /metrics is not for this request (401 without the configured bearer token, 403 from
+    another address when no token is set), or None. The counts name nobody, but they tell an
+    outsider the fleet's size and load, so they are not public."""
+    token = settings.server.metrics_token
+    if token is not None and token.get_secret_value().strip():
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        expected = token.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 expected):
+            return web.json_response({"error": "metrics need a bearer token"}, status=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        return None
+    allowed = settings.server.metrics_host
+    with contextlib.suppress(ValueError):
+        allowed = str(ipaddress.ip_address(allowed))
+    if _peer_address(request) != allowed:
+        return web.json_response({"error": "metrics are not served to this address"},
+                                 status=403)
+    return None
+
+
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text: what an operator watches (and alerts on) across the workers."""
+    if (refused := metrics_refusal(request, request.app[CTX].settings)) is not None:
+        return refused
     from bot.scheduler import JOB_STATS, LEADERSHIP
     from core.events import PileEvent, RejectedEvent
     from core.support import Ticket
@@ -174,6 +215,7 @@ def create_app(
     wechatpay_pay.setup(app, ctx)
     photo_fetch.setup(app, ctx)  # photos are fetched with the app's own Telegram/WeChat clients
     photo_links.setup(app)
+    app.cleanup_ctx.append(_photo_link_key)
     n = settings.notifications
     app[NOTIFIER] = Notifier(
         ctx.sm, senders, notices.render, read_sm=ctx.reader(), poll_s=n.poll_s,
@@ -192,6 +234,36 @@ async def _notifier_task(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _photo_link_key(app: web.Application) -> AsyncIterator[None]:
+    """The photo-link key stored in the database (core.photos), read before the first link is
+    signed; a database that is away at start-up is waited for in the background."""
+    ctx = app[CTX]
+
+    async def retry() -> None:
+        while True:
+            await asyncio.sleep(RETRY_AFTER_S)
+            try:
+                await photos.load_link_key(ctx.settings, ctx.sm)
+                return
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+
+    task: asyncio.Task[None] | None = None
+    try:
+        await photos.load_link_key(ctx.settings, ctx.sm)
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        log.warning("photo-link key not loaded yet, the database is away; retrying")
+        task = asyncio.create_task(retry(), name="photo-link-key")
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _dispose_engine(app: web.Application) -> AsyncIterator[None]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy import select
 
-from core.config import Settings, load_settings
+from core.config import ConfigError, Settings, blank_secrets, load_settings
 from core.db import make_engine, make_sessionmaker, transaction
 from core.migrate import upgrade
 
@@ -30,7 +30,10 @@ class CliError(Exception):
 def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "database", None):
         os.environ["CHARGEBOT_DATABASE__URL"] = args.database
-    return load_settings()
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
 
 
 async def _with_session(settings: Settings, fn):  # type: ignore[no-untyped-def]
@@ -68,6 +71,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     connections). Several workers need PostgreSQL: SQLite has one writer, and the scheduler
     leader is chosen with a PostgreSQL advisory lock."""
     settings = _settings(args)
+    if blank := blank_secrets(settings):
+        raise CliError("empty secret(s) configured: " + ", ".join(blank)
+                       + " — set a real value or remove the key")
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
     if args.workers > 1 and not settings.database.url.startswith("postgresql"):

@@ -38,9 +38,13 @@ TG_APP = web.AppKey("telegram_app", Application)
 
 
 def webhook_secret(settings: Settings) -> str:
-    """The configured secret, or one derived from the token so every worker agrees on it."""
-    if settings.telegram.webhook_secret is not None:
-        return settings.telegram.webhook_secret.get_secret_value()
+    """The configured secret, or one derived from the token so every worker agrees on it.
+
+    A blank configured secret (`CHARGEBOT_TELEGRAM__WEBHOOK_SECRET=`) counts as unset: an empty
+    secret would match a request that sends no header at all, i.e. anyone."""
+    configured = settings.telegram.webhook_secret
+    if configured is not None and configured.get_secret_value().strip():
+        return configured.get_secret_value()
     token = settings.telegram.token.get_secret_value()  # type: ignore[union-attr]
     return hashlib.sha256(b"chargebot-webhook:" + token.encode()).hexdigest()[:48]
 
@@ -213,7 +217,9 @@ async def webhook(request: web.Request) -> web.Response:
     app = request.app[TG_APP]
     ctx = request.app[CTX]
     given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
-    if not secrets.compare_digest(given.encode(), webhook_secret(ctx.settings).encode()):
+    expected = webhook_secret(ctx.settings)
+    # No header is never a match, whatever the secret turned out to be.
+    if not given or not expected or not secrets.compare_digest(given.encode(), expected.encode()):
         return web.json_response({"error": "bad secret token"}, status=401)
     try:
         data = json.loads(await request.read())

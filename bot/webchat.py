@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -204,18 +205,44 @@ async def messages(request: web.Request) -> web.Response:
         wait = min(max(wait, 0.0), 30.0)
     except ValueError:
         return _bad("after", "after and wait must be numbers")
+    polls = request.app[OPEN_POLLS]
+    address = request.remote or "?"  # the socket's peer: a header would be the client's word
+    if wait > 0 and polls[address] >= ctx.settings.server.webchat_max_polls_per_address:
+        # Enough waits held for this address; each wakes once a second, and a few hundred of
+        # them slowed every rider's /send. Answer now (a short poll) and say when to come back.
+        wait = 0.0
+        capped = True
+    else:
+        capped = False
     deadline = time.monotonic() + wait
-    while True:
-        async with ctx.reader()() as session:
-            rows = await webchat_inbox.after(session, client_id, after)
-        remaining = deadline - time.monotonic()
-        if rows or remaining <= 0:
-            break
-        await ctx.wakeups.wait(f"webchat:{client_id}", min(remaining, 1.0))
+    if wait > 0:
+        polls[address] += 1
+    try:
+        while True:
+            async with ctx.reader()() as session:
+                rows = await webchat_inbox.after(session, client_id, after)
+            remaining = deadline - time.monotonic()
+            if rows or remaining <= 0:
+                break
+            await ctx.wakeups.wait(f"webchat:{client_id}", min(remaining, 1.0))
+    finally:
+        if wait > 0:
+            polls[address] -= 1
+            if polls[address] <= 0:
+                del polls[address]
     lang = await _lang_of(ctx, client_id)
-    return web.json_response({
+    answer: dict[str, Any] = {
         "messages": [{"seq": r.id, "reply": r.reply} for r in rows], "lang": lang,
-    })
+    }
+    headers: dict[str, str] = {}
+    if capped:
+        answer["retry_after"] = POLL_RETRY_AFTER_S
+        headers["Retry-After"] = str(POLL_RETRY_AFTER_S)
+    return web.json_response(answer, headers=headers)
+
+
+OPEN_POLLS = web.AppKey("webchat_open_polls", Counter)
+POLL_RETRY_AFTER_S = 5
 
 
 class WebchatSender:
@@ -244,6 +271,7 @@ class WebchatSender:
 
 
 def setup(app: web.Application, ctx: Context) -> None:
+    app[OPEN_POLLS] = Counter()
     app.router.add_get("/", page)
     app.router.add_static("/static", STATIC)
     app.router.add_get("/webchat/api/ui", ui)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
@@ -29,6 +31,13 @@ class ServerSettings(BaseModel):
     # > 0: asyncio debug mode, logging every callback that holds the event loop longer than
     # this many seconds ("Executing <…> took N seconds"). For tests and hunting stalls; 0 = off.
     slow_callback_s: float = Field(default=0.0, ge=0.0)
+    # /metrics: with a token, only `Authorization: Bearer <token>` reads it; without one, only a
+    # client whose own address (the socket's peer, never a forwarded header) is metrics_host.
+    metrics_token: SecretStr | None = None
+    metrics_host: str = "127.0.0.1"
+    # Open web-chat long polls per client address: each holds a request and wakes once a
+    # second, so a few hundred from one address slowed every rider's /send 15×.
+    webchat_max_polls_per_address: int = Field(default=20, ge=1)
 
 
 class TelegramSettings(BaseModel):
@@ -219,7 +228,9 @@ class SupportSettings(BaseModel):
     new_problem_bonus_fen: int = 200
     emergency_take_s: int = 60  # an emergency nobody took by then pages the supervisors
     rider_groups: list[int] = Field(default_factory=list)  # Telegram groups for the monthly vote
-    link_secret: SecretStr | None = None  # signs staff photo links; derived from secrets if unset
+    # Signs staff photo links. Unset: a random key made once and kept in the database
+    # (core.app_secrets), so every worker agrees and nobody can derive it from the config.
+    link_secret: SecretStr | None = None
 
 
 class SurveySettings(BaseModel):
@@ -334,5 +345,104 @@ def config_files() -> list[Path]:
     return [main, main.with_name("bot.secrets.toml")]
 
 
+class ConfigError(ValueError):
+    """A configuration a deployment must not run with; the message names the key to fix."""
+
+
+def _model_of(annotation: Any) -> tuple[str, type[BaseModel]] | None:
+    """How a field holds sections: ("model", M), ("dict", M) for dict[str, M], ("list", M)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "model", annotation
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is dict and len(args) == 2:
+        inner = _model_of(args[1])
+        return ("dict", inner[1]) if inner and inner[0] == "model" else None
+    if origin is list and args:
+        inner = _model_of(args[0])
+        return ("list", inner[1]) if inner and inner[0] == "model" else None
+    if origin in (Union, UnionType):  # `OffPeak | None`
+        for arg in args:
+            if arg is not type(None) and (inner := _model_of(arg)) is not None:
+                return inner
+    return None
+
+
+def unknown_keys(data: Any, model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted names in `data` that `model` has no field for (a misspelt secret, a misspelt
+    section): pydantic would drop them silently and the service would run without them."""
+    if not isinstance(data, dict):
+        return []
+    found: list[str] = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            found.append(name)
+            continue
+        how = _model_of(field.annotation)
+        if how is None:
+            continue
+        kind, sub = how
+        if kind == "model":
+            found += unknown_keys(value, sub, f"{name}.")
+        elif kind == "dict" and isinstance(value, dict):
+            for k, v in value.items():
+                found += unknown_keys(v, sub, f"{name}.{k}.")
+        elif kind == "list" and isinstance(value, list):
+            for i, v in enumerate(value):
+                found += unknown_keys(v, sub, f"{name}[{i}].")
+    return found
+
+
+def _env_tree(var: str) -> dict[str, Any]:
+    """One `CHARGEBOT_SECTION__KEY…` variable as the nested dict pydantic-settings builds."""
+    parts = [p.lower() for p in var[len("CHARGEBOT_"):].split("__")]
+    tree: dict[str, Any] = {parts[-1]: ""}
+    for part in reversed(parts[:-1]):
+        tree = {part: tree}
+    return tree
+
+
+def check_unknown_keys(environ: dict[str, str] | None = None) -> None:
+    """Raise ConfigError naming every key in the config files or the environment that no
+    setting reads."""
+    problems: list[str] = []
+    for path in config_files():
+        if not path.exists():
+            continue
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+        problems += [f"{k} (in {path})" for k in unknown_keys(data, Settings)]
+    env = os.environ if environ is None else environ
+    # Variables without `__` (CHARGEBOT_CONFIG, CHARGEBOT_LOG, …) are not settings.
+    for var in sorted(env):
+        if var.upper().startswith("CHARGEBOT_") and "__" in var:
+            problems += [f"{k} (env {var})" for k in unknown_keys(_env_tree(var), Settings)]
+    if problems:
+        raise ConfigError("unknown configuration key(s), misspelt? " + ", ".join(problems))
+
+
+def blank_secrets(model: BaseModel, prefix: str = "") -> list[str]:
+    """Dotted names of secrets that are set but empty or blank (`CHARGEBOT_…_SECRET=`): unset
+    means "derive or disable", but blank is always a mistake, and some checks would let an
+    empty header match an empty secret."""
+    found: list[str] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretStr):
+            if not value.get_secret_value().strip():
+                found.append(f"{prefix}{name}")
+        elif isinstance(value, BaseModel):
+            found += blank_secrets(value, f"{prefix}{name}.")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(v, BaseModel):
+                    found += blank_secrets(v, f"{prefix}{name}.{k}.")
+    return found
+
+
 def load_settings(**overrides: Any) -> Settings:
+    """The deployment's settings; an unknown key in bot.toml, the secrets file or a
+    CHARGEBOT_SECTION__KEY variable is a ConfigError naming it."""
+    check_unknown_keys()
     return Settings(**overrides)

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import os
 import re
+import secrets
 import tempfile
 import time
 import warnings
@@ -21,7 +22,9 @@ from io import BytesIO
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core import app_secrets
 from core.config import Settings
 from core.errors import DomainError
 
@@ -133,19 +136,30 @@ def find(directory: Path, sha256: str) -> Path | None:
 # --- signed links for staff -------------------------------------------------------------------
 # A ticket's photo goes to the desk as a URL: Telegram fetches it to show the picture, WeChat and
 # the web chat show a link. The signature is an HMAC of the path and the expiry, keyed by
-# `support.link_secret`, or, when unset, by a key derived from the deployment's own secrets, so
-# every worker agrees without extra configuration.
+# `support.link_secret`, or, when unset, by a random key the first worker made and stored in the
+# database (core.app_secrets), loaded at start-up (`load_link_key`) so every worker agrees. It is
+# never derived from the configuration: a database URL is no secret.
 LINK_VALID_S = 7 * 24 * 3600
+# Stored keys by database URL, as loaded by each app at start-up.
+_STORED_KEYS: dict[str, bytes] = {}
+# Outside an app (a script, a unit test) with neither: a key of this process only, so such a
+# link verifies nowhere else rather than under a guessable key.
+_PROCESS_KEY = secrets.token_bytes(32)
+
+
+async def load_link_key(settings: Settings, sm: async_sessionmaker[AsyncSession]) -> None:
+    """Make (once per deployment) or read the stored photo-link key, unless one is configured."""
+    if settings.support.link_secret is not None:
+        return
+    value = await app_secrets.get_or_create(sm, app_secrets.PHOTO_LINKS)
+    _STORED_KEYS[settings.database.url] = bytes.fromhex(value)
 
 
 def _key(settings: Settings) -> bytes:
     s = settings.support.link_secret
     if s is not None:
         return s.get_secret_value().encode()
-    seed = "|".join(x.get_secret_value() if x is not None else "" for x in (
-        settings.telegram.token, settings.wechat.token, settings.wechat.secret))
-    return hashlib.sha256(f"chargebot photo links|{seed}|{settings.database.url}".encode()
-                          ).digest()
+    return _STORED_KEYS.get(settings.database.url, _PROCESS_KEY)
 
 
 def link_signature(settings: Settings, path: str, exp: int) -> str:

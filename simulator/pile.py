@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -181,14 +182,17 @@ class SimulatedPile:
     async def _poll_loop(self) -> None:
         assert self._http is not None
         backoff = BACKOFF_START_S
-        url = f"{self._commands_url}?wait={self.long_poll_s:g}"
         timeout = aiohttp.ClientTimeout(total=self.long_poll_s + 10.0)
         while True:
             started = time.monotonic()
-            headers = signed_headers(self.pile_id, self._secret, b"", time.time())
+            # A fresh nonce signed with the query: the service accepts a poll's signature once,
+            # and a pile that polls again within the same second must not reuse it.
+            query = f"wait={self.long_poll_s:g}&nonce={secrets.token_hex(8)}"
+            headers = signed_headers(self.pile_id, self._secret, query.encode(), time.time())
             headers.pop("Content-Type", None)
             try:
-                async with self._http.get(url, headers=headers, timeout=timeout) as resp:
+                async with self._http.get(f"{self._commands_url}?{query}", headers=headers,
+                                          timeout=timeout) as resp:
                     text = await resp.text()
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError) as exc:

@@ -156,13 +156,17 @@ class PileClient:
             return await r.json()
 
     async def commands(self, wait: float = 0) -> list[dict]:
+        import secrets
         import time
 
         from core.pile_auth import signed_headers
 
+        # A poll's signature is accepted once: a fresh nonce, signed with the query, lets a
+        # test poll twice within one second as a busy pile does.
+        query = f"wait={wait:g}&nonce={secrets.token_hex(8)}"
         async with self.http.get(
-            f"{self.url}/api/piles/{self.pile_id}/commands", params={"wait": str(wait)},
-            headers=signed_headers(self.pile_id, self.secret, b"", time.time()),
+            f"{self.url}/api/piles/{self.pile_id}/commands?{query}",
+            headers=signed_headers(self.pile_id, self.secret, query.encode(), time.time()),
         ) as r:
             assert r.status == 200, await r.text()
             return (await r.json())["commands"]

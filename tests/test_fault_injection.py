@@ -110,10 +110,11 @@ class FieldPile:
         deadline = time.monotonic() + 30
         while True:
             try:
-                headers = signed_headers(self.pile_id, self.secret, b"", time.time())
-                async with self.http.get(f"{self.url}/api/piles/{self.pile_id}/commands",
-                                         params={"wait": str(wait)}, headers=headers,
-                                         timeout=REQUEST_TIMEOUT) as r:
+                # A poll's signature is accepted once: a fresh nonce signed with the query.
+                query = f"wait={wait:g}&nonce={uuid.uuid4().hex}"
+                headers = signed_headers(self.pile_id, self.secret, query.encode(), time.time())
+                async with self.http.get(f"{self.url}/api/piles/{self.pile_id}/commands?{query}",
+                                         headers=headers, timeout=REQUEST_TIMEOUT) as r:
                     if r.status == 200:
                         return (await r.json())["commands"]
             except (TimeoutError, aiohttp.ClientError):
