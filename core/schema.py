@@ -3,6 +3,8 @@
 from sqlmodel import SQLModel
 
 from core import (  # noqa: F401
+    accounts,
+    app_secrets,
     broadcasts,
     charging,
     commands,

@@ -12,7 +12,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, Index, String, select, text, update
+from sqlalchemy import Column, Index, String, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
@@ -21,6 +21,7 @@ from core.billing import coupons
 from core.charging import Charge
 from core.config import Settings
 from core.db import utcnow
+from core.outbox import OutboxMessage
 from core.piles import Pile, port_code
 from core.riders import Rider, chat_rider
 
@@ -34,6 +35,12 @@ EMERGENCY_WORDS = re.compile(
     r"\b(smoke|smoking|fire|burning|sparks?|electric shock|shocked|explod\w*)\b",
     re.IGNORECASE,
 )
+# Ten riders smelling the same smoke are one incident: within this window after a page, more
+# emergencies about the same site (or, naming no site, about no site) page nobody again.
+PAGE_WINDOW = timedelta(minutes=10)
+# The count of those reports reaches the desk in one follow-up, a minute after the first repeat
+# (a burst arrives within seconds; a minute gathers it without leaving staff uninformed).
+REPORTS_DELAY = timedelta(minutes=1)
 
 
 class Ticket(SQLModel, table=True):
@@ -67,6 +74,9 @@ class Ticket(SQLModel, table=True):
     work_order_id: int | None = None
     rating: int | None = None
     photo: str | None = None  # the first photo's stored path, for the desk and work orders
+    # An emergency reported while another one about the same site was paged: staff were paged
+    # once (for that ticket), this one is counted in its follow-up instead of paging again.
+    page_of: int | None = None
 
 
 class TicketMessage(SQLModel, table=True):
@@ -320,6 +330,79 @@ async def queue(session: AsyncSession, limit: int = 20) -> list[Ticket]:
 # --- the emergency lane -----------------------------------------------------------------------
 
 
+async def report_emergency(session: AsyncSession, rider: Rider, settings: Settings,
+                           now: datetime, *, text: str = "", pile_id: str | None = None,
+                           port: int | None = None, charge_id: int | None = None) -> Ticket:
+    """The rider's ticket, raised to an emergency. The first emergency about a site pages staff
+    at once; repeats within PAGE_WINDOW keep their own ticket but page nobody, and the paged
+    ticket's follow-up says how many reports came in."""
+    before = await open_for(session, rider.id)  # type: ignore[arg-type]
+    already = before is not None and before.priority == "emergency"
+    ticket, new = await open_ticket(session, rider, kind="emergency", now=now, text=text,
+                                    pile_id=pile_id, port=port, charge_id=charge_id)
+    if already:
+        if ticket.page_of is None:  # the same rider again: their page says it once more
+            await post_to_desk(session, ticket, settings, now, tag="sos")
+        return ticket
+    site = await _site_of(session, ticket.pile_id)
+    first = await _paged_recently(session, ticket, site, now)
+    if first is None:
+        await post_to_desk(session, ticket, settings, now, tag="new" if new else "sos")
+        return ticket
+    ticket.page_of = first.id
+    await session.flush()
+    await _count_reports(session, first, site, settings, now)
+    return ticket
+
+
+async def _site_of(session: AsyncSession, pile_id: str | None) -> str | None:
+    pile = await session.get(Pile, pile_id) if pile_id else None
+    return pile.site_id if pile else None
+
+
+async def _paged_recently(session: AsyncSession, ticket: Ticket, site: str | None,
+                          now: datetime) -> Ticket | None:
+    """The open emergency about the same site that paged staff within PAGE_WINDOW. A closed one
+    does not count: staff called it over, so a new alarm is news."""
+    q = select(Ticket).where(
+        Ticket.priority == "emergency", Ticket.page_of.is_(None),  # type: ignore[union-attr]
+        Ticket.state.in_(OPEN), Ticket.created_at >= now - PAGE_WINDOW,  # type: ignore[attr-defined]
+        Ticket.id != ticket.id)
+    if site is not None:
+        q = q.where(Ticket.pile_id.in_(select(Pile.id).where(Pile.site_id == site)))  # type: ignore[union-attr]
+    elif ticket.pile_id is not None:  # a pile we do not know: its own group
+        q = q.where(Ticket.pile_id == ticket.pile_id)
+    else:
+        q = q.where(Ticket.pile_id.is_(None))  # type: ignore[union-attr]
+    return (await session.execute(q.order_by(Ticket.created_at.desc()).limit(1))  # type: ignore[attr-defined]
+            ).scalars().first()
+
+
+async def _count_reports(session: AsyncSession, first: Ticket, site: str | None,
+                         settings: Settings, now: datetime) -> None:
+    """One pending follow-up per desk member carries the running count; once it has gone out,
+    the next repeat starts another, so a long flood is one message a minute at most."""
+    n = 1 + int(await session.scalar(select(func.count()).select_from(Ticket).where(
+        Ticket.page_of == first.id)) or 0)
+    where = (port_code(first.pile_id, first.port) if first.pile_id and first.port
+             else first.pile_id)
+    payload = {"ticket_id": first.id, "count": n, "where": where,
+               "minutes": int(PAGE_WINDOW.total_seconds() // 60)}
+    prefix = f"sos_reports:{first.id}:"
+    updated = await session.execute(
+        update(OutboxMessage).where(
+            OutboxMessage.dedupe_key.startswith(prefix, autoescape=True),  # type: ignore[attr-defined]
+            OutboxMessage.state == "pending",
+            # A leased row is being sent right now: start a new one rather than race it.
+            or_(OutboxMessage.lease_until.is_(None), OutboxMessage.lease_until < now))  # type: ignore[union-attr,operator]
+        .values(payload=payload).execution_options(synchronize_session=False))
+    if updated.rowcount:  # type: ignore[attr-defined]
+        return
+    for rid in await desk_riders(session, settings, now, site, emergency=True):
+        await outbox.enqueue(session, rid, "sos_reports", payload, f"{prefix}{n}:{rid}",
+                             due_at=now + REPORTS_DELAY, now=now)
+
+
 async def escalate_emergencies(session: AsyncSession, now: datetime, settings: Settings
                                ) -> list[int]:
     """Emergency tickets nobody took within `emergency_take_s`: page the supervisors, once
@@ -327,7 +410,8 @@ async def escalate_emergencies(session: AsyncSession, now: datetime, settings: S
     due = now - timedelta(seconds=settings.support.emergency_take_s)
     ids = [i for (i,) in await session.execute(select(Ticket.id).where(
         Ticket.priority == "emergency", Ticket.state == "open", Ticket.created_at <= due,
-        Ticket.escalated_at.is_(None)))]
+        # A repeat of a paged emergency escalates with that one, not once more per rider.
+        Ticket.escalated_at.is_(None), Ticket.page_of.is_(None)))]
     done = []
     for ticket_id in ids:
         claimed = await session.execute(

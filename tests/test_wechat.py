@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from datetime import timedelta
@@ -225,15 +226,19 @@ async def test_link_wechat_and_telegram_share_wallet_and_history(all_skins: Runn
     await tg_rider.say("/wallet")
     await tg_rider.tap("+¥5.00")
     await wx_rider.say("/link")
-    code = wx_rider.texts()[-1].split("/link ")[-1].strip()[:6]
-    assert code.isdigit()
+    code = re.findall(r"/link (\S+)", wx_rider.texts()[-1])[-1]
+    assert len(code.replace("-", "")) == 10
     await tg_rider.say(f"/link {code}")
+    await tg_rider.wait_text("确认")  # the code's owner decides, in their own chat
+    async with all_skins.ctx.sm() as s:
+        assert len({i.rider_id for i in (await s.execute(select(Identity))).scalars()}) == 2
+    await wx_rider.tap("确认")
     await tg_rider.wait_text("¥5.00")
     async with all_skins.ctx.sm() as s:
         riders = {i.rider_id for i in (await s.execute(select(Identity))).scalars()}
     assert len(riders) == 1
     await wx_rider.say("/wallet")
-    assert "¥5.00" in wx_rider.texts()[-1]
+    assert "¥5.00" in wx_rider.passive[-1]  # texts() ends with the pushed link question
     # The code is single-use.
     await tg_rider.say(f"/link {code}")
     await tg_rider.wait_text("过期")

@@ -2,35 +2,102 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bot.handlers.text import menu_buttons
 from bot.handlers.turn import Turn
 from bot.i18n import tr
-from bot.replies import Reply
-from core.accounts import create_link_code, redeem_link_code
+from bot.replies import Button, Reply
+from core.accounts import (
+    LinkPaused,
+    LinkTooManyTries,
+    answer_link,
+    create_link_code,
+    request_link,
+)
+from core.db import row_id
 from core.errors import LinkCodeInvalid, LinkRefused
 from core.wallet import yuan
+
+
+def platform_name(lang: str, platform: str) -> str:
+    return {"telegram": "Telegram", "wechat": tr(lang, "WeChat"),
+            "webchat": tr(lang, "web chat")}.get(platform, platform)
+
+
+def refusal(lang: str, reason: str | None) -> str:
+    if reason == "busy":
+        return tr(lang, "Please finish your charge and pay any open bill here first.")
+    if reason == "same_platform":
+        return tr(lang, "That account already has an identity on this app.")
+    if reason == "expired":
+        return tr(lang, "This link request has expired (10 minutes). Nothing was linked.")
+    if reason in ("confirmed", "refused", "answered"):
+        return tr(lang, "This link request was already answered.")
+    return tr(lang, "This code belongs to this same account.")
 
 
 async def link(turn: Turn, code: str) -> list[Reply]:
     lang = turn.lang
     if not code:
         made = await create_link_code(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]
-        return [Reply(tr(lang, "Your link code is {code} (valid 10 minutes). In your other app "
-                               "(Telegram or WeChat) send: /link {code}", code=made))]
+        return [Reply(tr(lang, "Your link code is {code} (valid 10 minutes, once). In your other "
+                               "app (Telegram or WeChat) send: /link {code}\nYou will be asked "
+                               "here to confirm. Never give this code to anyone.", code=made))]
     try:
-        target = await redeem_link_code(turn.session, code, turn.rider, turn.now)
+        await request_link(turn.session, code, turn.rider, turn.inc.platform, turn.inc.user_id,
+                           turn.now)
+    except LinkTooManyTries:
+        return [Reply(tr(lang, "Too many wrong codes. Please try again in an hour."))]
+    except LinkPaused:
+        return [Reply(tr(lang, "Linking accounts is paused for a while. Please try again "
+                               "later."))]
     except LinkCodeInvalid:
         return [Reply(tr(lang, "That code is wrong or has expired. Send /link in your other app "
                                "to get a new one."))]
     except LinkRefused as exc:
-        reason = exc.params.get("reason")
-        if reason == "busy":
-            text = tr(lang, "Please finish your charge and pay any open bill here first.")
-        elif reason == "same_platform":
-            text = tr(lang, "That account already has an identity on this app.")
-        else:
-            text = tr(lang, "This code belongs to this same account.")
-        return [Reply(text)]
-    lang = target.language
+        return [Reply(refusal(lang, exc.params.get("reason")))]
+    return [Reply(tr(lang, "🔗 Almost done: please confirm in the app where you got the code "
+                           "(within 10 minutes). Nothing is linked until you do."))]
+
+
+async def answer(turn: Turn, arg: str) -> list[Reply]:
+    """`lk:ok:ID` / `lk:no:ID`: the code's owner answers a link request in their own chat."""
+    verb, _, ident = arg.partition(":")
+    attempt_id = row_id(ident)
+    lang = turn.lang
+    if verb not in ("ok", "no") or attempt_id is None:
+        return [Reply(tr(lang, "That code is wrong or has expired. Send /link in your other app "
+                               "to get a new one."))]
+    try:
+        owner = await answer_link(turn.session, attempt_id, turn.rider, verb == "ok", turn.now)
+    except LinkCodeInvalid:
+        return [Reply(tr(lang, "That code is wrong or has expired. Send /link in your other app "
+                               "to get a new one."))]
+    except LinkRefused as exc:
+        return [Reply(refusal(lang, exc.params.get("reason")))]
+    if verb == "no":
+        return [Reply(tr(lang, "OK, nothing was linked. If you did not ask for this, someone "
+                               "may have your code: never share it."))]
     return [Reply(tr(lang, "✅ Linked. Wallet and history are now shared. Balance: {balance}",
-                     balance=yuan(target.balance_fen)), buttons=menu_buttons(lang))]
+                     balance=yuan(owner.balance_fen)), buttons=menu_buttons(lang))]
+
+
+def request_notice(lang: str, payload: dict[str, Any]) -> list[Reply]:
+    """The owner's question (outbox kind `link_request`)."""
+    text = tr(lang, "🔗 Link the {platform} account “{name}” to this account? Wallet and history "
+                    "would be shared. Confirm only if you just typed your own code there.",
+              platform=platform_name(lang, payload["platform"]), name=payload["name"] or "—")
+    aid = payload["attempt_id"]
+    return [Reply(text, buttons=[[Button(tr(lang, "✅ Confirm"), data=f"lk:ok:{aid}"),
+                                  Button(tr(lang, "❌ Refuse"), data=f"lk:no:{aid}")]])]
+
+
+def done_notice(lang: str, payload: dict[str, Any]) -> list[Reply]:
+    return [Reply(tr(lang, "✅ Linked. Wallet and history are now shared. Balance: {balance}",
+                     balance=yuan(payload["balance_fen"])), buttons=menu_buttons(lang))]
+
+
+def refused_notice(lang: str) -> list[Reply]:
+    return [Reply(tr(lang, "The owner of that code did not confirm the link. Nothing was "
+                           "linked."))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.handlers import groupbuy
+from bot.handlers import account, groupbuy
 from bot.handlers.staff import cause_name, order_buttons, order_card
 from bot.handlers.support import kind_name, problem_name, ticket_buttons
 from bot.handlers.surveys import render_prompt, render_report
@@ -227,6 +227,18 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
         return [Reply(tr(lang, "⏰ Your bill question (case {id}) was not answered in time. It is "
                                "now with a supervisor, who will contact you.",
                          id=payload["dispute_id"]))]
+    if kind == "link_request":  # someone typed this rider's /link code: only they decide
+        return account.request_notice(lang, payload)
+    if kind == "link_done":
+        return account.done_notice(lang, payload)
+    if kind == "link_refused":
+        return account.refused_notice(lang)
+    if kind == "sos_reports":
+        return [Reply(tr(lang, "🆘 {n} emergency reports ({where}) within {m} minutes, paged "
+                               "once as #{id}. Open /tickets for them all.",
+                         n=payload["count"], where=payload["where"] or tr(lang, "no port named"),
+                         m=payload["minutes"], id=payload["ticket_id"]),
+                      buttons=ticket_buttons(lang, payload["ticket_id"], "emergency"))]
     if kind == "replies":  # a skin's replies that missed its synchronous answer window
         return [Reply.from_dict(d) for d in payload["replies"]]
     if kind == "text":

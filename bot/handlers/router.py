@@ -291,4 +291,6 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
         return await support.emergency(turn, charge_id=row_id(arg))
     if verb == "rate":
         return await staff.rate(turn, arg)
+    if verb == "lk":
+        return await account.answer(turn, arg)
     return menu.unknown(turn)

@@ -235,11 +235,9 @@ async def emergency(turn: Turn, text: str = "", charge_id: int | None = None) ->
             pile_id, port = charge.pile_id, charge.port_number
         else:
             charge_id = None
-    ticket, new = await support.open_ticket(
-        turn.session, turn.rider, kind="emergency", now=turn.now, text=text,
-        pile_id=pile_id, port=port, charge_id=charge_id)
-    await support.post_to_desk(turn.session, ticket, turn.ctx.settings, turn.now,
-                               tag="new" if new else "sos")
+    ticket = await support.report_emergency(
+        turn.session, turn.rider, turn.ctx.settings, turn.now, text=text, pile_id=pile_id,
+        port=port, charge_id=charge_id)
     return [Reply(tr(turn.lang, "⚠️ Safety first: if you can do it safely, switch off and "
                                 "unplug your charger, and keep away from the pile. If there is "
                                 "fire or smoke, call 119. Our staff are alerted now (ticket "
