@@ -167,6 +167,17 @@ async def fakes() -> AsyncIterator[tuple[Any, Any]]:
     await tg.stop()
 
 
+@pytest.fixture
+async def fake_tg() -> AsyncIterator[Any]:
+    """A fake Telegram Bot API alone, on a local port."""
+    from tests.fakes.telegram_api import FakeTelegram
+
+    fake = FakeTelegram()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
 def all_skins_settings(db_url: str, tg: Any, wx: Any, **extra: dict[str, Any]) -> Settings:
     """Telegram and WeChat pointed at their local fakes, web chat on."""
     from tests.riders import ACCOUNT, TG_SECRET

@@ -15,14 +15,6 @@ SECRET = "webhook-secret-for-tests"
 
 
 @pytest.fixture
-async def fake_tg() -> AsyncIterator[FakeTelegram]:
-    fake = FakeTelegram()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
 async def tg_server(db_url: str, fake_tg: FakeTelegram) -> AsyncIterator[Running]:
     settings = make_settings(db_url, telegram={
         "token": fake_tg.token, "base_url": fake_tg.base_url,

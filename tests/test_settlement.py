@@ -50,7 +50,9 @@ async def _rider(server: Running, name: str, balance: int = 0) -> int:
         return rider.id  # type: ignore[return-value]
 
 
-async def _charge(server: Running, rider_id: int, port: int, minutes: int = 60, **kw) -> Charge:  # type: ignore[no-untyped-def]
+async def _start(server: Running, rider_id: int, port: int
+                 ) -> tuple[PileClient, datetime, str, int]:
+    """The pile is online and the rider has started a charge on `port`: (pile, now, ref, id)."""
     pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
     now = datetime.now(UTC)
     await pile.post([pile.event("heartbeat", now)])
@@ -58,7 +60,11 @@ async def _charge(server: Running, rider_id: int, port: int, minutes: int = 60, 
         rider = await s.get(Rider, rider_id)
         charge = await charging.start_charge(s, rider, f"P0001-{port:02d}",  # type: ignore[arg-type]
                                              server.ctx.settings, now)
-        ref, cid = charge.session_ref, charge.id
+        return pile, now, charge.session_ref, charge.id  # type: ignore[return-value]
+
+
+async def _charge(server: Running, rider_id: int, port: int, minutes: int = 60, **kw) -> Charge:  # type: ignore[no-untyped-def]
+    pile, now, ref, cid = await _start(server, rider_id, port)
     await pile.run_charge(port, ref, now - timedelta(minutes=minutes + 1), minutes, **kw)  # type: ignore[arg-type]
     async with server.ctx.sm() as s:
         return await s.get(Charge, cid)  # type: ignore[return-value]
@@ -68,14 +74,7 @@ async def _short_charge(server: Running, rider_id: int, port: int, seconds: int,
                         reason: str, energy_wh: int, fault_at_s: int | None = None) -> Charge:
     """A charge the pile reports second by second: started, a meter reading, maybe a fault
     event, then its end `seconds` after the start."""
-    pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
-    now = datetime.now(UTC)
-    await pile.post([pile.event("heartbeat", now)])
-    async with transaction(server.ctx.sm) as s:
-        rider = await s.get(Rider, rider_id)
-        charge = await charging.start_charge(s, rider, f"P0001-{port:02d}",  # type: ignore[arg-type]
-                                             server.ctx.settings, now)
-        ref, cid = charge.session_ref, charge.id
+    pile, now, ref, cid = await _start(server, rider_id, port)
     t0 = now - timedelta(minutes=10)
     events = [pile.event("session_started", t0, port=port, session=ref),
               pile.event("meter", t0 + timedelta(seconds=min(5, seconds)), port=port,

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,6 @@ from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.telegram_updates import TelegramUser
 
 # --- item 7: an empty secret never disables a check -------------------------------------------
-
-
-@pytest.fixture
-async def fake_tg() -> AsyncIterator[FakeTelegram]:
-    fake = FakeTelegram()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 async def test_empty_webhook_secret_does_not_let_unsigned_telegram_updates_in(
