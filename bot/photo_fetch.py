@@ -25,6 +25,7 @@ from telegram.error import BadRequest, TelegramError
 
 from bot.context import Context
 from core import photos
+from core.db import transaction
 from core.photos import PhotoRejected, PhotoUnavailable, StoredPhoto
 from notifications.wechat_client import MediaTooLarge, WechatClient, WechatError
 
@@ -93,11 +94,29 @@ async def fetch(ctx: Context, platform: str, ref: str) -> bytes:
     raise PhotoUnavailable(platform, "photos are not supported on this platform")
 
 
-async def intake(ctx: Context, platform: str, ref: str) -> StoredPhoto:
-    """Fetch, check and store a rider's photo under `support.photo_dir`."""
+async def intake(ctx: Context, platform: str, ref: str, *,
+                 user_id: str | None = None) -> StoredPhoto:
+    """Fetch, check, re-encode and store a rider's photo under `support.photo_dir`, recorded as
+    an upload of `user_id`; PhotoRejected("too_many") past their daily quota."""
+    if platform == "webchat":
+        # Stored and counted when the page uploaded it (`bot.webchat.upload_photo`).
+        path = webchat_file(ctx, ref)
+        found = (await asyncio.to_thread(photos.stored, photo_dir(ctx), path.stem)
+                 if path is not None else None)
+        if found is None:
+            raise PhotoUnavailable("webchat", "unknown photo reference")
+        return found
+    if user_id is not None:
+        # Before the download: a refused photo costs no bandwidth.
+        async with transaction(ctx.sm) as session:
+            await photos.check_quota(session, platform, user_id, ctx.clock(),
+                                     per_day=ctx.settings.support.photos_per_day)
     data = await fetch(ctx, platform, ref)
-    return await asyncio.to_thread(photos.store, data, photo_dir(ctx),
-                                   max_bytes=ctx.settings.support.max_photo_bytes)
+    stored = await asyncio.to_thread(photos.store, data, photo_dir(ctx),
+                                     max_bytes=ctx.settings.support.max_photo_bytes)
+    async with transaction(ctx.sm) as session:
+        await photos.record(session, platform, user_id or "", stored, ctx.clock())
+    return stored
 
 
 # --- Telegram --------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from core import (
     groupbuy,
     maintenance,
     outbox,
+    photos,
     piles,
     questions,
     recommendations,
@@ -296,6 +297,21 @@ async def plan_maintenance(ctx: Context) -> None:
         ctx.wake_outbox()
 
 
+async def sweep_photos(ctx: Context) -> list[str]:
+    """Uploads nothing took within 24 hours are deleted, files after the rows are gone."""
+    directory = Path(ctx.settings.support.photo_dir)
+    removed: list[str] = []
+    while True:
+        async with transaction(ctx.sm) as session:
+            paths = await photos.sweep_unreferenced(session, ctx.clock())
+        if not paths:
+            break
+        removed += await asyncio.to_thread(photos.remove_files, directory, paths)
+    if removed:
+        log.info("deleted %d unreferenced photos", len(removed))
+    return removed
+
+
 def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
     running = running or _Running()
     s = ctx.settings.scheduler
@@ -312,6 +328,7 @@ def build(ctx: Context, running: _Running | None = None) -> AsyncIOScheduler:
         (community_broadcasts, 300.0),
         (expire_group_buys, 60.0),
         (red_packets, 1800.0),  # a finished campaign is a quick no-op
+        (sweep_photos, 3600.0),  # an hour late on a 24-hour deadline is nobody's problem
     ]
     for fn, every in jobs:
         scheduler.add_job(running.wrap(fn), "interval", seconds=every, args=[ctx], id=fn.__name__)

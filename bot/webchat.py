@@ -160,9 +160,19 @@ async def upload_photo(request: web.Request) -> web.Response:
     request size limit, and reading stops as soon as the limit is passed.
     """
     ctx = request.app[CTX]
-    if _client_id(request.query.get("client_id")) is None:
+    client_id = _client_id(request.query.get("client_id"))
+    if client_id is None:
         return _bad("client_id", "8–64 letters, digits or dashes")
     limit = ctx.settings.support.max_photo_bytes
+    per_day = ctx.settings.support.photos_per_day
+    try:
+        # Before the body is read: a client over its quota does not get to send 5 MB again.
+        async with transaction(ctx.sm) as session:
+            await photos.check_quota(session, "webchat", client_id, ctx.clock(), per_day=per_day)
+    except photos.PhotoRejected:
+        return web.json_response({"error": f"photo: more than {per_day} photos in 24 hours, "
+                                           "try again later", "field": "photo",
+                                  "reason": "too_many"}, status=429)
     if (request.content_length or 0) > limit + MULTIPART_SLACK:
         return _bad_photo("too_large", limit)
     not_multipart = _bad("photo", "send the file as multipart/form-data field 'photo'")
@@ -187,6 +197,8 @@ async def upload_photo(request: web.Request) -> web.Response:
                                          max_bytes=limit)
     except photos.PhotoRejected as exc:
         return _bad_photo(exc.reason, limit)
+    async with transaction(ctx.sm) as session:
+        await photos.record(session, "webchat", client_id, stored, ctx.clock())
     return web.json_response({"ref": photo_fetch.webchat_ref(stored.sha256)})
 
 

@@ -219,6 +219,9 @@ class SupportSettings(BaseModel):
 
     photo_dir: str = "var/photos"
     max_photo_bytes: int = 5 * 1024 * 1024
+    # Photos one identity may upload in 24 hours (counted from the database, across workers):
+    # a report needs one or two; more than this is someone filling the disk.
+    photos_per_day: int = 30
     # A Telegram group where every ticket is posted; staff answer by replying to the post.
     telegram_staff_chat: int | None = None
     desk_language: str = "zh_CN"

@@ -1,9 +1,16 @@
-"""Photos riders send with a report: checked to be a real image, then stored once by content.
+"""Photos riders send with a report: checked to be a real image, re-encoded, stored once.
 
 A photo arrives as bytes from any platform. Only what Pillow recognises as JPEG, PNG, WebP or
-GIF is kept: a file's name or declared type proves nothing (an SVG or HTML page "called"
-photo.jpg could run script where staff open it). Files are named by their SHA-256, so the same
+GIF is taken: a file's name or declared type proves nothing (an SVG or HTML page "called"
+photo.jpg could run script where staff open it). What is kept is not the rider's file but its
+pixels, decoded and written again (JPEG, or PNG when the picture has transparency): bytes
+hidden after the image, and all metadata (EXIF with the rider's GPS position, comments, ICC
+profiles), never reach the disk. Files are named by the SHA-256 of what we wrote, so the same
 photo sent twice, or by two riders, is stored once.
+
+Every upload is a row (`PhotoUpload`): a rider's uploads in the last 24 hours are counted from
+the rows, so the daily quota holds across workers, and an upload no ticket, work order or review
+took within 24 hours is deleted (`sweep_unreferenced`), so uploads alone cannot fill the disk.
 """
 
 from __future__ import annotations
@@ -18,25 +25,38 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from io import BytesIO
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+from sqlalchemy import Index, column, delete, func, select, table, union, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql import Subquery
+from sqlmodel import Field, SQLModel
 
 from core import app_secrets
 from core.config import Settings
+from core.db import utcnow
 from core.errors import DomainError
 
 FORMATS = {"JPEG": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"),
            "WEBP": ("image/webp", "webp"), "GIF": ("image/gif", "gif")}
 EXTENSIONS = tuple(ext for _mime, ext in FORMATS.values())
-REASONS = ("too_large", "not_image", "empty")
+REASONS = ("too_large", "not_image", "empty", "too_many")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# A phone photo is 12–50 megapixels; past this a "photo" is a decompression bomb (a few KB of
+# PNG that decodes to gigabytes), refused before its pixels are decoded.
+MAX_PIXELS = 50_000_000
+JPEG_QUALITY = 85  # what phones and chat apps send; desk staff cannot tell it from the original
+# An upload nothing referenced by then is deleted: a report is filed minutes after its photo.
+UNREFERENCED_TTL = timedelta(hours=24)
+QUOTA_WINDOW = timedelta(hours=24)
 
 
 class PhotoRejected(DomainError):
-    """Not a photo we keep; `reason` is one of REASONS, `limit` the byte limit for too_large."""
+    """Not a photo we keep; `reason` is one of REASONS, `limit` the byte limit for too_large
+    (or the daily count for too_many)."""
 
     def __init__(self, reason: str, *, limit: int | None = None) -> None:
         if reason not in REASONS:
@@ -94,10 +114,49 @@ def check(data: bytes, *, max_bytes: int) -> tuple[str, int, int]:
     return FORMATS[fmt][0], width, height
 
 
+def reencode(data: bytes, *, max_bytes: int) -> tuple[bytes, str, int, int]:
+    """(bytes, mime, width, height) of the photo written again from its pixels, upright.
+
+    JPEG when it has no transparency, else PNG. Only the first frame of an animation is kept:
+    a report needs a picture, not a clip.
+    """
+    check(data, max_bytes=max_bytes)  # verify() consumed that image; decoding needs a new one
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(BytesIO(data), formats=list(FORMATS)) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise PhotoRejected("too_large", limit=max_bytes)
+                # Phones store the picture sideways plus an EXIF tag saying how to turn it; the
+                # tag goes with the metadata, so the turn is applied to the pixels first.
+                upright = ImageOps.exif_transpose(image)
+                alpha = upright.mode in ("RGBA", "LA", "PA") or (
+                    upright.mode == "P" and "transparency" in upright.info)
+                mode = "RGBA" if alpha else "RGB"
+                converted = upright.convert(mode)
+                # A new image from the pixels alone: nothing of the original's `info` (EXIF,
+                # ICC profile, comments, PNG text chunks) can be carried into the output.
+                clean = Image.frombytes(mode, converted.size, converted.tobytes())
+    except PhotoRejected:
+        raise
+    except Image.DecompressionBombError:
+        raise PhotoRejected("too_large", limit=max_bytes) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        # A header that verifies can still hide pixel data the decoder cannot read.
+        raise PhotoRejected("not_image") from None
+    out = BytesIO()
+    if alpha:
+        clean.save(out, format="PNG")
+    else:
+        clean.save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue(), "image/png" if alpha else "image/jpeg", clean.width, clean.height
+
+
 def store(data: bytes, directory: Path, *, max_bytes: int) -> StoredPhoto:
-    """Check and keep a photo under `directory`; storing the same bytes again writes nothing."""
-    mime, width, height = check(data, max_bytes=max_bytes)
-    sha = hashlib.sha256(data).hexdigest()
+    """Check, re-encode and keep a photo under `directory`; the same picture again writes
+    nothing."""
+    encoded, mime, width, height = reencode(data, max_bytes=max_bytes)
+    sha = hashlib.sha256(encoded).hexdigest()
     ext = next(e for m, e in FORMATS.values() if m == mime)
     relative = f"{sha[:2]}/{sha}.{ext}"
     target = Path(directory) / relative
@@ -108,7 +167,7 @@ def store(data: bytes, directory: Path, *, max_bytes: int) -> StoredPhoto:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{sha[:8]}-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                f.write(encoded)
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; whatever serves photos reads it
@@ -117,8 +176,21 @@ def store(data: bytes, directory: Path, *, max_bytes: int) -> StoredPhoto:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-    return StoredPhoto(path=relative, sha256=sha, mime=mime, size=len(data), width=width,
+    return StoredPhoto(path=relative, sha256=sha, mime=mime, size=len(encoded), width=width,
                        height=height)
+
+
+def stored(directory: Path, sha256: str) -> StoredPhoto | None:
+    """A photo we stored already, described from its file (it is not re-encoded again: JPEG
+    written twice is not the same bytes, and the second copy would belong to no upload)."""
+    path = find(directory, sha256)
+    if path is None:
+        return None
+    mime = next(m for m, e in FORMATS.values() if e == path.suffix[1:])
+    with Image.open(path) as image:
+        width, height = image.size
+    return StoredPhoto(path=path.relative_to(directory).as_posix(), sha256=sha256, mime=mime,
+                       size=path.stat().st_size, width=width, height=height)
 
 
 def find(directory: Path, sha256: str) -> Path | None:
@@ -131,6 +203,110 @@ def find(directory: Path, sha256: str) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+# --- uploads: the daily quota and the clean-up ----------------------------------------------
+
+
+class PhotoUpload(SQLModel, table=True):
+    """One photo taken from one identity (a web-chat client, a Telegram or WeChat user).
+
+    `referenced` is set by the sweep once a ticket, work order or review uses the file: from then
+    on the row is only history and the sweep skips it.
+    """
+
+    __tablename__ = "photo_uploads"
+    __table_args__ = (
+        Index("ix_photo_uploads_identity", "platform", "external_id", "uploaded_at"),
+        Index("ix_photo_uploads_sweep", "referenced", "uploaded_at"),
+        Index("ix_photo_uploads_path", "path"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str = Field(max_length=16)
+    external_id: str = Field(max_length=128)
+    sha256: str = Field(max_length=64)
+    path: str = Field(max_length=80)  # relative to the photo directory, as tickets hold it
+    uploaded_at: datetime = Field(default_factory=utcnow)
+    referenced: bool = False
+
+
+async def uploads_in_window(session: AsyncSession, platform: str, external_id: str,
+                            now: datetime) -> int:
+    return await session.scalar(select(func.count()).select_from(PhotoUpload).where(
+        PhotoUpload.platform == platform, PhotoUpload.external_id == external_id,
+        PhotoUpload.uploaded_at > now - QUOTA_WINDOW)) or 0
+
+
+async def check_quota(session: AsyncSession, platform: str, external_id: str, now: datetime,
+                      *, per_day: int) -> None:
+    """PhotoRejected("too_many") once this identity uploaded `per_day` photos in 24 hours.
+
+    A rolling 24 hours rather than a calendar day: no burst at midnight, and no timezone to
+    agree on. Two workers checking at the same instant may both let one more in; the quota is
+    against filling the disk, where one photo over does no harm.
+    """
+    if await uploads_in_window(session, platform, external_id, now) >= per_day:
+        raise PhotoRejected("too_many", limit=per_day)
+
+
+async def record(session: AsyncSession, platform: str, external_id: str, photo: StoredPhoto,
+                 now: datetime) -> PhotoUpload:
+    row = PhotoUpload(platform=platform, external_id=external_id[:128], sha256=photo.sha256,
+                      path=photo.path, uploaded_at=now)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+# Where a stored photo's path ends up. Named, not imported: core.support imports this module.
+REFERENCING = (("tickets", "photo"), ("ticket_messages", "photo"), ("work_orders", "photo"),
+               ("site_reviews", "photo"))
+
+
+def _referenced_paths() -> Subquery:
+    return union(*(select(column(col).label("path")).select_from(table(name, column(col)))
+                   .where(column(col).is_not(None)) for name, col in REFERENCING)).subquery()
+
+
+async def sweep_unreferenced(session: AsyncSession, now: datetime, *,
+                             batch: int = 1000) -> list[str]:
+    """Forget uploads older than 24 h that nothing references; the paths returned are files no
+    upload or reference needs any more, for `remove_files` once this transaction committed."""
+    cutoff = now - UNREFERENCED_TTL
+    used = _referenced_paths()
+    old = PhotoUpload.uploaded_at < cutoff
+    pending = PhotoUpload.referenced.is_(False)  # type: ignore[attr-defined]
+    await session.execute(update(PhotoUpload).where(
+        old, pending, PhotoUpload.path.in_(select(used.c.path)))  # type: ignore[attr-defined]
+        .values(referenced=True))
+    # In batches: a backlog (the job was off for a month) must not become one huge statement.
+    rows = (await session.execute(select(PhotoUpload.id, PhotoUpload.path).where(old, pending)
+                                  .order_by(PhotoUpload.id).limit(batch))).all()
+    if not rows:
+        return []
+    await session.execute(delete(PhotoUpload).where(
+        PhotoUpload.id.in_([row.id for row in rows])))  # type: ignore[union-attr]
+    stale = {row.path for row in rows}
+    # Another upload of the same picture keeps the file (its own sweep decides later); so does
+    # a reference made since the update above.
+    kept = set((await session.scalars(select(PhotoUpload.path).where(
+        PhotoUpload.path.in_(stale)))).all())  # type: ignore[attr-defined]
+    kept |= set((await session.scalars(select(used.c.path).where(used.c.path.in_(stale)))).all())
+    return sorted(stale - kept)
+
+
+def remove_files(directory: Path, paths: list[str]) -> list[str]:
+    """Delete these stored photos; returns those that were there."""
+    removed = []
+    for relative in paths:
+        target = Path(directory) / relative
+        if target.parent.parent != Path(directory) or not SHA256.fullmatch(target.stem):
+            continue  # not a path we wrote: never delete outside the photo directory
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+            removed.append(relative)
+    return removed
 
 
 # --- signed links for staff -------------------------------------------------------------------

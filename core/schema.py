@@ -12,6 +12,7 @@ from core import (  # noqa: F401
     faults,
     groupbuy,
     outbox,
+    photos,
     piles,
     prompts,
     questions,

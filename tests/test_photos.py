@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from io import BytesIO
@@ -79,15 +80,18 @@ def test_oversized_and_empty_photos_are_refused_with_the_limit() -> None:
 def test_a_photo_is_stored_once_under_its_hash(tmp_path: Path) -> None:
     data = picture("PNG")
     first = photos.store(data, tmp_path, max_bytes=LIMIT)
-    assert first.path == f"{first.sha256[:2]}/{first.sha256}.png"
-    assert (first.mime, first.size, first.width, first.height) == ("image/png", len(data), 64, 48)
-    assert (tmp_path / first.path).read_bytes() == data
+    # Re-encoded (a PNG without transparency becomes a JPEG): the hash is of what was written.
+    assert first.path == f"{first.sha256[:2]}/{first.sha256}.jpg"
+    written = (tmp_path / first.path).read_bytes()
+    assert (first.mime, first.size, first.width, first.height) == (
+        "image/jpeg", len(written), 64, 48)
+    assert hashlib.sha256(written).hexdigest() == first.sha256
     mtime = (tmp_path / first.path).stat().st_mtime_ns
 
     again = photos.store(data, tmp_path, max_bytes=LIMIT)
     assert again == first
     assert (tmp_path / first.path).stat().st_mtime_ns == mtime  # not written twice
-    other = photos.store(picture("JPEG"), tmp_path, max_bytes=LIMIT)
+    other = photos.store(picture("PNG", color=(30, 200, 30)), tmp_path, max_bytes=LIMIT)
     assert other.path.endswith(".jpg") and other.path != first.path
     stored = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert stored == sorted([first.path, other.path])  # no temp files left behind
@@ -129,7 +133,8 @@ async def test_telegram_photo_is_fetched_and_stored(skins: Running, fakes: Any,
     assert await photo_fetch.fetch(skins.ctx, "telegram", "AgAC-broken-port") == data
     stored = await photo_fetch.intake(skins.ctx, "telegram", "AgAC-broken-port")
     assert (stored.mime, stored.width, stored.height) == ("image/jpeg", 1280, 960)
-    assert (tmp_path / "photos" / stored.path).read_bytes() == data
+    with Image.open(tmp_path / "photos" / stored.path) as kept:  # re-encoded, same picture
+        assert (kept.format, kept.size) == ("JPEG", (1280, 960))
 
 
 async def test_telegram_unknown_file_is_unavailable(skins: Running, fakes: Any,
@@ -168,7 +173,8 @@ async def test_wechat_media_is_fetched_and_stored(skins: Running, fakes: Any, at
     data = picture("JPEG")
     wx.add_media("MEDIA_broken_port", data)
     stored = await photo_fetch.intake(skins.ctx, "wechat", "MEDIA_broken_port")
-    assert (tmp_path / "photos" / stored.path).read_bytes() == data
+    with Image.open(tmp_path / "photos" / stored.path) as kept:  # re-encoded, same picture
+        assert (kept.format, kept.size) == ("JPEG", (64, 48))
     assert [c.query["media_id"] for c in wx.calls if c.path == "/cgi-bin/media/get"] == [
         "MEDIA_broken_port"]
 
@@ -236,8 +242,11 @@ async def test_web_chat_rider_uploads_a_photo_and_sends_it_with_a_caption(
         assert r.status == 200, await r.text()
         replies = (await r.json())["replies"]
     assert replies and all("error" not in reply for reply in replies)
-    # The handlers get the ref back as Incoming.photo: it fetches to the same bytes.
-    assert await photo_fetch.fetch(skins.ctx, "webchat", ref) == data
+    # The handlers get the ref back as Incoming.photo: it fetches to the stored (re-encoded)
+    # bytes, and taking it again stores nothing new.
+    kept = photos.find(tmp_path / "photos", sha)
+    assert kept is not None
+    assert await photo_fetch.fetch(skins.ctx, "webchat", ref) == kept.read_bytes()
     again = await photo_fetch.intake(skins.ctx, "webchat", ref)
     assert again.sha256 == sha
 

@@ -74,7 +74,7 @@ async def handle(ctx: Context, inc: Incoming) -> tuple[list[Reply], str]:
 async def _stored_photo(ctx: Context, inc: Incoming) -> tuple[Incoming, Exception | None]:
     """The rider's photo stored locally (Incoming.photo becomes its path), or why not."""
     try:
-        stored = await intake(ctx, inc.platform, inc.photo or "")
+        stored = await intake(ctx, inc.platform, inc.photo or "", user_id=inc.user_id)
     except (PhotoRejected, PhotoUnavailable) as exc:
         log.info("photo from %s not taken: %s", inc.platform, exc)
         return replace(inc, photo=None), exc

@@ -169,6 +169,10 @@ def photo_refusal(turn: Turn) -> Reply | None:
         mb = turn.ctx.settings.support.max_photo_bytes // (1024 * 1024)
         return Reply(tr(turn.lang, "That photo is too large (over {mb} MB). Please send a "
                                    "smaller one.", mb=mb))
+    if isinstance(exc, PhotoRejected) and exc.reason == "too_many":
+        return Reply(tr(turn.lang, "You have sent {n} photos today, the most we can take. "
+                                   "Please describe the problem in words, or send the photo "
+                                   "tomorrow.", n=exc.limit))
     if isinstance(exc, PhotoRejected):
         return Reply(tr(turn.lang, "That file is not a photo we can use (JPEG, PNG, WebP or "
                                    "GIF). Please send a picture."))

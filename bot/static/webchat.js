@@ -12,7 +12,7 @@
 //        -> {replies:[REPLY, ...], lang}
 //   POST /webchat/api/photo?client_id=ID   multipart/form-data, field "photo"
 //        -> {ref:"webchat:<sha256>"}  (REF for send), or 400
-//           {error, field:"photo", reason:"too_large"|"not_image"|"empty"}
+//           {error, field:"photo", reason:"too_large"|"not_image"|"empty"|"too_many"}
 //   GET  /webchat/api/messages?client_id=ID&after=SEQ&wait=25   (long poll)
 //        -> {messages:[{seq, reply:REPLY}], lang}
 //   REPLY = {text, buttons:[[{label, data} | {label, url}]],
@@ -39,6 +39,7 @@
       pick_port: '选择充电口', connecting: '正在连接…', offline: '网络已断开，正在重试…',
       language: 'English', send_photo: '发送照片',
       photo_too_large: '照片太大，请换一张小一点的。',
+      photo_too_many: '今天发送的照片太多了，请明天再试。',
       photo_not_image: '这不是可用的照片（JPEG、PNG、WebP 或 GIF）。',
     },
     en: {
@@ -47,6 +48,7 @@
       pick_port: 'Pick a port', connecting: 'Connecting…', offline: 'Offline, retrying…',
       language: '中文', send_photo: 'Send a photo',
       photo_too_large: 'That photo is too large. Please send a smaller one.',
+      photo_too_many: 'You have sent too many photos today. Please try again tomorrow.',
       photo_not_image: 'That file is not a photo we can use (JPEG, PNG, WebP or GIF).',
     },
   };
@@ -465,7 +467,7 @@
     } else if (status === 'rejected') {
       // The server refused the file itself: retrying cannot help, so say why instead.
       box.appendChild(icon('retry'));
-      const note = h('div', 'note', t(m.rejected === 'too_large' ? 'photo_too_large' : 'photo_not_image'));
+      const note = h('div', 'note', t({ too_large: 'photo_too_large', too_many: 'photo_too_many' }[m.rejected] || 'photo_not_image'));
       wrap.querySelector('.bubble').appendChild(note);
     } else if (status === 'failed') {
       const retry = h('button', 'retry');
