@@ -74,6 +74,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if blank := blank_secrets(settings):
         raise CliError("empty secret(s) configured: " + ", ".join(blank)
                        + " — set a real value or remove the key")
+    if "sandbox" in settings.payments.providers:
+        raise CliError("payments.providers lists \"sandbox\", which credits money nobody paid: "
+                       "it is for `chargebot demo` only — remove it (providers: telegram, "
+                       "wechatpay)")
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
     if args.workers > 1 and not settings.database.url.startswith("postgresql"):
@@ -110,6 +114,9 @@ def run_workers(n: int, target: Callable[..., None], args: tuple) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     os.environ.setdefault("CHARGEBOT_DATABASE__URL", "sqlite+aiosqlite:///var/demo.db")
     settings = _settings(args)
+    # The demo's money is play money: its riders top up with the sandbox, which serve refuses.
+    if "sandbox" not in settings.payments.providers:
+        settings.payments.providers.append("sandbox")
     upgrade(settings.database.url)
     asyncio.run(_demo(settings, args))
 

@@ -20,7 +20,15 @@ from core import commands, outbox, wallet
 from core.billing import compute_bill, family, plans, settlement, tariff_snapshot
 from core.config import Settings
 from core.db import aware, utcnow
-from core.errors import BillDue, InsufficientBalance, NoOpenCharge, PortBusy, PortUnavailable
+from core.errors import (
+    BalanceTooLow,
+    BillDue,
+    InsufficientBalance,
+    NoOpenCharge,
+    PortBusy,
+    PortUnavailable,
+    TooManyOpenCharges,
+)
 from core.heat import heat_coefficient  # not core.wear: no scipy on the settling path
 from core.piles import Pile, Port, Site, find_port
 from core.riders import Rider
@@ -140,6 +148,23 @@ def tariff_for(settings: Settings, site: Site) -> dict[str, Any]:
     return tariff_snapshot(settings.billing.tariffs[name], name)
 
 
+async def _check_floor(session: AsyncSession, rider: Rider, settings: Settings,
+                       now: datetime) -> None:
+    """A start needs the floor in the wallet that will pay (the rider's, or their family's),
+    an active plan, or an auto top-up that can actually take money."""
+    floor = settings.billing.start_min_balance_fen
+    rider_id: int = rider.id  # type: ignore[assignment]
+    if floor <= 0 or (rider.auto_topup_fen > 0 and auto_topup_available(settings)):
+        return
+    balance = await wallet.balance(session, rider_id)
+    if balance >= floor or await plans.active(session, rider_id, now):
+        return
+    payer = await family.family_payer(session, rider_id, floor, now)
+    if payer is not None and await wallet.balance(session, payer) >= floor:
+        return
+    raise BalanceTooLow(floor=floor, balance=balance)
+
+
 async def start_charge(
     session: AsyncSession, rider: Rider, code: str, settings: Settings, now: datetime,
 ) -> Charge:
@@ -148,6 +173,11 @@ async def start_charge(
     due = await due_charges(session, rider.id)  # type: ignore[arg-type]
     if due:
         raise BillDue(charge_id=due[0].id, amount=sum(c.amount_fen - c.paid_fen for c in due))
+    # The rider's row locked (PostgreSQL) so that two starts at once count each other.
+    await session.execute(select(Rider.id).where(Rider.id == rider.id).with_for_update())  # type: ignore[arg-type]
+    if len(await open_charges(session, rider.id)) >= settings.billing.max_open_charges:  # type: ignore[arg-type]
+        raise TooManyOpenCharges(limit=settings.billing.max_open_charges)
+    await _check_floor(session, rider, settings, now)
     if not port_is_free_for_start(port, pile) and port.status not in ("charging", "full"):
         raise PortUnavailable(code=port.code)
     if port.status in ("charging", "full") or await open_charge_on_port(session, port.id):  # type: ignore[arg-type]
@@ -413,12 +443,19 @@ async def _debit(session: AsyncSession, charge: Charge, payer: int, gross: int,
     return True
 
 
+def auto_topup_available(settings: Settings) -> bool:
+    """Whether a provider here can take money with nobody present. Only the demo's sandbox can:
+    Telegram Payments needs the rider at an invoice, and WeChat Pay's 委托代扣 (papay) contract
+    is not built, so production offers no auto top-up rather than one that never pays."""
+    return "sandbox" in settings.payments.providers
+
+
 async def auto_topup(session: AsyncSession, rider_id: int, needed_fen: int, settings: Settings,
                      now: datetime, key: str) -> bool:
-    """自动续费 in the sandbox: a rider who opted in is topped up by their chosen amount (or
-    what the bill needs, if more) before a bill would stay due."""
+    """自动续费: a rider who opted in is topped up by their chosen amount (or what the bill
+    needs, if more) before a bill would stay due."""
     rider = await session.get(Rider, rider_id)
-    if rider is None or rider.auto_topup_fen <= 0 or "sandbox" not in settings.payments.providers:
+    if rider is None or rider.auto_topup_fen <= 0 or not auto_topup_available(settings):
         return False
     from core.billing import payments
 

@@ -153,6 +153,11 @@ class BillingSettings(BaseModel):
     metering_compensation_factor: int = 10
     dispute_hours: int = 24
     auto_topup_choices_fen: list[int] = Field(default_factory=lambda: [2000, 5000])
+    # Post-pay with a floor: a start needs this much in the wallet (or an active plan, or an
+    # auto top-up a provider can charge), so a throwaway identity cannot charge for free.
+    start_min_balance_fen: int = Field(default=100, ge=0)
+    # Charges one rider may have open at once (a courier with two batteries: 2).
+    max_open_charges: int = Field(default=2, ge=1)
 
 
 class WechatPaySettings(BaseModel):
@@ -168,7 +173,9 @@ class WechatPaySettings(BaseModel):
 
 
 class PaymentSettings(BaseModel):
-    providers: list[str] = Field(default_factory=lambda: ["sandbox"])
+    # None by default: a provider moves real money only once it is configured. "sandbox"
+    # (paid at once, no money) exists for `chargebot demo` alone; `serve` refuses it.
+    providers: list[str] = Field(default_factory=list)
     wechatpay: WechatPaySettings = Field(default_factory=WechatPaySettings)
     telegram_provider_token: SecretStr | None = None
     currency: str = "CNY"

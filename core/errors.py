@@ -31,6 +31,16 @@ class BillDue(DomainError):
     key = "error.bill_due"
 
 
+class BalanceTooLow(DomainError):
+    """Post-pay with a floor: the wallet holds less than billing.start_min_balance_fen."""
+
+    key = "error.balance_too_low"
+
+
+class TooManyOpenCharges(DomainError):
+    key = "error.too_many_open_charges"
+
+
 class InsufficientBalance(DomainError):
     key = "error.insufficient_balance"
 

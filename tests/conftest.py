@@ -81,6 +81,10 @@ def make_settings(db_url: str, **sections: dict[str, Any]) -> Settings:
         "scheduler": {"offline_sweep_s": 0.2, "command_sweep_s": 0.2},
         "notifications": {"poll_s": 0.1, "lease_s": 5},
         "piles": {"offline_after_s": 180},
+        # Like the demo: play money to top up with (production has none, tests/security), and
+        # no start floor, so a test's new rider can start; the floor's own tests set it.
+        "payments": {"providers": ["sandbox"]},
+        "billing": {"start_min_balance_fen": 0},
     }
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value}

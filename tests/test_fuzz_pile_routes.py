@@ -31,7 +31,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.app import create_app
 from bot.context import CTX
-from bot.handlers.wallet import topup_amounts
 from bot.i18n import tr
 from bot.payments.wechatpay import NOTIFY_PATH
 from core import wallet
@@ -755,8 +754,7 @@ async def test_telegram_and_sandbox_payments_cannot_be_forged(app: Running) -> N
     assert await webhook(paid(order, 5000)) == 200
     assert await money(app, rid) == (5800, 1)
 
-    # Sandbox top-ups are buttons in the chat: a forged amount credits nothing, a real one once.
-    amounts = topup_amounts(app.ctx.settings)
+    # Sandbox top-ups are buttons in the chat: a forged one credits nothing.
     client = f"fuzz-{uuid.uuid4().hex[:12]}"
     for data in examples(st.builds(lambda a, n: f"topup:{a}:{n}",
                                    st.integers(-5, 10**6).map(str) | text(0, 8)
@@ -772,8 +770,7 @@ async def test_telegram_and_sandbox_payments_cannot_be_forged(app: Running) -> N
         amount, _, nonce = data[len("topup:"):].partition(":")
         async with app.ctx.sm() as s:
             made = await s.scalar(select(func.count()).select_from(Payment)) - before
-        genuine = amount.isascii() and amount.isdigit() and int(amount) in amounts and nonce
-        assert made == (1 if genuine else 0) or (genuine and made == 0), (data, made)
+        assert made == 0, (data, made)  # a nonce the server never issued pays nothing
 
 
 # --- the read-only routes ------------------------------------------------------------------------

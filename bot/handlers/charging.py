@@ -8,11 +8,20 @@ from bot.handlers.ports import alternatives, unknown_port
 from bot.handlers.support import report_button
 from bot.handlers.text import bill_text, duration, kwh, menu_buttons
 from bot.handlers.turn import Turn
+from bot.handlers.wallet import topup_buttons
 from bot.i18n import tr
 from bot.replies import Button, Reply
 from core import charging, limits
 from core.charging import Charge
-from core.errors import BillDue, NoOpenCharge, PortBusy, PortUnavailable, UnknownPort
+from core.errors import (
+    BalanceTooLow,
+    BillDue,
+    NoOpenCharge,
+    PortBusy,
+    PortUnavailable,
+    TooManyOpenCharges,
+    UnknownPort,
+)
 from core.piles import Pile, parse_port_code
 from core.wallet import yuan
 
@@ -37,6 +46,12 @@ async def start(turn: Turn, code: str) -> list[Reply]:
             buttons=[[Button(tr(lang, "💳 Pay now"), data="pay")],
                      [Button(tr(lang, "👛 Wallet"), data="wallet")]],
         )]
+    except BalanceTooLow as exc:
+        return await _top_up_first(turn, code, exc.params["floor"], exc.params["balance"])
+    except TooManyOpenCharges as exc:
+        return [Reply(tr(lang, "You already have {n} charges running, the most at once. Stop "
+                               "one to start another.", n=exc.params["limit"]),
+                      buttons=[[Button(tr(lang, "⚡ Status"), data="status")]])]
     except PortBusy:
         pile_id, _ = parse_port_code(code)
         alt = await alternatives(turn, pile_id)
@@ -52,6 +67,18 @@ async def start(turn: Turn, code: str) -> list[Reply]:
         buttons=[[Button(tr(lang, "⚡ Status"), data="status"),
                   Button(tr(lang, "⏹ Stop"), data=f"stop:{charge.id}")]],
     )]
+
+
+async def _top_up_first(turn: Turn, code: str, floor: int, balance: int) -> list[Reply]:
+    """Post-pay with a floor: say what is needed and offer the ways to top up right here."""
+    lang = turn.lang
+    text = tr(lang, "You pay after charging, but a start needs at least {floor} in your wallet "
+                    "(you have {balance}). Top up, then start again.",
+              floor=yuan(floor), balance=yuan(balance))
+    buttons = await topup_buttons(turn)
+    buttons.append([Button(tr(lang, "⚡ Start port {code}", code=code), data=f"start:{code}"),
+                    Button(tr(lang, "👛 Wallet"), data="wallet")])
+    return [Reply(text, buttons=buttons)]
 
 
 async def status(turn: Turn) -> list[Reply]:

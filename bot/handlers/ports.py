@@ -16,6 +16,7 @@ from core import charging, reviews, workorders
 from core.errors import UnknownPort
 from core.nearby import NearbyPile, free_ports, nearest_free
 from core.piles import Pile, Port, port_code
+from core.wallet import yuan
 
 
 def status_text(lang: str, port: Port, pile: Pile, busy: bool) -> str:
@@ -46,6 +47,7 @@ async def port_card(turn: Turn, code: str) -> list[Reply]:
         tr(lang, "📍 {site} · {address}", site=site.name, address=site.address),
         tr(lang, "Status: {status}", status=status_text(lang, port, pile, busy)),
         tr(lang, "💰 {tariff}", tariff=tariff_sentence(lang, tariff)),
+        *_floor_line(turn),
         await calendar_line(turn, pile),
     ] + [line for line in [summary_line(lang, *await reviews.summary(turn.session, site.id))]
          if line] + (extra := await engagement.site_services(turn, site))[0])
@@ -57,6 +59,14 @@ async def port_card(turn: Turn, code: str) -> list[Reply]:
         buttons.append([Button(tr(lang, "📍 Other free ports nearby"), data=f"alt:{pile.id}")])
     buttons.append([report_button(lang, port.code), *extra[1]])
     return [Reply(text, buttons=buttons)]
+
+
+def _floor_line(turn: Turn) -> list[str]:
+    floor = turn.ctx.settings.billing.start_min_balance_fen
+    if floor <= 0:
+        return []
+    return [tr(turn.lang, "💳 Pay after charging; starting needs at least {floor} in your wallet.",
+               floor=yuan(floor))]
 
 
 async def calendar_line(turn: Turn, pile: Pile) -> str:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
-
-from sqlalchemy import select
 
 from bot.handlers.notices import payment_text
 from bot.handlers.turn import Turn
@@ -15,11 +12,11 @@ from bot.payments import telegram_pay
 from bot.payments.sandbox import sandbox_topup
 from bot.replies import Button, Reply
 from core import charging, wallet
-from core.billing import coupons
+from core.billing import coupons, payments
 from core.billing.coupons import Coupon
 from core.config import Settings
 from core.db import row_id
-from core.wallet import LedgerEntry, yuan
+from core.wallet import yuan
 
 AUTO_TOPUP_BELOW_FEN = 500  # 自动续费 kicks in when the balance falls below ¥5
 
@@ -35,15 +32,16 @@ def _telegram_invoices(turn: Turn) -> bool:
     return turn.inc.platform == "telegram" and telegram_pay.available(turn.ctx.settings)
 
 
-def _topup_buttons(turn: Turn) -> list[list[Button]]:
+async def topup_buttons(turn: Turn) -> list[list[Button]]:
+    """The ways this rider can top up here: Telegram invoices, or the demo's sandbox."""
     amounts = topup_amounts(turn.ctx.settings)
     if _telegram_invoices(turn):
         return [[Button(tr(turn.lang, "+{amount}", amount=yuan(a)),
                         data=f"{telegram_pay.TOPUP_PREFIX}{a}") for a in amounts]]
     if "sandbox" not in turn.ctx.settings.payments.providers:
         return []
-    # A fresh nonce per card: pressing the same button twice tops up once.
-    nonce = secrets.token_hex(4)
+    # One server-issued nonce per card: one of its buttons pays, once.
+    nonce = await payments.issue_offer(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]
     return [[Button(tr(turn.lang, "+{amount}", amount=yuan(a)), data=f"topup:{a}:{nonce}")
              for a in amounts]]
 
@@ -92,6 +90,8 @@ def _auto_topup_line(turn: Turn) -> str:
 
 def _auto_topup_buttons(turn: Turn) -> list[list[Button]]:
     lang = turn.lang
+    if not charging.auto_topup_available(turn.ctx.settings) and not turn.rider.auto_topup_fen:
+        return []
     row = [Button(tr(lang, "🔁 Auto top-up {amount}", amount=yuan(a)), data=f"autotopup:{a}")
            for a in turn.ctx.settings.billing.auto_topup_choices_fen
            if a != turn.rider.auto_topup_fen]
@@ -108,14 +108,15 @@ async def show(turn: Turn) -> list[Reply]:
     due = await charging.due_charges(turn.session, rider_id)
     owed = sum(c.amount_fen - c.paid_fen for c in due)
     lines = [tr(lang, "👛 Balance: {balance}", balance=yuan(bal))]
-    buttons = _topup_buttons(turn)
+    buttons = await topup_buttons(turn)
     if owed:
         lines.append(tr(lang, "Unpaid bills: {amount}", amount=yuan(owed)))
         buttons.append([Button(tr(lang, "💳 Pay {amount}", amount=yuan(owed)), data="pay")])
     if usable := await coupons.usable(turn.session, rider_id, turn.now):
         lines.append(_coupon_line(turn, usable, owed))
     lines += _bonus_lines(turn)
-    lines.append(_auto_topup_line(turn))
+    if charging.auto_topup_available(turn.ctx.settings) or turn.rider.auto_topup_fen > 0:
+        lines.append(_auto_topup_line(turn))
     buttons += _auto_topup_buttons(turn)
     if (heading := _topup_heading(turn)) is not None:
         lines.append(heading)
@@ -144,26 +145,25 @@ def credited_reply(lang: str, *, amount_fen: int, bonus_fen: int, balance_fen: i
 
 
 async def topup(turn: Turn, amount: int, nonce: str) -> list[Reply]:
-    """A sandbox top-up button: `topup:{amount}:{nonce}`, credited once per card."""
+    """A sandbox top-up button: `topup:{amount}:{nonce}`; the card's server-issued nonce pays
+    once, whichever of its buttons is pressed first."""
     settings = turn.ctx.settings
-    if (amount not in topup_amounts(settings) or not nonce
-            or "sandbox" not in settings.payments.providers):
+    if amount not in topup_amounts(settings) or "sandbox" not in settings.payments.providers:
         return await show(turn)
     rider_id = turn.rider.id
     assert rider_id is not None
-    # Cards shown before sandbox top-ups became payments credited under this key.
-    legacy = await turn.session.scalar(select(LedgerEntry.id).where(
-        LedgerEntry.idempotency_key == f"topup:{rider_id}:{nonce}:{amount}"))
-    credited = False
+    taken = await payments.take_offer(turn.session, rider_id, nonce, amount, turn.now)
+    if taken == "unknown":
+        return await _with_card(turn, tr(turn.lang, "That top-up card has expired. Here is a "
+                                                    "fresh one:"))
     bonus = 0
-    if legacy is None:
-        payment, credited = await sandbox_topup(turn.session, rider_id, amount,
-                                                f"{rider_id}:{nonce}:{amount}", settings,
-                                                turn.now)
+    if taken == "ok":
+        payment, _ = await sandbox_topup(turn.session, rider_id, amount, f"{rider_id}:{nonce}",
+                                         settings, turn.now)
         bonus = payment.bonus_fen
     paid, remaining = await charging.pay_due(turn.session, rider_id, turn.now)
     bal = await wallet.balance(turn.session, rider_id)
-    if not credited:
+    if taken == "used":
         return [Reply(tr(turn.lang, "This top-up was already done. Balance: {balance}",
                          balance=yuan(bal)) + _after_payment(turn.lang, paid, remaining))]
     return [credited_reply(turn.lang, amount_fen=amount, bonus_fen=bonus, balance_fen=bal,
@@ -188,7 +188,8 @@ async def auto_topup(turn: Turn, arg: str) -> list[Reply]:
         rider.auto_topup_fen = 0
         rider.auto_topup_below_fen = 0
         text = tr(lang, "Auto top-up is off.")
-    elif row_id(arg) in turn.ctx.settings.billing.auto_topup_choices_fen:
+    elif (row_id(arg) in turn.ctx.settings.billing.auto_topup_choices_fen
+          and charging.auto_topup_available(turn.ctx.settings)):
         rider.auto_topup_fen = int(arg)
         rider.auto_topup_below_fen = AUTO_TOPUP_BELOW_FEN
         text = tr(lang, "✅ Auto top-up on: we add {amount} whenever your balance falls below "
@@ -217,7 +218,7 @@ async def pay(turn: Turn) -> list[Reply]:
         return [Reply(
             tr(lang, "Your balance {balance} is not enough for {amount}. Top up first:",
                balance=yuan(bal), amount=yuan(remaining)),
-            buttons=_topup_buttons(turn),
+            buttons=await topup_buttons(turn),
         )]
     if paid:
         return [Reply(tr(lang, "✅ Paid. Balance: {balance}. You can charge again.",

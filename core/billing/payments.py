@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column, String, select
+from sqlalchemy import JSON, Column, String, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
 from core import wallet
 from core.config import Settings
 from core.db import utcnow
+
+OFFER_TTL = timedelta(hours=24)
 
 PROVIDERS = ("sandbox", "telegram", "wechatpay")
 
@@ -108,3 +110,45 @@ async def confirm(
                                 await vouchers.home_site_kind(session, payment.rider_id), now,
                                 topup_ref=out_trade_no)
     return payment, True
+
+
+class TopupOffer(SQLModel, table=True):
+    """A top-up card shown to one rider: its buttons carry `nonce`, and one of them is paid once.
+
+    The server issues the nonce and keeps it, so a client cannot mint its own (each new nonce
+    used to be a new payment) and a card pressed twice, or from two devices, pays once.
+    """
+
+    __tablename__ = "topup_offers"
+
+    nonce: str = Field(sa_column=Column(String(16), primary_key=True))
+    rider_id: int = Field(foreign_key="riders.id", index=True)
+    issued_at: datetime = Field(default_factory=utcnow)
+    used_at: datetime | None = None
+    amount_fen: int | None = None
+
+
+async def issue_offer(session: AsyncSession, rider_id: int, now: datetime) -> str:
+    nonce = secrets.token_hex(6)  # 48 bits, guessable by nobody: it is checked against the row
+    session.add(TopupOffer(nonce=nonce, rider_id=rider_id, issued_at=now))
+    await session.flush()
+    return nonce
+
+
+async def take_offer(session: AsyncSession, rider_id: int, nonce: str, amount_fen: int,
+                     now: datetime) -> str:
+    """Use the rider's offer for `amount_fen`: "ok" once; then "used"; "unknown" for a nonce
+    that is not this rider's or has expired (a fresh card is needed)."""
+    if not (nonce.isascii() and nonce.isalnum() and len(nonce) <= 16):
+        return "unknown"
+    took = await session.execute(
+        update(TopupOffer)
+        .where(TopupOffer.nonce == nonce, TopupOffer.rider_id == rider_id,
+               TopupOffer.used_at.is_(None), TopupOffer.issued_at > now - OFFER_TTL)  # type: ignore[union-attr]
+        .values(used_at=now, amount_fen=amount_fen))
+    if took.rowcount:  # type: ignore[attr-defined]
+        return "ok"
+    offer = await session.get(TopupOffer, nonce)
+    if offer is not None and offer.rider_id == rider_id and offer.used_at is not None:
+        return "used"
+    return "unknown"
