@@ -29,6 +29,7 @@ from bot import (
 )
 from bot.context import CTX, Context
 from bot.handlers import notices
+from bot.payments import pay_page
 from bot.payments import wechatpay as wechatpay_pay
 from core import photos
 from core.charging import Charge
@@ -212,7 +213,8 @@ def create_app(
     tg = telegram.setup(app, ctx)
     if tg is not None:
         senders["telegram"] = telegram.TelegramSender(tg)
-    wechatpay_pay.setup(app, ctx)
+    if (wxpay := wechatpay_pay.setup(app, ctx)) is not None:
+        pay_page.setup(app, ctx, wxpay)  # the pay page and QR links riders get in chat
     photo_fetch.setup(app, ctx)  # photos are fetched with the app's own Telegram/WeChat clients
     photo_links.setup(app)
     app.cleanup_ctx.append(_photo_link_key)

@@ -1,7 +1,9 @@
-"""Printable port signs: the Telegram QR, the WeChat scene QR, and the code in large text."""
+"""Printable port signs (the Telegram QR, the WeChat scene QR, the code in large text), and the
+QR codes of WeChat Pay's Native orders."""
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 
 import qrcode
@@ -68,3 +70,16 @@ def write_sign(out_dir: Path, code: str, telegram_url: str, wechat_url: str | No
     path = out_dir / f"{code}.png"
     port_sign(code, telegram_url, wechat_url).save(path)
     return path
+
+
+def qr_png(data: str, *, box_px: int = 8) -> bytes:
+    """`data` as a QR code PNG: whole pixels per module and the standard 4-module quiet zone,
+    so a phone's camera reads it off a screen."""
+    q = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, box_size=box_px,
+                      border=4)
+    q.add_data(data)
+    q.make(fit=True)
+    buf = BytesIO()
+    q.make_image(fill_color="black", back_color="white").get_image().convert("1").save(
+        buf, format="PNG", optimize=True)
+    return buf.getvalue()

@@ -19,7 +19,7 @@ from tests.journey import PileClient, WebRider, button, english_rider
 
 
 async def _rider(server, name: str) -> WebRider:  # type: ignore[no-untyped-def]
-    return await english_rider(server, f"rider-sec-{name}")
+    return await english_rider(server)
 
 
 async def test_another_riders_charge_ticket_and_wallet_are_out_of_reach(db_url: str) -> None:
@@ -75,7 +75,8 @@ async def test_another_riders_charge_ticket_and_wallet_are_out_of_reach(db_url: 
 
 async def test_starts_and_ticket_messages_are_rate_limited_per_rider(db_url: str) -> None:
     settings = make_settings(db_url, scheduler={"enabled": False},
-                             limits={"starts_per_10_min": 3, "ticket_messages_per_10_min": 2})
+                             limits={"starts_per_10_min": 3, "ticket_messages_per_10_min": 2},
+                             billing={"max_open_charges": 5})  # the start limit, not this one
     async with start_server(settings) as server:
         await seed_city(server.ctx, ports=6)
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
@@ -117,7 +118,7 @@ async def test_odd_button_data_gets_an_answer_not_an_error(db_url: str) -> None:
     settings = make_settings(db_url, scheduler={"enabled": False})
     async with start_server(settings, notifier=False) as server:
         await seed_city(server.ctx)
-        rider = await english_rider(server, "odd-buttons")
+        rider = await english_rider(server)
         for verb in verbs:
             for ref in ("²", "99999999999999999999", "-1", "1:²", "²:²:²"):
                 replies = await rider.press(f"{verb}:{ref}")

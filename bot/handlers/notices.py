@@ -25,12 +25,17 @@ def provider_name(lang: str, provider: str) -> str:
 
 
 def payment_text(lang: str, payload: dict[str, Any]) -> str:
-    """Payload {amount_fen, bonus_fen, balance_fen, provider}: what a credited payment says."""
+    """Payload {amount_fen, bonus_fen, balance_fen, provider, bills_paid?, still_due_fen?}: what
+    a credited payment says (and, when it paid due bills, that the rider can charge again)."""
     lines = [tr(lang, "✅ Topped up {amount} via {provider}.", amount=yuan(payload["amount_fen"]),
                 provider=provider_name(lang, payload.get("provider") or ""))]
     if payload.get("bonus_fen"):
         lines.append(tr(lang, "🎁 Top-up bonus: +{bonus}", bonus=yuan(payload["bonus_fen"])))
     lines.append(tr(lang, "👛 Balance: {balance}", balance=yuan(payload["balance_fen"])))
+    if payload.get("bills_paid"):
+        lines.append(tr(lang, "Your unpaid bill is paid. You can charge again."))
+    if payload.get("still_due_fen"):
+        lines.append(tr(lang, "Still due: {amount}", amount=yuan(payload["still_due_fen"])))
     return "\n".join(lines)
 
 
@@ -215,8 +220,11 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
             buttons=[[Button(tr(lang, "📍 Nearest free ports"), data="near")]],
         )]
     if kind == "payment":  # money from a payment provider reached the wallet
-        return [Reply(payment_text(lang, payload),
-                      buttons=[[Button(tr(lang, "👛 Wallet"), data="wallet")]])]
+        buttons = [[Button(tr(lang, "👛 Wallet"), data="wallet")]]
+        if payload.get("still_due_fen"):
+            buttons[0].insert(0, Button(tr(lang, "💳 Pay {amount}",
+                                           amount=yuan(payload["still_due_fen"])), data="pay"))
+        return [Reply(payment_text(lang, payload), buttons=buttons)]
     if kind == "auto_topup":  # 自动续费 topped the wallet up
         return [Reply(
             tr(lang, "🔁 Auto top-up: {amount} added to your wallet. Balance: {balance}",

@@ -1,4 +1,5 @@
-"""Wallet: balance, coupons, top-up (sandbox or Telegram Payments), auto top-up, paying a bill."""
+"""Wallet: balance, coupons, top-up (Telegram Payments, WeChat Pay or the demo's sandbox), auto
+top-up, paying a bill."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from zoneinfo import ZoneInfo
 from bot.handlers.notices import payment_text
 from bot.handlers.turn import Turn
 from bot.i18n import tr
-from bot.payments import telegram_pay
+from bot.payments import pay_page, telegram_pay, wechatpay
 from bot.payments.sandbox import sandbox_topup
 from bot.replies import Button, Reply
 from core import charging, wallet
@@ -32,23 +33,55 @@ def _telegram_invoices(turn: Turn) -> bool:
     return turn.inc.platform == "telegram" and telegram_pay.available(turn.ctx.settings)
 
 
+def _wechat_pay(turn: Turn) -> str | None:
+    """How this rider pays with WeChat Pay here: "jsapi" (the pay page, inside WeChat),
+    "native" (a QR code to scan, in the web chat) or None. Where the demo's play money is
+    listed too (only `chargebot demo` and tests can), the card keeps offering that."""
+    if (wechatpay.client_for(turn.ctx) is None
+            or "sandbox" in turn.ctx.settings.payments.providers):
+        return None
+    if turn.inc.platform == "wechat" and turn.ctx.settings.payments.wechatpay.appid:
+        return "jsapi"  # JSAPI orders and the cashier need the official account's appid
+    return "native" if turn.inc.platform == "webchat" else None
+
+
+def _pay_links(turn: Turn, amounts: list[int], purpose: str) -> list[str] | None:
+    links = [pay_page.link(turn.ctx, turn.rider.id, a, purpose, "jsapi")  # type: ignore[arg-type]
+             for a in amounts]
+    return None if None in links else links  # type: ignore[return-value]
+
+
 async def topup_buttons(turn: Turn) -> list[list[Button]]:
-    """The ways this rider can top up here: Telegram invoices, or the demo's sandbox."""
+    """The ways this rider can top up here: Telegram invoices, WeChat Pay (the pay page in
+    WeChat, a QR code in the web chat), or the demo's sandbox."""
     amounts = topup_amounts(turn.ctx.settings)
+    lang = turn.lang
     if _telegram_invoices(turn):
-        return [[Button(tr(turn.lang, "+{amount}", amount=yuan(a)),
+        return [[Button(tr(lang, "+{amount}", amount=yuan(a)),
                         data=f"{telegram_pay.TOPUP_PREFIX}{a}") for a in amounts]]
+    mode = _wechat_pay(turn)
+    if mode == "jsapi" and (links := _pay_links(turn, amounts, "topup")):
+        return [[Button(tr(lang, "+{amount}", amount=yuan(a)), url=u)
+                 for a, u in zip(amounts, links, strict=True)]]
+    if mode == "native":
+        return [[Button(tr(lang, "+{amount}", amount=yuan(a)), data=f"topupvia:wechatpay:{a}")
+                 for a in amounts]]
     if "sandbox" not in turn.ctx.settings.payments.providers:
         return []
     # One server-issued nonce per card: one of its buttons pays, once.
     nonce = await payments.issue_offer(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]
-    return [[Button(tr(turn.lang, "+{amount}", amount=yuan(a)), data=f"topup:{a}:{nonce}")
+    return [[Button(tr(lang, "+{amount}", amount=yuan(a)), data=f"topup:{a}:{nonce}")
              for a in amounts]]
 
 
 def _topup_heading(turn: Turn) -> str | None:
     if _telegram_invoices(turn):
         return tr(turn.lang, "Top up with Telegram Payments:")
+    if (mode := _wechat_pay(turn)) == "jsapi":
+        return tr(turn.lang, "Top up with WeChat Pay (tap an amount):")
+    if mode == "native":
+        return tr(turn.lang, "Top up with WeChat Pay (tap an amount, then scan the QR code "
+                             "with WeChat):")
     if "sandbox" in turn.ctx.settings.payments.providers:
         return tr(turn.lang, "Top up (sandbox payment, no real money):")
     return None
@@ -171,13 +204,36 @@ async def topup(turn: Turn, amount: int, nonce: str) -> list[Reply]:
 
 
 async def topup_via(turn: Turn, provider: str, amount: int) -> list[Reply]:
-    """`topupvia:{provider}:{amount}` that no skin took over (Telegram sends the invoice
-    itself): say why nothing happened and show the wallet again."""
+    """`topupvia:{provider}:{amount}`: WeChat Pay's QR code in the web chat; Telegram sends its
+    invoice itself, so one that reaches here says why nothing happened."""
+    if provider == "wechatpay" and _wechat_pay(turn) == "native":
+        return await _wechat_qr(turn, amount)
     if provider == "telegram":
         text = tr(turn.lang, "Paying with Telegram works only in the Telegram chat, when it is "
                              "switched on. Please pick another way to top up.")
         return await _with_card(turn, text)
     return await show(turn)
+
+
+async def _owed(turn: Turn) -> int:
+    due = await charging.due_charges(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    return sum(c.amount_fen - c.paid_fen for c in due)
+
+
+async def _wechat_qr(turn: Turn, amount: int) -> list[Reply]:
+    """A Native order's QR code for one of the card's amounts, or for exactly what is due. The
+    order is placed when the QR is first shown (bot.payments.pay_page), not in this turn."""
+    owed = await _owed(turn)
+    purpose = ("bill" if 0 < amount == owed
+               else "topup" if amount in topup_amounts(turn.ctx.settings) else None)
+    link = purpose and pay_page.link(turn.ctx, turn.rider.id, amount, purpose, "native")  # type: ignore[arg-type]
+    if not link:
+        return await show(turn)
+    text = tr(turn.lang, "Scan this QR code with WeChat to pay {amount}. It is valid for 30 "
+                         "minutes; I will tell you here as soon as the money arrives.",
+              amount=yuan(amount))
+    return [Reply(text, photo_url=link, buttons=[[Button(tr(turn.lang, "👛 Wallet"),
+                                                         data="wallet")]])]
 
 
 async def auto_topup(turn: Turn, arg: str) -> list[Reply]:
@@ -215,11 +271,21 @@ async def pay(turn: Turn) -> list[Reply]:
     paid, remaining = await charging.pay_due(turn.session, rider_id, turn.now)
     bal = await wallet.balance(turn.session, rider_id)
     if remaining:
-        return [Reply(
-            tr(lang, "Your balance {balance} is not enough for {amount}. Top up first:",
-               balance=yuan(bal), amount=yuan(remaining)),
-            buttons=await topup_buttons(turn),
-        )]
+        buttons = await topup_buttons(turn)
+        text = tr(lang, "Your balance {balance} is not enough for {amount}. Top up first:",
+                  balance=yuan(bal), amount=yuan(remaining))
+        label = tr(lang, "💳 Pay {amount} in WeChat", amount=yuan(remaining))
+        mode = _wechat_pay(turn)
+        # Exactly what is due, in one payment: the notification credits it and pays the bills.
+        if mode == "jsapi" and (links := _pay_links(turn, [remaining], "bill")):
+            buttons.insert(0, [Button(label, url=links[0])])
+        elif mode == "native":
+            buttons.insert(0, [Button(label, data=f"topupvia:wechatpay:{remaining}")])
+        if mode is not None and buttons:
+            text = tr(lang, "Your balance {balance} is not enough for {amount}. Pay it with "
+                            "WeChat Pay, or top up more:", balance=yuan(bal),
+                      amount=yuan(remaining))
+        return [Reply(text, buttons=buttons)]
     if paid:
         return [Reply(tr(lang, "✅ Paid. Balance: {balance}. You can charge again.",
                          balance=yuan(bal)))]

@@ -48,6 +48,7 @@ from core.billing.payments import (
     confirm,
     could_be_ours,
     create_payment,
+    find,
 )
 from core.charging import pay_due
 from core.config import Settings, WechatPaySettings
@@ -223,6 +224,8 @@ class WechatPayClient:
         self.http = http
         self.private_key = load_private_key(cfg.private_key.get_secret_value())
         self.platform_key = load_public_key(cfg.platform_public_key)
+        # Signs the pay links riders get in chat (bot.payments.pay_page); loaded at start-up.
+        self.link_key: bytes | None = None
 
     # signing
 
@@ -346,13 +349,37 @@ def client_for(ctx: Context) -> WechatPayClient | None:
 # --- starting a top-up -----------------------------------------------------------------------
 
 
-async def _new_payment(ctx: Context, rider_id: int, amount_fen: int,
-                       details: dict[str, Any]) -> str:
-    async with transaction(ctx.sm) as session:
-        payment = await create_payment(session, rider_id, "wechatpay", amount_fen,
-                                       now=ctx.clock())
-        payment.details = details
-        return payment.out_trade_no
+class OrderClosed(Exception):  # noqa: N818 - reads as what it is
+    """The order is paid already, or WeChat Pay refused it: there is nothing to pay here."""
+
+    def __init__(self, payment: Payment) -> None:
+        super().__init__(f"order {payment.out_trade_no} is {payment.state}")
+        self.payment = payment
+
+
+async def open_payment(ctx: Context, rider_id: int, amount_fen: int, details: dict[str, Any],
+                       out_trade_no: str | None = None) -> Payment:
+    """The Payment row for a top-up: a new one, or, for a fixed ``out_trade_no`` (a pay link's),
+    the one already made for it: a reloaded page or two racing ones share a row."""
+    try:
+        async with transaction(ctx.sm) as session:
+            if out_trade_no is not None and (found := await find(session, out_trade_no)):
+                return found
+            payment = await create_payment(session, rider_id, "wechatpay", amount_fen,
+                                           now=ctx.clock())
+            if out_trade_no is not None:
+                payment.out_trade_no = out_trade_no
+            payment.details = details
+            await session.flush()
+            return payment
+    except IntegrityError:
+        if out_trade_no is None:
+            raise
+    async with ctx.sm() as session:  # the racing request's row, committed before ours
+        found = await find(session, out_trade_no)
+    if found is None:
+        raise RuntimeError(f"order {out_trade_no} neither made nor found")
+    return found
 
 
 async def _note(ctx: Context, out_trade_no: str, *, failed: bool = False,
@@ -385,6 +412,39 @@ def _client(ctx: Context, client: WechatPayClient | None) -> WechatPayClient:
     return client
 
 
+async def jsapi_order(ctx: Context, payment: Payment, openid: str, *,
+                      description: str | None = None, client: WechatPayClient | None = None
+                      ) -> str:
+    """The order's prepay_id: the one WeChat Pay gave before, else a new JSAPI order for it.
+
+    Placing the same out_trade_no again with the same fields is how WeChat Pay wants a lost
+    answer retried (it answers with the same prepay_id). Raises OrderClosed when the order is
+    paid or was refused, WechatPayError when WeChat Pay refuses now."""
+    client = _client(ctx, client)
+    if payment.state != "created":
+        raise OrderClosed(payment)
+    if isinstance(prepay_id := payment.details.get("prepay_id"), str) and prepay_id:
+        return prepay_id
+    result = await _place(ctx, payment.out_trade_no, client.create_jsapi(
+        payment.out_trade_no, payment.amount_fen, openid, description))
+    await _note(ctx, payment.out_trade_no, prepay_id=result["prepay_id"])
+    return str(result["prepay_id"])
+
+
+async def native_order(ctx: Context, payment: Payment, *, description: str | None = None,
+                       client: WechatPayClient | None = None) -> str:
+    """The order's code_url (for a QR code), placed once as jsapi_order places its order."""
+    client = _client(ctx, client)
+    if payment.state != "created":
+        raise OrderClosed(payment)
+    if isinstance(code_url := payment.details.get("code_url"), str) and code_url:
+        return code_url
+    code_url = await _place(ctx, payment.out_trade_no, client.create_native(
+        payment.out_trade_no, payment.amount_fen, description))
+    await _note(ctx, payment.out_trade_no, code_url=code_url)
+    return str(code_url)
+
+
 async def start_topup(
     ctx: Context, rider_id: int, openid: str, amount_fen: int, *,
     description: str | None = None, client: WechatPayClient | None = None,
@@ -395,12 +455,11 @@ async def start_topup(
     credited later, by the notification. Raises WechatPayError when WeChat Pay refuses.
     """
     client = _client(ctx, client)
-    out_trade_no = await _new_payment(ctx, rider_id, amount_fen,
-                                      {"trade_type": "JSAPI", "openid": openid})
-    result = await _place(ctx, out_trade_no, client.create_jsapi(
-        out_trade_no, amount_fen, openid, description))
-    await _note(ctx, out_trade_no, prepay_id=result["prepay_id"])
-    return {"out_trade_no": out_trade_no, "amount_fen": amount_fen, **result}
+    payment = await open_payment(ctx, rider_id, amount_fen,
+                                 {"trade_type": "JSAPI", "openid": openid})
+    prepay_id = await jsapi_order(ctx, payment, openid, description=description, client=client)
+    return {"out_trade_no": payment.out_trade_no, "amount_fen": amount_fen,
+            "prepay_id": prepay_id, "pay_params": client.pay_params(prepay_id)}
 
 
 async def start_native_topup(
@@ -409,10 +468,9 @@ async def start_native_topup(
 ) -> dict[str, Any]:
     """A Native (QR code) top-up: ``{"out_trade_no", "amount_fen", "code_url"}``."""
     client = _client(ctx, client)
-    out_trade_no = await _new_payment(ctx, rider_id, amount_fen, {"trade_type": "NATIVE"})
-    code_url = await _place(ctx, out_trade_no, client.create_native(
-        out_trade_no, amount_fen, description))
-    return {"out_trade_no": out_trade_no, "amount_fen": amount_fen, "code_url": code_url}
+    payment = await open_payment(ctx, rider_id, amount_fen, {"trade_type": "NATIVE"})
+    code_url = await native_order(ctx, payment, description=description, client=client)
+    return {"out_trade_no": payment.out_trade_no, "amount_fen": amount_fen, "code_url": code_url}
 
 
 # --- the notification ------------------------------------------------------------------------

@@ -14,10 +14,18 @@ Point the app at it with ``payments.wechatpay.api_base_url = fake.base_url``. It
   the transaction encrypted AEAD_AES_256_GCM with the APIv3 key (12-char nonce,
   associated_data "transaction"), the body signed with the platform key.
 
+* ``pay(app_url, params=…, openid=…)`` is the rider confirming in WeChat: what the WeChat client
+  checks before it shows the cashier (``getBrandWCPayRequest``'s parameters: appId, a known
+  prepay_id in ``package``, ``signType`` RSA, a fresh ``timeStamp``, and ``paySign`` verified with
+  the merchant public key over ``appId\\ntimeStamp\\nnonceStr\\npackage\\n``; only the order's
+  payer openid may pay it), then the notification for the order's own amount. ``pay(app_url,
+  code_url=…)`` is a scan of a Native order's QR code.
+
 State a test can set: ``answer_forge`` (None | "signature" | "unsigned" | "serial") to spoil the
 next answers' signatures, ``fail_next`` ((status, code, message) for the next order call).
 State a test can read: ``calls`` (every order call, with ``auth_ok``), ``orders``,
-``last_notify`` (status, JSON body of our app's last answer to a notification).
+``last_notify`` (status, JSON body of our app's last answer to a notification), ``sent`` (every
+notification's headers and body, to replay one exactly).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["Call", "FakeWechatPay"]
+__all__ = ["Call", "FakeWechatPay", "Order", "PayRefused"]
 
 AUTH_RE = re.compile(r'^WECHATPAY2-SHA256-RSA2048 (.+)$')
 PARAM_RE = re.compile(r'(\w+)="([^"]*)"')
@@ -65,6 +73,19 @@ class Order:
     body: dict[str, Any]
     prepay_id: str | None = None
     code_url: str | None = None
+    paid: bool = False
+
+    @property
+    def total(self) -> int:
+        return int(self.body["amount"]["total"])
+
+    @property
+    def openid(self) -> str | None:
+        return (self.body.get("payer") or {}).get("openid")
+
+
+class PayRefused(Exception):  # noqa: N818 - what the WeChat client shows instead of a cashier
+    pass
 
 
 class FakeWechatPay:
@@ -85,6 +106,7 @@ class FakeWechatPay:
         self.answer_forge: str | None = None
         self.fail_next: tuple[int, str, str] | None = None
         self.last_notify: tuple[int, Any] | None = None
+        self.sent: list[tuple[dict[str, str], bytes]] = []  # every notification, to replay
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
         self.base_url = ""
@@ -271,6 +293,7 @@ class FakeWechatPay:
     async def post_notification(self, app_url: str, headers: dict[str, str], body: bytes
                                 ) -> int:
         assert self._http is not None, "start() the fake first"
+        self.sent.append((headers, body))
         async with self._http.post(app_url.rstrip("/") + NOTIFY_PATH, data=body,
                                    headers=headers) as r:
             text = await r.text()
@@ -285,3 +308,54 @@ class FakeWechatPay:
                      forge: bool | str = False, **kwargs: Any) -> int:
         headers, body = self.build_notification(out_trade_no, total, forge=forge, **kwargs)
         return await self.post_notification(app_url, headers, body)
+
+    # --- the rider paying ----------------------------------------------------------------------
+
+    def check_pay_params(self, params: dict[str, Any], *, now: float | None = None) -> Order:
+        """The JSAPI order that ``getBrandWCPayRequest`` parameters pay, as the WeChat client
+        checks them; PayRefused says what is wrong."""
+        missing = {"appId", "timeStamp", "nonceStr", "package", "signType", "paySign"} - set(
+            params)
+        if missing:
+            raise PayRefused(f"missing {sorted(missing)}")
+        if params["appId"] != self.appid:
+            raise PayRefused("appId is not the order's")
+        if params["signType"] != "RSA":
+            raise PayRefused("signType must be RSA")
+        ts = str(params["timeStamp"])
+        if not ts.isdigit() or abs((time.time() if now is None else now) - int(ts)) > 600:
+            raise PayRefused("timeStamp is not the current time in seconds")
+        if not 0 < len(str(params["nonceStr"])) <= 32:
+            raise PayRefused("nonceStr must be 1-32 characters")
+        package = str(params["package"])
+        order = next((o for o in self.orders.values()
+                      if o.trade_type == "JSAPI" and package == f"prepay_id={o.prepay_id}"), None)
+        if order is None:
+            raise PayRefused("package names no prepay_id of ours")
+        message = f"{params['appId']}\n{ts}\n{params['nonceStr']}\n{package}\n".encode()
+        try:
+            self.merchant_public_key.verify(base64.b64decode(str(params["paySign"])), message,
+                                            padding.PKCS1v15(), hashes.SHA256())
+        except (InvalidSignature, ValueError) as exc:
+            raise PayRefused("paySign does not verify") from exc
+        return order
+
+    async def pay(self, app_url: str, *, params: dict[str, Any] | None = None,
+                  code_url: str | None = None, openid: str | None = None) -> int:
+        """The rider pays in WeChat; returns our app's answer to the notification."""
+        if params is not None:
+            order = self.check_pay_params(params)
+            if openid is not None and openid != order.openid:
+                raise PayRefused("this order is another WeChat user's")
+        else:
+            found = next((o for o in self.orders.values()
+                          if o.code_url is not None and o.code_url == code_url), None)
+            if found is None:
+                raise PayRefused("no order has this code_url")
+            order = found
+        if order.paid:
+            raise PayRefused("the order is paid already")
+        order.paid = True
+        payer = openid or order.openid or "o-native-payer"
+        return await self.notify(app_url, order.out_trade_no, order.total,
+                                 payer={"openid": payer}, trade_type=order.trade_type)
