@@ -57,11 +57,11 @@ def _seed(db_url: str, workdir: Path, root: Path) -> None:
         db_url, workdir, root)
 
 
-async def _started(http: aiohttp.ClientSession, server: Served, pile: PileClient, port: int,
-                   rider_id: str) -> tuple[WebRider, str, datetime]:
+async def _started(http: aiohttp.ClientSession, server: Served, pile: PileClient, port: int
+                   ) -> tuple[WebRider, str, datetime]:
     """A web-chat rider starts a charge; the pile runs it for 20 minutes (started, metered)
     and the rider has heard that it started: nothing else is left in flight."""
-    rider = WebRider(http, server.url, rider_id)
+    rider = WebRider(http, server.url)  # its identity: the cookie the server issues
     card = await rider.say(f"P0001-{port:02d}")
     await rider.press(button(card, f"start:P0001-{port:02d}"))
     ref = next(c["session"] for c in await pile.commands(wait=10)
@@ -90,7 +90,7 @@ async def _timed(post: Callable[[], Awaitable[dict]], rider: WebRider, port: int
 
 async def _bill(http: aiohttp.ClientSession, server: Served, pile: PileClient, port: int
                 ) -> tuple[float, float]:
-    rider, ref, t0 = await _started(http, server, pile, port, f"cold-bill-{port}")
+    rider, ref, t0 = await _started(http, server, pile, port)
     return await _timed(lambda: pile.post([pile.event(
         "session_ended", t0 + timedelta(minutes=21), port=port, session=ref, reason="full",
         energy_wh=80, duration_s=21 * 60)]), rider, port)
@@ -98,7 +98,7 @@ async def _bill(http: aiohttp.ClientSession, server: Served, pile: PileClient, p
 
 async def _fault(http: aiohttp.ClientSession, server: Served, pile: PileClient, port: int
                  ) -> tuple[float, float]:
-    rider, _ref, t0 = await _started(http, server, pile, port, f"cold-fault-{port}")
+    rider, _ref, t0 = await _started(http, server, pile, port)
     return await _timed(lambda: pile.post([pile.event(
         "fault", t0 + timedelta(minutes=21), port=port, code="over_temperature")]), rider, port)
 
@@ -118,7 +118,9 @@ async def one_server(kind: str, root: Path) -> dict[str, float | None]:
         workdir = Path(tmp)
         db_url = f"sqlite+aiosqlite:///{workdir / 'chargebot.db'}"
         _seed(db_url, workdir, root)
-        async with serve(db_url, workdir, root=root) as server, \
+        # Its riders have no wallet, and no provider here could fill one: no start floor.
+        async with serve(db_url, workdir, {"CHARGEBOT_BILLING__START_MIN_BALANCE_FEN": "0"},
+                         root=root) as server, \
                 aiohttp.ClientSession() as http:
             pile = PileClient(http, server.url, "P0001", SECRET)
             await pile.post([pile.event("heartbeat", datetime.now(UTC))])

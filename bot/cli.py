@@ -78,6 +78,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise CliError("payments.providers lists \"sandbox\", which credits money nobody paid: "
                        "it is for `chargebot demo` only — remove it (providers: telegram, "
                        "wechatpay)")
+    if settings.server.webchat_demo_identities:
+        raise CliError("server.webchat_demo_identities is on: anyone could open the web chat as "
+                       "the demo's staff (/?as=demo-technician); it is for `chargebot demo` "
+                       "only — set server.webchat_demo_identities = false (or remove "
+                       "CHARGEBOT_SERVER__WEBCHAT_DEMO_IDENTITIES)")
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
     if args.workers > 1 and not settings.database.url.startswith("postgresql"):
@@ -117,6 +122,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     # The demo's money is play money: its riders top up with the sandbox, which serve refuses.
     if "sandbox" not in settings.payments.providers:
         settings.payments.providers.append("sandbox")
+    # /?as=demo-technician opens the web chat as the demo city's staff; serve refuses it.
+    settings.server.webchat_demo_identities = True
     upgrade(settings.database.url)
     asyncio.run(_demo(settings, args))
 
@@ -447,6 +454,11 @@ def cmd_staff_add(args: argparse.Namespace) -> None:
     from core.riders import PLATFORMS, rider_for
 
     settings = _settings(args)
+    if args.platform == "webchat":
+        raise CliError("staff are not added by a web chat id any more (whoever knew it could "
+                       "act as them): add them with their Telegram or WeChat account (--platform "
+                       "telegram|wechat); in the web chat they log in with a one-time link "
+                       "(/weblogin in their own chat) or a password (chargebot staff passwd)")
     if args.platform not in PLATFORMS:
         raise CliError(f"--platform must be one of {', '.join(PLATFORMS)}")
     try:
@@ -471,6 +483,38 @@ def cmd_staff_add(args: argparse.Namespace) -> None:
 
     rider_id = asyncio.run(_with_session(settings, go))
     print(f"{args.role} {args.name or args.user} (rider {rider_id}) at {', '.join(sites)}")
+
+
+def cmd_staff_passwd(args: argparse.Namespace) -> None:
+    """A staff member's web-chat password (argon2id); their open web sessions end."""
+    import getpass
+
+    from core import staff_passwords, web_sessions
+
+    settings = _settings(args)
+    if args.platform not in staff_passwords.PLATFORMS:
+        raise CliError(f"--platform must be one of {', '.join(staff_passwords.PLATFORMS)}")
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("new web chat password: ")
+        if getpass.getpass("again: ") != password:
+            raise CliError("the two passwords differ; nothing changed")
+    if len(password) < staff_passwords.MIN_LENGTH:
+        raise CliError(f"a password needs at least {staff_passwords.MIN_LENGTH} characters")
+    account = f"{args.platform}:{args.user}"
+
+    async def go(session):  # type: ignore[no-untyped-def]
+        rider_id = await staff_passwords.staff_rider(session, args.platform, args.user)
+        if rider_id is None:
+            raise CliError(f"{account} is not staff: add them first (chargebot staff add)")
+        now = datetime.now(UTC)
+        await staff_passwords.set_password(session, rider_id, password, now)
+        return rider_id, await web_sessions.end_all(session, rider_id, now)
+
+    rider_id, ended = asyncio.run(_with_session(settings, go))
+    print(f"web chat password set for {account} (rider {rider_id}); {ended} open session(s) "
+          f"ended. They log in at {settings.server.public_url.rstrip('/')}/?login as {account}")
 
 
 def cmd_staff_list(args: argparse.Namespace) -> None:
@@ -677,8 +721,10 @@ def parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("staff").add_subparsers(dest="staff_command", required=True)
     p = st.add_parser("add", help="make a chat user a technician, supervisor or agent (service)")
-    p.add_argument("--platform", required=True, help="telegram | wechat | webchat")
-    p.add_argument("--user", required=True, help="Telegram user id, WeChat openid, web chat id")
+    p.add_argument("--platform", required=True,
+                   help="telegram | wechat (in the web chat, staff log in: /weblogin or "
+                        "staff passwd)")
+    p.add_argument("--user", required=True, help="Telegram user id or WeChat openid")
     p.add_argument("--chat", default="", help="chat id if not the user's private chat")
     p.add_argument("--role", required=True, choices=["technician", "supervisor", "agent"])
     p.add_argument("--sites", required=True, help="comma-separated site ids, or *")
@@ -686,6 +732,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="shown to riders, e.g. 王师傅")
     p.set_defaults(fn=cmd_staff_add)
     st.add_parser("list", help="staff and their sites").set_defaults(fn=cmd_staff_list)
+    p = st.add_parser("passwd", help="set a staff member's web chat password (argon2); "
+                                     "they log in as platform:user")
+    p.add_argument("--platform", required=True, help="telegram | wechat")
+    p.add_argument("--user", required=True, help="Telegram user id or WeChat openid")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of standard input")
+    p.set_defaults(fn=cmd_staff_passwd)
 
     ev = sub.add_parser("events").add_subparsers(dest="events_command", required=True)
     p = ev.add_parser("rejected", help="pile events that were refused, with field and reason")

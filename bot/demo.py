@@ -22,7 +22,8 @@ DEMO_SITES = [
 ]
 PILES_PER_SITE = 5
 PORTS_PER_PILE = 10
-# Web chat identities for trying the staff side: open /?as=demo-technician (or demo-supervisor).
+# Web chat identities for trying the staff side: /?as=demo-technician (or demo-supervisor), only
+# while server.webchat_demo_identities is on, which `chargebot demo` does and `serve` refuses.
 DEMO_STAFF = [("demo-technician", "technician", "王师傅"),
               ("demo-supervisor", "supervisor", "李主管")]
 

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from sqlalchemy import select
 from telegram import Bot
 from telegram.error import BadRequest, TelegramError
 
 from bot.context import Context
 from core import photos
 from core.db import transaction
-from core.photos import PhotoRejected, PhotoUnavailable, StoredPhoto
+from core.photos import PhotoRejected, PhotoUnavailable, PhotoUpload, StoredPhoto
 from notifications.wechat_client import MediaTooLarge, WechatClient, WechatError
 
 log = logging.getLogger("chargebot.photos")
@@ -79,6 +80,18 @@ def webchat_file(ctx: Context, ref: str) -> Path | None:
     return photos.find(photo_dir(ctx), ref[len(WEBCHAT_PREFIX):])
 
 
+async def webchat_owned(ctx: Context, ref: str, external_id: str) -> bool:
+    """A web chat photo reference this identity uploaded itself (and we still have): a ref is
+    only a hash, and another rider's photo must not become yours by naming it."""
+    if webchat_file(ctx, ref) is None:
+        return False
+    async with ctx.reader()() as session:
+        found = await session.scalar(select(PhotoUpload.id).where(
+            PhotoUpload.platform == "webchat", PhotoUpload.external_id == external_id,
+            PhotoUpload.sha256 == ref[len(WEBCHAT_PREFIX):]).limit(1))
+    return found is not None
+
+
 async def fetch(ctx: Context, platform: str, ref: str) -> bytes:
     """The photo's bytes: PhotoRejected("too_large") past the limit, PhotoUnavailable when the
     platform cannot give it."""
@@ -99,8 +112,12 @@ async def intake(ctx: Context, platform: str, ref: str, *,
     """Fetch, check, re-encode and store a rider's photo under `support.photo_dir`, recorded as
     an upload of `user_id`; PhotoRejected("too_many") past their daily quota."""
     if platform == "webchat":
-        # Stored and counted when the page uploaded it (`bot.webchat.upload_photo`).
+        # Stored and counted when the page uploaded it (`bot.webchat.upload_photo`), by this
+        # identity: someone else's upload is not yours to send.
         path = webchat_file(ctx, ref)
+        if path is not None and (user_id is None
+                                 or not await webchat_owned(ctx, ref, user_id)):
+            path = None
         found = (await asyncio.to_thread(photos.stored, photo_dir(ctx), path.stem)
                  if path is not None else None)
         if found is None:
@@ -218,4 +235,4 @@ def _read_file(path: Path, limit: int) -> bytes:
 
 
 __all__ = ["PhotoRejected", "PhotoUnavailable", "StoredPhoto", "attach", "fetch", "intake",
-           "setup", "webchat_file", "webchat_ref"]
+           "setup", "webchat_file", "webchat_owned", "webchat_ref"]

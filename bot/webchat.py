@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -15,17 +16,18 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
 from sqlalchemy import select, update
 
-from bot import photo_fetch
+from bot import photo_fetch, webchat_auth
 from bot.context import CTX, Context
 from bot.handlers import router
 from bot.i18n import tr
 from bot.replies import MAX_CALLBACK_BYTES, Incoming, Reply
-from core import photos
+from core import photos, staff, web_sessions
 from core.db import transaction
 from core.outbox import OutboxMessage
 from core.piles import Pile, Port, Site
 from core.riders import DEFAULT_LANGUAGE, LANGUAGES, Identity, Rider, language_from_hint
 from notifications import webchat_inbox
+from notifications.worker import DeliveryError
 
 log = logging.getLogger("chargebot.webchat")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -46,12 +48,6 @@ def _bad_photo(reason: str, limit: int) -> web.Response:
                              status=400)
 
 
-def _client_id(value: Any) -> str | None:
-    if isinstance(value, str) and 8 <= len(value) <= 64 and value.replace("-", "").isalnum():
-        return value
-    return None
-
-
 def ui_strings(lang: str) -> dict[str, str]:
     return {
         "title": tr(lang, "ChargeBot · e-bike charging"),
@@ -64,12 +60,20 @@ def ui_strings(lang: str) -> dict[str, str]:
         "connecting": tr(lang, "Connecting…"),
         "offline": tr(lang, "Connection lost, retrying…"),
         "language": tr(lang, "中文 / English"),
+        "too_many_chats": tr(lang, "Too many new chats from your network in the last hour. "
+                                   "Please try again later."),
+        "login_title": tr(lang, "Staff login"),
+        "login_account": tr(lang, "Account: telegram:<user id> or wechat:<openid>"),
+        "login_password": tr(lang, "Password"),
+        "login_submit": tr(lang, "Log in"),
+        "login_wrong": tr(lang, "Wrong account or password."),
+        "login_too_many": tr(lang, "Too many wrong passwords. Please wait 15 minutes."),
+        "logged_in_as": tr(lang, "Staff: {name}"),
+        "logout": tr(lang, "Log out"),
     }
 
 
-async def _lang_of(ctx: Context, client_id: str | None) -> str:
-    if client_id is None:
-        return DEFAULT_LANGUAGE
+async def _lang_of(ctx: Context, client_id: str) -> str:
     async with ctx.reader()() as session:
         lang = await session.scalar(
             select(Rider.language).join(Identity, Identity.rider_id == Rider.id)
@@ -82,12 +86,39 @@ async def page(_request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "webchat.html")
 
 
+def _chat_key(external_id: str) -> str:
+    """What the page keys its saved transcript by: the identity changes at login and logout,
+    and the page never learns the id itself (it is the cookie's secret)."""
+    return hashlib.sha256(f"chat|{external_id}".encode()).hexdigest()[:16]
+
+
+async def _identity(request: web.Request) -> webchat_auth.Who | web.Response:
+    try:
+        w = await webchat_auth.who(request)
+    except webchat_auth.TooManyIdentities as exc:
+        return webchat_auth.too_many_identities(exc)
+    assert w is not None
+    return w
+
+
+def _answer(request: web.Request, w: webchat_auth.Who, body: dict[str, Any], *,
+            status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    response = web.json_response(body, status=status, headers=headers)
+    webchat_auth.finish(request, response, w)
+    return response
+
+
 async def ui(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
+    w = await _identity(request)
+    if isinstance(w, web.Response):
+        return w
     lang = request.query.get("lang", "")
     if lang not in LANGUAGES:
-        lang = await _lang_of(ctx, _client_id(request.query.get("client_id")))
+        lang = await _lang_of(ctx, w.external_id)
     async with ctx.reader()() as session:
+        staff_name = (await staff.display_name(session, w.staff_rider) or "?"
+                      if w.staff_rider is not None else None)
         sites = (await session.execute(select(Site).order_by(Site.id).limit(8))).scalars().all()
         codes = (await session.execute(
             select(Port.code).join(Pile, Pile.id == Port.pile_id).where(Port.number <= 3)
@@ -98,8 +129,9 @@ async def ui(request: web.Request) -> web.Response:
         {"name": s.name, "lat": round(s.lat + 0.0012, 6), "lon": round(s.lon - 0.0009, 6)}
         for s in sites
     ]
-    return web.json_response({"lang": lang, "strings": ui_strings(lang), "locations": locations,
-                              "ports": list(codes)})
+    return _answer(request, w, {"lang": lang, "strings": ui_strings(lang),
+                                "locations": locations, "ports": list(codes),
+                                "chat": _chat_key(w.external_id), "staff": staff_name})
 
 
 async def send(request: web.Request) -> web.Response:
@@ -110,15 +142,13 @@ async def send(request: web.Request) -> web.Response:
         return _bad("body", "must be JSON")
     if not isinstance(body, dict):
         return _bad("body", "must be a JSON object")
-    client_id = _client_id(body.get("client_id"))
-    if client_id is None:
-        return _bad("client_id", "8–64 letters, digits or dashes")
     text, data, loc = body.get("text"), body.get("data"), body.get("location")
     kwargs: dict[str, Any] = {}
     photo = body.get("photo")
+    ref_problem = _bad("photo", "a ref returned by /webchat/api/photo")
     if photo is not None:
         if not isinstance(photo, str) or photo_fetch.webchat_file(ctx, photo) is None:
-            return _bad("photo", "a ref returned by /webchat/api/photo")
+            return ref_problem
         kwargs["photo"] = photo
         data = loc = None  # a photo comes with at most a caption
     if text is not None:
@@ -139,6 +169,18 @@ async def send(request: web.Request) -> web.Response:
         kwargs["location"] = (lat, lon)
     elif photo is None:
         return _bad("text", "send one of text, data, location or photo")
+    # Who is speaking is the cookie's to say: a client_id in the body is ignored.
+    w = await _identity(request)
+    if isinstance(w, web.Response):
+        return w
+    client_id = w.external_id
+    if w.staff_token is not None and (kwargs.get("data") == LOGOUT_DATA or (
+            photo is None and str(kwargs.get("text", "")).strip().lower() == "/logout")):
+        return await _logout(request, w)
+    if photo is not None and not await photo_fetch.webchat_owned(ctx, photo, client_id):
+        # The same answer as for a ref we never stored: another rider's photo is not yours.
+        webchat_auth.finish(request, ref_problem, w)
+        return ref_problem
     inc = Incoming(
         platform="webchat", user_id=client_id, chat_id=client_id,
         language_hint=request.headers.get("Accept-Language"), nonce=str(time.time_ns()),
@@ -150,7 +192,23 @@ async def send(request: web.Request) -> web.Response:
         log.exception("web chat handler failed")
         lang = DEFAULT_LANGUAGE
         replies = [Reply(tr(lang, "Sorry, something went wrong on our side. Please try again."))]
-    return web.json_response({"replies": [r.as_dict() for r in replies], "lang": lang})
+    return _answer(request, w, {"replies": [r.as_dict() for r in replies], "lang": lang,
+                                "chat": _chat_key(client_id)})
+
+
+LOGOUT_DATA = "weblogout"  # the staff menu's Log out button (bot.handlers.menu)
+
+
+async def _logout(request: web.Request, w: webchat_auth.Who) -> web.Response:
+    ctx = request.app[CTX]
+    async with ctx.reader()() as session:
+        lang = await session.scalar(select(Rider.language).where(Rider.id == w.staff_rider))
+    lang = lang or DEFAULT_LANGUAGE
+    reply = Reply(tr(lang, "🚪 You are logged out. This browser is a rider's chat again."))
+    response = web.json_response({"replies": [reply.as_dict()], "lang": lang,
+                                  "identity_changed": True})
+    await webchat_auth.end_session(request, response, w)
+    return response
 
 
 async def upload_photo(request: web.Request) -> web.Response:
@@ -160,9 +218,10 @@ async def upload_photo(request: web.Request) -> web.Response:
     request size limit, and reading stops as soon as the limit is passed.
     """
     ctx = request.app[CTX]
-    client_id = _client_id(request.query.get("client_id"))
-    if client_id is None:
-        return _bad("client_id", "8–64 letters, digits or dashes")
+    w = await _identity(request)
+    if isinstance(w, web.Response):
+        return w
+    client_id = w.external_id
     limit = ctx.settings.support.max_photo_bytes
     per_day = ctx.settings.support.photos_per_day
     try:
@@ -170,9 +229,9 @@ async def upload_photo(request: web.Request) -> web.Response:
         async with transaction(ctx.sm) as session:
             await photos.check_quota(session, "webchat", client_id, ctx.clock(), per_day=per_day)
     except photos.PhotoRejected:
-        return web.json_response({"error": f"photo: more than {per_day} photos in 24 hours, "
-                                           "try again later", "field": "photo",
-                                  "reason": "too_many"}, status=429)
+        return _answer(request, w, {"error": f"photo: more than {per_day} photos in 24 hours, "
+                                             "try again later", "field": "photo",
+                                    "reason": "too_many"}, status=429)
     if (request.content_length or 0) > limit + MULTIPART_SLACK:
         return _bad_photo("too_large", limit)
     not_multipart = _bad("photo", "send the file as multipart/form-data field 'photo'")
@@ -199,14 +258,11 @@ async def upload_photo(request: web.Request) -> web.Response:
         return _bad_photo(exc.reason, limit)
     async with transaction(ctx.sm) as session:
         await photos.record(session, "webchat", client_id, stored, ctx.clock())
-    return web.json_response({"ref": photo_fetch.webchat_ref(stored.sha256)})
+    return _answer(request, w, {"ref": photo_fetch.webchat_ref(stored.sha256)})
 
 
 async def messages(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    client_id = _client_id(request.query.get("client_id"))
-    if client_id is None:
-        return _bad("client_id", "8–64 letters, digits or dashes")
     try:
         # Ids are 32-bit: a larger (or negative) `after` means the same, and the database driver
         # refuses an integer its column type cannot hold.
@@ -217,6 +273,10 @@ async def messages(request: web.Request) -> web.Response:
         wait = min(max(wait, 0.0), 30.0)
     except ValueError:
         return _bad("after", "after and wait must be numbers")
+    w = await _identity(request)
+    if isinstance(w, web.Response):
+        return w
+    client_id = w.external_id
     polls = request.app[OPEN_POLLS]
     address = request.remote or "?"  # the socket's peer: a header would be the client's word
     if wait > 0 and polls[address] >= ctx.settings.server.webchat_max_polls_per_address:
@@ -245,12 +305,13 @@ async def messages(request: web.Request) -> web.Response:
     lang = await _lang_of(ctx, client_id)
     answer: dict[str, Any] = {
         "messages": [{"seq": r.id, "reply": r.reply} for r in rows], "lang": lang,
+        "chat": _chat_key(client_id),  # another than the page's: a session ended elsewhere
     }
     headers: dict[str, str] = {}
     if capped:
         answer["retry_after"] = POLL_RETRY_AFTER_S
         headers["Retry-After"] = str(POLL_RETRY_AFTER_S)
-    return web.json_response(answer, headers=headers)
+    return _answer(request, w, answer, headers=headers)
 
 
 OPEN_POLLS = web.AppKey("webchat_open_polls", Counter)
@@ -265,6 +326,14 @@ class WebchatSender:
 
     async def send(self, identity: Identity, replies: list[Reply], *,
                    outbox_id: int | None = None, **_: Any) -> str:
+        if (staff_rider := web_sessions.staff_rider_of(identity.external_id)) is not None:
+            # A staff member's web chat: theirs while a session lasts. After it, their notices
+            # go back to the chat they logged in from; tried again, this one goes there.
+            async with transaction(self.ctx.sm) as session:
+                moved = await web_sessions.send_home(session, staff_rider, self.ctx.clock())
+            if moved:
+                raise DeliveryError("staff web chat session over: to their own chat",
+                                    retry_after=1.0)
         async with transaction(self.ctx.sm) as session:
             if outbox_id is not None:
                 # The inbox is our own database, so the push and "sent" can be one commit: a
@@ -290,6 +359,7 @@ def setup(app: web.Application, ctx: Context) -> None:
     app.router.add_post("/webchat/api/send", send)
     app.router.add_post("/webchat/api/photo", upload_photo)
     app.router.add_get("/webchat/api/messages", messages)
+    webchat_auth.setup(app)
 
 
 __all__ = ["WebchatSender", "language_from_hint", "setup"]

@@ -38,6 +38,16 @@ class ServerSettings(BaseModel):
     # Open web-chat long polls per client address: each holds a request and wakes once a
     # second, so a few hundred from one address slowed every rider's /send 15×.
     webchat_max_polls_per_address: int = Field(default=20, ge=1)
+    # Web-chat identities the server issues (a signed cookie) per client address an hour: one
+    # address cannot make riders without end (their photo quotas, link tries, …). A campus or
+    # carrier NAT puts many riders behind one address: raise it there.
+    webchat_new_identities_per_hour: int = Field(default=30, ge=1)
+    # Staff act in the web chat only after logging in (a one-time link from their own chat, or
+    # a password); the session ends after this many hours, or at logout.
+    webchat_staff_session_hours: float = Field(default=12.0, gt=0)
+    # `/?as=demo-technician` opens the web chat as the demo city's staff: for `chargebot demo`
+    # only, which turns it on; `serve` refuses to start with it.
+    webchat_demo_identities: bool = False
 
 
 class TelegramSettings(BaseModel):

@@ -21,12 +21,14 @@ from core import (  # noqa: F401
     riders,
     services,
     staff,
+    staff_passwords,
     suggestions,
     support,
     surveys,
     votes,
     vouchers,
     wallet,
+    web_sessions,
     workorders,
 )
 from core.billing import coupons, disputes, family, payments, plans  # noqa: F401

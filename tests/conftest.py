@@ -76,7 +76,10 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def make_settings(db_url: str, **sections: dict[str, Any]) -> Settings:
     base: dict[str, dict[str, Any]] = {
         "database": {"url": db_url},
-        "server": {"public_url": "http://127.0.0.1", "webchat": True},
+        # Every web-chat rider of a test is a new identity from 127.0.0.1: no hourly limit here
+        # (tests/security/test_webchat_identity.py sets one).
+        "server": {"public_url": "http://127.0.0.1", "webchat": True,
+                   "webchat_new_identities_per_hour": 1_000_000},
         "telegram": {"token": None},
         "scheduler": {"offline_sweep_s": 0.2, "command_sweep_s": 0.2},
         "notifications": {"poll_s": 0.1, "lease_s": 5},
@@ -130,7 +133,9 @@ class start_server:  # noqa: N801 - used like a function
 
     async def __aenter__(self) -> Running:
         await self.ts.start_server()
-        self.http = aiohttp.ClientSession()
+        # No cookies: each WebRider keeps its own web-chat identity (tests/journey.py), or every
+        # rider of a test would be one.
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         return Running(str(self.ts.make_url("")).rstrip("/"), self.app, self.http)
 
     async def __aexit__(self, *exc: object) -> None:

@@ -12,21 +12,79 @@ from typing import Any
 from sqlalchemy import select
 
 from bot.context import Context
+from bot.webchat_auth import CHAT_COOKIE
 from core.events import PileEvent
 
 
 class WebRider:
-    def __init__(self, http: Any, url: str, client_id: str | None = None) -> None:
+    """A browser in the web chat. Its identity is the cookie the server issued (`cb_chat`, and
+    `cb_staff` once a staff member logged in), kept here: the tests' shared HTTP session keeps
+    no cookies, so that each WebRider is its own identity."""
+
+    def __init__(self, http: Any, url: str, *, demo_as: str | None = None) -> None:
         self.http = http
         self.url = url
-        self.client_id = client_id or uuid.uuid4().hex
+        self.demo_as = demo_as  # `?as=` identities, which only the demo honours
+        self.cookies: dict[str, str] = {}
         self.seq = 0
         self.inbox: list[dict] = []
+        self.rider_id: int | None = None  # set by helpers that know it (web_staff)
+
+    @property
+    def client_id(self) -> str:
+        """The web-chat identity the server issued (Identity.external_id): `connect()` first."""
+        if self.demo_as:
+            return self.demo_as
+        chat = self.cookies.get(CHAT_COOKIE)
+        assert chat, "no web chat identity yet: await rider.connect() first"
+        return chat.rsplit(".", 1)[0]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if not self.cookies:
+            return {}
+        return {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+
+    def params(self, **params: Any) -> dict[str, Any]:
+        return {**params, "as": self.demo_as} if self.demo_as else params
+
+    def keep(self, response: Any) -> None:
+        """What a browser does with the answer's Set-Cookie headers."""
+        for name, morsel in response.cookies.items():
+            if not morsel.value or morsel["max-age"] == "0":
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = morsel.value
+
+    async def connect(self) -> WebRider:
+        """Open the page: the server issues the identity (the page's first call is /ui)."""
+        async with self.http.get(f"{self.url}/webchat/api/ui", headers=self.headers,
+                                 params=self.params()) as r:
+            assert r.status == 200, await r.text()
+            self.keep(r)
+        return self
 
     async def send(self, **body: Any) -> dict:
-        async with self.http.post(f"{self.url}/webchat/api/send",
-                                  json={"client_id": self.client_id, **body}) as r:
+        async with self.http.post(f"{self.url}/webchat/api/send", json=body,
+                                  headers=self.headers, params=self.params()) as r:
             assert r.status == 200, await r.text()
+            self.keep(r)
+            return await r.json()
+
+    async def upload(self, data: Any) -> tuple[int, dict]:
+        """POST /webchat/api/photo with `data` (an aiohttp.FormData or bytes)."""
+        async with self.http.post(f"{self.url}/webchat/api/photo", data=data,
+                                  headers=self.headers, params=self.params()) as r:
+            self.keep(r)
+            return r.status, await r.json()
+
+    async def login(self, account: str, password: str) -> dict:
+        """Staff: log in with a password, as the page's login form does."""
+        async with self.http.post(f"{self.url}/webchat/api/login",
+                                  json={"staff": account, "password": password},
+                                  headers=self.headers) as r:
+            assert r.status == 200, await r.text()
+            self.keep(r)
             return await r.json()
 
     async def say(self, text: str) -> list[dict]:
@@ -34,6 +92,19 @@ class WebRider:
 
     async def press(self, data: str) -> list[dict]:
         return (await self.send(data=data))["replies"]
+
+    async def poll(self, wait: float = 0) -> list[dict]:
+        async with self.http.get(
+            f"{self.url}/webchat/api/messages", headers=self.headers,
+            params=self.params(after=self.seq, wait=wait),
+        ) as r:
+            assert r.status == 200, await r.text()
+            self.keep(r)
+            data = await r.json()
+        for m in data["messages"]:
+            self.seq = max(self.seq, m["seq"])
+            self.inbox.append(m["reply"])
+        return [m["reply"] for m in data["messages"]]
 
     async def wait_message(self, contains: str, timeout: float = 20.0) -> dict:
         """Long-polls the inbox until a pushed message contains `contains`."""
@@ -44,22 +115,41 @@ class WebRider:
                     return m
             left = deadline - asyncio.get_running_loop().time()
             assert left > 0, f"no message with {contains!r}; got {[m['text'] for m in self.inbox]}"
-            async with self.http.get(
-                f"{self.url}/webchat/api/messages",
-                params={"client_id": self.client_id, "after": self.seq, "wait": min(left, 5)},
-            ) as r:
-                assert r.status == 200
-                data = await r.json()
-            for m in data["messages"]:
-                self.seq = max(self.seq, m["seq"])
-                self.inbox.append(m["reply"])
+            await self.poll(wait=min(left, 5))
 
 
-async def english_rider(server: Any, client_id: str) -> WebRider:
+async def english_rider(server: Any) -> WebRider:
     """A web chat rider who switched to English (tests read the English wording)."""
-    rider = WebRider(server.http, server.url, client_id)
+    rider = WebRider(server.http, server.url)
     await rider.press("lang:en")
     return rider
+
+
+STAFF_PASSWORD = "a staff password for tests"
+
+
+async def web_staff(server: Any, role: str, *, name: str = "", sites: tuple[str, ...] = ("*",),
+                    hours: str = "00:00-24:00", lang: str = "en") -> WebRider:
+    """A staff member in the web chat as staff really get there: their own chat is Telegram
+    (`chargebot staff add`), an operator set a password, and they logged in with it. Their
+    rider id is `.rider_id`."""
+    from core import staff, staff_passwords
+    from core.db import transaction
+    from core.riders import rider_for
+
+    user = f"tg-staff-{uuid.uuid4().hex[:10]}"
+    async with transaction(server.ctx.sm) as s:
+        person = await rider_for(s, "telegram", user, display_name=name)
+        person.language = lang
+        for site in sites:
+            await staff.add(s, person.id, role, site, hours=hours, name=name)  # type: ignore[arg-type]
+        await staff_passwords.set_password(s, person.id, STAFF_PASSWORD,  # type: ignore[arg-type]
+                                           server.ctx.clock())
+        rider_id = person.id
+    web = WebRider(server.http, server.url)
+    await web.login(f"telegram:{user}", STAFF_PASSWORD)
+    web.rider_id = rider_id
+    return web
 
 
 class HandClock:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from typing import Any
 
 from tests.conftest import Running
@@ -36,7 +35,7 @@ class WebChatRider:
     platform = "webchat"
 
     def __init__(self, server: Running) -> None:
-        self.web = WebRider(server.http, server.url, uuid.uuid4().hex)
+        self.web = WebRider(server.http, server.url)
         self.log: list[dict] = []
 
     async def scan(self, code: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 from sqlalchemy import func, select
 
@@ -21,7 +20,7 @@ async def test_fifty_riders_press_start_on_one_port_and_exactly_one_charges(serv
         for pile in (await s.execute(select(Pile))).scalars():
             pile.online = True
             pile.last_seen_at = server.ctx.clock()
-    riders = [WebRider(server.http, server.url, uuid.uuid4().hex) for _ in range(50)]
+    riders = [WebRider(server.http, server.url) for _ in range(50)]
     # Every rider exists first, so the race is about the port and nothing else.
     await asyncio.gather(*(r.say("/start port_P0001-01") for r in riders))
     answers = await asyncio.gather(*(r.press("start:P0001-01") for r in riders))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.journey import WebRider
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -46,20 +48,20 @@ async def test_demo_serves_the_web_chat_with_a_seeded_city_and_live_fleet(tmp_pa
             async with http.get(f"{url}/") as r:
                 assert r.status == 200 and "webchat.js" in await r.text()
             loc = ui["locations"][0]
+            rider = WebRider(http, url)
             deadline = asyncio.get_running_loop().time() + 60
             while asyncio.get_running_loop().time() < deadline:
-                async with http.post(f"{url}/webchat/api/send", json={
-                    "client_id": "demo-test-client", "location": loc}) as r:
-                    replies = (await r.json())["replies"]
+                replies = (await rider.send(location=loc))["replies"]
                 if replies[0]["buttons"]:
                     break  # the simulated fleet has checked in: free ports are listed
                 await asyncio.sleep(0.1)
             assert replies[0]["buttons"], replies
             assert "P00" in replies[0]["text"]
-            # The demo's technician works through the same web chat.
-            async with http.post(f"{url}/webchat/api/send", json={
-                    "client_id": "demo-technician", "text": "/orders"}) as r:
-                assert "工单" in (await r.json())["replies"][0]["text"]
+            # The demo's technician works through the same web chat (/?as=demo-technician,
+            # which only the demo honours).
+            tech = WebRider(http, url, demo_as="demo-technician")
+            assert "工单" in (await tech.say("/orders"))[0]["text"]
+            assert "工单" not in (await rider.say("/orders"))[0]["text"]
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 20)

@@ -33,10 +33,10 @@ async def test_my_year_text_card_push_and_usual_piles(db_url: str, tmp_path) -> 
                              support={"photo_dir": str(tmp_path)})
     async with start_server(settings, clock=lambda: now) as server:
         await seed_city(server.ctx, piles_n=2, ports=2)
-        web = WebRider(server.http, server.url, "rider-annual-1")
+        web = WebRider(server.http, server.url)
         await web.press("lang:en")
         async with transaction(server.ctx.sm) as s:
-            rider = await rider_for(s, "webchat", "rider-annual-1")
+            rider = await rider_for(s, "webchat", web.client_id)
             ports = {(p.pile_id, p.number): p.id for p in (await s.execute(select(Port))).scalars()}
             rows = []
             # 4 charges at P0002, 1 at P0001 this year; 1 last year (not counted).
@@ -83,12 +83,12 @@ async def test_festival_red_packet_reaches_an_active_rider_once(db_url: str) -> 
     settings = make_settings(db_url, scheduler={"enabled": False})
     async with start_server(settings, clock=lambda: now) as server:
         await seed_city(server.ctx, ports=1)
-        web = WebRider(server.http, server.url, "rider-festival-1")
+        web = WebRider(server.http, server.url)
         await web.press("lang:en")
-        idle = WebRider(server.http, server.url, "rider-festival-2")
+        idle = WebRider(server.http, server.url)
         await idle.press("lang:en")
         async with transaction(server.ctx.sm) as s:
-            rider = await rider_for(s, "webchat", "rider-festival-1")
+            rider = await rider_for(s, "webchat", web.client_id)
             port = (await s.execute(select(Port))).scalars().first()
             ended = now - timedelta(days=10)
             await s.execute(insert(Charge), [{
@@ -135,11 +135,11 @@ async def test_broadcasts_reach_rider_groups_once_and_offpeak_reminders_are_opt_
         assert any(t.startswith("🛡") for t in texts)  # the week's safety tip
 
         # Off-peak reminders: only riders who opted in and charge at the evening peak.
-        web = WebRider(server.http, server.url, "rider-offpeak-1")
+        web = WebRider(server.http, server.url)
         await web.press("lang:en")
         assert "On:" in (await web.say("/offpeak"))[0]["text"]
         async with transaction(server.ctx.sm) as s:
-            rider = await rider_for(s, "webchat", "rider-offpeak-1")
+            rider = await rider_for(s, "webchat", web.client_id)
             port = (await s.execute(select(Port))).scalars().first()
             rows = []
             for i in range(3):

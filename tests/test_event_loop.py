@@ -63,14 +63,16 @@ def _meters(pile: PileClient, port: int, ref: str, t0: datetime) -> list[dict]:
 async def test_a_journey_of_firsts_never_holds_the_event_loop(db_url: str,
                                                                tmp_path: Path) -> None:
     await _seed(db_url)
+    # The riders start without a wallet: the start floor is not what this test watches.
     async with serve(db_url, tmp_path / "served",
-                     env={"CHARGEBOT_SERVER__SLOW_CALLBACK_S": "1.0"}) as server, \
-            aiohttp.ClientSession() as http:
+                     env={"CHARGEBOT_SERVER__SLOW_CALLBACK_S": "1.0",
+                          "CHARGEBOT_BILLING__START_MIN_BALANCE_FEN": "0"}) as server, \
+            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
         pile = PileClient(http, server.url, "P0001", SECRET)
         await pile.post([pile.event("heartbeat", datetime.now(UTC))])
 
         # The first bill: a charge the pile ends itself.
-        billed = WebRider(http, server.url, "loop-rider-bill")
+        billed = WebRider(http, server.url)
         await billed.press("lang:en")
         ref, t0 = await _charge(billed, pile, 1)
         await pile.post([pile.event("session_started", t0, port=1, session=ref),
@@ -81,7 +83,7 @@ async def test_a_journey_of_firsts_never_holds_the_event_loop(db_url: str,
         assert "P0001-01" in (await billed.wait_message("🧾"))["text"]
 
         # The first fault: it cuts another rider's charge short.
-        cut = WebRider(http, server.url, "loop-rider-fault")
+        cut = WebRider(http, server.url)
         await cut.press("lang:en")
         ref, t0 = await _charge(cut, pile, 2)
         await pile.post([pile.event("session_started", t0, port=2, session=ref),
@@ -98,15 +100,14 @@ async def test_a_journey_of_firsts_never_holds_the_event_loop(db_url: str,
         form = aiohttp.FormData()
         form.add_field("photo", io.BytesIO(_jpeg()), filename="socket.jpg",
                        content_type="image/jpeg")
-        async with http.post(f"{server.url}/webchat/api/photo",
-                             params={"client_id": billed.client_id}, data=form) as r:
-            assert r.status == 200, await r.text()
-            photo = (await r.json())["ref"]
+        status, body = await billed.upload(form)
+        assert status == 200, body
+        photo = body["ref"]
         sent = await billed.send(photo=photo)
         assert "is with our team" in sent["replies"][0]["text"]
 
         # The first FAQ answer.
-        asker = WebRider(http, server.url, "loop-rider-question")
+        asker = WebRider(http, server.url)
         await asker.press("lang:en")
         answer = await asker.say("how do I stop charging early?")
         assert "/stop" in answer[0]["text"]

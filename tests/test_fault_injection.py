@@ -579,13 +579,16 @@ async def test_postgres_restart_mid_burst_loses_no_event_and_bills_once(tmp_path
                     await pile.deliver([_ended(pile, port, ref, t0,
                                                t0 + timedelta(minutes=10 + port), 5)])
 
+            # Browsers with the identities the server gave them, before the outage.
+            pages = [await WebRider(http, svc.url).connect() for _ in range(4)]
+
             async def riders_watch_inbox(stop: asyncio.Event) -> None:
                 # The web page long-polls its inbox the whole time, outage included.
                 while not stop.is_set():
-                    for client in list(clients.values())[:4]:
+                    for page in pages:
                         try:
                             async with http.get(f"{svc.url}/webchat/api/messages",
-                                                params={"client_id": client, "wait": "0"},
+                                                params={"wait": "0"}, headers=page.headers,
                                                 timeout=REQUEST_TIMEOUT) as r:
                                 inbox_answers[r.status] += 1
                                 if r.status == 503:

@@ -26,7 +26,7 @@ from core.piles import Pile, Port
 from core.riders import rider_for
 from core.workorders import WorkOrder
 from tests.conftest import PILE_SECRET, Running, make_settings, seed_city, start_server
-from tests.journey import HandClock, PileClient, WebRider, button, english_rider
+from tests.journey import HandClock, PileClient, WebRider, button, english_rider, web_staff
 
 
 def _jpeg() -> bytes:
@@ -50,18 +50,14 @@ async def _server(db_url: str, clock: HandClock, **sections: dict) -> AsyncItera
         yield server
 
 
-async def _staff(server: Running, client_id: str, role: str, name: str,
+async def _staff(server: Running, role: str, name: str,
                  hours: str = "00:00-24:00") -> WebRider:
-    client_id = f"staff-{client_id}"
-    async with transaction(server.ctx.sm) as s:
-        rider = await rider_for(s, "webchat", client_id)
-        rider.language = "en"
-        await staff.add(s, rider.id, role, "T01", hours=hours, name=name)  # type: ignore[arg-type]
-    return WebRider(server.http, server.url, client_id)
+    """A technician or supervisor of T01, logged in to the web chat."""
+    return await web_staff(server, role, name=name, sites=("T01",), hours=hours)
 
 
-async def _rider(server: Running, client_id: str = "rider-1") -> WebRider:
-    return await english_rider(server, f"rider-id-{client_id}")
+async def _rider(server: Running) -> WebRider:
+    return await english_rider(server)
 
 
 async def _start(server: Running, rider: WebRider, pile: PileClient, port: int,
@@ -93,7 +89,7 @@ async def _port(server: Running, pile_id: str, number: int) -> Port:
 async def test_fault_mid_charge_refund_work_order_repair_and_back(db_url: str) -> None:
     clock = HandClock()
     async with _server(db_url, clock) as server:
-        tech = await _staff(server, "tech-1", "technician", "Wang")
+        tech = await _staff(server, "technician", "Wang")
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
         await pile.post([pile.event("heartbeat", clock.now)])
         pile2 = PileClient(server.http, server.url, "P0002", "test-secret-P0002")
@@ -167,10 +163,10 @@ async def test_fault_mid_charge_refund_work_order_repair_and_back(db_url: str) -
 async def test_interrupted_charge_is_a_fault_but_a_full_one_never_is(db_url: str) -> None:
     clock = HandClock()
     async with _server(db_url, clock) as server:
-        await _staff(server, "tech-1", "technician", "Wang")
+        await _staff(server, "technician", "Wang")
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
         await pile.post([pile.event("heartbeat", clock.now)])
-        full_rider, cut_rider = await _rider(server, "full"), await _rider(server, "cut")
+        full_rider, cut_rider = await _rider(server), await _rider(server)
         t0 = clock.now - timedelta(minutes=10)
         full_ref = await _start(server, full_rider, pile, 1, t0)
         cut_ref = await _start(server, cut_rider, pile, 3, t0)
@@ -266,7 +262,7 @@ async def test_meter_running_backwards_and_impossible_power(db_url: str) -> None
     async with _server(db_url, clock) as server:
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
         await pile.post([pile.event("heartbeat", clock.now)])
-        a, b = await _rider(server, "a"), await _rider(server, "b")
+        a, b = await _rider(server), await _rider(server)
         t0 = clock.now - timedelta(minutes=30)
         ref_a = await _start(server, a, pile, 1, t0)
         ref_b = await _start(server, b, pile, 2, t0)
@@ -291,7 +287,7 @@ async def test_pile_offline_mid_charge_closes_the_charge_and_clears_on_return(
         db_url: str) -> None:
     clock = HandClock()
     async with _server(db_url, clock) as server:
-        tech = await _staff(server, "tech-1", "technician", "Wang")
+        tech = await _staff(server, "technician", "Wang")
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
         await pile.post([pile.event("heartbeat", clock.now)])
         rider = await _rider(server)
@@ -342,11 +338,11 @@ async def test_unacknowledged_order_escalates_once_with_one_coupon_per_rider(
         db_url: str) -> None:
     clock = HandClock()
     async with _server(db_url, clock) as server:
-        await _staff(server, "tech-1", "technician", "Wang")
-        sup = await _staff(server, "sup-1", "supervisor", "Li")
+        await _staff(server, "technician", "Wang")
+        sup = await _staff(server, "supervisor", "Li")
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
         await pile.post([pile.event("heartbeat", clock.now)])
-        riders = [await _rider(server, f"r{i}") for i in (1, 2)]
+        riders = [await _rider(server) for _ in (1, 2)]
         t0 = clock.now - timedelta(minutes=20)
         refs = [await _start(server, r, pile, p, t0) for r, p in zip(riders, (1, 2), strict=True)]
         # A pile-wide fault hits both charges.
@@ -385,7 +381,7 @@ async def test_unacknowledged_order_escalates_once_with_one_coupon_per_rider(
 async def test_an_acknowledged_order_keeps_the_promise(db_url: str) -> None:
     clock = HandClock()
     async with _server(db_url, clock) as server:
-        tech = await _staff(server, "tech-1", "technician", "Wang")
+        tech = await _staff(server, "technician", "Wang")
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
         await pile.post([pile.event("heartbeat", clock.now),
                          pile.event("fault", clock.now, port=1, code="overload")])
@@ -423,8 +419,8 @@ async def test_on_duty_technician_gets_the_order(db_url: str) -> None:
     # 03:00 in Shanghai (and after the real time): the night technician is on duty.
     clock.now = datetime(2030, 11, 25, 19, 0, tzinfo=UTC)
     async with _server(db_url, clock) as server:
-        day = await _staff(server, "day", "technician", "Day", hours="08:00-20:00")
-        night = await _staff(server, "night", "technician", "Night", hours="20:00-08:00")
+        day = await _staff(server, "technician", "Day", hours="08:00-20:00")
+        night = await _staff(server, "technician", "Night", hours="20:00-08:00")
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
         await pile.post([pile.event("heartbeat", clock.now),
                          pile.event("fault", clock.now, port=1, code="overload")])
@@ -432,8 +428,7 @@ async def test_on_duty_technician_gets_the_order(db_url: str) -> None:
         assert "Open work orders (1)" in (await night.say("/orders"))[0]["text"]
         async with server.ctx.sm() as s:
             order = (await s.execute(select(WorkOrder))).scalars().one()
-            tech = await rider_for(s, "webchat", "staff-night")
-        assert order.technician_id == tech.id
+        assert order.technician_id == night.rider_id
         assert day.inbox == []
 
 

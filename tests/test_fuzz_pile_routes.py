@@ -52,6 +52,7 @@ from core.schema import metadata
 from tests.conftest import PILE_SECRET, Running, all_skins_settings, seed_city, start_server
 from tests.fakes.wechat_user import sign as wx_sign
 from tests.fakes.wechatpay_api import FakeWechatPay, _sign
+from tests.journey import WebRider
 from tests.riders import ACCOUNT, TG_SECRET
 from tests.test_pile_webhook import PileLink, rider_starts
 from tests.test_wechatpay import (
@@ -78,6 +79,10 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/api/piles/{pile_id}/commands"): "test_command_poll_refuses_without_taking_commands",
     ("HEAD", "/api/piles/{pile_id}/commands"): "test_command_poll_refuses_without_taking_commands",
     ("POST", NOTIFY_PATH): "test_wechatpay_notify_credits_only_a_genuine_notification",
+    ("GET", "/pay/wechat"): "test_pay_links_refuse_what_the_server_did_not_sign",
+    ("GET", "/pay/wechat/qr"): "test_pay_links_refuse_what_the_server_did_not_sign",
+    ("GET", "/pay/wechat.js"): "test_pay_links_refuse_what_the_server_did_not_sign",
+    ("HEAD", "/pay/wechat.js"): "test_pay_links_refuse_what_the_server_did_not_sign",
     ("POST", "/telegram/webhook"): "test_fuzz_routes.py",  # + payments, in this module
     ("POST", "/wechat"): "test_fuzz_routes.py",
     ("GET", "/wechat"): "test_read_only_routes_under_random_queries",
@@ -98,6 +103,11 @@ ROUTES: dict[tuple[str, str], str] = {
     ("HEAD", "/webchat/api/ui"): "test_read_only_routes_under_random_queries",
     ("GET", "/webchat/api/messages"): "test_read_only_routes_under_random_queries",
     ("HEAD", "/webchat/api/messages"): "test_read_only_routes_under_random_queries",
+    ("POST", "/webchat/api/login"): "test_fuzz_routes.py",
+    ("POST", "/webchat/api/logout"): "test_fuzz_routes.py",
+    ("GET", "/webchat/login"): "test_fuzz_routes.py",
+    ("HEAD", "/webchat/login"): "test_fuzz_routes.py",
+    ("POST", "/webchat/login"): "test_fuzz_routes.py",
 }
 
 _ids = itertools.count(1)
@@ -755,15 +765,15 @@ async def test_telegram_and_sandbox_payments_cannot_be_forged(app: Running) -> N
     assert await money(app, rid) == (5800, 1)
 
     # Sandbox top-ups are buttons in the chat: a forged one credits nothing.
-    client = f"fuzz-{uuid.uuid4().hex[:12]}"
+    rider = await WebRider(app.http, app.url).connect()
     for data in examples(st.builds(lambda a, n: f"topup:{a}:{n}",
                                    st.integers(-5, 10**6).map(str) | text(0, 8)
                                    | st.sampled_from(["\u00b2", "\u0663", "1\u00b2"]),
                                    text(0, 12)), 40) + ["topup:\u00b2:abc", "topup:1\u00b2:x"]:
         async with app.ctx.sm() as s:
             before = await s.scalar(select(func.count()).select_from(Payment))
-        async with app.http.post(f"{app.url}/webchat/api/send",
-                                 json={"client_id": client, "data": data}) as r:
+        async with app.http.post(f"{app.url}/webchat/api/send", json={"data": data},
+                                 headers=rider.headers) as r:
             assert r.status in (200, 400), (data, r.status)
             replies = (await r.json()).get("replies", []) if r.status == 200 else []
         assert not any(m["text"] in SORRY for m in replies), (data, replies)
@@ -780,12 +790,15 @@ async def test_read_only_routes_under_random_queries(app: Running) -> None:
     http, url = app.http, app.url
     quick = aiohttp.ClientTimeout(total=10)  # a long poll that never ends fails here
     queries = examples(st.dictionaries(ASCII | text(0, 8), text(0, 20), max_size=3), 20)
+    # A browser the server already gave its identity (a new one is a row: not read-only).
+    browser = (await WebRider(http, url).connect()).headers
     async with Unchanged(app) as db:
         for q in queries:
             for method in ("GET", "HEAD"):
                 for path, ok in (("/healthz", {200}), ("/metrics", {200}), ("/", {200}),
                                  ("/webchat/api/ui", {200})):
-                    async with http.request(method, url + path, params=q, timeout=quick) as r:
+                    async with http.request(method, url + path, params=q, timeout=quick,
+                                            headers=browser) as r:
                         assert r.status in ok, (method, path, q, r.status)
                         if method == "GET" and path == "/metrics":
                             assert "chargebot_charges" in await r.text()
@@ -800,7 +813,8 @@ async def test_read_only_routes_under_random_queries(app: Running) -> None:
                     assert r.status in (400, 401, 404, 405), (p, r.status)
         await db.check("static")
 
-        # The web chat inbox: 200 or 400 naming a field, never a poll that hangs.
+        # The web chat inbox: 200 or 400 naming a field, never a poll that hangs; a client_id
+        # is noise like any other parameter.
         waits = text(0, 8).filter(lambda w: not _is_float(w) or float(w) <= 0.05) \
             | st.sampled_from(["nan", "NaN", "-inf", "0", "-1e308"])
         for cid, after, wait in examples(st.tuples(
@@ -809,10 +823,10 @@ async def test_read_only_routes_under_random_queries(app: Running) -> None:
             for method in ("GET", "HEAD"):
                 async with http.request(method, f"{url}/webchat/api/messages", timeout=quick,
                                         params={"client_id": cid, "after": after,
-                                                "wait": wait}) as r:
+                                                "wait": wait}, headers=browser) as r:
                     assert r.status in (200, 400), (cid, after, wait, r.status)
                     if method == "GET" and r.status == 400:
-                        assert (await r.json())["field"] in ("client_id", "after", "wait")
+                        assert (await r.json())["field"] in ("after", "wait")
             await db.check((cid, after, wait))
 
         # The WeChat server-address check: only a fresh, correct signature echoes.
@@ -832,3 +846,40 @@ async def test_read_only_routes_under_random_queries(app: Running) -> None:
                     elif not good or stale:
                         assert r.status == 401, (echo, ts_off, good, r.status)
         await db.check("wechat verify")
+
+
+# --- the WeChat Pay links ------------------------------------------------------------------------
+
+
+async def test_pay_links_refuse_what_the_server_did_not_sign(app: Running) -> None:
+    """The pay page and the QR code (bot/payments/pay_page.py) under random, forged and altered
+    tokens: a 4xx page, never a 500, no order placed and nothing written. Its script is static."""
+    from bot.payments import pay_page
+
+    http, url = app.http, app.url
+    rid = await new_rider(app, "wechat", "o-fuzz-pay-links")
+    real = (pay_page.link(app.ctx, rid, 1000, "topup", "jsapi") or "").split("?t=", 1)[1]
+    assert real
+    b64 = st.binary(min_size=30, max_size=30).map(
+        lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode())
+    # Each character of a genuine token changed (the body or the MAC), and random ones.
+    altered = [real[:i] + ("A" if real[i] != "A" else "B") + real[i + 1:]
+               for i in range(len(real))]
+    tokens = examples(text(0, 60) | ASCII | b64, 40) + altered + [real + "=", real[:-1], " " + real]
+    async with Unchanged(app) as db:
+        for token in tokens:
+            for path in ("/pay/wechat", "/pay/wechat/qr"):
+                async with http.get(url + path, params={"t": token}) as r:
+                    assert r.status in (400, 403), (path, token, r.status)
+                    assert r.headers["Cache-Control"] == "no-store"
+                    assert "pay-data" not in await r.text()
+            await db.check(token)
+        for method, path in (("HEAD", "/pay/wechat"), ("POST", "/pay/wechat"),
+                             ("POST", "/pay/wechat/qr")):
+            async with http.request(method, url + path, params={"t": real}) as r:
+                assert r.status == 405, (method, path, r.status)
+        for q in examples(st.dictionaries(ASCII, text(0, 20), max_size=3), 10):
+            for method in ("GET", "HEAD"):
+                async with http.request(method, url + "/pay/wechat.js", params=q) as r:
+                    assert r.status == 200, (q, r.status)
+        await db.check("pay links")

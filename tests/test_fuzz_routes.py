@@ -66,7 +66,8 @@ async def test_random_input_on_every_chat_route_never_gets_a_500(all_skins: Runn
             assert r.status in (400, 401), (raw, r.status)
     assert await _state(server) == before
 
-    # Web chat: random JSON → 200 or 400 naming a field; a 400 creates no rider.
+    # Web chat: random JSON → 200 or 400 naming a field; a 400 creates no rider. A client_id
+    # in the body is noise like any other key: the identity is the server's cookie.
     for body in draw_examples(JSONISH, 60) + draw_examples(st.fixed_dictionaries(
             {"client_id": st.sampled_from(["fuzz-client-1", "x", "", "a" * 70])},
             optional={"text": JSONISH, "data": JSONISH, "location": JSONISH,
@@ -78,10 +79,30 @@ async def test_random_input_on_every_chat_route_never_gets_a_500(all_skins: Runn
                 assert "field" in await r.json()
                 assert await _state(server) == before
     for raw in draw_examples(st.binary(max_size=400), 20):
-        async with http.post(f"{url}/webchat/api/photo", params={"client_id": "fuzz-client-1"},
-                             data=raw, headers={"Content-Type": "multipart/form-data; "
-                                                               "boundary=xyz"}) as r:
+        async with http.post(f"{url}/webchat/api/photo", data=raw, headers={
+                "Content-Type": "multipart/form-data; boundary=xyz"}) as r:
             assert r.status == 400, (raw, r.status)
+
+    # Staff login: made-up accounts, passwords and link tokens are refused (400, 401, 410, or
+    # 429 once the address guessed too often), never a 500, and log nobody in.
+    logins = draw_examples(JSONISH, 20) + draw_examples(st.fixed_dictionaries({
+        "staff": st.text(max_size=40) | st.sampled_from(["telegram:1", "wechat:o", ":"]),
+        "password": JSONISH}), 30)
+    for body in logins:
+        async with http.post(f"{url}/webchat/api/login", data=json.dumps(body)) as r:
+            assert r.status in (400, 401, 429), (body, r.status, await r.text())
+            assert "cb_staff" not in r.cookies
+    for token in draw_examples(st.text(max_size=60), 20):
+        async with http.get(f"{url}/webchat/login", params={"t": token}) as r:
+            assert r.status == 410, (token, r.status)
+        async with http.post(f"{url}/webchat/login", data={"t": token}) as r:
+            assert r.status == 410 and "cb_staff" not in r.cookies, (token, r.status)
+    for raw in draw_examples(st.binary(max_size=200), 10):
+        async with http.post(f"{url}/webchat/login", data=raw, headers={
+                "Content-Type": "multipart/form-data; boundary=xyz"}) as r:
+            assert r.status in (400, 410), (raw, r.status)
+    async with http.post(f"{url}/webchat/api/logout", data=b"\xff") as r:
+        assert r.status == 200  # nobody was logged in: nothing to end
 
     # Signed photo links and the pile command poll: bad input is 400/401/404.
     paths: list[Any] = draw_examples(st.text(max_size=40), 20)

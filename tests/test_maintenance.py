@@ -11,7 +11,6 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import insert, select
 
 from bot.scheduler import plan_maintenance
-from core import staff
 from core.charging import Charge
 from core.db import transaction
 from core.faults import Fault
@@ -21,7 +20,7 @@ from core.riders import rider_for
 from core.workorders import WorkOrder
 from simulator.wear import HiddenHazard, load_truth, simulate
 from tests.conftest import make_settings, start_server
-from tests.journey import WebRider
+from tests.journey import WebRider, web_staff
 
 PORTS, DAYS, SEED, NOW = 40, 200, 7, 160  # history up to day 160; the rest is hidden
 HAZARD = {"generic-10": HiddenHazard(shape=3.0, scale=420.0)}
@@ -74,10 +73,7 @@ async def test_planned_visits_come_before_the_failures_the_model_did_not_see(
     settings = make_settings(db_url, scheduler={"enabled": False})
     async with start_server(settings, clock=lambda: now) as server:
         truth = await _load_history(server, tmp_path)
-        async with transaction(server.ctx.sm) as s:
-            tech = await rider_for(s, "webchat", "staff-maint-tech")
-            tech.language = "en"
-            await staff.add(s, tech.id, "technician", "W01", name="Zhao")  # type: ignore[arg-type]
+        web = await web_staff(server, "technician", name="Zhao", sites=("W01",))
         await plan_maintenance(server.ctx)
         async with server.ctx.sm() as s:
             orders = list((await s.execute(select(WorkOrder))).scalars())
@@ -102,7 +98,6 @@ async def test_planned_visits_come_before_the_failures_the_model_did_not_see(
             sent = (await s.execute(select(OutboxMessage).where(
                 OutboxMessage.kind == "work_order"))).scalars().all()
         assert len(sent) == len(orders)
-        web = WebRider(server.http, server.url, "staff-maint-tech")
         msg = await web.wait_message("Planned service")
         assert "Predicted wear-out" in msg["text"]
 
@@ -111,7 +106,7 @@ async def test_planned_visits_come_before_the_failures_the_model_did_not_see(
         async with server.ctx.sm() as s:
             pile = await s.get(Pile, first.pile_id)
         assert pile is not None
-        rider = WebRider(server.http, server.url, "rider-maint-1")
+        rider = WebRider(server.http, server.url)
         await rider.press("lang:en")
         card = await rider.say(f"{first.pile_id}-{first.port:02d}")
         soonest = min(o.planned_for for o in orders if o.pile_id == first.pile_id)  # type: ignore[type-var]

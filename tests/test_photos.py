@@ -12,12 +12,14 @@ from typing import Any
 import aiohttp
 import pytest
 from PIL import Image
+from sqlalchemy import select
 
 from bot import photo_fetch
 from core import photos
 from core.photos import PhotoRejected, PhotoUnavailable
 from tests.conftest import Running, all_skins_settings, make_settings, start_server
 from tests.fakes.wechat_api import FAKE_JPEG
+from tests.journey import WebRider
 
 LIMIT = 200_000  # small enough that an oversized photo is quick to make
 
@@ -217,45 +219,44 @@ async def test_unsupported_platform_or_missing_ref_is_unavailable(skins: Running
 # --- web chat upload -------------------------------------------------------------------------
 
 
-async def upload(running: Running, data: bytes, *, client_id: str = "rider-0001",
+async def upload(running: Running, data: bytes, *, rider: WebRider | None = None,
                  filename: str = "photo.jpg", field: str = "photo",
                  content_type: str = "image/jpeg") -> tuple[int, dict]:
     form = aiohttp.FormData()
     form.add_field(field, BytesIO(data), filename=filename, content_type=content_type)
-    async with running.http.post(f"{running.url}/webchat/api/photo",
-                                 params={"client_id": client_id}, data=form) as r:
-        return r.status, await r.json()
+    return await (rider or WebRider(running.http, running.url)).upload(form)
 
 
 async def test_web_chat_rider_uploads_a_photo_and_sends_it_with_a_caption(
         skins: Running, tmp_path: Path) -> None:
     data = picture("JPEG")
-    status, body = await upload(skins, data)
+    rider = WebRider(skins.http, skins.url)
+    status, body = await upload(skins, data, rider=rider)
     assert status == 200, body
     ref = body["ref"]
     assert ref.startswith("webchat:")
     sha = ref.removeprefix("webchat:")
     assert photos.find(tmp_path / "photos", sha) is not None
 
-    async with skins.http.post(f"{skins.url}/webchat/api/send", json={
-            "client_id": "rider-0001", "photo": ref, "text": "port 3 is burnt"}) as r:
-        assert r.status == 200, await r.text()
-        replies = (await r.json())["replies"]
+    replies = (await rider.send(photo=ref, text="port 3 is burnt"))["replies"]
     assert replies and all("error" not in reply for reply in replies)
     # The handlers get the ref back as Incoming.photo: it fetches to the stored (re-encoded)
     # bytes, and taking it again stores nothing new.
     kept = photos.find(tmp_path / "photos", sha)
     assert kept is not None
     assert await photo_fetch.fetch(skins.ctx, "webchat", ref) == kept.read_bytes()
-    again = await photo_fetch.intake(skins.ctx, "webchat", ref)
+    again = await photo_fetch.intake(skins.ctx, "webchat", ref, user_id=rider.client_id)
     assert again.sha256 == sha
+    # Nobody else can take it as theirs.
+    with pytest.raises(PhotoUnavailable):
+        await photo_fetch.intake(skins.ctx, "webchat", ref, user_id="someone-else")
 
 
 async def test_web_chat_photo_alone_is_a_message(skins: Running) -> None:
-    _status, body = await upload(skins, picture("PNG"), filename="p.png", content_type="image/png")
-    async with skins.http.post(f"{skins.url}/webchat/api/send", json={
-            "client_id": "rider-0001", "photo": body["ref"]}) as r:
-        assert r.status == 200, await r.text()
+    rider = WebRider(skins.http, skins.url)
+    _status, body = await upload(skins, picture("PNG"), rider=rider, filename="p.png",
+                                 content_type="image/png")
+    assert (await rider.send(photo=body["ref"]))["replies"]
 
 
 async def test_web_chat_upload_refuses_what_is_not_a_usable_photo(skins: Running,
@@ -277,15 +278,25 @@ async def test_web_chat_upload_refuses_what_is_not_a_usable_photo(skins: Running
     assert not (tmp_path / "photos").exists()
 
 
-async def test_web_chat_upload_needs_a_valid_client_id(skins: Running) -> None:
-    status, body = await upload(skins, picture(), client_id="x")
-    assert (status, body["field"]) == (400, "client_id")
+async def test_web_chat_upload_belongs_to_the_cookie_identity_not_a_client_id(
+        skins: Running) -> None:
+    rider = WebRider(skins.http, skins.url)
+    form = aiohttp.FormData()
+    form.add_field("photo", BytesIO(picture()), filename="p.jpg", content_type="image/jpeg")
+    async with skins.http.post(f"{skins.url}/webchat/api/photo", params={"client_id": "x"},
+                               data=form) as r:
+        assert r.status == 200, await r.text()
+        rider.keep(r)  # a new identity, issued with the answer
+    async with skins.ctx.sm() as s:
+        owners = set((await s.scalars(select(photos.PhotoUpload.external_id))).all())
+    assert owners == {rider.client_id}
 
 
 async def test_web_chat_send_refuses_a_photo_ref_it_never_stored(skins: Running) -> None:
+    rider = WebRider(skins.http, skins.url)
     for ref in ["webchat:" + "0" * 64, "webchat:../../etc/passwd", "AgAC-telegram-id", 42]:
-        async with skins.http.post(f"{skins.url}/webchat/api/send", json={
-                "client_id": "rider-0001", "photo": ref}) as r:
+        async with skins.http.post(f"{skins.url}/webchat/api/send", json={"photo": ref},
+                                   headers=rider.headers) as r:
             assert r.status == 400
             assert (await r.json())["field"] == "photo"
 

@@ -50,7 +50,7 @@ async def test_van_follows_its_timetable_and_temporary_sites_their_dates(db_url:
         await site_schedules(server.ctx)
         assert await near(30.30, 120.20) == ["P0901"]  # the van is at its morning stop
         assert "P0902" not in await near(30.40, 120.30)  # the festival site opens Wednesday
-        rider = WebRider(server.http, server.url, "rider-van-1")
+        rider = WebRider(server.http, server.url)
         await rider.press("lang:en")
         card = (await rider.say("P0901-01"))[0]["text"]
         assert "here (下沙地铁站B口) until 11:00" in card and "金沙湖公园" in card
@@ -82,7 +82,7 @@ async def test_locker_opens_for_its_rider_and_locks_after_the_charge(db_url: str
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
         now = datetime.now(UTC)
         await pile.post([pile.event("heartbeat", now)])
-        rider = WebRider(server.http, server.url, "rider-locker-1")
+        rider = WebRider(server.http, server.url)
         await rider.press("lang:en")
         await rider.press(button(await rider.say("P0001-01"), "start:"))
         ref = next(c["session"] for c in await pile.commands() if c["type"] == "start")
@@ -90,7 +90,7 @@ async def test_locker_opens_for_its_rider_and_locks_after_the_charge(db_url: str
         status = await rider.say("/status")
         opened = await rider.press(button(status, "locker:"))
         assert "opening" in opened[0]["text"]
-        other = WebRider(server.http, server.url, "rider-locker-2")
+        other = WebRider(server.http, server.url)
         await other.press("lang:en")
         assert "Only your own" in (await other.press(button(status, "locker:")))[0]["text"]
         await pile.post([pile.event("session_ended", now + timedelta(minutes=30), port=1,
@@ -108,7 +108,7 @@ async def test_tool_kits_borrow_and_return(db_url: str) -> None:
         await seed_city(server.ctx, ports=2)
         async with transaction(server.ctx.sm) as s:
             (await s.get(Site, "T01")).tool_kits = 1  # type: ignore[union-attr]
-        a, b = (WebRider(server.http, server.url, f"rider-tools-{i}") for i in (1, 2))
+        a, b = (WebRider(server.http, server.url) for i in (1, 2))
         for r in (a, b):
             await r.press("lang:en")
         card = await a.say("P0001-01")

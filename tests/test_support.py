@@ -23,7 +23,7 @@ from core.support import Ticket, TicketMessage
 from core.workorders import WorkOrder
 from tests.conftest import PILE_SECRET, all_skins_settings, make_settings, seed_city, start_server
 from tests.fakes.telegram_updates import TelegramUser
-from tests.journey import HandClock, PileClient, WebRider, button, wait_until
+from tests.journey import HandClock, PileClient, WebRider, button, wait_until, web_staff
 from tests.riders import ACCOUNT, TG_SECRET, TelegramRider, WechatRider
 
 DESK = -1_001_777_000_111  # the staff group
@@ -154,12 +154,8 @@ async def test_verified_report_earns_a_coupon_and_opens_one_work_order(db_url: s
     settings = make_settings(db_url, scheduler={"enabled": False})
     async with start_server(settings, clock=clock) as server:
         await seed_city(server.ctx, ports=4)
-        async with transaction(server.ctx.sm) as s:
-            a = await rider_for(s, "webchat", "staff-agent-1")
-            a.language = "en"
-            await staff.add(s, a.id, "agent", "*")  # type: ignore[arg-type]
-        agent = WebRider(server.http, server.url, "staff-agent-1")
-        rider = WebRider(server.http, server.url, "rider-report-1")
+        agent = await web_staff(server, "agent")
+        rider = WebRider(server.http, server.url)
         await rider.press("lang:en")
         card = await rider.say("P0001-03")
         menu = await rider.press(button(card, "rep:"))
@@ -187,7 +183,7 @@ async def test_bad_input_gets_a_clear_answer_and_loses_nothing(
                              support={"photo_dir": str(tmp_path), "max_photo_bytes": 20_000})
     async with start_server(settings, clock=clock) as server:
         await seed_city(server.ctx, ports=4)
-        rider = WebRider(server.http, server.url, "rider-bad-input")
+        rider = WebRider(server.http, server.url)
         await rider.press("lang:en")
         menu = await rider.press("rep:P0001-01")
         ask = await rider.press(button(menu, "rp:P0001-01:other"))
@@ -199,10 +195,9 @@ async def test_bad_input_gets_a_clear_answer_and_loses_nothing(
         for data, want in ((b"%PDF-1.4 not a picture", "not"), (jpeg((1200, 1200)) * 3, "large")):
             form = aiohttp.FormData()
             form.add_field("photo", data, filename="x.jpg", content_type="image/jpeg")
-            async with server.http.post(f"{server.url}/webchat/api/photo",
-                                        params={"client_id": rider.client_id}, data=form) as r:
-                assert r.status == 400
-                assert want in (await r.text()).lower()
+            status, body = await rider.upload(form)
+            assert status == 400
+            assert want in body["error"].lower()
         # A proper description files it.
         done = await rider.say("the cable holder is broken")
         assert "Report #1" in done[0]["text"]
@@ -219,14 +214,9 @@ async def test_smoke_message_pages_staff_at_once_and_escalates_once(db_url: str)
     settings = make_settings(db_url, scheduler={"enabled": False})
     async with start_server(settings, clock=clock) as server:
         await seed_city(server.ctx, ports=4)
-        async with transaction(server.ctx.sm) as s:
-            for cid, role in (("staff-agent-2", "agent"), ("staff-sup-2", "supervisor")):
-                p = await rider_for(s, "webchat", cid)
-                p.language = "en"
-                await staff.add(s, p.id, role, "*")  # type: ignore[arg-type]
-        agent = WebRider(server.http, server.url, "staff-agent-2")
-        sup = WebRider(server.http, server.url, "staff-sup-2")
-        rider = WebRider(server.http, server.url, "rider-smoke-1")
+        agent = await web_staff(server, "agent")
+        sup = await web_staff(server, "supervisor")
+        rider = WebRider(server.http, server.url)
         await rider.press("lang:en")
         replies = await rider.say("the pile next to my bike is smoking!!")
         assert "Safety first" in replies[0]["text"] and "119" in replies[0]["text"]
@@ -252,7 +242,7 @@ async def test_a_charge_cut_by_a_fault_offers_the_emergency_lane(db_url: str) ->
         await seed_city(server.ctx, ports=4)
         pile = PileClient(server.http, server.url, "P0001", PILE_SECRET)
         await pile.post([pile.event("heartbeat", clock.now)])
-        rider = WebRider(server.http, server.url, "rider-cut-off")
+        rider = WebRider(server.http, server.url)
         await rider.press("lang:en")
         card = await rider.say("P0001-01")
         await rider.press(button(card, "start:"))
@@ -273,7 +263,7 @@ async def test_a_charge_cut_by_a_fault_offers_the_emergency_lane(db_url: str) ->
 async def test_questions_answered_from_the_faq_or_handed_to_a_person(db_url: str) -> None:
     settings = make_settings(db_url, scheduler={"enabled": False})
     async with start_server(settings) as server:
-        rider = WebRider(server.http, server.url, "rider-question-1")
+        rider = WebRider(server.http, server.url)
         await rider.press("lang:en")
         answer = await rider.say("how do I stop charging early?")
         assert "/stop" in answer[0]["text"]

@@ -250,7 +250,7 @@ async def test_the_port_card_states_the_rule(db_url: str) -> None:
                                               "default_tariff": "site"})
     async with start_server(settings, notifier=False) as server:
         await seed_city(server.ctx, ports=2, tariff="site")
-        zh = await WebRider(server.http, server.url, "card-rider-zh").say("P0001-01")
-        en = await (await english_rider(server, "card-rider-en")).say("P0001-01")
+        zh = await WebRider(server.http, server.url).say("P0001-01")
+        en = await (await english_rider(server)).say("P0001-01")
     assert "💰 " + WORDS[0][2] in zh[0]["text"]
     assert "💰 " + WORDS[1][2] in en[0]["text"]

@@ -7,7 +7,7 @@ from bot.handlers.text import menu_buttons
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
-from core import staff
+from core import staff, web_sessions
 from core.riders import set_language
 
 
@@ -24,11 +24,14 @@ async def welcome(turn: Turn) -> list[Reply]:
         buttons = [usual, *buttons]
     if await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
         # Staff use the same bot: their work comes first.
-        buttons = [[Button(tr(lang, "🔧 Work orders"), data="wo:list")], *buttons]
+        first = [Button(tr(lang, "🔧 Work orders"), data="wo:list")]
+        if web_sessions.staff_rider_of(turn.inc.user_id) is not None:
+            first.append(Button(tr(lang, "🚪 Log out"), data="weblogout"))
+        buttons = [first, *buttons]
     return [Reply(text, buttons=buttons, request_location=tr(lang, "📍 Share my location"))]
 
 
-def help_(turn: Turn) -> list[Reply]:
+async def help_(turn: Turn) -> list[Reply]:
     lang = turn.lang
     text = tr(
         lang,
@@ -42,6 +45,12 @@ def help_(turn: Turn) -> list[Reply]:
         "A port is broken? Tap 🛠 Report a problem on its card. Smoke or fire: write it here, "
         "we answer at once.",
     )
+    if await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
+        text += "\n\n" + tr(
+            lang, "Staff: /orders — work orders · /promises — the repair promise · /tickets — "
+                  "riders' tickets · /weblogin — a one-time link to work in the web chat (or "
+                  "log in there with the password an operator set) · /logout — end your web "
+                  "chat sessions")
     return [Reply(text, buttons=menu_buttons(lang))]
 
 

@@ -200,7 +200,11 @@ async def on_command(turn: Turn, command: str, arg: str) -> list[Reply]:
     if command == "promises":
         return await staff.promises(turn)
     if command == "help":
-        return menu.help_(turn)
+        return await menu.help_(turn)
+    if command == "weblogin":
+        return await staff.web_login(turn)
+    if command == "logout":
+        return await staff.web_logout(turn)
     if command == "menu":
         return await menu.welcome(turn)
     return menu.unknown(turn)
@@ -241,7 +245,7 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
     if verb == "menu":
         return await menu.welcome(turn)
     if verb == "help":
-        return menu.help_(turn)
+        return await menu.help_(turn)
     if verb == "family":
         return await family.button(turn, arg)
     if verb == "plan":
@@ -293,4 +297,6 @@ async def on_button(turn: Turn, data: str) -> list[Reply]:
         return await staff.rate(turn, arg)
     if verb == "lk":
         return await account.answer(turn, arg)
+    if verb == "weblogout":
+        return await staff.web_logout(turn)
     return menu.unknown(turn)

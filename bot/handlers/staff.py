@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.replies import Button, Reply
-from core import prompts, staff, workorders
+from core import prompts, staff, web_sessions, workorders
 from core.db import row_id
 from core.wallet import yuan
 from core.workorders import WorkOrder
@@ -240,3 +240,42 @@ async def rate(turn: Turn, arg: str) -> list[Reply]:
                                     "it."))]
     return [Reply(tr(turn.lang, "⭐ Thanks! Your {n}-star rating is shown on the pile's card.",
                      n=int(stars)))]
+
+
+# --- the web chat: staff log in from their own chat ------------------------------------------
+
+
+async def web_login(turn: Turn) -> list[Reply]:
+    """/weblogin: a one-time link (10 minutes) that opens the web chat as this staff member."""
+    lang = turn.lang
+    if turn.inc.platform == "webchat":
+        if web_sessions.staff_rider_of(turn.inc.user_id) is not None:
+            return [Reply(tr(lang, "You are logged in to the web chat as staff. /logout ends "
+                                   "it."))]
+        return [Reply(tr(lang, "Staff: send /weblogin in your Telegram or WeChat chat with us "
+                               "for a login link, or log in here with your password "
+                               "(/login)."))]
+    if not await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
+        return [Reply(tr(lang, "This is for our staff only."))]
+    token = await web_sessions.new_login_link(turn.session, turn.rider.id,  # type: ignore[arg-type]
+                                              turn.inc.platform, turn.now)
+    url = f"{turn.ctx.settings.server.public_url.rstrip('/')}/webchat/login?t={token}"
+    minutes = int(web_sessions.LINK_TTL.total_seconds() // 60)
+    return [Reply(tr(lang, "🔑 Your web chat login link, for {m} minutes and one use:\n{url}\n"
+                           "Open it in the browser you want to work in. Don't forward it: "
+                           "whoever opens it acts as you.", m=minutes, url=url),
+                  buttons=[[Button(tr(lang, "🔑 Open the web chat"), url=url)]])]
+
+
+async def web_logout(turn: Turn) -> list[Reply]:
+    """/logout in their own chat: every web chat session of this staff member ends. (In the web
+    chat itself, a logged-in /logout is answered by the web chat route.)"""
+    lang = turn.lang
+    if turn.inc.platform == "webchat":
+        return [Reply(tr(lang, "You are not logged in as staff here."))]
+    if not await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
+        return [Reply(tr(lang, "This is for our staff only."))]
+    ended = await web_sessions.end_all(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]
+    if not ended:
+        return [Reply(tr(lang, "You were not logged in to the web chat."))]
+    return [Reply(tr(lang, "🚪 Logged out of the web chat ({n} session(s) ended).", n=ended))]

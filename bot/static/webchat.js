@@ -1,20 +1,26 @@
 // chargebot local web chat — vanilla ES2020, no build step, no network
 // besides our own server.
 //
+// Who we are is the server's to say: it issues this browser's identity in an HttpOnly cookie
+// (cb_chat), and a staff member's login in another (cb_staff). The page never sees either.
 // Server contract (all JSON):
-//   GET  /webchat/api/ui?lang=zh_CN|en&client_id=ID
+//   GET  /webchat/api/ui?lang=zh_CN|en
 //        -> {lang, strings:{title, placeholder, send, share_location, scan_qr,
-//            pick_location, pick_port, connecting, offline, language},
-//            locations:[{name, lat, lon}], ports:["P0001-01", ...]}
-//   POST /webchat/api/send  {client_id, text} | {client_id, data} |
-//                           {client_id, location:{lat, lon}} |
-//                           {client_id, photo:REF, text?:caption}
-//        -> {replies:[REPLY, ...], lang}
-//   POST /webchat/api/photo?client_id=ID   multipart/form-data, field "photo"
-//        -> {ref:"webchat:<sha256>"}  (REF for send), or 400
+//            pick_location, pick_port, connecting, offline, language, too_many_chats,
+//            login_*, logged_in_as, logout},
+//            locations:[{name, lat, lon}], ports:["P0001-01", ...],
+//            chat:KEY (names this identity's saved transcript), staff:NAME|null}
+//   POST /webchat/api/send  {text} | {data} | {location:{lat, lon}} | {photo:REF, text?:caption}
+//        -> {replies:[REPLY, ...], lang, chat, identity_changed?:true (after /logout)}
+//   POST /webchat/api/photo   multipart/form-data, field "photo"
+//        -> {ref:"webchat:<sha256>"}  (REF for send), or 400/429
 //           {error, field:"photo", reason:"too_large"|"not_image"|"empty"|"too_many"}
-//   GET  /webchat/api/messages?client_id=ID&after=SEQ&wait=25   (long poll)
-//        -> {messages:[{seq, reply:REPLY}], lang}
+//   GET  /webchat/api/messages?after=SEQ&wait=25   (long poll)
+//        -> {messages:[{seq, reply:REPLY}], lang, chat}
+//   POST /webchat/api/login {staff:"telegram:<id>"|"wechat:<openid>", password}
+//        -> {ok, name} | 401 {reason:"wrong"} | 429 {reason:"too_many_tries"}
+//   Any of them: 429 {reason:"too_many_chats"} when this address got too many new identities.
+//   The demo (server.webchat_demo_identities) also honours ?as=demo-technician on each call.
 //   REPLY = {text, buttons:[[{label, data} | {label, url}]],
 //            venue:{lat, lon, title, address}|null, location:{lat, lon}|null,
 //            photo_url|null}
@@ -38,6 +44,11 @@
       share_location: '发送位置', scan_qr: '扫码', pick_location: '选择位置',
       pick_port: '选择充电口', connecting: '正在连接…', offline: '网络已断开，正在重试…',
       language: 'English', send_photo: '发送照片',
+      too_many_chats: '你所在的网络在一小时内新开的对话太多了，请稍后再试。',
+      login_title: '员工登录', login_account: '账号：telegram:<用户ID> 或 wechat:<openid>',
+      login_password: '密码', login_submit: '登录', login_wrong: '账号或密码不对。',
+      login_too_many: '密码错误次数太多，请15分钟后再试。', logged_in_as: '员工：{name}',
+      logout: '退出登录',
       photo_too_large: '照片太大，请换一张小一点的。',
       photo_too_many: '今天发送的照片太多了，请明天再试。',
       photo_not_image: '这不是可用的照片（JPEG、PNG、WebP 或 GIF）。',
@@ -47,6 +58,11 @@
       share_location: 'Share location', scan_qr: 'Scan QR', pick_location: 'Pick a location',
       pick_port: 'Pick a port', connecting: 'Connecting…', offline: 'Offline, retrying…',
       language: '中文', send_photo: 'Send a photo',
+      too_many_chats: 'Too many new chats from your network in the last hour. Please try again later.',
+      login_title: 'Staff login', login_account: 'Account: telegram:<user id> or wechat:<openid>',
+      login_password: 'Password', login_submit: 'Log in', login_wrong: 'Wrong account or password.',
+      login_too_many: 'Too many wrong passwords. Please wait 15 minutes.', logged_in_as: 'Staff: {name}',
+      logout: 'Log out',
       photo_too_large: 'That photo is too large. Please send a smaller one.',
       photo_too_many: 'You have sent too many photos today. Please try again tomorrow.',
       photo_not_image: 'That file is not a photo we can use (JPEG, PNG, WebP or GIF).',
@@ -74,20 +90,27 @@
     return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
   }
 
-  // ?as=ID opens the chat as another web chat identity: the demo city's technician and
-  // supervisor are demo-technician and demo-supervisor.
-  const as = new URLSearchParams(location.search).get('as');
-  let clientId = as && /^[A-Za-z0-9-]{8,64}$/.test(as) ? as : store.get('client_id');
-  if (!clientId) {
-    clientId = uuid();
-    store.set('client_id', clientId);
+  // ?as=demo-technician (or demo-supervisor): the demo city's staff, which only `chargebot
+  // demo` honours; sent along with every call, so one browser can show both sides at once.
+  const pageParams = new URLSearchParams(location.search);
+  const as = pageParams.get('as');
+  const AS = as && /^[A-Za-z0-9-]{1,64}$/.test(as) ? as : null;
+
+  function apiUrl(path, params) {
+    const qs = new URLSearchParams(params || {});
+    if (AS) qs.set('as', AS);
+    const q = qs.toString();
+    return `${API}/${path}${q ? `?${q}` : ''}`;
   }
-  const SEQ_KEY = `seq.${clientId}`;
-  const LOG_KEY = `log.${clientId}`;
+
+  // The transcript is kept per identity; the server names it (`chat` from /ui).
+  const chatKey = () => (AS ? `as.${AS}` : (store.get('chat') || 'pending'));
+  const seqKey = () => `seq.${chatKey()}`;
+  const logKey = () => `log.${chatKey()}`;
 
   function loadLog() {
     try {
-      const parsed = JSON.parse(store.get(LOG_KEY) || '[]');
+      const parsed = JSON.parse(store.get(logKey()) || '[]');
       return Array.isArray(parsed) ? parsed.filter((e) => e && typeof e === 'object') : [];
     } catch { return []; }
   }
@@ -97,11 +120,13 @@
     strings: null,
     locations: [],
     ports: [],
-    lastSeq: Number(store.get(SEQ_KEY)) || 0,
-    log: loadLog(),
+    lastSeq: 0,
+    log: [],
     uiLoaded: false,
     uiRequest: 0,
     pending: 0,
+    booted: false,
+    staff: null,
   };
 
   function saveLog() {
@@ -110,7 +135,7 @@
     const plain = state.log
       .filter((e) => e.status !== 'pending' && e.status !== 'failed' && e.status !== 'rejected')
       .map(({ status, ...rest }) => rest); // eslint-disable-line no-unused-vars
-    store.set(LOG_KEY, JSON.stringify(plain));
+    store.set(logKey(), JSON.stringify(plain));
   }
 
   // DOM nodes and unsent payloads of rider entries: kept out of the saved log.
@@ -120,6 +145,31 @@
     const s = state.strings && state.strings[key];
     if (typeof s === 'string' && s) return s;
     return (FALLBACK[state.lang] || FALLBACK[DEFAULT_LANG])[key] || '';
+  }
+
+  // A refusal the server explains (HTTP 429 with a reason): e.g. too many new chats.
+  class Refused extends Error {
+    constructor(reason, status) {
+      super(`refused: ${reason}`);
+      this.reason = reason;
+      this.status = status;
+    }
+  }
+
+  // The server answers as another identity than the one shown (the staff session expired, or
+  // ended in another tab): start over as that one.
+  function checkChat(chat) {
+    if (AS || !state.booted || typeof chat !== 'string' || !chat) return false;
+    if (chat === store.get('chat')) return false;
+    store.set('chat', chat);
+    location.reload();
+    return true;
+  }
+
+  async function refusal(res) {
+    if (res.status !== 429) return null;
+    const data = await res.clone().json().catch(() => ({}));
+    return data && typeof data.reason === 'string' ? new Refused(data.reason, res.status) : null;
   }
 
   // ------------------------------------------------------------------ icons
@@ -158,6 +208,7 @@
     title: $('title'),
     langBtn: $('lang-btn'),
     langLabel: $('lang-label'),
+    who: $('who'),
     banner: $('banner'),
     log: $('log'),
     composer: $('composer'),
@@ -264,16 +315,29 @@
       btn.setAttribute('aria-label', t(key));
     }
     if (bannerKey) el.banner.textContent = t(bannerKey);
+    if (state.staff) {
+      el.who.textContent = t('logged_in_as').replace('{name}', state.staff);
+      el.who.hidden = false;
+    } else {
+      el.who.hidden = true;
+    }
     if (sheetKind) renderSheet();
   }
 
   async function loadUi(lang) {
     const req = ++state.uiRequest;
-    const qs = new URLSearchParams({ lang, client_id: clientId });
-    const res = await fetch(`${API}/ui?${qs}`, { cache: 'no-store' });
+    const res = await fetch(apiUrl('ui', { lang }), { cache: 'no-store' });
+    const refused = await refusal(res);
+    if (refused) throw refused;
     if (!res.ok) throw new Error(`ui: HTTP ${res.status}`);
     const data = await res.json();
     if (req !== state.uiRequest) return; // a newer request superseded this one
+    if (!AS && typeof data.chat === 'string' && data.chat && data.chat !== store.get('chat')) {
+      store.set('chat', data.chat);
+      // Another identity than the one shown (a login or logout elsewhere): start over as it.
+      if (state.booted) { location.reload(); return; }
+    }
+    state.staff = typeof data.staff === 'string' && data.staff ? data.staff : null;
     state.lang = typeof data.lang === 'string' && data.lang ? data.lang : lang;
     store.set('lang', state.lang);
     state.strings = data.strings && typeof data.strings === 'object' ? data.strings : {};
@@ -296,7 +360,7 @@
       } catch (err) {
         console.warn(err);
         applyStrings();
-        showBanner('offline');
+        showBanner(err instanceof Refused && err.reason === 'too_many_chats' ? 'too_many_chats' : 'offline');
         backoff = Math.min(Math.max(backoff * 2, BACKOFF_MIN), BACKOFF_MAX);
         lang = state.lang;
       }
@@ -513,12 +577,14 @@
 
   // ---------------------------------------------------------------- sending
   async function postSend(payload) {
-    const res = await fetch(`${API}/send`, {
+    const res = await fetch(apiUrl('send'), {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ client_id: clientId, ...payload }),
+      body: JSON.stringify(payload),
       cache: 'no-store',
     });
+    const refused = await refusal(res);
+    if (refused) throw refused;
     if (!res.ok) throw new Error(`send: HTTP ${res.status}`);
     return res.json();
   }
@@ -533,9 +599,8 @@
   async function uploadPhoto(file) {
     const form = new FormData();
     form.append('photo', file, file.name || 'photo');
-    const qs = new URLSearchParams({ client_id: clientId });
-    const res = await fetch(`${API}/photo?${qs}`, { method: 'POST', body: form, cache: 'no-store' });
-    if (res.status === 400) {
+    const res = await fetch(apiUrl('photo'), { method: 'POST', body: form, cache: 'no-store' });
+    if (res.status === 400 || res.status === 429) {
       const data = await res.json().catch(() => ({}));
       if (data && data.field === 'photo') throw new PhotoRejected(String(data.reason || 'not_image'));
     }
@@ -559,6 +624,9 @@
       setStatus(entry, 'sent');
       saveLog();
       if (bannerKey) hideBanner();
+      // Logged out (or the server answered as another identity): this browser's own chat.
+      if (data && data.identity_changed) { location.reload(); return; }
+      if (checkChat(data && data.chat)) return;
       const replies = Array.isArray(data && data.replies) ? data.replies : [];
       for (const reply of replies) addEntry({ who: 'bot', reply: normalizeReply(reply) });
       maybeSwitchLang(data && data.lang);
@@ -567,6 +635,9 @@
       if (err instanceof PhotoRejected) {
         m.rejected = err.reason;
         setStatus(entry, 'rejected');
+      } else if (err instanceof Refused && err.reason === 'too_many_chats') {
+        setStatus(entry, 'failed');
+        showBanner('too_many_chats');
       } else {
         setStatus(entry, 'failed');
         showBanner('offline');
@@ -597,11 +668,14 @@
       const started = Date.now();
       if (bannerKey === 'offline') showBanner('connecting', 400);
       try {
-        const qs = new URLSearchParams({ client_id: clientId, after: String(state.lastSeq), wait: String(wait) });
-        const res = await fetch(`${API}/messages?${qs}`, { cache: 'no-store', signal: ctrl.signal });
+        const url = apiUrl('messages', { after: String(state.lastSeq), wait: String(wait) });
+        const res = await fetch(url, { cache: 'no-store', signal: ctrl.signal });
+        const refused = await refusal(res);
+        if (refused) throw refused;
         if (!res.ok) throw new Error(`messages: HTTP ${res.status}`);
         const data = await res.json();
         clearTimeout(timer);
+        if (checkChat(data && data.chat)) return;
         if (bannerKey && state.uiLoaded) hideBanner();
         backoff = BACKOFF_MIN;
         quick = false;
@@ -613,7 +687,7 @@
           const seq = Number(m && m.seq);
           if (!Number.isFinite(seq) || seq <= state.lastSeq) continue;
           state.lastSeq = seq;
-          store.set(SEQ_KEY, String(seq));
+          store.set(seqKey(), String(seq));
           addEntry({ who: 'bot', reply: normalizeReply(m.reply) });
         }
         maybeSwitchLang(data && data.lang);
@@ -622,7 +696,7 @@
       } catch (err) {
         clearTimeout(timer);
         console.warn(err);
-        showBanner('offline');
+        showBanner(err instanceof Refused && err.reason === 'too_many_chats' ? 'too_many_chats' : 'offline');
         await sleep(backoff);
         backoff = Math.min(backoff * 2, BACKOFF_MAX);
         quick = true;
@@ -673,7 +747,67 @@
           sendAction({ text: `/start port_${code}` }, { text: code, icon: 'qr' });
         }));
       }
+    } else if (sheetKind === 'login') {
+      el.sheetTitle.textContent = t('login_title');
+      list.appendChild(loginForm());
     }
+  }
+
+  // Staff log in with the password an operator set (or a one-time link from their own chat);
+  // the password goes to the server only, never into the transcript.
+  function loginForm() {
+    const li = h('li', 'login');
+    const form = h('form', 'login-form');
+    const account = h('input');
+    account.type = 'text';
+    account.autocomplete = 'username';
+    account.spellcheck = false;
+    account.required = true;
+    account.placeholder = t('login_account');
+    account.setAttribute('aria-label', t('login_account'));
+    account.value = store.get('staff_account') || '';
+    const password = h('input');
+    password.type = 'password';
+    password.autocomplete = 'current-password';
+    password.required = true;
+    password.placeholder = t('login_password');
+    password.setAttribute('aria-label', t('login_password'));
+    const submit = h('button', 'send-btn', t('login_submit'));
+    submit.type = 'submit';
+    const note = h('div', 'note');
+    note.setAttribute('role', 'alert');
+    form.append(account, password, submit, note);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      if (submit.disabled) return;
+      submit.disabled = true;
+      note.textContent = '';
+      try {
+        const res = await fetch(apiUrl('login'), {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ staff: account.value.trim(), password: password.value }),
+          cache: 'no-store',
+        });
+        if (res.ok) {
+          store.set('staff_account', account.value.trim());
+          location.replace('/'); // the chat again, now as the staff member
+          return;
+        }
+        const data = await res.json().catch(() => ({}));
+        const reason = data && data.reason;
+        note.textContent = t(reason === 'too_many_tries' ? 'login_too_many'
+          : reason === 'too_many_chats' ? 'too_many_chats' : 'login_wrong');
+      } catch (err) {
+        console.warn(err);
+        note.textContent = t('offline');
+      } finally {
+        submit.disabled = false;
+        password.value = '';
+      }
+    });
+    li.appendChild(form);
+    return li;
   }
 
   function useRealLocation(button) {
@@ -699,7 +833,7 @@
     sheetReturnFocus = opener || null;
     renderSheet();
     el.sheet.hidden = false;
-    const first = el.sheetList.querySelector('button');
+    const first = el.sheetList.querySelector('input, button');
     (first || el.sheetClose).focus({ preventScroll: true });
   }
 
@@ -723,6 +857,10 @@
     if (!text) return;
     el.input.value = '';
     updateSendEnabled();
+    if (!state.staff && /^\/(web)?login$/i.test(text)) {
+      openSheet('login', el.input); // a password is never sent as a chat message
+      return;
+    }
     sendAction({ text }, { text });
     el.input.focus({ preventScroll: true });
   });
@@ -761,7 +899,9 @@
       loadUiRetrying(state.lang, BACKOFF_MIN); // keeps trying in the background
     }
 
-    const history = state.log.slice();
+    // Whose transcript is known now (/ui named this identity, or the last one we saw).
+    state.lastSeq = Number(store.get(seqKey())) || 0;
+    const history = loadLog();
     state.log = [];
     for (const entry of history) {
       delete entry.status;
@@ -770,8 +910,10 @@
     }
     scrollToBottom();
 
+    state.booted = true;
     pollLoop();
     if (!history.length) autoStart = sendAction({ text: '/start' }, { text: '/start' });
+    if (pageParams.has('login') && !state.staff) openSheet('login');
   }
 
   boot();

@@ -17,13 +17,13 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.scheduler import sweep_support
-from core import staff, wallet
+from core import wallet
 from core.db import transaction
 from core.outbox import OutboxMessage
 from core.riders import Identity, Rider, rider_for
 from core.support import Ticket
 from tests.conftest import Running, all_skins_settings, make_settings, seed_city, start_server
-from tests.journey import HandClock, WebRider, button
+from tests.journey import HandClock, WebRider, button, web_staff
 from tests.riders import TelegramRider
 
 # Crockford base32 without I, L, O, U, shown in groups of four.
@@ -68,11 +68,12 @@ async def pair(db_url: str, fakes: Any) -> AsyncIterator[Pair]:
     clock = HandClock()
     settings = all_skins_settings(db_url, *fakes, scheduler={"enabled": False})
     async with start_server(settings, clock=clock) as server:
+        owner = await WebRider(server.http, server.url).connect()
         async with transaction(server.ctx.sm) as s:
-            victim = await rider_for(s, "webchat", "owner-victim", display_name="Victim")
+            victim = await rider_for(s, "webchat", owner.client_id, display_name="Victim")
             victim.language = "en"
             await wallet.post(s, victim.id, "topup", 5800, "seed:victim")  # type: ignore[arg-type]
-        yield Pair(server, clock, fakes, WebRider(server.http, server.url, "owner-victim"))
+        yield Pair(server, clock, fakes, owner)
 
 
 async def _fund(pair: Pair, tg: TelegramRider, fen: int) -> None:
@@ -113,7 +114,7 @@ async def test_the_sixth_try_in_an_hour_is_refused_unchecked_even_when_right(pai
     await tg.say(f"/link {code}")  # the right code, sixth try: not even looked at
     await tg.wait_text("Too many wrong codes")
     assert await pair.count(OutboxMessage, OutboxMessage.kind == "link_request") == 0
-    victim = await pair.rider_of("webchat", "owner-victim")
+    victim = await pair.rider_of("webchat", pair.owner.client_id)
     assert victim.balance_fen == 5800
     # The code was not spent by the refused try: its owner can still use it from their phone.
     other = pair.telegram("Owner's phone")
@@ -167,14 +168,14 @@ async def test_a_valid_code_merges_nothing_until_the_owner_confirms(pair: Pair) 
     await tg.say(f"/link {code}")
     await tg.wait_text("please confirm in the app where you got the code")
     # Nothing has moved: two riders, two wallets.
-    victim = await pair.rider_of("webchat", "owner-victim")
+    victim = await pair.rider_of("webchat", pair.owner.client_id)
     asker = await pair.rider_of("telegram", str(tg.user.user_id))
     assert victim.id != asker.id and (victim.balance_fen, asker.balance_fen) == (5800, 500)
     # The owner is asked in their own chat, and only their Confirm links.
     ask = await pair.owner.wait_message("Link the Telegram account")
     assert "Mallory" in ask["text"]
     confirm = button([ask], "lk:ok:")
-    stranger = WebRider(pair.server.http, pair.server.url, "a-stranger")
+    stranger = WebRider(pair.server.http, pair.server.url)
     await stranger.press("lang:en")
     assert "Linked" not in (await stranger.press(confirm))[0]["text"]
     assert (await pair.rider_of("telegram", str(tg.user.user_id))).id == asker.id
@@ -198,7 +199,7 @@ async def test_refuse_leaves_both_riders_untouched(pair: Pair) -> None:
     refused = await pair.owner.press(button([ask], "lk:no:"))
     assert "nothing was linked" in refused[0]["text"]
     await tg.wait_text("did not confirm")
-    victim = await pair.rider_of("webchat", "owner-victim")
+    victim = await pair.rider_of("webchat", pair.owner.client_id)
     asker = await pair.rider_of("telegram", str(tg.user.user_id))
     assert victim.id != asker.id and (victim.balance_fen, asker.balance_fen) == (5800, 500)
     async with pair.server.ctx.sm() as s:
@@ -217,7 +218,7 @@ async def test_an_unanswered_request_lapses_after_ten_minutes(pair: Pair) -> Non
     pair.clock.advance(minutes=11)
     late = await pair.owner.press(button([ask], "lk:ok:"))
     assert "expired" in late[0]["text"]
-    victim = await pair.rider_of("webchat", "owner-victim")
+    victim = await pair.rider_of("webchat", pair.owner.client_id)
     assert (await pair.rider_of("telegram", str(tg.user.user_id))).id != victim.id
 
 
@@ -236,17 +237,11 @@ async def test_a_fire_reported_by_eleven_riders_pages_staff_once_with_a_count(db
     settings = make_settings(db_url, scheduler={"enabled": False})
     async with start_server(settings, clock=clock) as server:
         await seed_city(server.ctx, ports=4)
-        async with transaction(server.ctx.sm) as s:
-            ids = {}
-            for cid, role in (("sos-agent", "agent"), ("sos-supervisor", "supervisor")):
-                p = await rider_for(s, "webchat", cid)
-                p.language = "en"
-                await staff.add(s, p.id, role, "*")  # type: ignore[arg-type]
-                ids[cid] = p.id
-        agent = WebRider(server.http, server.url, "sos-agent")
-        sup = WebRider(server.http, server.url, "sos-supervisor")
+        agent = await web_staff(server, "agent")
+        sup = await web_staff(server, "supervisor")
+        ids = {"sos-agent": agent.rider_id}
         # The first report pages at once.
-        first = WebRider(server.http, server.url, "sos-rider-0")
+        first = WebRider(server.http, server.url)
         await first.press("lang:en")
         assert "Safety first" in (await first.say("起火了 smoke fire"))[0]["text"]
         await agent.wait_message("EMERGENCY #1")
@@ -254,7 +249,7 @@ async def test_a_fire_reported_by_eleven_riders_pages_staff_once_with_a_count(db
         # nobody is paged again.
         for i in range(1, 11):
             clock.advance(seconds=2)
-            rider = WebRider(server.http, server.url, f"sos-rider-{i}")
+            rider = WebRider(server.http, server.url)
             await rider.press("lang:en")
             replies = await rider.say("起火了 smoke fire")
             assert "Safety first" in replies[0]["text"] and f"#{i + 1}" in replies[0]["text"]
@@ -270,7 +265,7 @@ async def test_a_fire_reported_by_eleven_riders_pages_staff_once_with_a_count(db
                                   OutboxMessage.rider_id == ids["sos-agent"]) == 1
         # A repeat after that follow-up went out is still no page; it starts the next count.
         clock.advance(minutes=3)
-        more = WebRider(server.http, server.url, "sos-rider-11")
+        more = WebRider(server.http, server.url)
         await more.press("lang:en")
         await more.say("fire!!")
         clock.advance(minutes=1)
@@ -283,7 +278,7 @@ async def test_a_fire_reported_by_eleven_riders_pages_staff_once_with_a_count(db
                                   OutboxMessage.kind == "ticket_escalated") == 1
         # Eleven minutes after the first page, a new report is news: it pages again.
         clock.now = (await _created(server, 1)) + timedelta(minutes=11)
-        late = WebRider(server.http, server.url, "sos-rider-late")
+        late = WebRider(server.http, server.url)
         await late.press("lang:en")
         await late.say("smoke again!")
         await agent.wait_message("EMERGENCY #13")

@@ -28,7 +28,7 @@ from core.db import transaction
 from core.riders import rider_for
 from core.support import Ticket
 from tests.conftest import Running, all_skins_settings, make_settings, start_server
-from tests.journey import HandClock
+from tests.journey import HandClock, WebRider
 
 GPS_IFD = 0x8825
 ORIENTATION = 0x0112
@@ -50,13 +50,12 @@ async def server(db_url: str, tmp_path: Path) -> AsyncIterator[Server]:
         yield Server(running, clock, tmp_path / "photos")
 
 
-async def upload(running: Running, data: bytes, client_id: str = "rider-0001",
+async def upload(running: Running, data: bytes, rider: WebRider | None = None,
                  filename: str = "photo.jpg") -> tuple[int, dict]:
+    """An upload from `rider`'s browser (a new one when None)."""
     form = aiohttp.FormData()
     form.add_field("photo", BytesIO(data), filename=filename, content_type="image/jpeg")
-    async with running.http.post(f"{running.url}/webchat/api/photo",
-                                 params={"client_id": client_id}, data=form) as r:
-        return r.status, await r.json()
+    return await (rider or WebRider(running.http, running.url)).upload(form)
 
 
 def stored_file(server: Server, ref: str) -> Path:
@@ -114,21 +113,22 @@ async def test_jpeg_with_gps_comes_back_without_any_exif_and_upright(server: Ser
 
 async def test_quota_refuses_the_next_upload_of_the_day_while_another_rider_still_uploads(
         server: Server) -> None:
+    first = WebRider(server.running.http, server.running.url)
     for i in range(3):
-        status, body = await upload(server.running, picture((i * 60, 10, 10)))
+        status, body = await upload(server.running, picture((i * 60, 10, 10)), first)
         assert status == 200, body
 
-    status, body = await upload(server.running, picture((250, 250, 10)))
+    status, body = await upload(server.running, picture((250, 250, 10)), first)
     assert status == 429
     assert (body["field"], body["reason"]) == ("photo", "too_many")
     assert "3 photos" in body["error"]
 
-    status, body = await upload(server.running, picture((250, 250, 10)), client_id="rider-0002")
+    status, body = await upload(server.running, picture((250, 250, 10)))  # another rider
     assert status == 200, body
 
     # The window is a day: tomorrow the first rider uploads again.
     server.clock.advance(hours=24, seconds=1)
-    status, body = await upload(server.running, picture((250, 250, 10)))
+    status, body = await upload(server.running, picture((250, 250, 10)), first)
     assert status == 200, body
 
 
@@ -157,18 +157,19 @@ async def test_quota_on_a_chat_skin_is_a_friendly_reply(db_url: str, fakes: tupl
 async def test_clean_up_removes_a_day_old_unreferenced_upload_and_keeps_used_ones(
         server: Server) -> None:
     running, clock = server.running, server.clock
-    _s, unused = await upload(running, picture((1, 2, 3)))
-    _s, reported = await upload(running, picture((90, 90, 200)))
-    _s, shared = await upload(running, picture((0, 200, 0)))
+    one, two = WebRider(running.http, running.url), WebRider(running.http, running.url)
+    _s, unused = await upload(running, picture((1, 2, 3)), one)
+    _s, reported = await upload(running, picture((90, 90, 200)), one)
+    _s, shared = await upload(running, picture((0, 200, 0)), one)
     async with transaction(running.ctx.sm) as session:
-        rider = await rider_for(session, "webchat", "rider-0001", chat_id="rider-0001")
+        rider = await rider_for(session, "webchat", one.client_id)
         session.add(Ticket(rider_id=rider.id, platform="webchat", created_at=clock(),
                            photo=stored_file(server, reported["ref"]).relative_to(
                                server.photo_dir).as_posix()))
 
     clock.advance(hours=20)
     # Another rider sends the same picture later: the file is theirs too, for their own 24 h.
-    _s, again = await upload(running, picture((0, 200, 0)), client_id="rider-0002")
+    _s, again = await upload(running, picture((0, 200, 0)), two)
     assert again["ref"] == shared["ref"]
 
     clock.advance(hours=5)  # 25 h after the first three
@@ -182,8 +183,8 @@ async def test_clean_up_removes_a_day_old_unreferenced_upload_and_keeps_used_one
                                        photos.PhotoUpload.referenced))).all()
     paths = {p: (who, used) for who, p, used in left}
     assert unused_file.name not in {Path(p).name for p in paths}
-    assert sorted((who, used) for who, used in paths.values()) == [
-        ("rider-0001", True), ("rider-0002", False)]
+    assert sorted((who == two.client_id, used) for who, used in paths.values()) == [
+        (False, True), (True, False)]
 
     # A day later the second upload of the shared picture is stale too, and nothing used it.
     clock.advance(hours=20)

@@ -338,7 +338,8 @@ async def test_long_polls_beyond_the_per_address_cap_answer_at_once_and_send_sta
 
         async def poll(i: int, wait: float) -> tuple[float, int, dict[str, Any]]:
             started = time.monotonic()
-            async with server.http.get(url, params={"client_id": f"hog-{i:06d}", "after": "0",
+            # Each poll is its own browser (no cookie): a new web chat identity each.
+            async with server.http.get(url, params={"after": "0",
                                                     "wait": str(wait)}) as r:
                 return time.monotonic() - started, r.status, await r.json()
 
@@ -353,7 +354,7 @@ async def test_long_polls_beyond_the_per_address_cap_answer_at_once_and_send_sta
                 assert data["messages"] == [] and data.get("retry_after", 0) > 0
         started = time.monotonic()
         async with server.http.post(f"{server.url}/webchat/api/send",
-                                    json={"client_id": "rider-000001", "text": "/start"}) as r:
+                                    json={"text": "/start"}) as r:
             assert r.status == 200
         assert time.monotonic() - started < 2.0
         for took, status, _data in await asyncio.gather(*held):
