@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,26 +51,6 @@ async def test_empty_webhook_secret_does_not_let_unsigned_telegram_updates_in(
         async with server.http.post(
                 url, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": derived}) as r:
             assert r.status == 200
-
-
-@pytest.fixture
-def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A bot.toml of our own and no CHARGEBOT_ variables from the runner's environment;
-    `serve` stopped short of migrating or listening."""
-    import os
-
-    import bot.cli
-
-    for var in list(os.environ):
-        if var.upper().startswith("CHARGEBOT_"):
-            monkeypatch.delenv(var)
-    toml = tmp_path / "bot.toml"
-    toml.write_text(f'[database]\nurl = "sqlite+aiosqlite:///{tmp_path}/cb.db"\n')
-    monkeypatch.setenv("CHARGEBOT_CONFIG", str(toml))
-    served: list[Settings] = []
-    monkeypatch.setattr(bot.cli, "upgrade", lambda _url: None)
-    monkeypatch.setattr(bot.cli, "_serve_one", lambda settings, *_a: served.append(settings))
-    yield toml
 
 
 @pytest.mark.parametrize("var, key", [

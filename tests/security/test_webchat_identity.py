@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from io import BytesIO
@@ -442,23 +442,6 @@ async def test_demo_identities_only_where_the_demo_turned_them_on(db_url: str) -
                 named = await s.scalar(select(Identity.id).where(
                     Identity.external_id == "desk-agent-0001"))
             assert named is None
-
-
-@pytest.fixture
-def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    import os
-
-    import bot.cli
-
-    for var in list(os.environ):
-        if var.upper().startswith("CHARGEBOT_"):
-            monkeypatch.delenv(var)
-    toml = tmp_path / "bot.toml"
-    toml.write_text(f'[database]\nurl = "sqlite+aiosqlite:///{tmp_path}/cb.db"\n')
-    monkeypatch.setenv("CHARGEBOT_CONFIG", str(toml))
-    monkeypatch.setattr(bot.cli, "upgrade", lambda _url: None)
-    monkeypatch.setattr(bot.cli, "_serve_one", lambda *_a: None)
-    yield toml
 
 
 def test_serve_refuses_demo_identities_and_names_the_key(
