@@ -65,7 +65,7 @@ def _floor_line(turn: Turn) -> list[str]:
     floor = turn.ctx.settings.billing.start_min_balance_fen
     if floor <= 0:
         return []
-    return [tr(turn.lang, "💳 Pay after charging; starting needs at least {floor} in your wallet.",
+    return [tr(turn.lang, "💳 To start, keep at least {floor} in your wallet.",
                floor=yuan(floor))]
 
 

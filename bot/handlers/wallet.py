@@ -51,27 +51,32 @@ def _pay_links(turn: Turn, amounts: list[int], purpose: str) -> list[str] | None
     return None if None in links else links  # type: ignore[return-value]
 
 
+def _rows(buttons: list[Button], per_row: int = 3) -> list[list[Button]]:
+    """Amount buttons three to a row: five in one row wrap "+¥100.00" on a phone."""
+    return [buttons[i:i + per_row] for i in range(0, len(buttons), per_row)]
+
+
 async def topup_buttons(turn: Turn) -> list[list[Button]]:
     """The ways this rider can top up here: Telegram invoices, WeChat Pay (the pay page in
     WeChat, a QR code in the web chat), or the demo's sandbox."""
     amounts = topup_amounts(turn.ctx.settings)
     lang = turn.lang
+
+    def label(a: int) -> str:
+        return tr(lang, "+{amount}", amount=yuan(a))
+
     if _telegram_invoices(turn):
-        return [[Button(tr(lang, "+{amount}", amount=yuan(a)),
-                        data=f"{telegram_pay.TOPUP_PREFIX}{a}") for a in amounts]]
+        return _rows([Button(label(a), data=f"{telegram_pay.TOPUP_PREFIX}{a}") for a in amounts])
     mode = _wechat_pay(turn)
     if mode == "jsapi" and (links := _pay_links(turn, amounts, "topup")):
-        return [[Button(tr(lang, "+{amount}", amount=yuan(a)), url=u)
-                 for a, u in zip(amounts, links, strict=True)]]
+        return _rows([Button(label(a), url=u) for a, u in zip(amounts, links, strict=True)])
     if mode == "native":
-        return [[Button(tr(lang, "+{amount}", amount=yuan(a)), data=f"topupvia:wechatpay:{a}")
-                 for a in amounts]]
+        return _rows([Button(label(a), data=f"topupvia:wechatpay:{a}") for a in amounts])
     if "sandbox" not in turn.ctx.settings.payments.providers:
         return []
     # One server-issued nonce per card: one of its buttons pays, once.
     nonce = await payments.issue_offer(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]
-    return [[Button(tr(lang, "+{amount}", amount=yuan(a)), data=f"topup:{a}:{nonce}")
-             for a in amounts]]
+    return _rows([Button(label(a), data=f"topup:{a}:{nonce}") for a in amounts])
 
 
 def _topup_heading(turn: Turn) -> str | None:
