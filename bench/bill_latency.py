@@ -21,9 +21,10 @@ from common import app_with_fake_telegram, fresh_sqlite, machine, pct
 from sqlalchemy import select
 
 from bot.context import CTX
-from core import charging, piles
+from core.charging import sessions as charging
 from core.db import transaction
-from core.riders import rider_for
+from core.piles import fleet as piles
+from core.riders.identities import rider_for
 from tests.journey import PileClient
 
 ROUNDS = 60

@@ -42,12 +42,12 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.handlers import notices
-from bot.telegram import TelegramSender, build_application
-from core import broadcasts
+from bot.skins.telegram import TelegramSender, build_application
 from core.config import Settings
 from core.db import make_engine, make_read_sessionmaker, make_sessionmaker, transaction
+from core.engagement import broadcasts
 from core.outbox import OutboxMessage
-from core.riders import Identity, Rider
+from core.riders.tables import Identity, Rider
 from notifications.worker import Notifier
 
 CHAT0 = 700_000_000  # rider i's Telegram chat id is CHAT0 + i

@@ -19,11 +19,11 @@ if str(ROOT) not in sys.path:
 from sqlalchemy import insert  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncSession  # noqa: E402
 
-from core.charging import Charge  # noqa: E402
+from core.charging.tables import Charge  # noqa: E402
 from core.config import Settings  # noqa: E402
 from core.migrate import upgrade  # noqa: E402
-from core.piles import Pile, Port, Site, port_code  # noqa: E402
-from core.riders import Rider  # noqa: E402
+from core.piles.tables import Pile, Port, Site, port_code  # noqa: E402
+from core.riders.tables import Rider  # noqa: E402
 
 BENCH_DIR = Path(os.environ.get("CHARGEBOT_BENCH_DIR", "/tmp/chargebot-bench"))
 CENTER = (30.27, 120.15)

@@ -50,12 +50,16 @@ from sqlalchemy import func, select
 
 from bot.app import create_app
 from bot.context import CTX, Context
-from bot.piles_api import WRITER
-from core import charging, nearby, piles, staff, wallet
-from core.charging import Charge
+from bot.piles.http import WRITER
+from core.billing import wallet
+from core.charging import sessions as charging
+from core.charging.tables import Charge
 from core.db import transaction
-from core.pile_auth import signed_headers
-from core.riders import rider_for
+from core.piles import fleet as piles
+from core.piles import nearby
+from core.piles.auth import signed_headers
+from core.riders import staff
+from core.riders.identities import rider_for
 
 SITES = 5
 PILES = 500

@@ -39,11 +39,11 @@ from common import fresh_sqlite, machine, pct, seed_city, settings_for
 from sqlalchemy import func, select
 
 from bot.app import create_app
-from bot.piles_api import WRITER
-from core.charging import MeterSample
+from bot.piles.http import WRITER
+from core.charging.tables import MeterSample
 from core.db import make_engine, make_sessionmaker, transaction
-from core.events import PileEvent
-from core.pile_auth import signed_headers
+from core.piles.auth import signed_headers
+from core.piles.tables import PileEvent
 
 CONCURRENCY = 32
 DURATION_S = 5.0

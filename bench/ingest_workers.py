@@ -61,10 +61,10 @@ from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 from common import ROOT, machine, pct, seed_city
 from ingest import BATCH, CHARGES_PER_PILE, PATH, PORTS, batch_body, single_body
 
-from bot.cli import run_workers
+from bot.cli.serve import run_workers
 from core.db import make_engine, make_sessionmaker, transaction
 from core.migrate import upgrade
-from core.pile_auth import signed_headers
+from core.piles.auth import signed_headers
 
 ADMIN = os.environ.get("CHARGEBOT_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 DB_NAME = "chargebot_bench_ingest"
@@ -221,7 +221,7 @@ def _bare_one(port: int, reuse_port: bool) -> None:
 
 
 def serve_bare(workers: int, port: int) -> None:
-    """The bare handler behind one port in `workers` processes, shaped like cli.cmd_serve."""
+    """The bare handler behind one port in `workers` processes, shaped like `chargebot serve`."""
     if workers == 1:
         _bare_one(port, False)
         return

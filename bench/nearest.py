@@ -32,8 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.handlers.ports import nearby_reply
 from bot.i18n import tr
 from core.db import make_engine, make_sessionmaker, transaction
-from core.nearby import NearbyPile, free_port_filter, nearest_free, walk_minutes
-from core.piles import Pile, Port, Site
+from core.piles.nearby import NearbyPile, free_port_filter, nearest_free, walk_minutes
+from core.piles.tables import Pile, Port, Site
 
 PORTS_PER_PILE = 10
 BUSY_SHARE = 0.05

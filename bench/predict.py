@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from core.wear import SERVICE_PROBABILITY, WearModel  # noqa: E402
+from core.faults.wear import SERVICE_PROBABILITY, WearModel  # noqa: E402
 from simulator.wear import (  # noqa: E402
     PILE_MODELS,
     HiddenHazard,

@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 
 from bot.i18n import tr
 from bot.qr import font
-from core.annual import Year
+from core.engagement.annual import Year
 
 WIDTH, HEIGHT = 720, 960
 GREEN, INK, PALE = (22, 128, 84), (30, 30, 30), (236, 246, 240)

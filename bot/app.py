@@ -14,28 +14,24 @@ from aiohttp import web
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
-from bot import (
-    logs,
-    loop_lag,
-    mqtt,
-    photo_fetch,
-    photo_links,
-    piles_api,
-    scheduler,
-    telegram,
-    warmup,
-    webchat,
-    wechat,
-)
+from bot import logs, loop_lag, scheduler, warmup
 from bot.context import CTX, Context
-from bot.handlers import notices
-from bot.payments import pay_page
+from bot.handlers import notices, topups
+from bot.payments import pay_page, telegram_pay
 from bot.payments import wechatpay as wechatpay_pay
-from core import photos
-from core.charging import Charge
+from bot.piles import http as piles_api
+from bot.piles import mqtt
+from bot.scheduler import JOB_STATS, LEADERSHIP
+from bot.skins import photo_links, telegram, webchat, wechat
+from bot.skins import photos as photo_intake
+from core.charging.tables import Charge
 from core.config import Settings
 from core.db import make_engine, make_read_sessionmaker, make_sessionmaker, utcnow
+from core.faults.tables import ACTIVE, WorkOrder
 from core.outbox import OutboxMessage
+from core.piles.tables import PileEvent, RejectedEvent
+from core.support import photos
+from core.support.tables import Ticket
 from notifications.worker import Notifier, Sender
 
 log = logging.getLogger("chargebot.app")
@@ -129,11 +125,6 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text: what an operator watches (and alerts on) across the workers."""
     if (refused := metrics_refusal(request, request.app[CTX].settings)) is not None:
         return refused
-    from bot.scheduler import JOB_STATS, LEADERSHIP
-    from core.events import PileEvent, RejectedEvent
-    from core.support import Ticket
-    from core.workorders import ACTIVE, WorkOrder
-
     ctx = request.app[CTX]
     now = ctx.clock()
     async with ctx.reader()() as session:
@@ -213,9 +204,14 @@ def create_app(
     tg = telegram.setup(app, ctx)
     if tg is not None:
         senders["telegram"] = telegram.TelegramSender(tg)
+    # What the chat says around a Telegram top-up is the wallet conversation's, above payments.
+    telegram_pay.setup(ctx, telegram_pay.TopupFace(amounts=topups.topup_amounts,
+                                                   credited=topups.credited_reply))
     if (wxpay := wechatpay_pay.setup(app, ctx)) is not None:
         pay_page.setup(app, ctx, wxpay)  # the pay page and QR links riders get in chat
-    photo_fetch.setup(app, ctx)  # photos are fetched with the app's own Telegram/WeChat clients
+    # Photos, rider groups' polls and jobs use the app's own Telegram/WeChat clients; the
+    # handlers take riders' photos through ctx.photo_intake.
+    photo_intake.setup(app, ctx)
     photo_links.setup(app)
     app.cleanup_ctx.append(_photo_link_key)
     n = settings.notifications

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.config import Settings
@@ -51,6 +53,9 @@ class Context:
     # Read-only sessions: on SQLite they never queue behind writers.
     read_sm: async_sessionmaker[AsyncSession] | None = None
     pile_listeners: list[Callable[[str], None]] = field(default_factory=list)
+    # Fetches and stores a rider's photo (bot.skins.photos.intake, set by its setup): the
+    # handlers call it without importing the skins that sit above them.
+    photo_intake: Callable[..., Awaitable[Any]] | None = None
 
     def reader(self) -> async_sessionmaker[AsyncSession]:
         return self.read_sm or self.sm
@@ -64,10 +69,4 @@ class Context:
             listener(pile_id)
 
 
-def _app_key() -> object:
-    from aiohttp import web
-
-    return web.AppKey("ctx", Context)
-
-
-CTX = _app_key()
+CTX = web.AppKey("ctx", Context)

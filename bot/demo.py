@@ -7,8 +7,9 @@ import random
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import piles, staff
-from core.riders import rider_for
+from core.piles import fleet as piles
+from core.riders import staff
+from core.riders.identities import rider_for
 
 # Real neighbourhoods, made-up venues: riders charge at residential compounds, malls and
 # courier stations.

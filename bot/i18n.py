@@ -17,7 +17,7 @@ from typing import Any
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 
-from core.riders import DEFAULT_LANGUAGE, LANGUAGES
+from core.riders.tables import DEFAULT_LANGUAGE, LANGUAGES
 
 LOCALES = Path(__file__).resolve().parent.parent / "locales"
 

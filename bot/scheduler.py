@@ -14,34 +14,33 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import select
 
+from bot.context import Context
+from bot.leader import Leadership
+
 # Every job's modules at the top, never inside the job: a job's first run would otherwise import
 # them on the event loop (core.maintenance brings numpy and scipy, seconds of it), late and in
 # the way of riders. The server imports this module at start-up.
-from bot import rider_groups
-from bot.context import Context
-from bot.leader import Leadership
-from core import (
+from bot.skins import rider_groups
+from core import outbox
+from core.billing import disputes
+from core.charging import sessions as charging
+from core.charging.tables import Charge
+from core.db import transaction
+from core.engagement import (
     broadcasts,
-    charging,
-    commands,
-    faults,
     groupbuy,
-    maintenance,
-    outbox,
-    photos,
-    piles,
     questions,
     recommendations,
     redpackets,
     reports,
     services,
-    support,
-    votes,
-    workorders,
 )
-from core.billing import disputes
-from core.charging import Charge
-from core.db import transaction
+from core.faults import maintenance, workorders
+from core.faults import response as faults
+from core.piles import commands
+from core.piles import fleet as piles
+from core.support import photos, votes
+from core.support import tickets as support
 
 log = logging.getLogger("chargebot.scheduler")
 LEADERSHIP = web.AppKey("leadership", Leadership)

@@ -41,8 +41,9 @@ from aiohttp import web
 
 from bot import i18n
 from bot.annual_card import card
-from core import faq, photos, redpackets, reports
-from core.annual import Year
+from core.engagement import redpackets, reports
+from core.engagement.annual import Year
+from core.support import faq, photos
 
 log = logging.getLogger("chargebot.warmup")
 

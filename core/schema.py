@@ -1,37 +1,29 @@
-"""Every table, for migrations and tests: importing the modules registers them."""
+"""Every table of core, for migrations and tests: importing the modules registers them.
+
+Only core modules: the notifications' own tables register in `notifications.schema`, which
+migrations/env.py and the test helpers import beside this one.
+"""
 
 from sqlmodel import SQLModel
 
-from core import (  # noqa: F401
-    accounts,
-    app_secrets,
+from core import app_secrets, outbox  # noqa: F401
+from core.billing import coupons, disputes, family, payments, plans, wallet  # noqa: F401
+from core.charging import tables as charging_tables  # noqa: F401
+from core.engagement import (  # noqa: F401
     broadcasts,
-    charging,
-    commands,
-    events,
-    faults,
     groupbuy,
-    outbox,
-    photos,
-    piles,
     prompts,
     questions,
     redpackets,
-    reviews,
-    riders,
     services,
-    staff,
-    staff_passwords,
-    suggestions,
-    support,
     surveys,
-    votes,
     vouchers,
-    wallet,
-    web_sessions,
-    workorders,
 )
-from core.billing import coupons, disputes, family, payments, plans  # noqa: F401
-from notifications import webchat_inbox, wechat_store  # noqa: F401
+from core.faults import tables as faults_tables  # noqa: F401
+from core.piles import tables as piles_tables  # noqa: F401
+from core.riders import accounts, staff, staff_passwords, web_sessions  # noqa: F401
+from core.riders import tables as riders_tables  # noqa: F401
+from core.support import photos, reviews, suggestions, votes  # noqa: F401
+from core.support import tables as support_tables  # noqa: F401
 
 metadata = SQLModel.metadata

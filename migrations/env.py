@@ -7,6 +7,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import notifications.schema  # noqa: F401  (registers the notifications tables)
 from core.schema import metadata
 
 config = context.config

@@ -17,7 +17,7 @@ import aiohttp
 from sqlalchemy import or_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.config import WechatSettings
+from core.config_sections import WechatSettings
 from core.db import insert_ignore, transaction, utcnow
 from notifications.wechat_store import WechatToken
 

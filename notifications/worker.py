@@ -20,10 +20,10 @@ from typing import Protocol
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.replies import Reply
 from core.db import transaction, utcnow
 from core.outbox import OutboxMessage
-from core.riders import Identity, Rider
+from core.riders.tables import Identity, Rider
+from notifications.replies import Reply
 
 log = logging.getLogger("chargebot.notifier")
 

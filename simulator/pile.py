@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from core.pile_auth import signed_headers
+from core.piles.auth import signed_headers
 from simulator.controller import PileController
 
 log = logging.getLogger("chargebot.simulator")

@@ -21,14 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from core.wear import (
-    PortState,
-    WearModel,
-    fit,
-    forecast,
-    heat_coefficient,
-    port_history,
-)
+from core.faults.wear import PortState, WearModel, fit, forecast, heat_coefficient, port_history
 
 
 @dataclass(frozen=True)

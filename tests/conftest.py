@@ -17,12 +17,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+import notifications.schema  # noqa: F401  (registers the notifications tables)
 from bot.app import create_app
 from bot.context import CTX, Context
-from core import piles
 from core.config import Settings
 from core.db import make_engine, make_sessionmaker, transaction
 from core.migrate import upgrade
+from core.piles import fleet as piles
 from core.schema import metadata
 
 PG_ADMIN = os.environ.get("CHARGEBOT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import select
 
 from bot.context import Context
-from bot.webchat_auth import CHAT_COOKIE
-from core.events import PileEvent
+from bot.skins.webchat_auth import CHAT_COOKIE
+from core.piles.tables import PileEvent
 
 
 class WebRider:
@@ -133,9 +133,9 @@ async def web_staff(server: Any, role: str, *, name: str = "", sites: tuple[str,
     """A staff member in the web chat as staff really get there: their own chat is Telegram
     (`chargebot staff add`), an operator set a password, and they logged in with it. Their
     rider id is `.rider_id`."""
-    from core import staff, staff_passwords
     from core.db import transaction
-    from core.riders import rider_for
+    from core.riders import staff, staff_passwords
+    from core.riders.identities import rider_for
 
     user = f"tg-staff-{uuid.uuid4().hex[:10]}"
     async with transaction(server.ctx.sm) as s:
@@ -236,7 +236,7 @@ class PileClient:
         import json
         import time
 
-        from core.pile_auth import signed_headers
+        from core.piles.auth import signed_headers
 
         body = json.dumps({"events": events}).encode()
         async with self.http.post(f"{self.url}/api/piles/events", data=body,
@@ -249,7 +249,7 @@ class PileClient:
         import secrets
         import time
 
-        from core.pile_auth import signed_headers
+        from core.piles.auth import signed_headers
 
         # A poll's signature is accepted once: a fresh nonce, signed with the query, lets a
         # test poll twice within one second as a busy pile does.

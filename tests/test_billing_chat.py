@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from bot.i18n import tr
-from core.charging import Charge
+from core.charging.tables import Charge
 from tests.conftest import PILE_SECRET, make_settings, seed_city, start_server
 from tests.journey import PileClient, WebRider, button
 

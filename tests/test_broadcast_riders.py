@@ -16,7 +16,7 @@ from bot.app import NOTIFIER
 from bot.handlers import notices
 from core.db import transaction
 from core.outbox import OutboxMessage
-from core.riders import chat_rider, rider_for
+from core.riders.identities import chat_rider, rider_for
 from notifications.worker import Notifier
 from tests.conftest import Running, all_skins_settings, start_server
 from tests.fakes.telegram_api import FakeTelegram

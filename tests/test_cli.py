@@ -70,11 +70,11 @@ def _seed_settled_charge(db: str) -> int:
     import asyncio
     from datetime import UTC, datetime
 
-    from core import wallet
-    from core.charging import Charge
+    from core.billing import wallet
+    from core.charging.tables import Charge
     from core.db import make_engine, make_sessionmaker, transaction
-    from core.piles import add_pile, add_site
-    from core.riders import Rider
+    from core.piles.fleet import add_pile, add_site
+    from core.riders.tables import Rider
 
     async def go() -> int:
         engine = make_engine(db)
@@ -153,9 +153,9 @@ def test_vouchers_redeem_once(db: str) -> None:
     import asyncio
     from datetime import UTC, datetime
 
-    from core import vouchers
     from core.db import make_engine, make_sessionmaker, transaction
-    from core.riders import Rider
+    from core.engagement import vouchers
+    from core.riders.tables import Rider
 
     assert run(db, "db", "upgrade").returncode == 0
 
@@ -184,9 +184,10 @@ def test_events_rejected_lists_what_piles_sent_that_was_refused(db: str, tmp_pat
     import asyncio
     from datetime import UTC, datetime
 
-    from core import events, piles
     from core.config import Settings
     from core.db import make_engine, make_sessionmaker, transaction
+    from core.piles import events
+    from core.piles import fleet as piles
 
     assert run(db, "db", "upgrade").returncode == 0
 

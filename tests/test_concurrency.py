@@ -6,10 +6,9 @@ import asyncio
 
 from sqlalchemy import func, select
 
-from core.charging import Charge
-from core.commands import PileCommand
+from core.charging.tables import Charge
 from core.db import transaction
-from core.piles import Pile
+from core.piles.tables import Pile, PileCommand
 from tests.conftest import seed_city
 from tests.journey import WebRider
 

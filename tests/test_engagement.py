@@ -11,12 +11,12 @@ from PIL import Image
 from sqlalchemy import func, insert, select
 
 from bot.scheduler import annual_reports
-from core import annual
-from core.charging import Charge
+from core.charging.tables import Charge
 from core.db import transaction
+from core.engagement import annual
 from core.outbox import OutboxMessage
-from core.piles import Port
-from core.riders import rider_for
+from core.piles.tables import Port
+from core.riders.identities import rider_for
 from tests.conftest import make_settings, seed_city, start_server
 from tests.journey import WebRider
 
@@ -75,8 +75,8 @@ async def test_my_year_text_card_push_and_usual_piles(db_url: str, tmp_path) -> 
 
 async def test_festival_red_packet_reaches_an_active_rider_once(db_url: str) -> None:
     from bot.scheduler import red_packets
-    from core import wallet
-    from core.redpackets import festivals
+    from core.billing import wallet
+    from core.engagement.redpackets import festivals
 
     day = next(f.day for f in festivals(2031) if f.slug == "mid_autumn")
     now = datetime(day.year, day.month, day.day, 2, 30, tzinfo=UTC)  # 10:30 local: greet now
@@ -111,7 +111,7 @@ async def test_festival_red_packet_reaches_an_active_rider_once(db_url: str) -> 
 async def test_broadcasts_reach_rider_groups_once_and_offpeak_reminders_are_opt_in(
         db_url: str, fakes: tuple) -> None:
     from bot.scheduler import community_broadcasts, offpeak_reminders
-    from core import broadcasts
+    from core.engagement import broadcasts
     from tests.conftest import all_skins_settings
 
     tg, wx = fakes

@@ -18,8 +18,8 @@ from pathlib import Path
 import aiohttp
 from PIL import Image
 
-from core import piles
 from core.db import make_engine, make_sessionmaker, transaction
+from core.piles import fleet as piles
 from tests.journey import PileClient, WebRider, button
 from tests.served import serve
 

@@ -39,14 +39,15 @@ from hypothesis.stateful import (
 from sqlalchemy import func, select
 
 from bot.app import NOTIFIER
-from bot.piles_api import WRITER
+from bot.piles.http import WRITER
 from bot.scheduler import sweep_faults, sweep_offline, sweep_requests
-from core import piles, wallet
-from core.charging import Charge
+from core.billing import wallet
+from core.billing.wallet import LedgerEntry
+from core.charging.tables import Charge
 from core.db import transaction
 from core.outbox import OutboxMessage
-from core.riders import Identity
-from core.wallet import LedgerEntry
+from core.piles import fleet as piles
+from core.riders.tables import Identity
 from tests.conftest import Running, make_settings, start_server
 from tests.journey import HandClock, PileClient, WebRider, button
 

@@ -10,14 +10,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from core import charging, wallet
-from core.billing import family
-from core.charging import Charge
+from core.billing import family, wallet
+from core.billing.wallet import LedgerEntry
+from core.charging import sessions as charging
+from core.charging.tables import Charge
 from core.config import Settings
 from core.db import transaction
-from core.piles import Pile
-from core.riders import Identity, Rider
-from core.wallet import LedgerEntry
+from core.piles.tables import Pile
+from core.riders.tables import Identity, Rider
 from tests.conftest import PILE_SECRET, Running, make_settings, seed_city
 from tests.journey import PileClient, WebRider, button
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core import faq
+from core.support import faq
 
 # (rider's question, the entry that should answer it)
 HELD_OUT: list[tuple[str, str]] = [

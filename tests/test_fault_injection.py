@@ -33,15 +33,16 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core import charging, wallet
-from core.charging import Charge
+from core.billing import wallet
+from core.billing.wallet import LedgerEntry
+from core.charging import sessions as charging
+from core.charging.tables import Charge
 from core.db import make_engine, make_sessionmaker, transaction
-from core.events import PileEvent
 from core.migrate import upgrade
 from core.outbox import OutboxMessage
-from core.pile_auth import signed_headers
-from core.riders import rider_for
-from core.wallet import LedgerEntry
+from core.piles.auth import signed_headers
+from core.piles.tables import PileEvent
+from core.riders.identities import rider_for
 from notifications.webchat_inbox import WebchatMessage
 from tests.conftest import PG_ADMIN, _truncate_all, make_settings, seed_city
 from tests.journey import WebRider, button, wait_until

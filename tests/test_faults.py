@@ -15,16 +15,15 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from bot.scheduler import sweep_faults, sweep_offline
-from core import staff
 from core.billing.coupons import Coupon
-from core.charging import Charge
+from core.charging.tables import Charge
 from core.db import transaction
-from core.faults import Fault
-from core.nearby import free_ports
+from core.faults.tables import Fault, WorkOrder
 from core.outbox import OutboxMessage
-from core.piles import Pile, Port
-from core.riders import rider_for
-from core.workorders import WorkOrder
+from core.piles.nearby import free_ports
+from core.piles.tables import Pile, Port
+from core.riders import staff
+from core.riders.identities import rider_for
 from tests.conftest import PILE_SECRET, Running, make_settings, seed_city, start_server
 from tests.journey import HandClock, PileClient, WebRider, button, english_rider, web_staff
 

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from bot.scheduler import faq_digest
-from core import staff
 from core.billing.plans import RiderPlan
 from core.db import transaction
-from core.questions import FaqDigest
-from core.riders import rider_for
-from core.suggestions import Suggestion
+from core.engagement.questions import FaqDigest
+from core.riders import staff
+from core.riders.identities import rider_for
+from core.support.suggestions import Suggestion
 from tests.conftest import PILE_SECRET, Running, make_settings, seed_city, start_server
 from tests.journey import PileClient, WebRider, button, english_rider, wait_until, web_staff
 
@@ -112,8 +112,8 @@ async def test_faq_menu_digest_and_a_ticket_answer_becoming_an_entry(db_url: str
 async def test_best_pile_vote_in_chat_and_in_a_telegram_group_poll(
         db_url: str, fakes: tuple) -> None:
     from bot.scheduler import monthly_vote
-    from core import piles
-    from core.votes import BestPile, Vote
+    from core.piles import fleet as piles
+    from core.support.votes import BestPile, Vote
     from tests.conftest import all_skins_settings
     from tests.fakes.telegram_updates import TelegramUser, next_update_id
     from tests.riders import TG_SECRET
@@ -141,7 +141,7 @@ async def test_best_pile_vote_in_chat_and_in_a_telegram_group_poll(
         assert "counted" in (await web.press("vote:T01"))[0]["text"]  # changed, still one vote
 
         # The 1st of April: March is counted later; first the group poll for March goes out.
-        from bot import rider_groups
+        from bot.skins import rider_groups
 
         assert await rider_groups.post_polls(server.ctx, "2031-03") == 1
         poll_msg = tg.messages_to(group)[-1]

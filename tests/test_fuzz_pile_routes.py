@@ -29,25 +29,21 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import notifications.schema  # noqa: F401  (registers the notifications tables)
 from bot.app import create_app
 from bot.context import CTX
 from bot.i18n import tr
-from bot.payments.wechatpay import NOTIFY_PATH
-from core import wallet
+from bot.payments.wechatpay.notify import NOTIFY_PATH
+from core.billing import wallet
 from core.billing.payments import Payment, create_payment
-from core.charging import END_REASONS
+from core.charging.tables import END_REASONS
 from core.db import transaction
-from core.events import (
-    EVENT_TYPES,
-    MAX_BATCH,
-    MAX_DURATION_S,
-    MAX_ENERGY_WH,
-    PileEvent,
-    RejectedEvent,
-)
-from core.pile_auth import sign, signed_headers
-from core.piles import PORT_STATUSES
-from core.riders import LANGUAGES, rider_for
+from core.piles.auth import sign, signed_headers
+from core.piles.events import MAX_BATCH
+from core.piles.tables import PORT_STATUSES, PileEvent, RejectedEvent
+from core.piles.wire import EVENT_TYPES, MAX_DURATION_S, MAX_ENERGY_WH
+from core.riders.identities import rider_for
+from core.riders.tables import LANGUAGES
 from core.schema import metadata
 from tests.conftest import PILE_SECRET, Running, all_skins_settings, seed_city, start_server
 from tests.fakes.wechat_user import sign as wx_sign

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from core.outbox import OutboxMessage
-from core.riders import Identity, Rider
+from core.riders.tables import Identity, Rider
 from tests.conftest import Running, seed_city
 from tests.fakes.wechat_user import sign
 from tests.riders import ACCOUNT, TG_SECRET

@@ -17,10 +17,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core import wallet
+from core.billing import wallet
 from core.db import transaction
 from core.outbox import OutboxMessage
-from core.riders import Rider
+from core.riders.tables import Rider
 
 NOW = datetime(2025, 6, 1, 10, 0, tzinfo=UTC)
 GB_KINDS = ("groupbuy_hold", "groupbuy_topup", "groupbuy_refund")
@@ -28,7 +28,7 @@ GB_KINDS = ("groupbuy_hold", "groupbuy_topup", "groupbuy_refund")
 
 @pytest.fixture
 def gb() -> ModuleType:
-    from core import groupbuy
+    from core.engagement import groupbuy
 
     return groupbuy
 
@@ -263,7 +263,7 @@ async def test_random_joins_and_sweeps_always_balance(
 
 def test_deal_card_and_notices_render_in_both_languages(gb: ModuleType) -> None:
     from bot.handlers import groupbuy as handler
-    from bot.replies import MAX_CALLBACK_BYTES
+    from notifications.replies import MAX_CALLBACK_BYTES
 
     payload = {"deal_id": 2**31, "code": "ABC234", "size": 3, "topup_fen": 5000,
                "price_fen": 4500, "percent_off": 10, "joined": 1, "state": "open",
@@ -288,7 +288,7 @@ async def test_riders_start_and_join_a_deal_by_code_in_private_chat(
     from bot.context import Context
     from bot.handlers import groupbuy as handler
     from bot.handlers.turn import Turn
-    from bot.replies import Incoming
+    from notifications.replies import Incoming
     from tests.conftest import make_settings
 
     riders = await add_riders(sm, 0, 5000, 5000)
@@ -349,7 +349,7 @@ async def test_group_buy_in_a_telegram_group_fills_through_private_chats(
             await post(u.text("/start"))
         await wait_until(lambda: all(tg.messages_to(u.user_id) for u in users))
         async with transaction(server.ctx.sm) as s:
-            from core.riders import rider_for
+            from core.riders.identities import rider_for
 
             for u in users:
                 r = await rider_for(s, "telegram", str(u.user_id))
@@ -375,7 +375,7 @@ async def test_group_buy_in_a_telegram_group_fills_through_private_chats(
         assert not any("Balance" in (m.get("text") or "") or "余额" in (m.get("text") or "")
                        for m in tg.messages_to(group))
         async with server.ctx.sm() as s:
-            from core.riders import rider_for
+            from core.riders.identities import rider_for
 
             for u in users:
                 r = await rider_for(s, "telegram", str(u.user_id))

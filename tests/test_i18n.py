@@ -18,7 +18,7 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 
 from bot.i18n import tr
-from core.riders import DEFAULT_LANGUAGE, LANGUAGES
+from core.riders.tables import DEFAULT_LANGUAGE, LANGUAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCALES = ROOT / "locales"
@@ -70,7 +70,7 @@ def placeholders(text: str) -> set[tuple[str, str | None, str | None]]:
 def test_extraction_finds_the_handlers() -> None:
     # Guards the extraction itself: an empty result would make every check below vacuous.
     files = {w.rsplit(":", 1)[0] for where in source_messages().values() for w in where}
-    assert "bot/webchat.py" in files
+    assert "bot/skins/webchat.py" in files
     assert {"bot/handlers/menu.py", "bot/handlers/charging.py", "bot/handlers/wallet.py"} <= files
     assert len(source_messages()) > 50
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
-from core.charging import Charge, MeterSample
-from core.events import PileEvent
+from core.charging.tables import Charge, MeterSample
+from core.piles.tables import PileEvent
 from tests.conftest import PILE_SECRET, Running, seed_city
 from tests.journey import PileClient, WebRider, button
 
@@ -64,7 +64,7 @@ async def test_many_piles_at_once_share_transactions_and_lose_nothing(server: Ru
     async with server.ctx.sm() as s:
         stored = await s.scalar(select(func.count()).select_from(PileEvent))
     assert stored == 12 * 10 * 2
-    from bot.piles_api import WRITER
+    from bot.piles.http import WRITER
 
     writer = server.app[WRITER]
     assert writer.requests >= 12 * 11 and writer.groups <= writer.requests

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.i18n import tr
-from core.charging import Charge
+from core.charging.tables import Charge
 from simulator import ChargerProfile, Fleet, PileSpec
 from tests.conftest import Running, seed_city
 from tests.journey import expected_power_tier_fen, pile_session, wait_until

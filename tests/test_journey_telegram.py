@@ -96,7 +96,7 @@ async def test_location_lists_nearest_free_ports_and_a_map_venue(
 ) -> None:
     await seed_city(tg_server.ctx, piles_n=6, ports=2)
     from core.db import transaction
-    from core.piles import Pile
+    from core.piles.tables import Pile
 
     async with transaction(tg_server.ctx.sm) as s:
         for pile in (await s.execute(select(Pile))).scalars():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from core.charging import Charge
-from core.piles import Pile
+from core.charging.tables import Charge
+from core.piles.tables import Pile
 from simulator import ChargerProfile, Fleet, PileSpec
 from tests.conftest import seed_city
 from tests.journey import WebRider, button, expected_power_tier_fen, pile_session, wait_until

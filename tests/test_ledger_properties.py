@@ -15,14 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from core import charging, outbox, wallet
-from core.billing import coupons, disputes, payments
-from core.charging import Charge
+from core import outbox
+from core.billing import coupons, disputes, payments, wallet
+from core.charging import paying as charging
+from core.charging.tables import Charge
 from core.config import Settings
 from core.db import make_engine, make_sessionmaker, transaction
 from core.outbox import OutboxMessage
-from core.piles import Port, add_pile, add_site
-from core.riders import Rider
+from core.piles.fleet import add_pile, add_site
+from core.piles.tables import Port
+from core.riders.tables import Rider
 
 Op = tuple[str, int, int]  # (kind, amount or index, replay-of index)
 

@@ -11,13 +11,13 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import insert, select
 
 from bot.scheduler import plan_maintenance
-from core.charging import Charge
+from core.charging.tables import Charge
 from core.db import transaction
-from core.faults import Fault
+from core.faults.tables import Fault, WorkOrder
 from core.outbox import OutboxMessage
-from core.piles import Pile, Port, add_pile, add_site
-from core.riders import rider_for
-from core.workorders import WorkOrder
+from core.piles.fleet import add_pile, add_site
+from core.piles.tables import Pile, Port
+from core.riders.identities import rider_for
 from simulator.wear import HiddenHazard, load_truth, simulate
 from tests.conftest import make_settings, start_server
 from tests.journey import WebRider, web_staff

@@ -7,6 +7,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
+import notifications.schema  # noqa: F401  (registers the notifications tables)
 from core.db import make_engine
 from core.schema import metadata
 

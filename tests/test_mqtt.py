@@ -24,16 +24,17 @@ import aiomqtt
 import pytest
 from sqlalchemy import func, select
 
-from bot import mqtt
 from bot.context import CTX
-from core import charging, riders, wallet
-from core.charging import Charge
-from core.config import MqttSettings
+from bot.piles import mqtt
+from core.billing import wallet
+from core.billing.wallet import LedgerEntry
+from core.charging import sessions as charging
+from core.charging.tables import Charge
+from core.config_sections import MqttSettings
 from core.db import transaction
-from core.events import PileEvent, RejectedEvent
-from core.pile_auth import sign
-from core.piles import Pile
-from core.wallet import LedgerEntry
+from core.piles.auth import sign
+from core.piles.tables import Pile, PileEvent, RejectedEvent
+from core.riders import identities as riders
 from tests.conftest import PILE_SECRET, Running, make_settings, seed_city, start_server
 
 HOST, PORT = "127.0.0.1", 1883

@@ -17,11 +17,11 @@ from geopy.distance import geodesic
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.charging import Charge
+from core.charging.tables import Charge
 from core.db import transaction
-from core.nearby import MAX_RADIUS_M, NearbyPile, free_port_filter, nearest_free
-from core.piles import Pile, Port, Site, port_code
-from core.riders import Rider
+from core.piles.nearby import MAX_RADIUS_M, NearbyPile, free_port_filter, nearest_free
+from core.piles.tables import Pile, Port, Site, port_code
+from core.riders.tables import Rider
 
 CENTER = (30.27, 120.15)
 HALF_SPAN_M = 10_000.0  # the city is a ~20 km square

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 from bot.scheduler import sweep_offline
 from core.db import transaction
-from core.nearby import nearest_free
-from core.piles import Pile
+from core.piles.nearby import nearest_free
+from core.piles.tables import Pile
 from simulator import Fleet, PileSpec
 from tests.conftest import make_settings, seed_city, start_server
 from tests.journey import WebRider, wait_until

@@ -18,13 +18,13 @@ from telegram import Message
 
 from bot.i18n import tr
 from bot.payments import telegram_pay
-from core import wallet
+from core.billing import wallet
 from core.billing.payments import Payment
-from core.charging import Charge
+from core.billing.wallet import LedgerEntry
+from core.charging.tables import Charge
 from core.db import transaction
-from core.piles import Port
-from core.riders import Identity
-from core.wallet import LedgerEntry
+from core.piles.tables import Port
+from core.riders.tables import Identity
 from tests.conftest import Running, all_skins_settings, seed_city, start_server
 from tests.fakes.telegram_api import Call, FakeTelegram
 from tests.fakes.telegram_updates import TelegramUser, next_update_id

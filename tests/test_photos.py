@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from bot import photo_fetch
-from core import photos
-from core.photos import PhotoRejected, PhotoUnavailable
+from bot.skins import photos as photo_fetch
+from core.support import photos
+from core.support.photos import PhotoRejected, PhotoUnavailable
 from tests.conftest import Running, all_skins_settings, make_settings, start_server
 from tests.fakes.wechat_api import FAKE_JPEG
 from tests.journey import WebRider

@@ -24,13 +24,12 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from yarl import URL
 
-from core.charging import END_REASONS, Charge, MeterSample
-from core.commands import PileCommand
-from core.events import EVENT_TYPES, FAULT_CODES, PileEvent, RejectedEvent
+from core.billing.wallet import LedgerEntry
+from core.charging.tables import END_REASONS, Charge, MeterSample
 from core.outbox import OutboxMessage
-from core.pile_auth import sign, signed_headers
-from core.piles import PORT_STATUSES, Pile
-from core.wallet import LedgerEntry
+from core.piles.auth import sign, signed_headers
+from core.piles.tables import PORT_STATUSES, Pile, PileCommand, PileEvent, RejectedEvent
+from core.piles.wire import EVENT_TYPES, FAULT_CODES
 from tests.conftest import PILE_SECRET, Running, seed_city
 from tests.journey import WebRider, button
 

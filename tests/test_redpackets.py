@@ -16,12 +16,13 @@ import pytest
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core import piles, wallet
-from core.charging import Charge
+from core.billing import wallet
+from core.billing.wallet import LedgerEntry
+from core.charging.tables import Charge
 from core.db import make_engine, make_sessionmaker, transaction
 from core.outbox import OutboxMessage
-from core.riders import Identity, Rider
-from core.wallet import LedgerEntry
+from core.piles import fleet as piles
+from core.riders.tables import Identity, Rider
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 SPRING_2027 = date(2027, 2, 6)
@@ -33,7 +34,7 @@ def _red_packets() -> ModuleType:
     # Imported lazily: importing registers its tables in the shared metadata, which the PG
     # fixture truncates, and until the lead's migration creates them they exist only once
     # `_tables` has made them.
-    return importlib.import_module("core.redpackets")
+    return importlib.import_module("core.engagement.redpackets")
 
 
 def _create_tables(connection: Any) -> None:

@@ -17,10 +17,10 @@ from typing import Any
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from core.charging import Charge
-from core.events import PileEvent, RejectedEvent
+from core.billing.wallet import LedgerEntry
+from core.charging.tables import Charge
 from core.outbox import OutboxMessage
-from core.wallet import LedgerEntry
+from core.piles.tables import PileEvent, RejectedEvent
 from tests.conftest import Running, seed_city
 from tests.test_fuzz_pile_routes import VALID_EVENT, bad_event, examples
 from tests.test_pile_webhook import PILE, PileLink, ev, now_ts, rider_starts, take_start_command

@@ -16,15 +16,14 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from core import piles
-from core.charging import Charge
+from core.charging.tables import Charge
 from core.db import transaction
-from core.faults import Fault
+from core.faults.tables import Fault, WorkOrder
 from core.outbox import OutboxMessage
-from core.piles import Port
-from core.riders import rider_for
-from core.support import Ticket
-from core.workorders import WorkOrder
+from core.piles import fleet as piles
+from core.piles.tables import Port
+from core.riders.identities import rider_for
+from core.support.tables import Ticket
 from tests.conftest import Running, make_settings, seed_city, start_server
 from tests.test_surveys import create_survey_tables, survey_tables  # noqa: F401
 
@@ -49,7 +48,7 @@ async def running(db_url: str) -> AsyncIterator[Running]:
 
 
 async def seed_march(server: Running) -> None:
-    from core.surveys import NpsResponse
+    from core.engagement.surveys import NpsResponse
 
     async with transaction(server.ctx.sm) as s:
         rider = await rider_for(s, "webchat", "report-rider")
@@ -124,7 +123,7 @@ async def seed_march(server: Running) -> None:
 async def test_the_march_report_counts_exactly_what_happened_in_march(
         running: Running, tmp_path: Path) -> None:
     from bot.handlers.surveys import text_summary
-    from core import reports
+    from core.engagement import reports
 
     await seed_march(running)
     async with running.ctx.sm() as s:
@@ -179,7 +178,7 @@ async def test_the_march_report_counts_exactly_what_happened_in_march(
 
 async def test_an_empty_month_has_no_nps_and_no_rates_but_still_makes_its_files(
         running: Running, tmp_path: Path) -> None:
-    from core import reports
+    from core.engagement import reports
 
     async with running.ctx.sm() as s:
         report = await reports.monthly(s, "2031-06", TZ)
@@ -198,7 +197,7 @@ async def test_an_empty_month_has_no_nps_and_no_rates_but_still_makes_its_files(
 
 async def test_the_report_reaches_staff_once_per_month(running: Running) -> None:
     from bot.handlers.surveys import render_report
-    from core import reports
+    from core.engagement import reports
 
     async with transaction(running.ctx.sm) as s:
         staff = await rider_for(s, "webchat", "report-staff")
@@ -214,7 +213,7 @@ async def test_the_report_reaches_staff_once_per_month(running: Running) -> None
 
 
 def test_month_bounds_follow_the_local_calendar_and_reject_bad_months() -> None:
-    from core.reports import month_bounds
+    from core.engagement.reports import month_bounds
 
     start, end = month_bounds("2031-12", TZ)
     assert start.astimezone(UTC) == datetime(2031, 11, 30, 16, tzinfo=UTC)
@@ -225,7 +224,7 @@ def test_month_bounds_follow_the_local_calendar_and_reject_bad_months() -> None:
 
 
 def test_site_labels_fall_back_to_the_id_when_no_font_draws_chinese() -> None:
-    from core.reports import SiteNps, site_label
+    from core.engagement.reports import SiteNps, site_label
 
     chinese = SiteNps("T01", "测试小区车棚", 40.0, 5)
     assert site_label(chinese, can_draw_cjk=False) == "T01"

@@ -8,11 +8,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from bot.scheduler import site_schedules
-from core import piles
-from core.commands import PileCommand
 from core.db import transaction
-from core.nearby import nearest_free
-from core.piles import Pile, Site
+from core.piles import fleet as piles
+from core.piles.nearby import nearest_free
+from core.piles.tables import Pile, PileCommand, Site
 from tests.conftest import PILE_SECRET, make_settings, seed_city, start_server
 from tests.journey import PileClient, WebRider, button
 

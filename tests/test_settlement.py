@@ -11,14 +11,15 @@ import pytest
 from sqlalchemy import select
 
 from bot.scheduler import sweep_disputes
-from core import charging, wallet
-from core.billing import coupons, disputes, plans
-from core.charging import Charge
+from core.billing import coupons, disputes, plans, wallet
+from core.billing.wallet import LedgerEntry
+from core.charging import sessions as charging
+from core.charging.tables import Charge
 from core.db import transaction
 from core.errors import PortUnavailable
 from core.outbox import OutboxMessage
-from core.riders import Rider, rider_for
-from core.wallet import LedgerEntry
+from core.riders.identities import rider_for
+from core.riders.tables import Rider
 from tests.conftest import PILE_SECRET, Running, make_settings, seed_city, start_server
 from tests.journey import PileClient
 

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.pile_auth import verify
+from core.piles.auth import verify
 from simulator import ChargerProfile, Fleet, PileSpec
 from simulator import charger as ch
 from simulator.clock import VirtualClock

@@ -14,13 +14,13 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from bot.scheduler import sweep_support
-from core import staff
 from core.billing.coupons import Coupon
 from core.db import transaction
+from core.faults.tables import WorkOrder
 from core.outbox import OutboxMessage
-from core.riders import rider_for
-from core.support import Ticket, TicketMessage
-from core.workorders import WorkOrder
+from core.riders import staff
+from core.riders.identities import rider_for
+from core.support.tables import Ticket, TicketMessage
 from tests.conftest import PILE_SECRET, all_skins_settings, make_settings, seed_city, start_server
 from tests.fakes.telegram_updates import TelegramUser
 from tests.journey import HandClock, PileClient, WebRider, button, wait_until, web_staff

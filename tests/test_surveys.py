@@ -17,12 +17,13 @@ import pytest
 from sqlalchemy import select
 
 from bot.handlers.turn import Turn
-from bot.replies import MAX_CALLBACK_BYTES, Incoming
-from core.charging import Charge
+from core.charging.tables import Charge
 from core.db import make_engine, transaction
 from core.outbox import OutboxMessage
-from core.piles import Port
-from core.riders import Rider, rider_for
+from core.piles.tables import Port
+from core.riders.identities import rider_for
+from core.riders.tables import Rider
+from notifications.replies import MAX_CALLBACK_BYTES, Incoming
 from tests.conftest import Running, make_settings, seed_city, start_server
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ SHANGHAI_NOON = datetime(2031, 5, 10, 4, 0, tzinfo=UTC)  # 12:00 in Asia/Shangha
 
 
 async def create_survey_tables(engine: AsyncEngine) -> None:
-    from core.surveys import NpsResponse, SurveyOptOut
+    from core.engagement.surveys import NpsResponse, SurveyOptOut
 
     async with engine.begin() as conn:
         for table in (NpsResponse.__table__, SurveyOptOut.__table__):
@@ -83,7 +84,7 @@ async def _charge(server: Running, rider_id: int, ended_at: datetime, port: int 
 
 
 async def _prompt(server: Running, charge_id: int, now: datetime, **rules: Any) -> Any:
-    from core import surveys
+    from core.engagement import surveys
 
     async with transaction(server.ctx.sm) as s:
         charge = await s.get(Charge, charge_id)
@@ -102,7 +103,7 @@ async def _outbox(server: Running, rider_id: int) -> list[OutboxMessage]:
 
 
 def test_nps_is_percent_promoters_minus_percent_detractors() -> None:
-    from core.surveys import category, nps
+    from core.engagement.surveys import category, nps
 
     assert nps([10, 9, 8, 7, 6, 0, 10, 3]) == 0.0  # 3 promoters, 3 detractors of 8
     assert nps([10, 9, 9, 8]) == 75.0
@@ -116,7 +117,7 @@ def test_nps_is_percent_promoters_minus_percent_detractors() -> None:
 
 
 def test_nps_without_answers_is_none_and_all_passives_is_zero() -> None:
-    from core.surveys import nps
+    from core.engagement.surveys import nps
 
     assert nps([]) is None
     assert nps([7, 8, 8, 7]) == 0.0
@@ -127,7 +128,7 @@ def test_nps_without_answers_is_none_and_all_passives_is_zero() -> None:
 
 
 def test_quiet_hours_move_a_prompt_to_eight_in_the_morning_local_time() -> None:
-    from core.surveys import in_quiet_hours, send_time
+    from core.engagement.surveys import in_quiet_hours, send_time
 
     shanghai = timedelta(hours=8)
     late = datetime(2031, 5, 10, 23, 30, tzinfo=UTC) - shanghai  # 23:30 local
@@ -197,7 +198,7 @@ async def test_a_charge_settled_at_night_is_asked_about_at_eight(running: Runnin
 
 async def test_a_rider_who_opted_out_is_not_asked_and_a_waiting_prompt_is_withdrawn(
         running: Running) -> None:
-    from core import surveys
+    from core.engagement import surveys
 
     rider = await _rider(running, "nps-rider-4")
     night = datetime(2031, 5, 10, 15, 30, tzinfo=UTC)
@@ -218,7 +219,7 @@ async def test_a_rider_who_opted_out_is_not_asked_and_a_waiting_prompt_is_withdr
 
 
 def test_prompt_rules_come_from_the_settings_with_defaults() -> None:
-    from core.surveys import prompt_rules
+    from core.engagement.surveys import prompt_rules
 
     rules = prompt_rules(make_settings("sqlite+aiosqlite:///unused.db"))
     assert rules == {"min_days_between": 7, "quiet": ("22:00", "08:00"),
@@ -242,7 +243,7 @@ def test_the_prompt_has_eleven_scores_and_an_opt_out_within_telegram_limits() ->
 async def _tap(server: Running, client: str, data: str | None = None, text: str | None = None
                ) -> list[Any]:
     from bot.handlers import surveys as handler
-    from core import prompts
+    from core.engagement import prompts
 
     async with transaction(server.ctx.sm) as s:
         rider: Rider = await rider_for(s, "webchat", client)
@@ -259,8 +260,8 @@ async def _tap(server: Running, client: str, data: str | None = None, text: str 
 
 async def test_a_detractor_is_asked_why_and_can_write_their_own_reason(
         running: Running) -> None:
-    from core import prompts
-    from core.surveys import NpsResponse
+    from core.engagement import prompts
+    from core.engagement.surveys import NpsResponse
 
     rider = await _rider(running, "nps-tap-1")
     charge = await _charge(running, rider, SHANGHAI_NOON)
@@ -282,7 +283,7 @@ async def test_a_detractor_is_asked_why_and_can_write_their_own_reason(
 
 async def test_a_promoter_is_thanked_and_a_changed_mind_clears_the_reason(
         running: Running) -> None:
-    from core.surveys import NpsResponse
+    from core.engagement.surveys import NpsResponse
 
     rider = await _rider(running, "nps-tap-2")
     charge = await _charge(running, rider, SHANGHAI_NOON)
@@ -302,7 +303,7 @@ async def test_a_promoter_is_thanked_and_a_changed_mind_clears_the_reason(
 
 async def test_someone_elses_survey_and_bad_taps_are_refused_and_off_opts_out(
         running: Running) -> None:
-    from core.surveys import NpsResponse, SurveyOptOut
+    from core.engagement.surveys import NpsResponse, SurveyOptOut
 
     owner = await _rider(running, "nps-tap-3")
     await _rider(running, "nps-tap-4")
@@ -321,7 +322,7 @@ async def test_someone_elses_survey_and_bad_taps_are_refused_and_off_opts_out(
 
 async def test_answer_prompt_leaves_other_prompts_and_commands_alone(running: Running) -> None:
     from bot.handlers import surveys as handler
-    from core import prompts
+    from core.engagement import prompts
 
     rider_id = await _rider(running, "nps-tap-5")
     async with transaction(running.ctx.sm) as s:

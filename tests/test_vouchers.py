@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.charging import Charge
+from core.charging.tables import Charge
 from core.db import transaction
 from core.outbox import OutboxMessage
-from core.piles import Site
-from core.riders import Rider
+from core.piles.tables import Site
+from core.riders.tables import Rider
 
 NOW = datetime(2025, 6, 1, 10, 0, tzinfo=UTC)
 MALL = Site(id="M01", name="万象城 B2", lat=30.0, lon=120.0, kind="mall")
@@ -24,7 +24,7 @@ COMMUNITY = Site(id="C01", name="翠苑小区", lat=30.0, lon=120.0, kind="commu
 
 @pytest.fixture
 def vc() -> ModuleType:
-    from core import vouchers
+    from core.engagement import vouchers
 
     return vouchers
 

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from core import wallet
+from core.billing import wallet
 from core.db import make_engine, make_sessionmaker, transaction
 from core.errors import InsufficientBalance
-from core.riders import Rider
+from core.riders.tables import Rider
 
 
 async def test_concurrent_debits_and_replays_keep_balance_equal_to_the_ledger(db_url: str) -> None:

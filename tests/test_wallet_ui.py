@@ -11,12 +11,11 @@ from sqlalchemy import select
 from bot.handlers import notices
 from bot.i18n import tr
 from bot.payments.sandbox import sandbox_topup
-from core import wallet
-from core.billing import coupons
+from core.billing import coupons, wallet
 from core.billing.payments import Payment
+from core.billing.wallet import LedgerEntry
 from core.db import transaction
-from core.riders import Identity, Rider
-from core.wallet import LedgerEntry
+from core.riders.tables import Identity, Rider
 from tests.conftest import Running
 from tests.journey import WebRider, button
 

@@ -9,14 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.wear import (
-    HEAT_WINDOW,
-    PortState,
-    WearModel,
-    fit,
-    forecast,
-    heat_coefficient,
-)
+from core.faults.wear import HEAT_WINDOW, PortState, WearModel, fit, forecast, heat_coefficient
 from simulator.wear import (
     PILE_MODELS,
     History,

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from core.db import make_engine, make_sessionmaker, transaction
 from core.outbox import OutboxMessage
-from core.riders import Identity, LinkCode, Rider
+from core.riders.tables import Identity, LinkCode, Rider
 from notifications.wechat_client import WechatClient
 from notifications.wechat_store import WechatInbound
 from tests.conftest import PILE_SECRET, Running, all_skins_settings, seed_city, start_server
@@ -111,7 +111,7 @@ async def test_the_same_message_delivered_three_times_is_handled_once(all_skins:
 async def test_scan_subscribe_location_and_menu_clicks(all_skins: Running, fakes) -> None:  # type: ignore[no-untyped-def]
     await seed_city(all_skins.ctx, piles_n=2, ports=2)
     async with transaction(all_skins.ctx.sm) as s:
-        from core.piles import Pile
+        from core.piles.tables import Pile
 
         for pile in (await s.execute(select(Pile))).scalars():
             pile.online, pile.last_seen_at = True, all_skins.ctx.clock()

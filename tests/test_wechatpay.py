@@ -18,21 +18,16 @@ from sqlalchemy import select
 
 from bot.context import Context
 from bot.payments import wechatpay
-from bot.payments.wechatpay import (
-    WXPAY,
-    WechatPayClient,
-    WechatPayError,
-    start_native_topup,
-    start_topup,
-)
-from core import wallet
+from bot.payments.wechatpay.client import WXPAY, WechatPayClient, WechatPayError
+from bot.payments.wechatpay.orders import start_native_topup, start_topup
+from core.billing import wallet
 from core.billing.payments import Payment
-from core.charging import Charge
+from core.billing.wallet import LedgerEntry
+from core.charging.tables import Charge
 from core.db import transaction
 from core.outbox import OutboxMessage
-from core.piles import Port
-from core.riders import Identity
-from core.wallet import LedgerEntry
+from core.piles.tables import Port
+from core.riders.tables import Identity
 from tests.conftest import Running, make_settings, seed_city, start_server
 from tests.fakes.wechatpay_api import FakeWechatPay
 from tests.journey import WebRider

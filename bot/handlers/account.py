@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.handlers.payloads import LinkAnswer
+from bot.handlers.routing import Router
 from bot.handlers.text import menu_buttons
 from bot.handlers.turn import Turn
 from bot.i18n import tr
-from bot.replies import Button, Reply
-from core.accounts import (
+from core.billing.wallet import yuan
+from core.errors import LinkCodeInvalid, LinkRefused
+from core.riders.accounts import (
     LinkPaused,
     LinkTooManyTries,
     answer_link,
     create_link_code,
     request_link,
 )
-from core.db import row_id
-from core.errors import LinkCodeInvalid, LinkRefused
-from core.wallet import yuan
+from notifications.replies import Button, Reply
+
+router = Router(__name__)
 
 
 def platform_name(lang: str, platform: str) -> str:
@@ -37,6 +40,7 @@ def refusal(lang: str, reason: str | None) -> str:
     return tr(lang, "This code belongs to this same account.")
 
 
+@router.command("link")
 async def link(turn: Turn, code: str) -> list[Reply]:
     lang = turn.lang
     if not code:
@@ -61,12 +65,12 @@ async def link(turn: Turn, code: str) -> list[Reply]:
                            "(within 10 minutes). Nothing is linked until you do."))]
 
 
-async def answer(turn: Turn, arg: str) -> list[Reply]:
+@router.button(LinkAnswer)
+async def answer(turn: Turn, p: LinkAnswer) -> list[Reply]:
     """`lk:ok:ID` / `lk:no:ID`: the code's owner answers a link request in their own chat."""
-    verb, _, ident = arg.partition(":")
-    attempt_id = row_id(ident)
+    verb, attempt_id = p.verdict, p.attempt_id
     lang = turn.lang
-    if verb not in ("ok", "no") or attempt_id is None:
+    if verb not in ("ok", "no"):
         return [Reply(tr(lang, "That code is wrong or has expired. Send /link in your other app "
                                "to get a new one."))]
     try:
@@ -89,8 +93,9 @@ def request_notice(lang: str, payload: dict[str, Any]) -> list[Reply]:
                     "would be shared. Confirm only if you just typed your own code there.",
               platform=platform_name(lang, payload["platform"]), name=payload["name"] or "—")
     aid = payload["attempt_id"]
-    return [Reply(text, buttons=[[Button(tr(lang, "✅ Confirm"), data=f"lk:ok:{aid}"),
-                                  Button(tr(lang, "❌ Refuse"), data=f"lk:no:{aid}")]])]
+    return [Reply(text, buttons=[[
+        Button(tr(lang, "✅ Confirm"), data=LinkAnswer("ok", aid).pack()),
+        Button(tr(lang, "❌ Refuse"), data=LinkAnswer("no", aid).pack())]])]
 
 
 def done_notice(lang: str, payload: dict[str, Any]) -> list[Reply]:

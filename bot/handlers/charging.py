@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
+from bot.handlers.payloads import (
+    History,
+    OpenLocker,
+    PayDue,
+    StartCharge,
+    Status,
+    StopCharge,
+    Wallet,
+)
 from bot.handlers.ports import alternatives, unknown_port
+from bot.handlers.routing import Router
 from bot.handlers.support import report_button
 from bot.handlers.text import bill_text, duration, kwh, menu_buttons
 from bot.handlers.turn import Turn
 from bot.handlers.wallet import topup_buttons
 from bot.i18n import tr
-from bot.replies import Button, Reply
-from core import charging, limits
-from core.charging import Charge
+from core.billing.wallet import yuan
+from core.charging import sessions as charging
+from core.charging.tables import Charge
 from core.errors import (
     BalanceTooLow,
     BillDue,
@@ -22,8 +32,17 @@ from core.errors import (
     TooManyOpenCharges,
     UnknownPort,
 )
-from core.piles import Pile, parse_port_code
-from core.wallet import yuan
+from core.piles.fleet import parse_port_code
+from core.piles.tables import Pile
+from core.riders import limits
+from notifications.replies import Button, Reply
+
+router = Router(__name__)
+
+
+@router.button(StartCharge)
+async def start_button(turn: Turn, p: StartCharge) -> list[Reply]:
+    return await start(turn, p.code)
 
 
 async def start(turn: Turn, code: str) -> list[Reply]:
@@ -43,15 +62,15 @@ async def start(turn: Turn, code: str) -> list[Reply]:
         return [Reply(
             tr(lang, "You have an unpaid bill of {amount}. Please pay it before starting a new "
                      "charge.", amount=yuan(exc.params["amount"])),
-            buttons=[[Button(tr(lang, "💳 Pay now"), data="pay")],
-                     [Button(tr(lang, "👛 Wallet"), data="wallet")]],
+            buttons=[[Button(tr(lang, "💳 Pay now"), data=PayDue().pack())],
+                     [Button(tr(lang, "👛 Wallet"), data=Wallet().pack())]],
         )]
     except BalanceTooLow as exc:
         return await _top_up_first(turn, code, exc.params["floor"], exc.params["balance"])
     except TooManyOpenCharges as exc:
         return [Reply(tr(lang, "You already have {n} charges running, the most at once. Stop "
                                "one to start another.", n=exc.params["limit"]),
-                      buttons=[[Button(tr(lang, "⚡ Status"), data="status")]])]
+                      buttons=[[Button(tr(lang, "⚡ Status"), data=Status().pack())]])]
     except PortBusy:
         pile_id, _ = parse_port_code(code)
         alt = await alternatives(turn, pile_id)
@@ -64,8 +83,8 @@ async def start(turn: Turn, code: str) -> list[Reply]:
     turn.after_commit.append(lambda: turn.ctx.wake_pile(charge.pile_id))
     return [Reply(
         tr(lang, "⏳ Starting port {code}… I'll tell you as soon as power flows.", code=code),
-        buttons=[[Button(tr(lang, "⚡ Status"), data="status"),
-                  Button(tr(lang, "⏹ Stop"), data=f"stop:{charge.id}")]],
+        buttons=[[Button(tr(lang, "⚡ Status"), data=Status().pack()),
+                  Button(tr(lang, "⏹ Stop"), data=StopCharge(charge.id).pack())]],
     )]
 
 
@@ -76,11 +95,14 @@ async def _top_up_first(turn: Turn, code: str, floor: int, balance: int) -> list
                     "(you have {balance}). Top up, then start again.",
               floor=yuan(floor), balance=yuan(balance))
     buttons = await topup_buttons(turn)
-    buttons.append([Button(tr(lang, "⚡ Start port {code}", code=code), data=f"start:{code}"),
-                    Button(tr(lang, "👛 Wallet"), data="wallet")])
+    buttons.append([Button(tr(lang, "⚡ Start port {code}", code=code),
+                           data=StartCharge(code).pack()),
+                    Button(tr(lang, "👛 Wallet"), data=Wallet().pack())])
     return [Reply(text, buttons=buttons)]
 
 
+@router.command("status")
+@router.button(Status)
 async def status(turn: Turn) -> list[Reply]:
     lang = turn.lang
     open_ = await charging.open_charges(turn.session, turn.rider.id)  # type: ignore[arg-type]
@@ -100,10 +122,10 @@ async def status(turn: Turn) -> list[Reply]:
                 tr(lang, "Cost so far: {cost}", cost=yuan(live.cost_fen)),
             ])
         replies.append(Reply(text, buttons=[[
-            Button(tr(lang, "🔄 Refresh"), data="status"),
-            Button(tr(lang, "⏹ Stop"), data=f"stop:{charge.id}"),
+            Button(tr(lang, "🔄 Refresh"), data=Status().pack()),
+            Button(tr(lang, "⏹ Stop"), data=StopCharge(charge.id).pack()),
         ], [report_button(lang, f"c{charge.id}")] + ([Button(tr(lang, "🔓 Open locker"),
-                                                             data=f"locker:{charge.id}")]
+                                                             data=OpenLocker(charge.id).pack())]
                                                       if await _lockers(turn, charge) else [])]))
     return replies
 
@@ -111,6 +133,16 @@ async def status(turn: Turn) -> list[Reply]:
 async def _lockers(turn: Turn, charge: Charge) -> bool:
     pile = await turn.session.get(Pile, charge.pile_id)
     return bool(pile and pile.lockers)
+
+
+@router.command("stop")
+async def stop_command(turn: Turn) -> list[Reply]:
+    return await stop(turn, None)
+
+
+@router.button(StopCharge)
+async def stop_button(turn: Turn, p: StopCharge) -> list[Reply]:
+    return await stop(turn, p.charge_id)
 
 
 async def stop(turn: Turn, charge_id: int | None) -> list[Reply]:
@@ -124,6 +156,8 @@ async def stop(turn: Turn, charge_id: int | None) -> list[Reply]:
                      code=charge.port_code))]
 
 
+@router.command("history")
+@router.button(History)
 async def history(turn: Turn) -> list[Reply]:
     lang = turn.lang
     charges = await charging.recent(turn.session, turn.rider.id)  # type: ignore[arg-type]

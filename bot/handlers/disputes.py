@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from bot.handlers.payloads import Dispute
+from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
 from bot.i18n import tr
-from bot.replies import Reply
 from core.billing.disputes import NothingToDispute, open_dispute
-from core.charging import Charge
+from core.billing.wallet import yuan
+from core.charging.tables import Charge
 from core.db import row_id
-from core.wallet import yuan
+from notifications.replies import Reply
+
+router = Router(__name__)
 
 
+@router.button(Dispute)
+async def button(turn: Turn, p: Dispute) -> list[Reply]:
+    return await open_(turn, p.ref)
+
+
+@router.command("dispute")
 async def open_(turn: Turn, arg: str) -> list[Reply]:
     lang = turn.lang
     stmt = select(Charge).where(Charge.rider_id == turn.rider.id,

@@ -10,15 +10,18 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 
 from bot.annual_card import card
+from bot.handlers.payloads import MyYear, OpenLocker, ShowPile, ToolKit
+from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
 from bot.i18n import tr
-from bot.replies import Button, Reply
-from core import annual, photos, services
-from core.charging import Charge
-from core.db import row_id
-from core.piles import Site
-from core.wallet import yuan
+from core.billing.wallet import yuan
+from core.charging.tables import Charge
+from core.engagement import annual, services
+from core.piles.tables import Site
+from core.support import photos
+from notifications.replies import Button, Reply
 
+router = Router(__name__)
 USUAL_DAYS = 90
 
 
@@ -33,6 +36,8 @@ def year_text(lang: str, y: annual.Year, site: str | None) -> str:
     return "\n".join(lines)
 
 
+@router.command("myyear", "year")
+@router.button(MyYear)
 async def my_year(turn: Turn) -> list[Reply]:
     settings = turn.ctx.settings
     tz = settings.server.timezone
@@ -59,10 +64,11 @@ async def usual_piles(turn: Turn, n: int = 2) -> list[Button]:
             Charge.rider_id == turn.rider.id, Charge.state.in_(("ended", "settled")),
             Charge.ended_at >= since)
         .group_by(Charge.pile_id).order_by(func.count().desc(), Charge.pile_id).limit(n))
-    return [Button(tr(turn.lang, "⭐ {pile} (usual)", pile=pile), data=f"pile:{pile}")
+    return [Button(tr(turn.lang, "⭐ {pile} (usual)", pile=pile), data=ShowPile(pile).pack())
             for pile, _count in rows]
 
 
+@router.command("offpeak")
 async def offpeak(turn: Turn) -> list[Reply]:
     """Toggle the evening reminder to charge off-peak."""
     turn.rider.offpeak_reminders = not turn.rider.offpeak_reminders
@@ -98,12 +104,14 @@ async def site_services(turn: Turn, site: Site) -> tuple[list[str], list[Button]
         free = site.tool_kits - await services.kits_out(turn.session, site.id)
         lines.append(tr(lang, "🧰 Tool kits to borrow: {free} of {n}.", free=free,
                         n=site.tool_kits))
-        buttons.append(Button(tr(lang, "🧰 Borrow a tool kit"), data=f"tool:borrow:{site.id}"))
+        buttons.append(Button(tr(lang, "🧰 Borrow a tool kit"),
+                              data=ToolKit("borrow", site.id).pack()))
     return lines, buttons
 
 
-async def tools(turn: Turn, arg: str) -> list[Reply]:
-    action, _, site_id = arg.partition(":")
+@router.button(ToolKit)
+async def tools(turn: Turn, p: ToolKit) -> list[Reply]:
+    action, site_id = p.action, p.site_id
     lang = turn.lang
     if action == "borrow":
         try:
@@ -114,7 +122,7 @@ async def tools(turn: Turn, arg: str) -> list[Reply]:
                          "and tap Return.") if new
                 else tr(lang, "🧰 You already have a tool kit. Please return it first."))
         return [Reply(text, buttons=[[Button(tr(lang, "↩️ Return the tool kit"),
-                                             data="tool:return")]])]
+                                             data=ToolKit("return").pack())]])]
     if action == "return":
         loan = await services.give_back(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]
         if loan is None:
@@ -123,8 +131,9 @@ async def tools(turn: Turn, arg: str) -> list[Reply]:
     return [Reply(tr(lang, "Sorry, that didn't work. Please try again."))]
 
 
-async def locker(turn: Turn, ref: str) -> list[Reply]:
-    charge = await turn.session.get(Charge, n) if (n := row_id(ref)) else None
+@router.button(OpenLocker)
+async def locker(turn: Turn, p: OpenLocker) -> list[Reply]:
+    charge = await turn.session.get(Charge, p.charge_id) if p.charge_id else None
     if charge is None or charge.rider_id != turn.rider.id:
         return [Reply(tr(turn.lang, "Only your own charge's locker can be opened."))]
     if not await services.open_locker(turn.session, charge, turn.now):

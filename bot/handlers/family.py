@@ -7,15 +7,17 @@
 
 from __future__ import annotations
 
+from bot.handlers.payloads import FamilyAction
+from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
 from bot.i18n import tr
-from bot.replies import Button, Reply
-from core import wallet
-from core.billing import family
+from core.billing import family, wallet
+from core.billing.wallet import yuan
 from core.db import row_id
-from core.riders import Rider
-from core.wallet import yuan
+from core.riders.tables import Rider
+from notifications.replies import Button, Reply
 
+router = Router(__name__)
 INVITE_LIMITS_FEN = (0, 2000, 5000)  # none, ¥20, ¥50 a month
 
 
@@ -26,7 +28,7 @@ def _rider_id(turn: Turn) -> int:
 
 
 def _back(lang: str) -> list[Button]:
-    return [Button(tr(lang, "👨‍👩‍👧 Family wallet"), data="family")]
+    return [Button(tr(lang, "👨‍👩‍👧 Family wallet"), data=FamilyAction().pack())]
 
 
 async def _members(turn: Turn) -> list[tuple[int, str, int, int]]:
@@ -68,15 +70,17 @@ async def card(turn: Turn) -> list[Reply]:
         lines.append(tr(lang, "No members yet."))
     lines.append(tr(lang, "Invite a member (one code per person, valid 24 h):"))
     buttons = [_invite_buttons(lang)]
-    buttons += [[Button(tr(lang, "➖ Remove {name}", name=label), data=f"family:rm:{rid}")]
+    buttons += [[Button(tr(lang, "➖ Remove {name}", name=label),
+                        data=FamilyAction("rm", str(rid)).pack())]
                 for rid, label, _spent, _limit in members]
     return [Reply("\n".join(lines), buttons=buttons)]
 
 
 def _invite_buttons(lang: str) -> list[Button]:
     return [
-        Button(tr(lang, "➕ No limit"), data="family:inv:0") if not fen else
-        Button(tr(lang, "➕ {limit}/month", limit=yuan(fen)), data=f"family:inv:{fen}")
+        Button(tr(lang, "➕ No limit"), data=FamilyAction("inv", "0").pack()) if not fen else
+        Button(tr(lang, "➕ {limit}/month", limit=yuan(fen)),
+               data=FamilyAction("inv", str(fen)).pack())
         for fen in INVITE_LIMITS_FEN
     ]
 
@@ -100,9 +104,10 @@ async def _member_card(turn: Turn, member: family.FamilyMember, fam: family.Fami
         lines.append(tr(lang, "When the family balance is short, you pay from your own "
                               "balance."))
     return Reply("\n".join(lines),
-                 buttons=[[Button(tr(lang, "🚪 Leave family"), data="family:leave")]])
+                 buttons=[[Button(tr(lang, "🚪 Leave family"), data=FamilyAction("leave").pack())]])
 
 
+@router.command("family")
 async def command(turn: Turn, arg: str) -> list[Reply]:
     if arg:
         return await _join(turn, arg)
@@ -145,9 +150,9 @@ async def _join(turn: Turn, code: str) -> list[Reply]:
     return [Reply(text, buttons=[_back(lang)])]
 
 
-async def button(turn: Turn, arg: str) -> list[Reply]:
-    verb, _, value = arg.partition(":")
-    n = row_id(value)
+@router.button(FamilyAction)
+async def button(turn: Turn, p: FamilyAction) -> list[Reply]:
+    verb, n = p.action, row_id(p.ref)
     if verb == "inv" and n is not None and n in INVITE_LIMITS_FEN:
         return await _invite(turn, n)
     if verb in ("rm", "rmok") and n is not None:
@@ -185,8 +190,9 @@ async def _remove(turn: Turn, member_id: int, *, confirmed: bool) -> list[Reply]
         return [Reply(
             tr(lang, "Remove {name} from your family wallet? From now on they pay their "
                      "charges from their own balance.", name=label),
-            buttons=[[Button(tr(lang, "✅ Yes, remove"), data=f"family:rmok:{member_id}"),
-                      Button(tr(lang, "Cancel"), data="family")]],
+            buttons=[[Button(tr(lang, "✅ Yes, remove"),
+                             data=FamilyAction("rmok", str(member_id)).pack()),
+                      Button(tr(lang, "Cancel"), data=FamilyAction().pack())]],
         )]
     await family.remove(turn.session, _rider_id(turn), member_id)
     done = Reply(tr(lang, "✅ {name} removed. From now on they pay their charges from their "
@@ -209,8 +215,8 @@ async def _leave(turn: Turn, *, confirmed: bool) -> list[Reply]:
                             "your own balance.")
         return [Reply(
             text,
-            buttons=[[Button(tr(lang, "✅ Yes, leave"), data="family:leaveok"),
-                      Button(tr(lang, "Cancel"), data="family")]],
+            buttons=[[Button(tr(lang, "✅ Yes, leave"), data=FamilyAction("leaveok").pack()),
+                      Button(tr(lang, "Cancel"), data=FamilyAction().pack())]],
         )]
     await family.leave(turn.session, _rider_id(turn))
     balance = await wallet.balance(turn.session, _rider_id(turn))

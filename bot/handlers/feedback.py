@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from bot.handlers.payloads import (
+    AskPerson,
+    DecideIdea,
+    FaqEntry,
+    ReviewDone,
+    ReviewStars,
+    ReviewStart,
+    ReviewTag,
+    Vote,
+)
+from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
 from bot.i18n import tr
-from bot.replies import Button, Reply
-from core import prompts, questions, reviews, suggestions, support, votes
-from core.charging import Charge
-from core.db import row_id
+from core.charging.tables import Charge
+from core.engagement import prompts, questions
+from core.support import reviews, suggestions, votes
+from core.support import tickets as support
+from notifications.replies import Button, Reply
 
+router = Router(__name__)
 SUGGEST_PROMPT = "suggest"
 REVIEW_PROMPT = "review_note"
 
@@ -34,30 +47,30 @@ def summary_line(lang: str, avg: float | None, n: int, tags: list[str]) -> str |
 # --- site reviews -----------------------------------------------------------------------------
 
 
-async def _own_charge(turn: Turn, ref: str) -> Charge | None:
-    if (charge_id := row_id(ref)) is None:
-        return None
+async def _own_charge(turn: Turn, charge_id: int) -> Charge | None:
     charge = await turn.session.get(Charge, charge_id)
     if charge is None or charge.rider_id != turn.rider.id or charge.ended_at is None:
         return None
     return charge
 
 
-async def review_start(turn: Turn, ref: str) -> list[Reply]:
-    charge = await _own_charge(turn, ref)
+@router.button(ReviewStart)
+async def review_start(turn: Turn, p: ReviewStart) -> list[Reply]:
+    charge = await _own_charge(turn, p.charge_id)
     if charge is None:
         return [Reply(tr(turn.lang, "Only your own finished charges can be rated."))]
     return [Reply(tr(turn.lang, "How was charging at this site?"),
-                  buttons=[[Button("⭐" * n, data=f"rvs:{charge.id}:{n}") for n in range(1, 6)]])]
+                  buttons=[[Button("⭐" * n, data=ReviewStars(charge.id, n).pack())  # type: ignore[arg-type]
+                            for n in range(1, 6)]])]
 
 
-async def review_stars(turn: Turn, arg: str) -> list[Reply]:
-    ref, _, stars = arg.partition(":")
-    charge = await _own_charge(turn, ref)
-    if charge is None or not 1 <= (row_id(stars) or 0) <= 5:
+@router.button(ReviewStars)
+async def review_stars(turn: Turn, p: ReviewStars) -> list[Reply]:
+    charge, stars = await _own_charge(turn, p.charge_id), p.stars
+    if charge is None or not 1 <= stars <= 5:
         return [Reply(tr(turn.lang, "Only your own finished charges can be rated."))]
     review = await reviews.rate(turn.session, turn.rider.id, charge.id, charge.site_id,  # type: ignore[arg-type]
-                                int(stars), turn.now)
+                                stars, turn.now)
     await prompts.ask(turn.session, turn.rider.id, REVIEW_PROMPT, review.id, turn.now)  # type: ignore[arg-type]
     return [_tags_reply(turn, review)]
 
@@ -66,22 +79,24 @@ def _tags_reply(turn: Turn, review: reviews.SiteReview) -> Reply:
     lang = turn.lang
     chosen = set(review.tags.split(","))
     buttons = [Button(("✅ " if t in chosen else "") + tag_name(lang, t),
-                      data=f"rvt:{review.id}:{t}") for t in reviews.TAGS]
+                      data=ReviewTag(review.id, t).pack()) for t in reviews.TAGS]
     rows = [buttons[i:i + 4] for i in range(0, len(buttons), 4)]
-    rows.append([Button(tr(lang, "Done"), data=f"rvd:{review.id}")])
+    rows.append([Button(tr(lang, "Done"), data=ReviewDone(review.id).pack())])
     return Reply(tr(lang, "Thanks! Tap what fits (optional); you can also send a few words or a "
                           "photo of the site."), buttons=rows)
 
 
-async def review_tag(turn: Turn, arg: str) -> list[Reply]:
-    ref, _, tag = arg.partition(":")
-    review = await turn.session.get(reviews.SiteReview, n) if (n := row_id(ref)) else None
+@router.button(ReviewTag)
+async def review_tag(turn: Turn, p: ReviewTag) -> list[Reply]:
+    tag = p.tag
+    review = await turn.session.get(reviews.SiteReview, p.review_id) if p.review_id else None
     if review is None or review.rider_id != turn.rider.id:
         return [Reply(tr(turn.lang, "Only your own finished charges can be rated."))]
     reviews.toggle_tag(review, tag)
     return [_tags_reply(turn, review)]
 
 
+@router.button(ReviewDone)
 async def review_done(turn: Turn) -> list[Reply]:
     await prompts.done(turn.session, turn.rider.id)  # type: ignore[arg-type]
     return [Reply(tr(turn.lang, "⭐ Thank you! Your review helps other riders choose."))]
@@ -113,6 +128,7 @@ async def answer_prompt(turn: Turn, prompt: prompts.ChatPrompt) -> list[Reply] |
 # --- suggestions ------------------------------------------------------------------------------
 
 
+@router.command("suggest")
 async def suggest(turn: Turn, text: str) -> list[Reply]:
     if not text.strip():
         await prompts.ask(turn.session, turn.rider.id, SUGGEST_PROMPT, 0, turn.now)  # type: ignore[arg-type]
@@ -122,6 +138,7 @@ async def suggest(turn: Turn, text: str) -> list[Reply]:
     return [Reply(tr(turn.lang, "💡 Thank you! Idea #{id} is with our team.", id=s.id))]
 
 
+@router.command("suggestions")
 async def suggestion_list(turn: Turn) -> list[Reply]:
     if not await support.may_answer(turn.session, turn.rider.id):  # type: ignore[arg-type]
         return [Reply(tr(turn.lang, "This is for our staff only."))]
@@ -129,17 +146,17 @@ async def suggestion_list(turn: Turn) -> list[Reply]:
     if not found:
         return [Reply(tr(turn.lang, "💡 No new ideas."))]
     return [Reply(f"💡 #{s.id}: {s.text}",
-                  buttons=[[Button(tr(turn.lang, "👍 Adopt"), data=f"sg:yes:{s.id}"),
-                            Button(tr(turn.lang, "Decline"), data=f"sg:no:{s.id}")]])
+                  buttons=[[Button(tr(turn.lang, "👍 Adopt"), data=DecideIdea("yes", s.id).pack()),
+                            Button(tr(turn.lang, "Decline"), data=DecideIdea("no", s.id).pack())]])
             for s in found]
 
 
-async def decide(turn: Turn, arg: str) -> list[Reply]:
+@router.button(DecideIdea)
+async def decide(turn: Turn, p: DecideIdea) -> list[Reply]:
     if not await support.may_answer(turn.session, turn.rider.id):  # type: ignore[arg-type]
         return [Reply(tr(turn.lang, "This is for our staff only."))]
-    verdict, _, ref = arg.partition(":")
-    s = await suggestions.decide(turn.session, n, turn.rider.id,  # type: ignore[arg-type]
-                                 verdict == "yes", turn.now) if (n := row_id(ref)) else None
+    s = await suggestions.decide(turn.session, p.suggestion_id, turn.rider.id,  # type: ignore[arg-type]
+                                 p.verdict == "yes", turn.now) if p.suggestion_id else None
     if s is None:
         return [Reply(tr(turn.lang, "That idea was already decided."))]
     if s.state == "adopted":
@@ -151,22 +168,34 @@ async def decide(turn: Turn, arg: str) -> list[Reply]:
 # --- the FAQ in the menu ----------------------------------------------------------------------
 
 
+@router.command("faq")
+async def faq_command(turn: Turn) -> list[Reply]:
+    return await faq_menu(turn)
+
+
+@router.button(FaqEntry)
+async def faq_button(turn: Turn, p: FaqEntry) -> list[Reply]:
+    return await faq_menu(turn, p.key)
+
+
 async def faq_menu(turn: Turn, key: str = "") -> list[Reply]:
     lang = turn.lang
     idx = await questions.index(turn.session)
     if key and (entry := idx.get(key)) is not None:
         return [Reply(entry.answer_in(lang),
-                      buttons=[[Button(tr(lang, "❓ More questions"), data="faq"),
-                                Button(tr(lang, "💬 Ask a person"), data="ask")]])]
+                      buttons=[[Button(tr(lang, "❓ More questions"), data=FaqEntry().pack()),
+                                Button(tr(lang, "💬 Ask a person"), data=AskPerson().pack())]])]
     top = await questions.top_entries(turn.session)
     return [Reply(tr(lang, "❓ What riders ask most:"),
-                  buttons=[[Button(e.question_in(lang)[:40], data=f"faq:{e.key}")] for e in top]
-                  + [[Button(tr(lang, "💬 Ask a person"), data="ask")]])]
+                  buttons=[[Button(e.question_in(lang)[:40], data=FaqEntry(e.key).pack())]
+                           for e in top]
+                  + [[Button(tr(lang, "💬 Ask a person"), data=AskPerson().pack())]])]
 
 
 # --- the monthly best-pile vote ---------------------------------------------------------------
 
 
+@router.command("vote")
 async def vote_menu(turn: Turn) -> list[Reply]:
     lang = turn.lang
     sites = await votes.candidates(turn.session)
@@ -174,10 +203,12 @@ async def vote_menu(turn: Turn) -> list[Reply]:
         return [Reply(tr(lang, "No sites to vote for yet."))]
     return [Reply(tr(lang, "🏆 Which site was the best place to charge this month? One vote "
                            "per rider; you can change it until the month ends."),
-                  buttons=[[Button(s.name[:40], data=f"vote:{s.id}")] for s in sites])]
+                  buttons=[[Button(s.name[:40], data=Vote(s.id).pack())] for s in sites])]
 
 
-async def vote(turn: Turn, site_id: str) -> list[Reply]:
+@router.button(Vote)
+async def vote(turn: Turn, p: Vote) -> list[Reply]:
+    site_id = p.site_id
     month = votes.month_of(turn.now)
     if not await votes.cast(turn.session, month, turn.rider.id, site_id, turn.now):  # type: ignore[arg-type]
         return [Reply(tr(turn.lang, "This vote is closed."))]

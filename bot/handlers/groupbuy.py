@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.handlers.payloads import GroupBuyAction, Wallet
+from bot.handlers.routing import Router
 from bot.handlers.staff import local
 from bot.handlers.turn import Turn
 from bot.i18n import tr
-from bot.replies import Button, Reply
-from core import groupbuy, vouchers, wallet
-from core.db import row_id
-from core.groupbuy import DealTerms, GroupDeal
-from core.wallet import yuan
+from core import outbox
+from core.billing import wallet
+from core.billing.wallet import yuan
+from core.engagement import groupbuy, vouchers
+from core.engagement.groupbuy import DealTerms, GroupDeal
+from notifications.replies import Button, Reply
 
+router = Router(__name__)
 DEFAULT_TZ = "Asia/Shanghai"
 
 
@@ -45,7 +49,8 @@ def deal_card(lang: str, p: dict[str, Any], tz: str = DEFAULT_TZ) -> Reply:
                     size=p["size"], until=local(p["expires_at"], tz)))
     lines.append(tr(lang, "On WeChat or web chat, join with: /groupbuy {code}", code=p["code"]))
     return Reply("\n".join(lines),
-                 buttons=[[Button(tr(lang, "🙋 Join"), data=f"gb:join:{p['deal_id']}")]])
+                 buttons=[[Button(tr(lang, "🙋 Join"),
+                                  data=GroupBuyAction("join", p["deal_id"]).pack())]])
 
 
 def _offer(turn: Turn, deal: GroupDeal, balance_fen: int) -> Reply:
@@ -60,10 +65,10 @@ def _offer(turn: Turn, deal: GroupDeal, balance_fen: int) -> Reply:
                       size=deal.size, balance=yuan(balance_fen))
     if balance_fen < deal.price_fen:
         return Reply(text + "\n" + tr(lang, "Top up first, then join."),
-                     buttons=[[Button(tr(lang, "👛 Wallet"), data="wallet")]])
+                     buttons=[[Button(tr(lang, "👛 Wallet"), data=Wallet().pack())]])
     return Reply(text, buttons=[[Button(tr(lang, "✅ Pay {price} and join",
                                            price=yuan(deal.price_fen)),
-                                        data=f"gb:pay:{deal.id}")]])
+                                        data=GroupBuyAction("pay", deal.id).pack())]])
 
 
 def _closed(lang: str, state: str) -> Reply:
@@ -80,6 +85,7 @@ def _already(lang: str, deal: GroupDeal) -> Reply:
 # --- commands and buttons ---------------------------------------------------------------------
 
 
+@router.command("groupbuy", scopes=("private", "riders"))
 async def command(turn: Turn, arg: str, terms: DealTerms | None = None) -> list[Reply]:
     """`/groupbuy` starts a deal (in a group: that group's deal); `/groupbuy CODE` offers to join.
 
@@ -99,13 +105,37 @@ async def command(turn: Turn, arg: str, terms: DealTerms | None = None) -> list[
 
 
 async def button(turn: Turn, arg: str) -> list[Reply]:
-    """`gb:join:<id>` → what joining costs; `gb:pay:<id>` → pay into the hold and join."""
-    action, _, ref = arg.partition(":")
-    if (deal_id := row_id(ref)) is None or action not in ("join", "pay"):
+    """`gb:{arg}` pressed in the rider's own chat."""
+    p = GroupBuyAction.unpack(f"{GroupBuyAction.prefix}:{arg}")
+    if p is None:
         return [Reply(tr(turn.lang, "That group-buy no longer exists."))]
-    if action == "join":
-        return await _show_offer(turn, deal_id)
-    return await _join(turn, deal_id)
+    return await pressed(turn, p)
+
+
+@router.button(GroupBuyAction)
+async def pressed(turn: Turn, p: GroupBuyAction) -> list[Reply]:
+    """`gb:join:<id>` → what joining costs; `gb:pay:<id>` → pay into the hold and join."""
+    if p.action == "join":
+        return await _show_offer(turn, p.deal_id)
+    if p.action == "pay":
+        return await _join(turn, p.deal_id)
+    return [Reply(tr(turn.lang, "That group-buy no longer exists."))]
+
+
+@router.button(GroupBuyAction, scopes=("riders",))
+async def pressed_in_group(turn: Turn, p: GroupBuyAction) -> list[Reply]:
+    """A Join on a riders' group card: what it costs (and the rider's balance) goes to their
+    private chat; the group hears only where to look."""
+    inc = turn.inc
+    private = await pressed(turn, p)
+    await outbox.enqueue(turn.session, turn.rider.id, "replies",  # type: ignore[arg-type]
+                         {"replies": [r.as_dict() for r in private]},
+                         f"gb-private:{inc.platform}:{inc.nonce}", now=turn.now)
+    deal = await groupbuy.find(turn.session, p.deal_id)
+    link = f"https://t.me/{turn.ctx.settings.telegram.bot_username}?start=gb_{deal.code}"
+    return [Reply(tr(turn.lang, "{name}: the details are in your private chat with me. "
+                                "Nothing there? Open {link}", name=inc.display_name or "👋",
+                     link=link))]
 
 
 async def _show_offer(turn: Turn, ref: int | str) -> list[Reply]:
@@ -136,7 +166,7 @@ async def _join(turn: Turn, deal_id: int) -> list[Reply]:
     except groupbuy.NotEnoughForDeal as exc:
         return [Reply(tr(lang, "Your balance {balance} is not enough for {price}. Top up first.",
                          balance=yuan(exc.balance_fen), price=yuan(exc.deal.price_fen)),
-                      buttons=[[Button(tr(lang, "👛 Wallet"), data="wallet")]])]
+                      buttons=[[Button(tr(lang, "👛 Wallet"), data=Wallet().pack())]])]
     deal = done.deal
     if done.filled:
         return [Reply(tr(lang, "🎉 You completed the group! Every member gets {topup} for "
@@ -162,6 +192,7 @@ def voucher_line(lang: str, p: dict[str, Any], tz: str = DEFAULT_TZ) -> str:
               code=vouchers.display_code(p["code"]), until=local(p["expires_at"], tz))
 
 
+@router.command("vouchers")
 async def vouchers_list(turn: Turn) -> list[Reply]:
     """`/vouchers`: the rider's unused partner vouchers."""
     found = await vouchers.of_rider(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]

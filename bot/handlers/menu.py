@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
-from bot.handlers import engagement
+import re
+
+from bot.handlers import engagement, groupbuy, ports
+from bot.handlers.payloads import Help, Language, Menu, WebLogout, WorkOrderAction
+from bot.handlers.routing import Router
 from bot.handlers.text import menu_buttons
 from bot.handlers.turn import Turn
 from bot.i18n import tr
-from bot.replies import Button, Reply
-from core import staff, web_sessions
-from core.riders import set_language
+from core.riders import staff, web_sessions
+from core.riders.identities import set_language
+from notifications.replies import Button, Reply
+
+router = Router(__name__)
+START_PAYLOAD = re.compile(r"^port_(P\d{4,}-\d{2})$", re.IGNORECASE)
 
 
+@router.command("start")
+async def start(turn: Turn, arg: str) -> list[Reply]:
+    """`/start` and the deep links: `port_P0001-03` (a port's QR), `gb_CODE` (a group-buy)."""
+    if m := START_PAYLOAD.match(arg):
+        return await ports.port_card(turn, m.group(1).upper())
+    if arg.startswith("gb_"):
+        return await groupbuy.command(turn, arg[3:])
+    if arg:
+        return [ports.unknown_port(turn, arg.removeprefix("port_"))]
+    return await welcome(turn)
+
+
+@router.command("menu")
+@router.button(Menu)
 async def welcome(turn: Turn) -> list[Reply]:
     lang = turn.lang
     text = tr(
@@ -24,13 +45,15 @@ async def welcome(turn: Turn) -> list[Reply]:
         buttons = [usual, *buttons]
     if await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
         # Staff use the same bot: their work comes first.
-        first = [Button(tr(lang, "🔧 Work orders"), data="wo:list")]
+        first = [Button(tr(lang, "🔧 Work orders"), data=WorkOrderAction("list").pack())]
         if web_sessions.staff_rider_of(turn.inc.user_id) is not None:
-            first.append(Button(tr(lang, "🚪 Log out"), data="weblogout"))
+            first.append(Button(tr(lang, "🚪 Log out"), data=WebLogout().pack()))
         buttons = [first, *buttons]
     return [Reply(text, buttons=buttons, request_location=tr(lang, "📍 Share my location"))]
 
 
+@router.command("help")
+@router.button(Help)
 async def help_(turn: Turn) -> list[Reply]:
     lang = turn.lang
     text = tr(
@@ -54,9 +77,16 @@ async def help_(turn: Turn) -> list[Reply]:
     return [Reply(text, buttons=menu_buttons(lang))]
 
 
+@router.command("language")
 def language_menu(turn: Turn) -> list[Reply]:
     return [Reply(tr(turn.lang, "Choose your language:"),
-                  buttons=[[Button("中文", data="lang:zh_CN"), Button("English", data="lang:en")]])]
+                  buttons=[[Button("中文", data=Language("zh_CN").pack()),
+                            Button("English", data=Language("en").pack())]])]
+
+
+@router.button(Language)
+async def language_button(turn: Turn, p: Language) -> list[Reply]:
+    return await choose_language(turn, p.lang) if p.lang else language_menu(turn)
 
 
 async def choose_language(turn: Turn, lang: str) -> list[Reply]:

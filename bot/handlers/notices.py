@@ -5,13 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 from bot.handlers import account, groupbuy
+from bot.handlers.payloads import (
+    Alternatives,
+    Emergency,
+    MyYear,
+    Nearby,
+    PayDue,
+    RateAnswer,
+    RateRepair,
+    ReportMenu,
+    ReviewStart,
+    Status,
+    StopCharge,
+    Wallet,
+)
 from bot.handlers.staff import cause_name, order_buttons, order_card
 from bot.handlers.support import kind_name, problem_name, ticket_buttons
 from bot.handlers.surveys import render_prompt, render_report
 from bot.handlers.text import bill_text, tariff_sentence
 from bot.i18n import tr
-from bot.replies import Button, Reply, Venue
-from core.wallet import yuan
+from core.billing.wallet import yuan
+from notifications.replies import Button, Reply, Venue
 
 
 def provider_name(lang: str, provider: str) -> str:
@@ -98,8 +112,8 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
     if kind == "bill":
         buttons = []
         if not payload["paid"] and payload["bill"]["amount_fen"] > 0:
-            buttons = [[Button(tr(lang, "💳 Pay now"), data="pay"),
-                        Button(tr(lang, "👛 Wallet"), data="wallet")]]
+            buttons = [[Button(tr(lang, "💳 Pay now"), data=PayDue().pack()),
+                        Button(tr(lang, "👛 Wallet"), data=Wallet().pack())]]
         text = bill_text(lang, payload)
         b = payload["bill"]
         if b.get("fault_code") or payload["reason"] in ("fault", "power_loss"):
@@ -107,14 +121,14 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
             text = fault_text(lang, payload) + "\n\n" + text
             if payload.get("pile"):
                 buttons.insert(0, [Button(tr(lang, "📍 Nearest free port"),
-                                          data=f"alt:{payload['pile']}")])
+                                          data=Alternatives(payload["pile"]).pack())])
             buttons.append([Button(tr(lang, "🆘 Talk to a person now"),
-                                   data=f"sos:{payload['charge_id']}")])
+                                   data=Emergency(str(payload["charge_id"])).pack())])
         else:
             buttons.append([Button(tr(lang, "⭐ Rate this site"),
-                                   data=f"rv:{payload['charge_id']}"),
+                                   data=ReviewStart(payload["charge_id"]).pack()),
                             Button(tr(lang, "🛠 Report a problem"),
-                                   data=f"rep:c{payload['charge_id']}")])
+                                   data=ReportMenu(f"c{payload['charge_id']}").pack())])
         return [Reply(text, buttons=buttons)]
     if kind == "ticket":
         return [Reply(ticket_post(lang, payload),
@@ -127,7 +141,7 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
         return [Reply(
             tr(lang, "✅ Ticket #{id} is closed: {resolution}\nHow did we do?",
                id=payload["ticket_id"], resolution=payload["resolution"]),
-            buttons=[[Button("⭐" * n, data=f"trate:{payload['ticket_id']}:{n}")
+            buttons=[[Button("⭐" * n, data=RateAnswer(payload["ticket_id"], n).pack())
                       for n in range(1, 6)]])]
     if kind == "ticket_escalated":
         return [Reply(tr(lang, "🆘 Emergency ticket #{id} was not taken within {s} seconds. "
@@ -151,14 +165,14 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
         return [Reply(tr(lang, "🌙 Tip: charging after 22:00 costs {percent}% of the day price at "
                                "night-tariff sites. Tap to find a port later tonight.",
                          percent=payload["percent"]),
-                      buttons=[[Button(tr(lang, "📍 Nearest free ports"), data="near")]])]
+                      buttons=[[Button(tr(lang, "📍 Nearest free ports"), data=Nearby().pack())]])]
     if kind == "broadcast":
         return [Reply(payload.get(lang) or payload["zh_CN"])]
     if kind == "red_packet":
         return [Reply(festival_greeting(lang, payload["festival"]) + "\n" + tr(
             lang, "🧧 A red packet of {amount} is in your wallet. Balance: {balance}",
             amount=yuan(payload["amount_fen"]), balance=yuan(payload["balance_fen"])),
-            buttons=[[Button(tr(lang, "👛 Wallet"), data="wallet")]])]
+            buttons=[[Button(tr(lang, "👛 Wallet"), data=Wallet().pack())]])]
     if kind == "nps_prompt":
         return render_prompt(payload, lang)
     if kind == "monthly_report":
@@ -166,7 +180,7 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
     if kind == "annual_ready":
         return [Reply(tr(lang, "📅 Your {year} in charging is ready: charges, hours, km ridden "
                                "and CO₂ avoided.", year=payload["year"]),
-                      buttons=[[Button(tr(lang, "🖼 Show my year"), data="myyear")]])]
+                      buttons=[[Button(tr(lang, "🖼 Show my year"), data=MyYear().pack())]])]
     if kind == "best_pile":
         return [Reply(tr(lang, "🏆 Riders voted {site} the best place to charge in {month} "
                                "({votes} votes). Thank you for keeping it that way!",
@@ -198,38 +212,39 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply]:
                                "minutes as we promise. A {amount} coupon is in your wallet for "
                                "your next charge.", where=payload["where"],
                          m=payload["minutes"], amount=yuan(payload["amount_fen"])),
-                      buttons=[[Button(tr(lang, "👛 Wallet"), data="wallet")]])]
+                      buttons=[[Button(tr(lang, "👛 Wallet"), data=Wallet().pack())]])]
     if kind == "repair_done":
         who = payload.get("technician") or tr(lang, "our technician")
         return [Reply(
             tr(lang, "🔧 {where} is repaired by {who} and back in service. How was it?",
                where=payload["where"], who=who),
-            buttons=[[Button("⭐" * n, data=f"rate:{payload['order_id']}:{n}")
+            buttons=[[Button("⭐" * n, data=RateRepair(payload["order_id"], n).pack())
                       for n in range(1, 6)]])]
     if kind == "charge_started":
         return [Reply(
             tr(lang, "⚡ Charging started at port {port}.", port=payload["port"]) + "\n"
             + tariff_sentence(lang, payload["tariff"]),
-            buttons=[[Button(tr(lang, "⚡ Status"), data="status"),
-                      Button(tr(lang, "⏹ Stop"), data=f"stop:{payload['charge_id']}")]],
+            buttons=[[Button(tr(lang, "⚡ Status"), data=Status().pack()),
+                      Button(tr(lang, "⏹ Stop"), data=StopCharge(payload["charge_id"]).pack())]],
         )]
     if kind == "start_failed":
         return [Reply(
             tr(lang, "❌ Port {port} did not start, so nothing is charged. Please try another "
                      "port.", port=payload["port"]),
-            buttons=[[Button(tr(lang, "📍 Nearest free ports"), data="near")]],
+            buttons=[[Button(tr(lang, "📍 Nearest free ports"), data=Nearby().pack())]],
         )]
     if kind == "payment":  # money from a payment provider reached the wallet
-        buttons = [[Button(tr(lang, "👛 Wallet"), data="wallet")]]
+        buttons = [[Button(tr(lang, "👛 Wallet"), data=Wallet().pack())]]
         if payload.get("still_due_fen"):
             buttons[0].insert(0, Button(tr(lang, "💳 Pay {amount}",
-                                           amount=yuan(payload["still_due_fen"])), data="pay"))
+                                           amount=yuan(payload["still_due_fen"])),
+                                        data=PayDue().pack()))
         return [Reply(payment_text(lang, payload), buttons=buttons)]
     if kind == "auto_topup":  # 自动续费 topped the wallet up
         return [Reply(
             tr(lang, "🔁 Auto top-up: {amount} added to your wallet. Balance: {balance}",
                amount=yuan(payload["amount_fen"]), balance=yuan(payload["balance_fen"])),
-            buttons=[[Button(tr(lang, "👛 Wallet"), data="wallet")]],
+            buttons=[[Button(tr(lang, "👛 Wallet"), data=Wallet().pack())]],
         )]
     if kind == "dispute_escalated":
         return [Reply(tr(lang, "⏰ Your bill question (case {id}) was not answered in time. It is "

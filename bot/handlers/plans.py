@@ -6,13 +6,17 @@ import secrets
 
 from sqlalchemy import select
 
+from bot.handlers.payloads import BuyPlan, Wallet
+from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
 from bot.i18n import tr
-from bot.replies import Button, Reply
 from core.billing import plans
-from core.charging import Charge
+from core.billing.wallet import yuan
+from core.charging.tables import Charge
 from core.errors import InsufficientBalance
-from core.wallet import yuan
+from notifications.replies import Button, Reply
+
+router = Router(__name__)
 
 
 def _name(lang: str, plan: str) -> str:
@@ -20,6 +24,7 @@ def _name(lang: str, plan: str) -> str:
             "courier_fast": tr(lang, "Courier fast-charge plan")}.get(plan, plan)
 
 
+@router.command("plans")
 async def show(turn: Turn) -> list[Reply]:
     lang = turn.lang
     lines = [tr(lang, "📅 Monthly plans: prepaid charging time, used before your wallet.")]
@@ -36,13 +41,14 @@ async def show(turn: Turn) -> list[Reply]:
                         name=_name(lang, name), hours=spec.minutes // 60,
                         price=yuan(spec.price_fen), days=spec.days, extra=extra))
         buttons.append([Button(tr(lang, "Buy {name} {price}", name=_name(lang, name),
-                                  price=yuan(spec.price_fen)), data=f"plan:{name}:{nonce}")])
+                                  price=yuan(spec.price_fen)), data=BuyPlan(name, nonce).pack())])
     return [Reply("\n".join(lines), buttons=buttons)]
 
 
-async def button(turn: Turn, arg: str) -> list[Reply]:
+@router.button(BuyPlan)
+async def button(turn: Turn, p: BuyPlan) -> list[Reply]:
     lang = turn.lang
-    name, _, nonce = arg.partition(":")
+    name, nonce = p.name, p.nonce
     spec = turn.ctx.settings.billing.plans.get(name)
     if spec is None or not nonce:
         return await show(turn)
@@ -58,7 +64,7 @@ async def button(turn: Turn, arg: str) -> list[Reply]:
     except InsufficientBalance:
         return [Reply(tr(lang, "Your balance is not enough for {price}. Top up first.",
                          price=yuan(spec.price_fen)),
-                      buttons=[[Button(tr(lang, "👛 Wallet"), data="wallet")]])]
+                      buttons=[[Button(tr(lang, "👛 Wallet"), data=Wallet().pack())]])]
     return [Reply(tr(lang, "✅ {name} is active until {until}: {hours} hours of charging.",
                      name=_name(lang, name), until=plan.ends_at.strftime("%m-%d"),
                      hours=plan.minutes_total // 60))]

@@ -7,16 +7,22 @@ from zoneinfo import ZoneInfo
 
 from bot.handlers import engagement
 from bot.handlers.feedback import summary_line
+from bot.handlers.payloads import Alternatives, Nearby, ShowPile, ShowPort, StartCharge
+from bot.handlers.routing import Router
 from bot.handlers.support import report_button
 from bot.handlers.text import distance, tariff_sentence
 from bot.handlers.turn import Turn
 from bot.i18n import tr
-from bot.replies import Button, Reply, Venue
-from core import charging, reviews, workorders
+from core.billing.wallet import yuan
+from core.charging import sessions as charging
 from core.errors import UnknownPort
-from core.nearby import NearbyPile, free_ports, nearest_free
-from core.piles import Pile, Port, port_code
-from core.wallet import yuan
+from core.faults import workorders
+from core.piles.nearby import NearbyPile, free_ports, nearest_free
+from core.piles.tables import Pile, Port, port_code
+from core.support import reviews
+from notifications.replies import Button, Reply, Venue
+
+router = Router(__name__)
 
 
 def status_text(lang: str, port: Port, pile: Pile, busy: bool) -> str:
@@ -33,6 +39,11 @@ def status_text(lang: str, port: Port, pile: Pile, busy: bool) -> str:
     if port.status == "plugged":
         return tr(lang, "🟢 free (a plug is in)")
     return tr(lang, "🟢 free")
+
+
+@router.button(ShowPort)
+async def port_button(turn: Turn, p: ShowPort) -> list[Reply]:
+    return await port_card(turn, p.code)
 
 
 async def port_card(turn: Turn, code: str) -> list[Reply]:
@@ -54,9 +65,10 @@ async def port_card(turn: Turn, code: str) -> list[Reply]:
     usable = charging.port_is_free_for_start(port, pile) and not busy
     buttons = []
     if usable:
-        buttons.append([Button(tr(lang, "⚡ Start charging"), data=f"start:{port.code}")])
+        buttons.append([Button(tr(lang, "⚡ Start charging"), data=StartCharge(port.code).pack())])
     else:
-        buttons.append([Button(tr(lang, "📍 Other free ports nearby"), data=f"alt:{pile.id}")])
+        buttons.append([Button(tr(lang, "📍 Other free ports nearby"),
+                               data=Alternatives(pile.id).pack())])
     buttons.append([report_button(lang, port.code), *extra[1]])
     return [Reply(text, buttons=buttons)]
 
@@ -95,7 +107,7 @@ def unknown_port(turn: Turn, code: str) -> Reply:
     return Reply(
         tr(turn.lang, "I can't find port {code}. Check the code printed under the QR (like "
                       "P0001-03), or share your location to find a free port.", code=code[:20]),
-        buttons=[[Button(tr(turn.lang, "📍 Nearest free ports"), data="near")]],
+        buttons=[[Button(tr(turn.lang, "📍 Nearest free ports"), data=Nearby().pack())]],
         request_location=tr(turn.lang, "📍 Share my location"),
     )
 
@@ -114,7 +126,8 @@ def nearby_reply(turn: Turn, found: list[NearbyPile], title: str) -> Reply:
             dist=distance(lang, n.distance_m), walk=n.walk_minutes,
         ))
         buttons.append([Button(tr(lang, "{i}. {site} ({dist})", i=i, site=n.site_name,
-                                  dist=distance(lang, n.distance_m)), data=f"pile:{n.pile_id}")])
+                                  dist=distance(lang, n.distance_m)),
+                               data=ShowPile(n.pile_id).pack())])
     return Reply("\n".join(lines), buttons=buttons)
 
 
@@ -123,12 +136,22 @@ async def nearest(turn: Turn, lat: float, lon: float) -> list[Reply]:
     return [nearby_reply(turn, found, tr(turn.lang, "Nearest free ports:"))]
 
 
+@router.button(Alternatives)
+async def alternatives_button(turn: Turn, p: Alternatives) -> Reply:
+    return await alternatives(turn, p.pile)
+
+
 async def alternatives(turn: Turn, pile_id: str) -> Reply:
     pile = await turn.session.get(Pile, pile_id)
     if pile is None:
         return unknown_port(turn, pile_id)
     found = await nearest_free(turn.session, pile.lat, pile.lon, 3)
     return nearby_reply(turn, found, tr(turn.lang, "Free ports close to this one:"))
+
+
+@router.button(ShowPile)
+async def pile_button(turn: Turn, p: ShowPile) -> list[Reply]:
+    return await pile_card(turn, p.pile)
 
 
 async def pile_card(turn: Turn, pile_id: str) -> list[Reply]:
@@ -141,11 +164,13 @@ async def pile_card(turn: Turn, pile_id: str) -> list[Reply]:
     title, address = site.name, site.address
     text = tr(lang, "{pile}: free ports {ports}", pile=pile.id,
               ports=", ".join(str(p) for p in free) or "—")
-    rows = [[Button(tr(lang, "Port {n}", n=p), data=f"port:{port_code(pile.id, p)}")
+    rows = [[Button(tr(lang, "Port {n}", n=p), data=ShowPort(port_code(pile.id, p)).pack())
              for p in free[i:i + 4]] for i in range(0, min(len(free), 8), 4)]
     return [Reply(text, buttons=rows, venue=Venue(pile.lat, pile.lon, title, address))]
 
 
+@router.command("nearby", "near")
+@router.button(Nearby)
 def ask_location(turn: Turn) -> list[Reply]:
     return [Reply(tr(turn.lang, "Share your location and I'll list the nearest free ports."),
                   request_location=tr(turn.lang, "📍 Share my location"))]

@@ -5,14 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from bot.handlers.payloads import RateRepair, WebLogout, WorkOrderAction
+from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
 from bot.i18n import tr
-from bot.replies import Button, Reply
-from core import prompts, staff, web_sessions, workorders
+from core.billing.wallet import yuan
 from core.db import row_id
-from core.wallet import yuan
-from core.workorders import WorkOrder
+from core.engagement import prompts
+from core.faults import workorders
+from core.faults.tables import WorkOrder
+from core.riders import staff, web_sessions
+from notifications.replies import Button, Reply
 
+router = Router(__name__)
 RESOLVE_PROMPT = "resolve_note"
 
 
@@ -67,12 +72,13 @@ def state_name(lang: str, state: str) -> str:
 
 def order_buttons(lang: str, order_id: int, state: str = "open") -> list[list[Button]]:
     row = []
+    ref = str(order_id)
     if state == "open":
-        row.append(Button(tr(lang, "👌 Acknowledge"), data=f"wo:ack:{order_id}"))
+        row.append(Button(tr(lang, "👌 Acknowledge"), data=WorkOrderAction("ack", ref).pack()))
     if state in ("open", "acknowledged"):
-        row.append(Button(tr(lang, "📍 Arrived"), data=f"wo:arr:{order_id}"))
+        row.append(Button(tr(lang, "📍 Arrived"), data=WorkOrderAction("arr", ref).pack()))
     if state in workorders.ACTIVE:
-        row.append(Button(tr(lang, "✅ Resolved"), data=f"wo:res:{order_id}"))
+        row.append(Button(tr(lang, "✅ Resolved"), data=WorkOrderAction("res", ref).pack()))
     return [row] if row else []
 
 
@@ -86,6 +92,7 @@ async def _refuse(turn: Turn) -> list[Reply]:
     return [Reply(tr(turn.lang, "This is for our technicians and supervisors only."))]
 
 
+@router.command("orders", "workorders")
 async def orders(turn: Turn) -> list[Reply]:
     if not await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
         return await _refuse(turn)
@@ -96,7 +103,7 @@ async def orders(turn: Turn) -> list[Reply]:
     lines = [tr(turn.lang, "🔧 Open work orders ({n}):", n=len(found))]
     lines += [order_line(turn.lang, o, tz) for o in found[:20]]
     buttons = [[Button(tr(turn.lang, "#{id} {where}", id=o.id, where=o.where),
-                       data=f"wo:show:{o.id}")] for o in found[:8]]
+                       data=WorkOrderAction("show", str(o.id)).pack())] for o in found[:8]]
     return [Reply("\n".join(lines), buttons=buttons)]
 
 
@@ -131,9 +138,10 @@ def severity_name(lang: str, severity: str) -> str:
         severity, severity)
 
 
-async def button(turn: Turn, arg: str) -> list[Reply]:
-    action, _, ref = arg.partition(":")
-    if (order_id := row_id(ref)) is None:
+@router.button(WorkOrderAction)
+async def button(turn: Turn, p: WorkOrderAction) -> list[Reply]:
+    action = p.action
+    if (order_id := row_id(p.ref)) is None:
         return await orders(turn)
     if action == "show":
         return await show(turn, order_id)
@@ -195,6 +203,7 @@ async def answer_prompt(turn: Turn, prompt: prompts.ChatPrompt) -> list[Reply] |
                                 "Thank you!", id=order.id, where=order.where))]
 
 
+@router.command("promises")
 async def promises(turn: Turn) -> list[Reply]:
     """The service promise and where every open repair stands against it."""
     if not await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
@@ -228,23 +237,22 @@ def _yuan(fen: int) -> str:
     return yuan(fen)
 
 
-async def rate(turn: Turn, arg: str) -> list[Reply]:
-    order_ref, _, stars = arg.partition(":")
-    order_id, n = row_id(order_ref), row_id(stars)
-    if order_id is None or n is None:
-        return [Reply(tr(turn.lang, "Sorry, that didn't work. Please try again."))]
+@router.button(RateRepair)
+async def rate(turn: Turn, p: RateRepair) -> list[Reply]:
+    order_id, n = p.order_id, p.stars
     ok = await workorders.rate(turn.session, order_id, turn.rider.id,  # type: ignore[arg-type]
                                n, turn.now)
     if not ok:
         return [Reply(tr(turn.lang, "Only riders whose charge this repair was about can rate "
                                     "it."))]
     return [Reply(tr(turn.lang, "⭐ Thanks! Your {n}-star rating is shown on the pile's card.",
-                     n=int(stars)))]
+                     n=n))]
 
 
 # --- the web chat: staff log in from their own chat ------------------------------------------
 
 
+@router.command("weblogin")
 async def web_login(turn: Turn) -> list[Reply]:
     """/weblogin: a one-time link (10 minutes) that opens the web chat as this staff member."""
     lang = turn.lang
@@ -267,6 +275,8 @@ async def web_login(turn: Turn) -> list[Reply]:
                   buttons=[[Button(tr(lang, "🔑 Open the web chat"), url=url)]])]
 
 
+@router.command("logout")
+@router.button(WebLogout)
 async def web_logout(turn: Turn) -> list[Reply]:
     """/logout in their own chat: every web chat session of this staff member ends. (In the web
     chat itself, a logged-in /logout is answered by the web chat route.)"""

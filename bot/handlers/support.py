@@ -4,25 +4,43 @@ the FAQ or handed to a person, the emergency lane, and the staff side of tickets
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from sqlalchemy import select
 
+from bot.handlers.payloads import (
+    AskPerson,
+    Emergency,
+    RateAnswer,
+    ReportMenu,
+    ReportProblem,
+    SkipPhoto,
+    TicketAction,
+)
+from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
 from bot.i18n import tr
-from bot.replies import Button, Reply
-from core import faq, limits, prompts, questions, support
-from core.charging import Charge
+from core.billing.wallet import yuan
+from core.charging.tables import Charge
 from core.db import row_id
+from core.engagement import prompts, questions
 from core.errors import UnknownPort
-from core.photos import PhotoRejected
-from core.piles import find_port, port_code
-from core.riders import Rider
-from core.staff import NotStaff
-from core.support import Ticket
-from core.wallet import yuan
+from core.piles.fleet import find_port
+from core.piles.tables import port_code
+from core.riders import limits
+from core.riders.staff import NotStaff
+from core.riders.tables import Rider
+from core.support import faq
+from core.support import tickets as support
+from core.support.photos import PhotoRejected
+from core.support.tables import Ticket
+from notifications.replies import Button, Reply
 
 log = logging.getLogger("chargebot.support")
+router = Router(__name__)
+DESK = ("private", "staff")  # ticket buttons and /tickets work in the staff group too
+TICKET_REF = re.compile(r"#(\d+)")
 PHOTO_PROMPT = "report_photo"
 REPLY_PROMPT = "ticket_reply"
 CLOSE_PROMPT = "ticket_close"
@@ -42,7 +60,7 @@ def problem_name(lang: str, problem: str | None) -> str:
 
 def report_button(lang: str, target: str) -> Button:
     """target: a port code, or c<charge id>."""
-    return Button(tr(lang, "🛠 Report a problem"), data=f"rep:{target}")
+    return Button(tr(lang, "🛠 Report a problem"), data=ReportMenu(target).pack())
 
 
 # --- the rider's report -----------------------------------------------------------------------
@@ -62,6 +80,11 @@ async def _target(turn: Turn, target: str) -> tuple[str, int, int | None] | None
     return pile.id, port.number, None
 
 
+@router.button(ReportMenu)
+async def report_menu_button(turn: Turn, p: ReportMenu) -> list[Reply]:
+    return await report_menu(turn, p.target)
+
+
 async def report_menu(turn: Turn, target: str) -> list[Reply]:
     found = await _target(turn, target)
     if found is None:
@@ -69,7 +92,7 @@ async def report_menu(turn: Turn, target: str) -> list[Reply]:
                                     "printed under the QR (like P0001-03)."))]
     pile_id, port, _ = found
     lang = turn.lang
-    rows = [[Button(problem_name(lang, p), data=f"rp:{target}:{p}") for p in pair]
+    rows = [[Button(problem_name(lang, p), data=ReportProblem(target, p).pack()) for p in pair]
             for pair in zip(support.PROBLEMS[::2], support.PROBLEMS[1::2], strict=True)]
     return [Reply(tr(lang, "What is wrong with {where}?", where=port_code(pile_id, port)),
                   buttons=rows)]
@@ -81,6 +104,11 @@ async def _too_many(turn: Turn) -> Reply | None:
         return None
     return Reply(tr(turn.lang, "We have your messages; please give our team a few minutes to "
                                "answer before sending more."))
+
+
+@router.button(ReportProblem)
+async def report_button_pressed(turn: Turn, p: ReportProblem) -> list[Reply]:
+    return await report(turn, p.target, p.problem)
 
 
 async def report(turn: Turn, target: str, problem: str) -> list[Reply]:
@@ -102,7 +130,12 @@ async def report(turn: Turn, target: str, problem: str) -> list[Reply]:
                                "both.", where=port_code(pile_id, port)))]
     return [Reply(tr(lang, "📷 A photo helps the technician (and earns a bigger thank-you "
                            "coupon if the report is confirmed). Send one now, or tap Skip."),
-                  buttons=[[Button(tr(lang, "Skip"), data=f"rskip:{ticket.id}")]])]
+                  buttons=[[Button(tr(lang, "Skip"), data=SkipPhoto(ticket.id).pack())]])]
+
+
+@router.button(SkipPhoto)
+async def skip_photo_button(turn: Turn, p: SkipPhoto) -> list[Reply]:
+    return await skip_photo(turn, p.ticket_id)
 
 
 async def skip_photo(turn: Turn, ticket_id: int) -> list[Reply]:
@@ -212,7 +245,8 @@ async def free_text(turn: Turn) -> list[Reply] | None:
     if match is not None and match.entry.key != HUMAN:
         lang = turn.lang
         return [Reply(match.entry.answer_in(lang),
-                      buttons=[[Button(tr(lang, "💬 Not what I asked: a person"), data="ask")]])]
+                      buttons=[[Button(tr(lang, "💬 Not what I asked: a person"),
+                                       data=AskPerson().pack())]])]
     ticket, _ = await support.open_ticket(turn.session, turn.rider, kind="question",
                                           now=turn.now, text=text)
     await support.post_to_desk(turn.session, ticket, turn.ctx.settings, turn.now)
@@ -220,6 +254,7 @@ async def free_text(turn: Turn) -> list[Reply] | None:
                                 "reply here (ticket #{id}).", id=ticket.id))]
 
 
+@router.button(AskPerson)
 async def ask_person(turn: Turn) -> list[Reply]:
     """The FAQ answer did not help: the last question goes to a person."""
     ticket, new = await support.open_ticket(turn.session, turn.rider, kind="question",
@@ -229,6 +264,11 @@ async def ask_person(turn: Turn) -> list[Reply]:
     return [Reply(tr(turn.lang, "A person from our team will answer here (ticket #{id}). Write "
                                 "your question; everything you send is added to it.",
                      id=ticket.id))]
+
+
+@router.button(Emergency)
+async def emergency_button(turn: Turn, p: Emergency) -> list[Reply]:
+    return await emergency(turn, charge_id=row_id(p.ref))
 
 
 async def emergency(turn: Turn, text: str = "", charge_id: int | None = None) -> list[Reply]:
@@ -253,18 +293,21 @@ async def emergency(turn: Turn, text: str = "", charge_id: int | None = None) ->
 
 
 def ticket_buttons(lang: str, ticket_id: int, kind: str = "report") -> list[list[Button]]:
-    row = [Button(tr(lang, "✋ Take"), data=f"tk:take:{ticket_id}"),
-           Button(tr(lang, "💬 Reply"), data=f"tk:reply:{ticket_id}")]
-    second = [Button(tr(lang, "✅ Close"), data=f"tk:close:{ticket_id}")]
+    row = [Button(tr(lang, "✋ Take"), data=TicketAction("take", str(ticket_id)).pack()),
+           Button(tr(lang, "💬 Reply"), data=TicketAction("reply", str(ticket_id)).pack())]
+    second = [Button(tr(lang, "✅ Close"), data=TicketAction("close", str(ticket_id)).pack())]
     if kind == "report":
-        second.insert(0, Button(tr(lang, "✔️ Verify report"), data=f"tk:ver:{ticket_id}"))
+        second.insert(0, Button(tr(lang, "✔️ Verify report"),
+                                data=TicketAction("ver", str(ticket_id)).pack()))
     else:
-        second.insert(0, Button(tr(lang, "📚 Save as FAQ"), data=f"tk:faq:{ticket_id}"))
+        second.insert(0, Button(tr(lang, "📚 Save as FAQ"),
+                                data=TicketAction("faq", str(ticket_id)).pack()))
     return [row, second]
 
 
-async def staff_button(turn: Turn, arg: str) -> list[Reply]:
-    action, _, ref = arg.partition(":")
+@router.button(TicketAction, scopes=DESK)
+async def staff_button(turn: Turn, p: TicketAction) -> list[Reply]:
+    action, ref = p.action, p.ref
     lang = turn.lang
     if not await support.may_answer(turn.session, turn.rider.id):  # type: ignore[arg-type]
         return [Reply(tr(lang, "This is for our staff only."))]
@@ -341,6 +384,14 @@ async def _staff_write(turn: Turn, ticket_id: int, write: Any) -> Reply | None:
     return None
 
 
+async def desk_reply(turn: Turn, text: str) -> list[Reply]:
+    """The staff group: a reply to a ticket's post answers its rider; anything else is staff
+    talking among themselves."""
+    if turn.inc.reply_to and text and (m := TICKET_REF.search(turn.inc.reply_to)):
+        return await staff_answer(turn, int(m.group(1)), text)
+    return []
+
+
 async def staff_answer(turn: Turn, ticket_id: int, text: str) -> list[Reply]:
     refused = await _staff_write(turn, ticket_id, lambda s, t, by: support.answer(
         s, t, by, text, turn.now))
@@ -355,6 +406,7 @@ async def staff_close(turn: Turn, ticket_id: int, resolution: str) -> list[Reply
                                 id=ticket_id))]
 
 
+@router.command("tickets", scopes=DESK)
 async def tickets(turn: Turn) -> list[Reply]:
     lang = turn.lang
     if not await support.may_answer(turn.session, turn.rider.id):  # type: ignore[arg-type]
@@ -368,7 +420,8 @@ async def tickets(turn: Turn) -> list[Reply]:
         what = problem_name(lang, t.problem) if t.problem else kind_name(lang, t.kind)
         where = port_code(t.pile_id, t.port) if t.pile_id and t.port else (t.pile_id or "")
         lines.append(f"{mark}#{t.id} {what} {where}".rstrip())
-    buttons = [[Button(f"#{t.id}", data=f"tk:take:{t.id}") for t in found[i:i + 4]]
+    buttons = [[Button(f"#{t.id}", data=TicketAction("take", str(t.id)).pack())
+                for t in found[i:i + 4]]
                for i in range(0, min(len(found), 8), 4)]
     return [Reply("\n".join(lines), buttons=buttons)]
 
@@ -378,11 +431,9 @@ def kind_name(lang: str, kind: str) -> str:
             "emergency": tr(lang, "emergency")}.get(kind, kind)
 
 
-async def rate(turn: Turn, arg: str) -> list[Reply]:
-    ref, _, stars = arg.partition(":")
-    ticket_id, n = row_id(ref), row_id(stars)
-    if ticket_id is None or n is None:
-        return [Reply(tr(turn.lang, "Sorry, that didn't work. Please try again."))]
+@router.button(RateAnswer)
+async def rate(turn: Turn, p: RateAnswer) -> list[Reply]:
+    ticket_id, n = p.ticket_id, p.stars
     if not await support.rate(turn.session, ticket_id, turn.rider.id, n):  # type: ignore[arg-type]
         return [Reply(tr(turn.lang, "Sorry, that didn't work. Please try again."))]
     return [Reply(tr(turn.lang, "⭐ Thank you for rating our answer."))]

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.handlers.payloads import Nps
+from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
 from bot.i18n import tr
-from bot.replies import Button, Reply
-from core import prompts, surveys
 from core.db import row_id
-from core.reports import MonthlyReport, as_payload
+from core.engagement import prompts, surveys
+from core.engagement.reports import MonthlyReport, as_payload
+from notifications.replies import Button, Reply
 
+router = Router(__name__)
 COMMENT_PROMPT = "nps_comment"
 
 
@@ -29,25 +32,33 @@ def reason_name(lang: str, reason: str) -> str:
 def render_prompt(payload: dict[str, Any], lang: str) -> list[Reply]:
     """The outbox message `nps_prompt` ({charge_id, port}) as the rider sees it."""
     ref = payload["charge_id"]
-    scores = [Button(str(n), data=f"nps:{ref}:{n}") for n in range(11)]
+    scores = [Button(str(n), data=Nps(ref, str(n)).pack()) for n in range(11)]
     return [Reply(
         tr(lang, "Thanks for charging at {port}! How likely are you to recommend us to a "
                  "friend? 0 = not at all, 10 = certainly.", port=payload.get("port", "")),
         buttons=[scores[:6], scores[6:],
-                 [Button(tr(lang, "Don't ask me again"), data=f"nps:{ref}:off")]])]
+                 [Button(tr(lang, "Don't ask me again"), data=Nps(ref, "off").pack())]])]
 
 
 def _reasons_reply(lang: str, ref: int) -> Reply:
-    buttons = [Button(reason_name(lang, r), data=f"nps:{ref}:r:{r}") for r in surveys.REASONS]
+    buttons = [Button(reason_name(lang, r), data=Nps(ref, f"r:{r}").pack())
+               for r in surveys.REASONS]
     return Reply(tr(lang, "Sorry to hear that. What disappointed you most?"),
                  buttons=[buttons[:3], buttons[3:]])
 
 
 async def button(turn: Turn, arg: str) -> list[Reply]:
+    """`nps:{arg}` pressed."""
+    p = Nps.unpack(f"{Nps.prefix}:{arg}")
+    if p is None:
+        return [Reply(tr(turn.lang, "This survey is closed."))]
+    return await pressed(turn, p)
+
+
+@router.button(Nps)
+async def pressed(turn: Turn, p: Nps) -> list[Reply]:
     lang, rider_id = turn.lang, turn.rider.id
-    ref, _, rest = arg.partition(":")
-    if (charge_id := row_id(ref)) is None:
-        return [Reply(tr(lang, "This survey is closed."))]
+    charge_id, rest = p.charge_id, p.answer
     try:
         if rest == "off":
             await surveys.opt_out(turn.session, rider_id, turn.now)  # type: ignore[arg-type]

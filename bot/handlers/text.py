@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.handlers.payloads import FaqEntry, History, Language, Nearby, Status, Wallet
 from bot.i18n import tr
-from bot.replies import Button
-from core.wallet import yuan
+from core.billing.wallet import yuan
+from notifications.replies import Button
 
 
 def duration(lang: str, seconds: int) -> str:
@@ -141,9 +142,10 @@ def bill_text(lang: str, p: dict[str, Any]) -> str:
 
 def menu_buttons(lang: str) -> list[list[Button]]:
     return [
-        [Button(tr(lang, "📍 Nearest free ports"), data="near"),
-         Button(tr(lang, "⚡ My charge"), data="status")],
-        [Button(tr(lang, "👛 Wallet"), data="wallet"),
-         Button(tr(lang, "🧾 History"), data="history")],
-        [Button(tr(lang, "❓ FAQ"), data="faq"), Button(tr(lang, "🌐 Language"), data="lang")],
+        [Button(tr(lang, "📍 Nearest free ports"), data=Nearby().pack()),
+         Button(tr(lang, "⚡ My charge"), data=Status().pack())],
+        [Button(tr(lang, "👛 Wallet"), data=Wallet().pack()),
+         Button(tr(lang, "🧾 History"), data=History().pack())],
+        [Button(tr(lang, "❓ FAQ"), data=FaqEntry().pack()),
+         Button(tr(lang, "🌐 Language"), data=Language().pack())],
     ]

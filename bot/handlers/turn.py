@@ -9,8 +9,8 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.context import Context
-from bot.replies import Incoming
-from core.riders import Rider
+from core.riders.tables import Rider
+from notifications.replies import Incoming
 
 
 @dataclass

@@ -6,27 +6,22 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from bot.handlers.notices import payment_text
+from bot.handlers.payloads import AutoTopUp, PayDue, TopUp, TopUpVia, Wallet
+from bot.handlers.routing import Router
+from bot.handlers.topups import after_payment, credited_reply, topup_amounts
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from bot.payments import pay_page, telegram_pay, wechatpay
 from bot.payments.sandbox import sandbox_topup
-from bot.replies import Button, Reply
-from core import charging, wallet
-from core.billing import coupons, payments
+from core.billing import coupons, payments, wallet
 from core.billing.coupons import Coupon
-from core.config import Settings
+from core.billing.wallet import yuan
+from core.charging import paying as charging
 from core.db import row_id
-from core.wallet import yuan
+from notifications.replies import Button, Reply
 
+router = Router(__name__)
 AUTO_TOPUP_BELOW_FEN = 500  # 自动续费 kicks in when the balance falls below ¥5
-
-
-def topup_amounts(settings: Settings) -> list[int]:
-    """The card's top-up amounts, with every bonus threshold so each advertised bonus has a
-    button that reaches it."""
-    thresholds = {r.min_fen for r in settings.billing.topup_bonuses if r.bonus_fen > 0}
-    return sorted(set(settings.billing.sandbox_topups_fen) | thresholds)
 
 
 def _telegram_invoices(turn: Turn) -> bool:
@@ -66,17 +61,17 @@ async def topup_buttons(turn: Turn) -> list[list[Button]]:
         return tr(lang, "+{amount}", amount=yuan(a))
 
     if _telegram_invoices(turn):
-        return _rows([Button(label(a), data=f"{telegram_pay.TOPUP_PREFIX}{a}") for a in amounts])
+        return _rows([Button(label(a), data=TopUpVia("telegram", a).pack()) for a in amounts])
     mode = _wechat_pay(turn)
     if mode == "jsapi" and (links := _pay_links(turn, amounts, "topup")):
         return _rows([Button(label(a), url=u) for a, u in zip(amounts, links, strict=True)])
     if mode == "native":
-        return _rows([Button(label(a), data=f"topupvia:wechatpay:{a}") for a in amounts])
+        return _rows([Button(label(a), data=TopUpVia("wechatpay", a).pack()) for a in amounts])
     if "sandbox" not in turn.ctx.settings.payments.providers:
         return []
     # One server-issued nonce per card: one of its buttons pays, once.
     nonce = await payments.issue_offer(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]
-    return _rows([Button(label(a), data=f"topup:{a}:{nonce}") for a in amounts])
+    return _rows([Button(label(a), data=TopUp(a, nonce).pack()) for a in amounts])
 
 
 def _topup_heading(turn: Turn) -> str | None:
@@ -130,14 +125,17 @@ def _auto_topup_buttons(turn: Turn) -> list[list[Button]]:
     lang = turn.lang
     if not charging.auto_topup_available(turn.ctx.settings) and not turn.rider.auto_topup_fen:
         return []
-    row = [Button(tr(lang, "🔁 Auto top-up {amount}", amount=yuan(a)), data=f"autotopup:{a}")
+    row = [Button(tr(lang, "🔁 Auto top-up {amount}", amount=yuan(a)),
+                  data=AutoTopUp(str(a)).pack())
            for a in turn.ctx.settings.billing.auto_topup_choices_fen
            if a != turn.rider.auto_topup_fen]
     if turn.rider.auto_topup_fen > 0:
-        row.append(Button(tr(lang, "Turn off auto top-up"), data="autotopup:off"))
+        row.append(Button(tr(lang, "Turn off auto top-up"), data=AutoTopUp("off").pack()))
     return [row] if row else []
 
 
+@router.command("wallet")
+@router.button(Wallet)
 async def show(turn: Turn) -> list[Reply]:
     lang = turn.lang
     rider_id = turn.rider.id
@@ -149,7 +147,8 @@ async def show(turn: Turn) -> list[Reply]:
     buttons = await topup_buttons(turn)
     if owed:
         lines.append(tr(lang, "Unpaid bills: {amount}", amount=yuan(owed)))
-        buttons.append([Button(tr(lang, "💳 Pay {amount}", amount=yuan(owed)), data="pay")])
+        buttons.append([Button(tr(lang, "💳 Pay {amount}", amount=yuan(owed)),
+                               data=PayDue().pack())])
     if usable := await coupons.usable(turn.session, rider_id, turn.now):
         lines.append(_coupon_line(turn, usable, owed))
     lines += _bonus_lines(turn)
@@ -161,25 +160,9 @@ async def show(turn: Turn) -> list[Reply]:
     return [Reply("\n".join(lines), buttons=buttons)]
 
 
-def _after_payment(lang: str, paid: int, remaining: int) -> str:
-    text = ""
-    if paid:
-        text += "\n" + tr(lang, "Your unpaid bill is paid. You can charge again.")
-    if remaining:
-        text += "\n" + tr(lang, "Still due: {amount}", amount=yuan(remaining))
-    return text
-
-
-def credited_reply(lang: str, *, amount_fen: int, bonus_fen: int, balance_fen: int,
-                   provider: str, paid: int, remaining: int) -> Reply:
-    """What the rider sees right after a top-up went through (any provider)."""
-    text = payment_text(lang, {"amount_fen": amount_fen, "bonus_fen": bonus_fen,
-                               "balance_fen": balance_fen, "provider": provider})
-    buttons = [[Button(tr(lang, "👛 Wallet"), data="wallet")]]
-    if remaining:
-        buttons = [[Button(tr(lang, "💳 Pay {amount}", amount=yuan(remaining)), data="pay"),
-                    Button(tr(lang, "👛 Wallet"), data="wallet")]]
-    return Reply(text + _after_payment(lang, paid, remaining), buttons=buttons)
+@router.button(TopUp)
+async def topup_button(turn: Turn, p: TopUp) -> list[Reply]:
+    return await topup(turn, p.amount, p.nonce)
 
 
 async def topup(turn: Turn, amount: int, nonce: str) -> list[Reply]:
@@ -203,9 +186,14 @@ async def topup(turn: Turn, amount: int, nonce: str) -> list[Reply]:
     bal = await wallet.balance(turn.session, rider_id)
     if taken == "used":
         return [Reply(tr(turn.lang, "This top-up was already done. Balance: {balance}",
-                         balance=yuan(bal)) + _after_payment(turn.lang, paid, remaining))]
+                         balance=yuan(bal)) + after_payment(turn.lang, paid, remaining))]
     return [credited_reply(turn.lang, amount_fen=amount, bonus_fen=bonus, balance_fen=bal,
                            provider="sandbox", paid=paid, remaining=remaining)]
+
+
+@router.button(TopUpVia)
+async def topup_via_button(turn: Turn, p: TopUpVia) -> list[Reply]:
+    return await topup_via(turn, p.provider, p.amount)
 
 
 async def topup_via(turn: Turn, provider: str, amount: int) -> list[Reply]:
@@ -238,7 +226,12 @@ async def _wechat_qr(turn: Turn, amount: int) -> list[Reply]:
                          "minutes; I will tell you here as soon as the money arrives.",
               amount=yuan(amount))
     return [Reply(text, photo_url=link, buttons=[[Button(tr(turn.lang, "👛 Wallet"),
-                                                         data="wallet")]])]
+                                                         data=Wallet().pack())]])]
+
+
+@router.button(AutoTopUp)
+async def auto_topup_button(turn: Turn, p: AutoTopUp) -> list[Reply]:
+    return await auto_topup(turn, p.choice)
 
 
 async def auto_topup(turn: Turn, arg: str) -> list[Reply]:
@@ -269,6 +262,8 @@ async def _with_card(turn: Turn, text: str) -> list[Reply]:
     return [Reply(text + "\n\n" + card.text, buttons=card.buttons)]
 
 
+@router.command("pay")
+@router.button(PayDue)
 async def pay(turn: Turn) -> list[Reply]:
     lang = turn.lang
     rider_id = turn.rider.id
@@ -285,7 +280,7 @@ async def pay(turn: Turn) -> list[Reply]:
         if mode == "jsapi" and (links := _pay_links(turn, [remaining], "bill")):
             buttons.insert(0, [Button(label, url=links[0])])
         elif mode == "native":
-            buttons.insert(0, [Button(label, data=f"topupvia:wechatpay:{remaining}")])
+            buttons.insert(0, [Button(label, data=TopUpVia("wechatpay", remaining).pack())])
         if mode is not None and buttons:
             text = tr(lang, "Your balance {balance} is not enough for {amount}. Pay it with "
                             "WeChat Pay, or top up more:", balance=yuan(bal),

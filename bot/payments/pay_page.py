@@ -39,22 +39,14 @@ from sqlalchemy import select
 
 from bot.context import CTX, Context
 from bot.i18n import tr
-from bot.payments.wechatpay import (
-    WXPAY,
-    OrderClosed,
-    WechatPayClient,
-    WechatPayError,
-    client_for,
-    jsapi_order,
-    native_order,
-    open_payment,
-)
+from bot.payments.wechatpay.client import WXPAY, WechatPayClient, WechatPayError, client_for
+from bot.payments.wechatpay.orders import OrderClosed, jsapi_order, native_order, open_payment
 from bot.qr import qr_png
 from core import app_secrets
 from core.billing.payments import Payment
-from core.charging import due_charges
-from core.riders import DEFAULT_LANGUAGE, Identity, Rider
-from core.wallet import yuan
+from core.billing.wallet import yuan
+from core.charging.queries import due_charges
+from core.riders.tables import DEFAULT_LANGUAGE, Identity, Rider
 
 log = logging.getLogger("chargebot.pay_page")
 

@@ -11,11 +11,18 @@ The flow (https://core.telegram.org/bots/payments):
 3. Telegram then sends a `successful_payment` service message: `confirm` credits the order once
    (plus any top-up bonus), due bills are paid from it, and the rider sees the new balance.
    A repeated update credits nothing and says nothing.
+
+The amounts offered and the reply once credited are the wallet conversation's (bot.handlers),
+which sits above the providers: the app hands them in (`setup`), so this module never imports
+a handler.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -25,17 +32,45 @@ from telegram.error import TelegramError
 
 from bot.context import Context
 from bot.i18n import tr
-from bot.replies import Button, Incoming, Reply
-from core import charging, wallet
-from core.billing import payments
+from core.billing import payments, wallet
 from core.billing.payments import PaymentMismatch
+from core.billing.wallet import yuan
+from core.charging import paying as charging
 from core.config import Settings
 from core.db import transaction
-from core.riders import Identity, Rider, language_from_hint, rider_for
-from core.wallet import yuan
+from core.riders.identities import language_from_hint, rider_for
+from core.riders.tables import Identity, Rider
+from notifications.replies import Button, Incoming, Reply
 
 log = logging.getLogger("chargebot.payments.telegram")
 TOPUP_PREFIX = "topupvia:telegram:"
+
+
+@dataclass(frozen=True)
+class TopupFace:
+    """What the chat says around a top-up, passed in by the app (bot.app)."""
+
+    amounts: Callable[[Settings], list[int]]  # the wallet card's top-up amounts
+    credited: Callable[..., Reply]  # (lang, *, amount_fen, bonus_fen, balance_fen, provider,
+    #                                  paid, remaining): the reply once the money is in
+
+
+# By id: Context is an unhashable dataclass. The entry goes when its Context does.
+_FACES: dict[int, TopupFace] = {}
+
+
+def setup(ctx: Context, face: TopupFace) -> None:
+    key = id(ctx)
+    if key not in _FACES:
+        weakref.finalize(ctx, _FACES.pop, key, None)
+    _FACES[key] = face
+
+
+def _face(ctx: Context) -> TopupFace:
+    face = _FACES.get(id(ctx))
+    if face is None:
+        raise RuntimeError("telegram_pay.setup has not run for this Context")
+    return face
 
 
 def available(settings: Settings) -> bool:
@@ -60,16 +95,15 @@ def _wallet_button(lang: str) -> list[list[Button]]:
 async def send_topup_invoice(ctx: Context, bot: Bot, inc: Incoming, amount_fen: int
                              ) -> list[Reply]:
     """Create the Payment and send its invoice; returns replies only when that failed."""
-    from bot.handlers.wallet import topup_amounts  # the wallet card imports this module
-
     settings = ctx.settings
+    face = _face(ctx)
     async with transaction(ctx.sm) as session:
         rider = await rider_for(
             session, "telegram", inc.user_id, chat_id=inc.chat_id,
             display_name=inc.display_name, language_hint=inc.language_hint, seen_at=ctx.clock(),
         )
         lang = rider.language
-        if not available(settings) or amount_fen not in topup_amounts(settings):
+        if not available(settings) or amount_fen not in face.amounts(settings):
             return [Reply(tr(lang, "That top-up is not available. Please pick one on the wallet "
                                    "card."), buttons=_wallet_button(lang))]
         assert rider.id is not None
@@ -173,12 +207,11 @@ async def on_successful_payment(ctx: Context, message: Message) -> list[Reply]:
 
 
 async def _credit(ctx: Context, message: Message) -> list[Reply]:
-    from bot.handlers.wallet import credited_reply  # the wallet card imports this module
-
     sp = message.successful_payment
     user = message.from_user
     assert sp is not None and user is not None
     settings, now = ctx.settings, ctx.clock()
+    credited_reply = _face(ctx).credited
     async with transaction(ctx.sm) as session:
         rider = await rider_for(
             session, "telegram", str(user.id), chat_id=str(message.chat_id),

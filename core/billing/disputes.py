@@ -9,6 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
+from core.billing import wallet
+from core.billing.settlement import during_fault
 from core.db import utcnow
 from core.errors import DomainError
 
@@ -42,8 +44,6 @@ async def refund(session: AsyncSession, charge: Any, amount_fen: int, key: str,
 
     A paid bill gets a `refund` ledger entry to whoever paid it; a due bill simply owes less.
     """
-    from core import wallet
-
     ledger_key = f"refund:{charge.id}:{key}"
     if amount_fen <= 0 or await wallet.find_entry(session, ledger_key) is not None:
         return 0
@@ -73,8 +73,6 @@ async def refund(session: AsyncSession, charge: Any, amount_fen: int, key: str,
 async def open_dispute(session: AsyncSession, charge: Any, rider_id: int, reason: str,
                        settings: Any, now: datetime) -> Dispute:
     """A rider disputes a bill. Evident cases are refunded at once; others get a 24 h deadline."""
-    from core.billing.settlement import during_fault
-
     existing = (await session.execute(select(Dispute).where(
         Dispute.charge_id == charge.id))).scalars().first()
     if existing is not None:

@@ -11,9 +11,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
+from core.charging.queries import due_charges
+from core.charging.tables import OPEN_STATES, Charge
 from core.db import aware, utcnow
 from core.errors import DomainError
-from core.riders import Rider
+from core.riders.tables import Rider
 
 
 class Family(SQLModel, table=True):
@@ -53,8 +55,6 @@ def month_start(now: datetime) -> datetime:
 async def family_payer(session: Any, rider_id: int, amount_fen: int, now: datetime) -> int | None:
     """The wallet that pays a member's bill: the owner's, while the member's monthly limit
     (0 = none) leaves room for `amount_fen`; None means the rider pays from their own wallet."""
-    from core.charging import Charge  # charging imports billing; import here, not at the top
-
     row = (await session.execute(
         select(FamilyMember, Family).join(Family, Family.id == FamilyMember.family_id)
         .where(FamilyMember.rider_id == rider_id))).first()
@@ -169,8 +169,6 @@ async def invite(session: AsyncSession, owner_id: int, monthly_limit_fen: int,
 
 async def join(session: AsyncSession, code: str, rider_id: int, now: datetime) -> FamilyMember:
     """Use an invite: from now on the owner's wallet pays the rider's charges within the limit."""
-    from core.charging import OPEN_STATES, Charge, due_charges  # charging imports this module
-
     code = code.strip()
     if len(code) != CODE_DIGITS or not code.isascii() or not code.isdigit():
         raise FamilyCodeInvalid()
@@ -253,8 +251,6 @@ async def spent_this_month(session: AsyncSession, rider_ids: list[int], owner_id
                            now: datetime) -> dict[int, int]:
     """What the owner's wallet paid for each member since the month began (as `family_payer`
     counts it against the limit)."""
-    from core.charging import Charge
-
     if not rider_ids:
         return {}
     rows = await session.execute(

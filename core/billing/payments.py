@@ -10,9 +10,10 @@ from sqlalchemy import JSON, Column, String, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
-from core import wallet
+from core.billing import wallet
 from core.config import Settings
 from core.db import utcnow
+from core.engagement import vouchers
 
 OFFER_TTL = timedelta(hours=24)
 
@@ -104,8 +105,6 @@ async def confirm(
                           memo=f"top-up bonus for {payment.amount_fen}")
     if payment.purpose == "topup":
         # Partner offers for top-ups ("≥ ¥50 at a community site → a property-service voucher").
-        from core import vouchers
-
         await vouchers.on_topup(session, payment.rider_id, payment.amount_fen,
                                 await vouchers.home_site_kind(session, payment.rider_id), now,
                                 topup_ref=out_trade_no)

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
-from core import wallet
+from core.billing import wallet
 from core.config import Settings
 from core.db import utcnow
 from core.errors import DomainError

@@ -20,6 +20,7 @@ from core.billing.tariffs import (
     round_half_up,
 )
 from core.config import Settings
+from core.faults.lookup import first_during, hit_at
 
 FAULT_ENDS = ("fault", "power_loss")
 
@@ -72,12 +73,10 @@ async def fault_start(session: AsyncSession, pile_id: str, port: int, start: dat
                       end: datetime) -> tuple[datetime, str] | None:
     """When the fault that ended a charge began, and its cause (core.faults keeps one row per
     fault, from the pile's reports and from our own detection)."""
-    from core import faults  # faults → charging → this module
-
-    fault = await faults.first_during(session, pile_id, port, start, end)
+    fault = await first_during(session, pile_id, port, start, end)
     if fault is None:
         return None
-    hit = faults.hit_at(fault, start)
+    hit = hit_at(fault, start)
     return min(hit or start, end), fault.cause  # first_during found it hitting [start, end]
 
 
@@ -142,9 +141,7 @@ async def adjust(
 async def during_fault(session: AsyncSession, pile_id: str, port: int, start: datetime,
                        end: datetime) -> bool:
     """Was a fault reported on this port (or the whole pile) while the charge ran?"""
-    from core import faults
-
-    return await faults.first_during(session, pile_id, port, start - timedelta(minutes=1),
+    return await first_during(session, pile_id, port, start - timedelta(minutes=1),
                                      end) is not None
 
 

@@ -22,7 +22,7 @@ from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from core.config import TariffSettings
+from core.config_sections import TariffSettings
 
 # Pile readings arrive as JSON numbers, whole or decimal (DESIGN §3): ints, floats, and
 # whatever exact type a caller already holds.
@@ -158,6 +158,8 @@ def compute_bill(
     the charge has ended. A pile may report a decimal duration: 60.4 s is longer than a free
     minute and is billed as such, while the bill shows whole seconds.
     """
+    # Long on purpose: DESIGN §5's rule reads top to bottom here (free minutes, units, mode,
+    # off-peak share, minimum, cap, one rounding at the end); split, its order would hide.
     seconds = max(Fraction(0), exact(duration_s))
     energy = max(Fraction(0), exact(energy_wh))
     unit = max(1, int(tariff.get("unit_minutes", 1)))

@@ -15,7 +15,7 @@ from core.config import Settings
 def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A bot.toml of our own and no CHARGEBOT_ variables from the runner's environment;
     `serve` stopped short of migrating or listening."""
-    import bot.cli
+    import bot.cli.serve
 
     for var in list(os.environ):
         if var.upper().startswith("CHARGEBOT_"):
@@ -24,6 +24,7 @@ def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     toml.write_text(f'[database]\nurl = "sqlite+aiosqlite:///{tmp_path}/cb.db"\n')
     monkeypatch.setenv("CHARGEBOT_CONFIG", str(toml))
     served: list[Settings] = []
-    monkeypatch.setattr(bot.cli, "upgrade", lambda _url: None)
-    monkeypatch.setattr(bot.cli, "_serve_one", lambda settings, *_a: served.append(settings))
+    monkeypatch.setattr(bot.cli.serve, "upgrade", lambda _url: None)
+    monkeypatch.setattr(bot.cli.serve, "_serve_one",
+                        lambda settings, *_a: served.append(settings))
     yield toml

@@ -17,11 +17,12 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.scheduler import sweep_support
-from core import wallet
+from core.billing import wallet
 from core.db import transaction
 from core.outbox import OutboxMessage
-from core.riders import Identity, Rider, rider_for
-from core.support import Ticket
+from core.riders.identities import rider_for
+from core.riders.tables import Identity, Rider
+from core.support.tables import Ticket
 from tests.conftest import Running, all_skins_settings, make_settings, seed_city, start_server
 from tests.journey import HandClock, WebRider, button, web_staff
 from tests.riders import TelegramRider
@@ -127,7 +128,7 @@ async def test_the_sixth_try_in_an_hour_is_refused_unchecked_even_when_right(pai
 
 
 async def test_a_global_failure_budget_pauses_link_entry_for_everyone(pair: Pair) -> None:
-    from core.accounts import LinkAttempt
+    from core.riders.accounts import LinkAttempt
 
     code = await pair.code()
     async with transaction(pair.server.ctx.sm) as s:

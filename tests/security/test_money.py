@@ -14,15 +14,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from core import charging, wallet
-from core.billing import plans
+from core.billing import plans, wallet
 from core.billing.payments import Payment
-from core.charging import Charge
-from core.commands import PileCommand
-from core.config import BillingSettings, PaymentSettings
+from core.charging import paying as charging
+from core.charging.tables import Charge
+from core.config_sections import BillingSettings, PaymentSettings
 from core.db import transaction
-from core.piles import Pile
-from core.riders import Identity, Rider
+from core.piles.tables import Pile, PileCommand
+from core.riders.tables import Identity, Rider
 from tests.conftest import Running, make_settings, seed_city, start_server
 from tests.journey import WebRider, button
 

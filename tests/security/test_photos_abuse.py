@@ -22,11 +22,11 @@ from sqlalchemy import func, select
 
 from bot import scheduler
 from bot.handlers import router
-from bot.replies import Incoming
-from core import photos
 from core.db import transaction
-from core.riders import rider_for
-from core.support import Ticket
+from core.riders.identities import rider_for
+from core.support import photos
+from core.support.tables import Ticket
+from notifications.replies import Incoming
 from tests.conftest import Running, all_skins_settings, make_settings, start_server
 from tests.journey import HandClock, WebRider
 

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from core.config import Settings
 from core.db import transaction
-from core.pile_auth import sign, signed_headers
+from core.piles.auth import sign, signed_headers
 from tests.conftest import PILE_SECRET, make_settings, seed_city, start_server
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.telegram_updates import TelegramUser
@@ -30,7 +30,7 @@ from tests.fakes.telegram_updates import TelegramUser
 async def test_empty_webhook_secret_does_not_let_unsigned_telegram_updates_in(
     db_url: str, fake_tg: FakeTelegram,
 ) -> None:
-    from bot.telegram import webhook_secret
+    from bot.skins.telegram import webhook_secret
 
     settings = make_settings(db_url, telegram={
         "token": fake_tg.token, "base_url": fake_tg.base_url,
@@ -165,7 +165,7 @@ def _old_derived_key(settings: Settings) -> bytes:
 async def test_photo_link_key_is_stored_once_shared_by_workers_and_not_derivable(
     db_url: str, tmp_path: Path,
 ) -> None:
-    from core import photos
+    from core.support import photos
 
     def fresh() -> Settings:  # each worker has its own settings object, no link_secret
         return make_settings(db_url, support={"photo_dir": str(tmp_path)})
@@ -195,7 +195,7 @@ async def test_photo_link_key_is_stored_once_shared_by_workers_and_not_derivable
 
 
 async def test_a_configured_link_secret_still_signs_links(db_url: str, tmp_path: Path) -> None:
-    from core import photos
+    from core.support import photos
 
     settings = make_settings(db_url, support={"photo_dir": str(tmp_path)})
     settings.support.link_secret = SecretStr("configured-link-secret-" + "x" * 20)
@@ -215,7 +215,7 @@ async def test_a_configured_link_secret_still_signs_links(db_url: str, tmp_path:
 async def test_replayed_command_poll_signature_is_refused_and_the_command_waits(
     db_url: str,
 ) -> None:
-    from core import commands
+    from core.piles import commands
 
     async with start_server(make_settings(db_url), notifier=False) as server:
         await seed_city(server.ctx, ports=2)
@@ -289,7 +289,7 @@ class _Lookups:
 
 
 async def test_a_flood_of_unknown_pile_ids_does_not_evict_a_known_piles_secret() -> None:
-    from bot.piles_api import SecretCache
+    from bot.piles.http import SecretCache
 
     cache, ctx = SecretCache(), _Lookups()
     assert await cache.get(ctx, "P0001") == PILE_SECRET  # type: ignore[arg-type]

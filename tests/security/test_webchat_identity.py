@@ -28,12 +28,14 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from bot.webchat_auth import CHAT_COOKIE, STAFF_COOKIE
-from core import staff, staff_passwords, wallet
+from bot.skins.webchat_auth import CHAT_COOKIE, STAFF_COOKIE
+from core.billing import wallet
 from core.db import transaction
-from core.riders import Identity, rider_for
-from core.staff_passwords import LoginFailure, StaffPassword
-from core.support import Ticket
+from core.riders import staff, staff_passwords
+from core.riders.identities import rider_for
+from core.riders.staff_passwords import LoginFailure, StaffPassword
+from core.riders.tables import Identity
+from core.support.tables import Ticket
 from tests.conftest import Running, make_settings, seed_city, start_server
 from tests.fakes.telegram_api import FakeTelegram
 from tests.journey import STAFF_PASSWORD, HandClock, WebRider, button, web_staff
@@ -317,7 +319,7 @@ async def test_staff_log_in_with_a_one_time_link_from_their_own_chat(
                              allow_redirects=False) as r:
         assert r.status == 410 and _cookie(r, STAFF_COOKIE) is None
     async with app.running.ctx.sm() as s:
-        from core.web_sessions import WebLoginLink
+        from core.riders.web_sessions import WebLoginLink
 
         stored = (await s.scalars(select(WebLoginLink.token_hash))).all()
     assert token not in stored and late not in stored  # only hashes are kept

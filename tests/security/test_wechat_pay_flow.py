@@ -30,14 +30,14 @@ from sqlalchemy import func, select
 
 from bot.i18n import tr
 from bot.payments import pay_page
-from core import wallet
+from core.billing import wallet
 from core.billing.payments import Payment
-from core.charging import Charge
+from core.billing.wallet import LedgerEntry
+from core.charging.tables import Charge
 from core.db import transaction
 from core.outbox import OutboxMessage
-from core.piles import Port
-from core.riders import Identity
-from core.wallet import LedgerEntry
+from core.piles.tables import Port
+from core.riders.tables import Identity
 from tests.conftest import PILE_SECRET, Running, all_skins_settings, seed_city, start_server
 from tests.fakes.wechatpay_api import FakeWechatPay, PayRefused
 from tests.journey import HandClock, PileClient, WebRider

@@ -1,0 +1,31 @@
+"""What every `chargebot` command shares: its error, the settings and one database session."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from core.config import ConfigError, Settings, load_settings
+from core.db import make_engine, make_sessionmaker, transaction
+
+
+class CliError(Exception):
+    """Bad input or a refusal: `main` prints it and exits 2."""
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    if getattr(args, "database", None):
+        os.environ["CHARGEBOT_DATABASE__URL"] = args.database
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+async def with_session(settings: Settings, fn):  # type: ignore[no-untyped-def]
+    engine = make_engine(settings.database.url)
+    try:
+        async with transaction(make_sessionmaker(engine)) as session:
+            return await fn(session)
+    finally:
+        await engine.dispose()

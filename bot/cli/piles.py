@@ -1,0 +1,88 @@
+"""`chargebot piles add|list|qr`: registering piles and printing their ports' QR signs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+from pathlib import Path
+
+from sqlalchemy import select
+
+from bot.cli.common import CliError, settings_for, with_session
+from bot.cli.wechat import wechat_client
+from bot.qr import telegram_link, write_sign
+from core.piles import fleet as piles
+from core.piles.tables import Pile, Port
+from notifications.wechat_client import WechatError
+
+
+def cmd_piles_add(args: argparse.Namespace) -> None:
+    settings = settings_for(args)
+    if not re.match(r"^P\d{4,}$", args.id):
+        raise CliError("--id must look like P0001")
+
+    async def add(session):  # type: ignore[no-untyped-def]
+        if await session.get(piles.Pile, args.id):
+            raise CliError(f"pile {args.id} exists already")
+        try:
+            return await piles.add_pile(session, args.site, args.id, args.ports, model=args.model,
+                                        secret=args.secret)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+
+    pile = asyncio.run(with_session(settings, add))
+    print(f"pile {pile.id} added with {pile.ports} ports at site {pile.site_id}")
+    # Printed once so the installer can program the controller; never logged.
+    print(f"secret: {pile.secret}")
+
+
+def cmd_piles_list(args: argparse.Namespace) -> None:
+    settings = settings_for(args)
+
+    async def load(session):  # type: ignore[no-untyped-def]
+        return list((await session.execute(select(Pile).order_by(Pile.id))).scalars())
+
+    for p in asyncio.run(with_session(settings, load)):
+        state = "online" if p.online else "offline"
+        print(f"{p.id}\t{p.site_id}\t{p.ports} ports\t{p.model}\t{state}")
+
+
+def cmd_piles_qr(args: argparse.Namespace) -> None:
+    settings = settings_for(args)
+    out = Path(args.out)
+
+    async def make() -> list[tuple[str, Path, str | None]]:
+        async def ports(session):  # type: ignore[no-untyped-def]
+            return list((await session.execute(
+                select(Port.code).where(Port.pile_id == args.pile).order_by(Port.number)
+            )).scalars())
+
+        codes = await with_session(settings, ports)
+        if not codes:
+            raise CliError(f"unknown pile {args.pile}")
+        wechat = None
+        if settings.wechat.secret is not None and settings.wechat.appid:
+            wechat = await wechat_client(settings)
+        made = []
+        try:
+            for code in codes:
+                wx_url = image = None
+                if wechat is not None:
+                    try:
+                        ticket = await wechat[0].qr_ticket(f"port_{code}")
+                    except WechatError as exc:
+                        raise CliError(f"WeChat QR for {code} failed: {exc}") from None
+                    wx_url = ticket["url"]
+                    image = ("https://mp.weixin.qq.com/cgi-bin/showqrcode?ticket="
+                             + ticket["ticket"])
+                tg = telegram_link(settings.telegram.bot_username, code)
+                made.append((code, write_sign(out, code, tg, wx_url), image))
+        finally:
+            if wechat is not None:
+                await wechat[2].close()
+                await wechat[1].dispose()
+        return made
+
+    for code, path, image in asyncio.run(make()):
+        print(f"{code}\t{path}" + (f"\t{image}" if image else ""))

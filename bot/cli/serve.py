@@ -1,0 +1,150 @@
+"""`chargebot serve`, `demo`, `db upgrade` and `simulate`: running the service and its fleet."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+
+from aiohttp import web
+from sqlalchemy import select
+
+from bot import demo
+from bot.cli.common import CliError, settings_for, with_session
+from core.config import Settings, blank_secrets
+from core.migrate import upgrade
+from core.piles.tables import Pile
+from simulator import Fleet, PileSpec
+
+
+def cmd_db(args: argparse.Namespace) -> None:
+    settings = settings_for(args)
+    upgrade(settings.database.url)
+    print(f"database is at the latest schema ({_safe_url(settings.database.url)})")
+
+
+def _safe_url(url: str) -> str:
+    """Never print a password that may sit in the URL."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
+    # Here, not at the top (start-up cost): `db upgrade` and `simulate` need no app.
+    from bot.app import create_app
+
+    web.run_app(create_app(settings), host=host, port=port, print=None, reuse_port=reuse_port)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """One process, or N stateless workers sharing the port (SO_REUSEPORT: the kernel spreads
+    connections). Several workers need PostgreSQL: SQLite has one writer, and the scheduler
+    leader is chosen with a PostgreSQL advisory lock."""
+    settings = settings_for(args)
+    if blank := blank_secrets(settings):
+        raise CliError("empty secret(s) configured: " + ", ".join(blank)
+                       + " — set a real value or remove the key")
+    if "sandbox" in settings.payments.providers:
+        raise CliError("payments.providers lists \"sandbox\", which credits money nobody paid: "
+                       "it is for `chargebot demo` only — remove it (providers: telegram, "
+                       "wechatpay)")
+    if settings.server.webchat_demo_identities:
+        raise CliError("server.webchat_demo_identities is on: anyone could open the web chat as "
+                       "the demo's staff (/?as=demo-technician); it is for `chargebot demo` "
+                       "only — set server.webchat_demo_identities = false (or remove "
+                       "CHARGEBOT_SERVER__WEBCHAT_DEMO_IDENTITIES)")
+    if args.workers < 1:
+        raise CliError("--workers must be at least 1")
+    if args.workers > 1 and not settings.database.url.startswith("postgresql"):
+        raise CliError("--workers > 1 needs PostgreSQL (database.url postgresql+asyncpg://…)")
+    upgrade(settings.database.url)
+    host, port = args.host or settings.server.host, args.port or settings.server.port
+    print(f"chargebot serving on http://{host}:{port} with {args.workers} worker(s)")
+    if args.workers == 1:
+        _serve_one(settings, host, port, False)
+        return
+    run_workers(args.workers, _serve_one, (settings, host, port, True))
+
+
+def run_workers(n: int, target: Callable[..., None], args: tuple) -> None:
+    """n spawned processes running target(*args) until SIGTERM/SIGINT, which they all get."""
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: no shared loop state
+    procs = [ctx.Process(target=target, args=args, daemon=False) for _ in range(n)]
+    for p in procs:
+        p.start()
+
+    def stop(_sig: int, _frame: object) -> None:
+        for p in procs:
+            p.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for p in procs:
+        p.join()
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    os.environ.setdefault("CHARGEBOT_DATABASE__URL", "sqlite+aiosqlite:///var/demo.db")
+    settings = settings_for(args)
+    # The demo's money is play money: its riders top up with the sandbox, which serve refuses.
+    if "sandbox" not in settings.payments.providers:
+        settings.payments.providers.append("sandbox")
+    # /?as=demo-technician opens the web chat as the demo city's staff; serve refuses it.
+    settings.server.webchat_demo_identities = True
+    upgrade(settings.database.url)
+    asyncio.run(_demo(settings, args))
+
+
+async def _demo(settings: Settings, args: argparse.Namespace) -> None:
+    # Here, not at the top (start-up cost): `db upgrade` and `simulate` need no app.
+    from bot.app import create_app
+
+    created = await with_session(settings, demo.seed)
+    host, port = args.host or settings.server.host, args.port or settings.server.port
+    app = create_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    url = f"http://{host}:{port}"
+    specs = await _pile_specs(settings, None)
+    fleet = Fleet(url, specs, speed=args.speed, heartbeat_s=20, meter_every_s=3,
+                  fault_rate_per_hour=args.fault_rate)
+    await fleet.start()
+    print(f"demo city {'seeded' if created else 'loaded'}: {len(specs)} simulated piles, "
+          f"time ×{args.speed:g}")
+    print(f"web chat: {url}/   (Ctrl-C to stop)")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await fleet.stop()
+        await runner.cleanup()
+
+
+async def _pile_specs(settings: Settings, limit: int | None):  # type: ignore[no-untyped-def]
+
+    async def load(session):  # type: ignore[no-untyped-def]
+        stmt = select(Pile).order_by(Pile.id)
+        if limit:
+            stmt = stmt.limit(limit)
+        return [PileSpec(p.id, p.secret, p.ports) for p in (await session.execute(stmt)).scalars()]
+
+    return await with_session(settings, load)
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    settings = settings_for(args)
+    if args.piles < 1:
+        raise CliError("--piles must be at least 1")
+    specs = asyncio.run(_pile_specs(settings, args.piles))
+    if not specs:
+        raise CliError("no piles in the database: add some with `chargebot piles add` or run "
+                       "`chargebot demo` once")
+    print(f"simulating {len(specs)} piles against {args.url} (time ×{args.speed:g})")
+    fleet = Fleet(args.url, specs, speed=args.speed, fault_rate_per_hour=args.fault_rate)
+    asyncio.run(fleet.run_forever())

@@ -1,0 +1,96 @@
+"""Group commit for pile events: concurrent requests share one transaction.
+
+Each request is validated on its own, then waits for the writer, which takes whatever requests
+are queued (up to `MAX_GROUP`), applies them in one transaction and answers each with its own
+result once the commit is durable. A busy fleet thus pays for one commit per group instead of one
+per request, and no request is answered before its events are stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from bot.context import Context
+from core.db import transaction
+from core.piles import events
+
+log = logging.getLogger("chargebot.ingest")
+MAX_GROUP = 64
+TOUCH_EVERY_S = 5.0
+
+
+class IngestWriter:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.queue: asyncio.Queue[tuple[str, events.Batch, asyncio.Future[events.BatchResult]]] = (
+            asyncio.Queue())
+        self._touched: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.groups = 0
+        self.requests = 0
+
+    async def submit(self, pile_id: str, batch: events.Batch) -> events.BatchResult:
+        if self._task is None or self._task.done():
+            self.start()
+        fut: asyncio.Future[events.BatchResult] = asyncio.get_running_loop().create_future()
+        await self.queue.put((pile_id, batch, fut))
+        return await asyncio.shield(fut)  # a client that hangs up does not undo its events
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ingest-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            while not self.queue.empty():
+                await asyncio.sleep(0.01)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _due(self, pile_id: str) -> bool:
+        return time.monotonic() - self._touched.get(pile_id, 0.0) >= TOUCH_EVERY_S
+
+    async def _run(self) -> None:
+        while True:
+            group = [await self.queue.get()]
+            while len(group) < MAX_GROUP:
+                try:
+                    group.append(self.queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            await self._commit(group)
+
+    async def _commit(self, group: list[tuple[str, events.Batch, asyncio.Future[Any]]]) -> None:
+        ctx = self.ctx
+        now = ctx.clock()
+        try:
+            async with transaction(ctx.sm) as session:
+                results = await events.ingest_group(
+                    session, [(p, b) for p, b, _ in group], ctx.settings, now, touch=self._due)
+        except Exception as exc:
+            if len(group) > 1:
+                # One bad request must not fail its neighbours: retry each on its own.
+                for item in group:
+                    await self._commit([item])
+                return
+            log.exception("ingest failed for pile %s", group[0][0])
+            if not group[0][2].done():
+                group[0][2].set_exception(exc)
+            return
+        self.groups += 1
+        self.requests += len(group)
+        mono = time.monotonic()
+        for pile_id, _, _ in group:
+            if self._due(pile_id):
+                self._touched[pile_id] = mono
+        if len(self._touched) > 500_000:
+            self._touched.clear()
+        if any(r.notify for r in results):
+            ctx.wake_outbox()
+        for (_, _, fut), result in zip(group, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)
