@@ -25,7 +25,7 @@ from core.charging import sessions as charging
 from core.db import transaction
 from core.piles import fleet as piles
 from core.riders.identities import rider_for
-from tests.journey import PileClient
+from tests.support.journey import PileClient
 
 ROUNDS = 60
 SECRET = "bench-secret"

@@ -4,7 +4,7 @@
 
 Issue 14: a rider heard of an over-temperature fault 4.4 s after the pile's POST, because the
 first settlement imported numpy and scipy on the event loop. Each round starts fresh
-`chargebot serve` processes (tests/served.py: SQLite in a temporary directory, web chat on,
+`chargebot serve` processes (tests/support/served.py: SQLite in a temporary directory, web chat on,
 the site and the pile added with `chargebot sites import` and `chargebot piles add`) and
 measures, over HTTP as a pile controller and a web-chat rider see it:
 
@@ -39,8 +39,8 @@ import aiohttp
 import common  # noqa: F401  (puts the repo root on sys.path)
 from common import ROOT, machine
 
-from tests.journey import PileClient, WebRider, button
-from tests.served import Served, cli, serve
+from tests.support.journey import PileClient, WebRider, button
+from tests.support.served import Served, cli, serve
 
 SECRET = "bench-cold-secret"
 TARGET_S = 1.0

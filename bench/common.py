@@ -75,7 +75,8 @@ def fresh_postgres(name: str) -> str:
 
 
 def settings_for(db_url: str) -> Settings:
-    """Like tests.conftest.make_settings, with the production sweep intervals from bot.toml."""
+    """Like tests.support.settings.make_settings, with the production sweep intervals from
+    bot.toml."""
     return Settings(
         database={"url": db_url},
         server={"public_url": "http://127.0.0.1", "webchat": True},

@@ -27,7 +27,7 @@ from core.charging.tables import Charge
 from core.db import transaction
 from core.piles import fleet as piles
 from core.riders.identities import rider_for
-from tests.journey import PileClient
+from tests.support.journey import PileClient
 
 CHARGES = 50
 PILES = 5

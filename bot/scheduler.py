@@ -37,6 +37,9 @@ from core.engagement import (
 )
 from core.faults import maintenance, workorders
 from core.faults import response as faults
+from core.notices.billing import DisputeEscalatedNotice
+from core.notices.engagement import AnnualReadyNotice
+from core.notices.support import FaqDigestNotice, FaqTopic
 from core.piles import commands
 from core.piles import fleet as piles
 from core.support import photos, votes
@@ -149,12 +152,13 @@ class _Running:
 
 async def sweep_disputes(ctx: Context) -> None:
     """A dispute not answered within its deadline is escalated and the rider is told."""
+    now = ctx.clock()
     async with transaction(ctx.sm) as session:
-        for d in await disputes.overdue(session, ctx.clock()):
+        for d in await disputes.overdue(session, now):
             log.warning("dispute %s missed its deadline: escalated", d.id)
-            await outbox.enqueue(session, d.rider_id, "dispute_escalated",
-                                 {"dispute_id": d.id, "charge_id": d.charge_id},
-                                 f"dispute_escalated:{d.id}")
+            await outbox.enqueue(session, d.rider_id,
+                                 DisputeEscalatedNotice(dispute_id=d.id, charge_id=d.charge_id),  # type: ignore[arg-type]
+                                 f"dispute_escalated:{d.id}", now=now)
             ctx.wake_outbox()
 
 
@@ -175,11 +179,11 @@ async def faq_digest(ctx: Context) -> None:
         topics = await questions.weekly_digest(session, now)
         if not topics:
             return
-        payload = {"topics": [{"question": t.question, "count": t.count, "key": t.key}
-                              for t in topics]}
+        digest = FaqDigestNotice(topics=[FaqTopic(question=t.question, count=t.count, key=t.key)
+                                         for t in topics])
         week = questions.week_of(now)
         for rid in await support.desk_riders(session, ctx.settings, now, None):
-            await outbox.enqueue(session, rid, "faq_digest", payload, f"faq_digest:{week}:{rid}",
+            await outbox.enqueue(session, rid, digest, f"faq_digest:{week}:{rid}",
                                  now=now)
     ctx.wake_outbox()
 
@@ -273,7 +277,7 @@ async def annual_reports(ctx: Context) -> None:
         riders = (await session.execute(select(Charge.rider_id).distinct().where(
             Charge.state.in_(("ended", "settled")), Charge.ended_at >= start))).scalars()
         for rider_id in riders:
-            await outbox.enqueue(session, rider_id, "annual_ready", {"year": year},
+            await outbox.enqueue(session, rider_id, AnnualReadyNotice(year=year),
                                  f"annual:{year}:{rider_id}", now=now)
     ctx.wake_outbox()
 

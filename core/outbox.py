@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
 from core.db import insert_ignore, utcnow
+from core.notices import Notice
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -34,16 +35,16 @@ class OutboxMessage(SQLModel, table=True):
 
 
 async def enqueue(
-    session: AsyncSession, rider_id: int, kind: str, payload: dict[str, Any], dedupe_key: str,
-    *, due_at: datetime | None = None, now: datetime | None = None,
+    session: AsyncSession, rider_id: int, notice: Notice, dedupe_key: str, *, now: datetime,
+    due_at: datetime | None = None,
 ) -> None:
-    """`now` is the service's clock when the caller has it (the notifier compares due_at with
-    that clock)."""
+    """`now` is the service's clock (the notifier compares due_at with that clock, and tests
+    move it); the kind is the notice's."""
     dialect = session.bind.dialect.name  # type: ignore[union-attr]
-    now = now or utcnow()
     await session.execute(
         insert_ignore(dialect, OutboxMessage.__table__).values(
-            rider_id=rider_id, kind=kind, payload=payload, dedupe_key=dedupe_key,
+            rider_id=rider_id, kind=notice.kind, payload=notice.to_payload(),
+            dedupe_key=dedupe_key,
             state="pending", attempts=0, due_at=due_at or now, created_at=now,
         )
     )

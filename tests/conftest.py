@@ -1,4 +1,7 @@
-"""Shared fixtures: every database test runs on SQLite and on PostgreSQL, over real HTTP."""
+"""Shared fixtures: every database test runs on SQLite and on PostgreSQL, over real HTTP.
+
+Helpers that are not fixtures live in tests/support/, fakes of outside services in tests/fakes/
+(tests/README.md)."""
 
 from __future__ import annotations
 
@@ -7,27 +10,18 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-import notifications.schema  # noqa: F401  (registers the notifications tables)
-from bot.app import create_app
-from bot.context import CTX, Context
 from core.config import Settings
-from core.db import make_engine, make_sessionmaker, transaction
+from core.db import make_engine, make_sessionmaker
 from core.migrate import upgrade
-from core.piles import fleet as piles
-from core.schema import metadata
-
-PG_ADMIN = os.environ.get("CHARGEBOT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-PILE_SECRET = "test-secret-P0001"
+from tests.support.databases import pg, pg_url, truncate_all
+from tests.support.server import Running, start_server
+from tests.support.settings import all_skins_settings, make_settings
 
 
 @pytest.fixture(scope="session")
@@ -37,30 +31,14 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-async def _pg(sql: str, db: str = "postgres") -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{db}")
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     name = f"chargebot_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
+    asyncio.run(pg(f'CREATE DATABASE "{name}"'))
+    url = pg_url(name)
     upgrade(url)
     yield url
-    asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def _truncate_all(url: str) -> None:
-    tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
-    db = url.rsplit("/", 1)[1]
-    asyncio.run(_pg(f"TRUNCATE {tables} RESTART IDENTITY CASCADE", db))
+    asyncio.run(pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -70,29 +48,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite+aiosqlite:///{path}"
     url = request.getfixturevalue("pg_database")
-    _truncate_all(url)
+    truncate_all(url)
     return url
-
-
-def make_settings(db_url: str, **sections: dict[str, Any]) -> Settings:
-    base: dict[str, dict[str, Any]] = {
-        "database": {"url": db_url},
-        # Every web-chat rider of a test is a new identity from 127.0.0.1: no hourly limit here
-        # (tests/security/test_webchat_identity.py sets one).
-        "server": {"public_url": "http://127.0.0.1", "webchat": True,
-                   "webchat_new_identities_per_hour": 1_000_000},
-        "telegram": {"token": None},
-        "scheduler": {"offline_sweep_s": 0.2, "command_sweep_s": 0.2},
-        "notifications": {"poll_s": 0.1, "lease_s": 5},
-        "piles": {"offline_after_s": 180},
-        # Like the demo: play money to top up with (production has none, tests/security), and
-        # no start floor, so a test's new rider can start; the floor's own tests set it.
-        "payments": {"providers": ["sandbox"]},
-        "billing": {"start_min_balance_fen": 0},
-    }
-    for key, value in sections.items():
-        base[key] = {**base.get(key, {}), **value}
-    return Settings(**base)
 
 
 @pytest.fixture
@@ -110,56 +67,10 @@ def settings(db_url: str) -> Settings:
     return make_settings(db_url)
 
 
-@dataclass
-class Running:
-    url: str
-    app: web.Application
-    http: aiohttp.ClientSession
-
-    @property
-    def ctx(self) -> Context:
-        return self.app[CTX]
-
-
 @pytest.fixture
 async def server(settings: Settings) -> AsyncIterator[Running]:
     async with start_server(settings) as running:
         yield running
-
-
-class start_server:  # noqa: N801 - used like a function
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        self.app = create_app(settings, **kwargs)
-        self.ts = TestServer(self.app, host="127.0.0.1")
-
-    async def __aenter__(self) -> Running:
-        await self.ts.start_server()
-        # No cookies: each WebRider keeps its own web-chat identity (tests/journey.py), or every
-        # rider of a test would be one.
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        return Running(str(self.ts.make_url("")).rstrip("/"), self.app, self.http)
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.http.close()
-        await self.ts.close()
-
-
-async def seed_city(ctx: Context, *, piles_n: int = 1, ports: int = 4,
-                    tariff: str = "standard", lat: float = 30.2780, lon: float = 120.1140
-                    ) -> list[tuple[str, str, int]]:
-    """One site with `piles_n` piles; returns (pile id, secret, ports) for the simulator."""
-    specs = []
-    async with transaction(ctx.sm) as session:
-        await piles.add_site(session, "T01", "测试小区车棚", lat, lon, address="测试路1号",
-                             tariff=tariff)
-        await session.flush()
-        for i in range(1, piles_n + 1):
-            pid = f"P{i:04d}"
-            secret = PILE_SECRET if i == 1 else f"test-secret-{pid}"
-            await piles.add_pile(session, "T01", pid, ports, secret=secret,
-                                 lat=lat + i * 0.0001, lon=lon)
-            specs.append((pid, secret, ports))
-    return specs
 
 
 @pytest.fixture
@@ -167,7 +78,7 @@ async def fakes() -> AsyncIterator[tuple[Any, Any]]:
     """A fake Telegram Bot API and a fake WeChat API, both on local ports."""
     from tests.fakes.telegram_api import FakeTelegram
     from tests.fakes.wechat_api import FakeWechat
-    from tests.riders import ACCOUNT
+    from tests.support.riders import ACCOUNT
 
     tg, wx = FakeTelegram(), FakeWechat(appid=ACCOUNT.appid, secret=ACCOUNT.secret)
     await tg.start()
@@ -186,21 +97,6 @@ async def fake_tg() -> AsyncIterator[Any]:
     await fake.start()
     yield fake
     await fake.stop()
-
-
-def all_skins_settings(db_url: str, tg: Any, wx: Any, **extra: dict[str, Any]) -> Settings:
-    """Telegram and WeChat pointed at their local fakes, web chat on."""
-    from tests.riders import ACCOUNT, TG_SECRET
-
-    sections: dict[str, dict[str, Any]] = {
-        "telegram": {"token": tg.token, "base_url": tg.base_url,
-                     "base_file_url": tg.base_file_url, "webhook_secret": TG_SECRET},
-        "wechat": {"token": ACCOUNT.token, "appid": ACCOUNT.appid, "secret": ACCOUNT.secret,
-                   "aes_key": ACCOUNT.aes_key, "api_base_url": wx.base_url},
-    }
-    for key, value in extra.items():
-        sections[key] = {**sections.get(key, {}), **value}
-    return make_settings(db_url, **sections)
 
 
 @pytest.fixture

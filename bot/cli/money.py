@@ -75,7 +75,8 @@ def cmd_coupons_issue(args: argparse.Namespace) -> None:
         if await session.get(Rider, args.rider) is None:
             raise CliError(f"unknown rider {args.rider}")
         c = await coupons.issue(session, args.rider, amount_fen=args.fen,
-                                percent_off=args.percent, days=args.days, reason=args.reason)
+                                percent_off=args.percent, days=args.days, reason=args.reason,
+                                now=datetime.now(UTC))
         return c.code
 
     print(f"coupon {asyncio.run(with_session(settings, go))} issued")

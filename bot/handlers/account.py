@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from bot.handlers.payloads import LinkAnswer
+from bot.handlers.rendering import renders
 from bot.handlers.routing import Router
 from bot.handlers.text import menu_buttons
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from core.billing.wallet import yuan
 from core.errors import LinkCodeInvalid, LinkRefused
+from core.notices.riders import LinkDoneNotice, LinkRefusedNotice, LinkRequestNotice
 from core.riders.accounts import (
     LinkPaused,
     LinkTooManyTries,
@@ -87,22 +87,25 @@ async def answer(turn: Turn, p: LinkAnswer) -> list[Reply]:
                      balance=yuan(owner.balance_fen)), buttons=menu_buttons(lang))]
 
 
-def request_notice(lang: str, payload: dict[str, Any]) -> list[Reply]:
-    """The owner's question (outbox kind `link_request`)."""
+@renders(LinkRequestNotice)
+def request_notice(n: LinkRequestNotice, lang: str) -> list[Reply]:
+    """The owner's question."""
     text = tr(lang, "🔗 Link the {platform} account “{name}” to this account? Wallet and history "
                     "would be shared. Confirm only if you just typed your own code there.",
-              platform=platform_name(lang, payload["platform"]), name=payload["name"] or "—")
-    aid = payload["attempt_id"]
+              platform=platform_name(lang, n.platform), name=n.name or "—")
+    aid = n.attempt_id
     return [Reply(text, buttons=[[
         Button(tr(lang, "✅ Confirm"), data=LinkAnswer("ok", aid).pack()),
         Button(tr(lang, "❌ Refuse"), data=LinkAnswer("no", aid).pack())]])]
 
 
-def done_notice(lang: str, payload: dict[str, Any]) -> list[Reply]:
+@renders(LinkDoneNotice)
+def done_notice(n: LinkDoneNotice, lang: str) -> list[Reply]:
     return [Reply(tr(lang, "✅ Linked. Wallet and history are now shared. Balance: {balance}",
-                     balance=yuan(payload["balance_fen"])), buttons=menu_buttons(lang))]
+                     balance=yuan(n.balance_fen)), buttons=menu_buttons(lang))]
 
 
-def refused_notice(lang: str) -> list[Reply]:
+@renders(LinkRefusedNotice)
+def refused_notice(n: LinkRefusedNotice, lang: str) -> list[Reply]:
     return [Reply(tr(lang, "The owner of that code did not confirm the link. Nothing was "
                            "linked."))]

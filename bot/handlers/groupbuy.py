@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from bot.handlers.payloads import GroupBuyAction, Wallet
+from bot.handlers.rendering import render_notice, renders
 from bot.handlers.routing import Router
 from bot.handlers.staff import local
 from bot.handlers.turn import Turn
@@ -19,6 +20,14 @@ from core.billing import wallet
 from core.billing.wallet import yuan
 from core.engagement import groupbuy, vouchers
 from core.engagement.groupbuy import DealTerms, GroupDeal
+from core.notices import KINDS
+from core.notices.chat import RepliesNotice
+from core.notices.engagement import (
+    GroupBuyExpiredNotice,
+    GroupBuyFilledNotice,
+    VoucherIssuedNotice,
+    VoucherRedeemedNotice,
+)
 from notifications.replies import Button, Reply
 
 router = Router(__name__)
@@ -128,8 +137,8 @@ async def pressed_in_group(turn: Turn, p: GroupBuyAction) -> list[Reply]:
     private chat; the group hears only where to look."""
     inc = turn.inc
     private = await pressed(turn, p)
-    await outbox.enqueue(turn.session, turn.rider.id, "replies",  # type: ignore[arg-type]
-                         {"replies": [r.as_dict() for r in private]},
+    await outbox.enqueue(turn.session, turn.rider.id,  # type: ignore[arg-type]
+                         RepliesNotice(replies=[r.as_dict() for r in private]),
                          f"gb-private:{inc.platform}:{inc.nonce}", now=turn.now)
     deal = await groupbuy.find(turn.session, p.deal_id)
     link = f"https://t.me/{turn.ctx.settings.telegram.bot_username}?start=gb_{deal.code}"
@@ -182,14 +191,9 @@ async def _join(turn: Turn, deal_id: int) -> list[Reply]:
 # --- partner vouchers -------------------------------------------------------------------------
 
 
-def _title(p: dict[str, Any], lang: str) -> str:
-    title = p.get("title") or {}
-    return title.get(lang) or next(iter(title.values()), p.get("merchant", ""))
-
-
-def voucher_line(lang: str, p: dict[str, Any], tz: str = DEFAULT_TZ) -> str:
-    return tr(lang, "🎟 {title} · code {code} · valid until {until}", title=_title(p, lang),
-              code=vouchers.display_code(p["code"]), until=local(p["expires_at"], tz))
+def voucher_line(lang: str, v: VoucherIssuedNotice, tz: str = DEFAULT_TZ) -> str:
+    return tr(lang, "🎟 {title} · code {code} · valid until {until}", title=v.title_in(lang),
+              code=vouchers.display_code(v.code), until=local(v.expires_at, tz))
 
 
 @router.command("vouchers")
@@ -199,29 +203,42 @@ async def vouchers_list(turn: Turn) -> list[Reply]:
     if not found:
         return [Reply(tr(turn.lang, "🎟 You have no partner vouchers right now."))]
     lines = [tr(turn.lang, "🎟 Your vouchers (show the code at the shop):")]
-    lines += [voucher_line(turn.lang, vouchers.notice_payload(v), _tz(turn)) for v in found]
+    lines += [voucher_line(turn.lang, vouchers.notice(v), _tz(turn)) for v in found]
     return [Reply("\n".join(lines))]
 
 
 # --- outbox notices ---------------------------------------------------------------------------
 
 
-def render(kind: str, payload: dict[str, Any], lang: str,
-           tz: str = DEFAULT_TZ) -> list[Reply] | None:
-    """Outbox kinds of this module (None for any other kind)."""
-    p = payload
-    if kind == groupbuy.FILLED_NOTICE:
-        return [Reply(tr(lang, "🎉 Group-buy {code} is full: you got {topup} for {price}. "
-                               "Balance: {balance}", code=p["code"], topup=yuan(p["topup_fen"]),
-                         price=yuan(p["price_fen"]), balance=yuan(p["balance_fen"])))]
-    if kind == groupbuy.EXPIRED_NOTICE:
-        return [Reply(tr(lang, "⌛ Group-buy {code} did not fill in time, so nobody was charged: "
-                               "your {price} is back. Balance: {balance}", code=p["code"],
-                         price=yuan(p["price_fen"]), balance=yuan(p["balance_fen"])))]
-    if kind == vouchers.ISSUED_NOTICE:
-        return [Reply(tr(lang, "🎁 You earned a partner voucher!") + "\n"
-                      + voucher_line(lang, p, tz))]
-    if kind == vouchers.REDEEMED_NOTICE:
-        return [Reply(tr(lang, "🎟 Voucher {code} ({title}) was used. Enjoy!",
-                         code=vouchers.display_code(p["code"]), title=_title(p, lang)))]
-    return None
+def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply] | None:
+    """A stored row of one of this module's kinds (None for any other kind)."""
+    cls = KINDS.get(kind)
+    if cls not in (GroupBuyFilledNotice, GroupBuyExpiredNotice, VoucherIssuedNotice,
+                   VoucherRedeemedNotice):
+        return None
+    return render_notice(cls.from_payload(payload), lang)  # type: ignore[union-attr]
+
+
+@renders(GroupBuyFilledNotice)
+def deal_filled(n: GroupBuyFilledNotice, lang: str) -> list[Reply]:
+    return [Reply(tr(lang, "🎉 Group-buy {code} is full: you got {topup} for {price}. "
+                           "Balance: {balance}", code=n.code, topup=yuan(n.topup_fen),
+                     price=yuan(n.price_fen), balance=yuan(n.balance_fen)))]
+
+
+@renders(GroupBuyExpiredNotice)
+def deal_expired(n: GroupBuyExpiredNotice, lang: str) -> list[Reply]:
+    return [Reply(tr(lang, "⌛ Group-buy {code} did not fill in time, so nobody was charged: "
+                           "your {price} is back. Balance: {balance}", code=n.code,
+                     price=yuan(n.price_fen), balance=yuan(n.balance_fen)))]
+
+
+@renders(VoucherIssuedNotice)
+def voucher_issued(n: VoucherIssuedNotice, lang: str) -> list[Reply]:
+    return [Reply(tr(lang, "🎁 You earned a partner voucher!") + "\n" + voucher_line(lang, n))]
+
+
+@renders(VoucherRedeemedNotice)
+def voucher_redeemed(n: VoucherRedeemedNotice, lang: str) -> list[Reply]:
+    return [Reply(tr(lang, "🎟 Voucher {code} ({title}) was used. Enjoy!",
+                     code=vouchers.display_code(n.code), title=n.title_in(lang)))]

@@ -14,6 +14,7 @@ from core.db import row_id
 from core.engagement import prompts
 from core.faults import workorders
 from core.faults.tables import WorkOrder
+from core.notices.faults import WorkOrderNotice
 from core.riders import staff, web_sessions
 from notifications.replies import Button, Reply
 
@@ -112,22 +113,22 @@ async def show(turn: Turn, order_id: int) -> list[Reply]:
     if order is None or not await workorders.may_act(turn.session, order, turn.rider.id):  # type: ignore[arg-type]
         return await _refuse(turn)
     tz = turn.ctx.settings.server.timezone
-    info = await workorders.payload(turn.session, order, tz=tz)
+    info = await workorders.card(turn.session, order, tz=tz)
     return [Reply(order_card(turn.lang, info, tz, order.state),
                   buttons=order_buttons(turn.lang, order_id, order.state))]
 
 
-def order_card(lang: str, p: dict, tz: str, state: str = "open") -> str:
-    if p["kind"] == "preventive":
-        head = tr(lang, "🗓 Planned service #{id}: {where}", id=p["order_id"], where=p["where"])
-        what = tr(lang, "Predicted wear-out; visit by {when}.", when=local(p["planned_for"], tz))
+def order_card(lang: str, p: WorkOrderNotice, tz: str, state: str = "open") -> str:
+    if p.order_kind == "preventive":
+        head = tr(lang, "🗓 Planned service #{id}: {where}", id=p.order_id, where=p.where)
+        what = tr(lang, "Predicted wear-out; visit by {when}.", when=local(p.planned_for, tz))
     else:
-        head = tr(lang, "🔧 Work order #{id}: {where}", id=p["order_id"], where=p["where"])
-        what = tr(lang, "Fault: {causes} ({severity})", causes=causes_text(lang, p["causes"]),
-                  severity=severity_name(lang, p["severity"]))
-    lines = [head, what, tr(lang, "📍 {site} · {address}", site=p["site"], address=p["address"])]
-    if p.get("ack_due_at") and state == "open":
-        lines.append(tr(lang, "Please acknowledge by {when}.", when=local(p["ack_due_at"], tz)))
+        head = tr(lang, "🔧 Work order #{id}: {where}", id=p.order_id, where=p.where)
+        what = tr(lang, "Fault: {causes} ({severity})", causes=causes_text(lang, p.causes),
+                  severity=severity_name(lang, p.severity))
+    lines = [head, what, tr(lang, "📍 {site} · {address}", site=p.site, address=p.address)]
+    if p.ack_due_at and state == "open":
+        lines.append(tr(lang, "Please acknowledge by {when}.", when=local(p.ack_due_at, tz)))
     if state != "open":
         lines.append(tr(lang, "State: {state}", state=state_name(lang, state)))
     return "\n".join(lines)

@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from bot.handlers.payloads import Nps
+from bot.handlers.rendering import renders
 from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from core.db import row_id
 from core.engagement import prompts, surveys
 from core.engagement.reports import MonthlyReport, as_payload
+from core.notices.engagement import MonthlyReportNotice, NpsPromptNotice
 from notifications.replies import Button, Reply
 
 router = Router(__name__)
@@ -30,12 +32,17 @@ def reason_name(lang: str, reason: str) -> str:
 
 
 def render_prompt(payload: dict[str, Any], lang: str) -> list[Reply]:
-    """The outbox message `nps_prompt` ({charge_id, port}) as the rider sees it."""
-    ref = payload["charge_id"]
+    """A stored `nps_prompt` row as the rider sees it."""
+    return nps_prompt(NpsPromptNotice.from_payload(payload), lang)
+
+
+@renders(NpsPromptNotice)
+def nps_prompt(p: NpsPromptNotice, lang: str) -> list[Reply]:
+    ref = p.charge_id
     scores = [Button(str(n), data=Nps(ref, str(n)).pack()) for n in range(11)]
     return [Reply(
         tr(lang, "Thanks for charging at {port}! How likely are you to recommend us to a "
-                 "friend? 0 = not at all, 10 = certainly.", port=payload.get("port", "")),
+                 "friend? 0 = not at all, 10 = certainly.", port=p.port),
         buttons=[scores[:6], scores[6:],
                  [Button(tr(lang, "Don't ask me again"), data=Nps(ref, "off").pack())]])]
 
@@ -133,5 +140,10 @@ def text_summary(report: MonthlyReport | dict[str, Any], lang: str) -> str:
 
 
 def render_report(payload: dict[str, Any], lang: str) -> list[Reply]:
-    """The outbox message `monthly_report` (payload: `core.reports.as_payload`)."""
-    return [Reply(text_summary(payload, lang))]
+    """A stored `monthly_report` row (payload: `core.reports.as_payload`)."""
+    return monthly_report(MonthlyReportNotice.from_payload(payload), lang)
+
+
+@renders(MonthlyReportNotice)
+def monthly_report(n: MonthlyReportNotice, lang: str) -> list[Reply]:
+    return [Reply(text_summary(n.to_payload(), lang))]

@@ -7,6 +7,7 @@ from typing import Any
 from bot.handlers.payloads import FaqEntry, History, Language, Nearby, Status, Wallet
 from bot.i18n import tr
 from core.billing.wallet import yuan
+from core.notices.charging import BillNotice
 from notifications.replies import Button
 
 
@@ -93,10 +94,10 @@ def end_reason(lang: str, reason: str) -> str:
     }.get(reason, reason)
 
 
-def bill_text(lang: str, p: dict[str, Any]) -> str:
-    b = p["bill"]
+def bill_text(lang: str, n: BillNotice) -> str:
+    b = n.bill
     lines = [
-        tr(lang, "🧾 Bill for port {port}", port=p["port"]),
+        tr(lang, "🧾 Bill for port {port}", port=n.port),
         tr(lang, "Duration: {d} · Energy: {e}", d=duration(lang, b["duration_s"]),
            e=kwh(b["energy_wh"])),
     ]
@@ -107,7 +108,7 @@ def bill_text(lang: str, p: dict[str, Any]) -> str:
         lines.append(tr(lang, "Rate: {rate}/h", rate=yuan(b["fen_per_hour"])))
     if b["off_peak_minutes"]:
         lines.append(tr(lang, "Off-peak minutes: {n}", n=b["off_peak_minutes"]))
-    lines.append(tr(lang, "Ended: {reason}", reason=end_reason(lang, p["reason"])))
+    lines.append(tr(lang, "Ended: {reason}", reason=end_reason(lang, n.reason)))
     gross = b.get("gross_fen", b["amount_fen"])
     if gross != b.get("net_fen", gross):
         lines.append(tr(lang, "Charge: {amount}", amount=yuan(gross)))
@@ -125,18 +126,18 @@ def bill_text(lang: str, p: dict[str, Any]) -> str:
                               "{amount} credited.", gap=b["metering_gap_percent"],
                         amount=yuan(b["compensation_fen"])))
     b = {**b, "amount_fen": b.get("net_fen", b["amount_fen"])}
-    if p.get("family") and p["paid"] and b["amount_fen"]:
+    if n.family and n.paid and b["amount_fen"]:
         lines.append(tr(lang, "Amount: {amount}, paid from your family wallet.",
                         amount=yuan(b["amount_fen"])))
         return "\n".join(lines)
     if b["amount_fen"] == 0:
         lines.append(tr(lang, "Amount: ¥0.00 — this charge is free."))
-    elif p["paid"]:
+    elif n.paid:
         lines.append(tr(lang, "Amount: {amount}, paid from your wallet. Balance: {balance}",
-                        amount=yuan(b["amount_fen"]), balance=yuan(p["balance_fen"])))
+                        amount=yuan(b["amount_fen"]), balance=yuan(n.balance_fen)))
     else:
         lines.append(tr(lang, "Amount due: {amount}. Your balance is {balance}: top up to pay.",
-                        amount=yuan(b["amount_fen"]), balance=yuan(p["balance_fen"])))
+                        amount=yuan(b["amount_fen"]), balance=yuan(n.balance_fen)))
     return "\n".join(lines)
 
 

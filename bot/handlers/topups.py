@@ -9,6 +9,7 @@ from bot.handlers.payloads import PayDue, Wallet
 from bot.i18n import tr
 from core.billing.wallet import yuan
 from core.config import Settings
+from core.notices.billing import PaymentNotice
 from notifications.replies import Button, Reply
 
 
@@ -31,8 +32,8 @@ def after_payment(lang: str, paid: int, remaining: int) -> str:
 def credited_reply(lang: str, *, amount_fen: int, bonus_fen: int, balance_fen: int,
                    provider: str, paid: int, remaining: int) -> Reply:
     """What the rider sees right after a top-up went through (any provider)."""
-    text = payment_text(lang, {"amount_fen": amount_fen, "bonus_fen": bonus_fen,
-                               "balance_fen": balance_fen, "provider": provider})
+    text = payment_text(lang, PaymentNotice(amount_fen=amount_fen, bonus_fen=bonus_fen,
+                                            balance_fen=balance_fen, provider=provider))
     buttons = [[Button(tr(lang, "👛 Wallet"), data=Wallet().pack())]]
     if remaining:
         buttons = [[Button(tr(lang, "💳 Pay {amount}", amount=yuan(remaining)),

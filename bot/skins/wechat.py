@@ -32,6 +32,7 @@ from bot.i18n import tr
 from bot.skins.clients import WX
 from core import outbox
 from core.db import insert_ignore, transaction
+from core.notices.chat import RepliesNotice
 from core.riders.tables import DEFAULT_LANGUAGE, Identity, Rider
 from notifications.replies import Incoming, Reply
 from notifications.wechat_client import RETRYABLE, WINDOW_CLOSED, WechatClient, WechatError
@@ -255,8 +256,9 @@ async def _finish_late(ctx: Context, inc: Incoming, task: asyncio.Task) -> None:
     if found is None:
         return
     async with transaction(ctx.sm) as session:
-        await outbox.enqueue(session, found[0].rider_id, "replies",
-                             {"replies": [r.as_dict() for r in replies]}, f"wx-late:{inc.nonce}")
+        await outbox.enqueue(session, found[0].rider_id,
+                             RepliesNotice(replies=[r.as_dict() for r in replies]),
+                             f"wx-late:{inc.nonce}", now=ctx.clock())
     ctx.wake_outbox()
 
 

@@ -34,7 +34,7 @@ class Coupon(SQLModel, table=True):
 async def issue(
     session: AsyncSession, rider_id: int, *, amount_fen: int = 0, percent_off: int = 0,
     days: int = 30, min_spend_fen: int = 0, stackable: bool = False, reason: str = "",
-    cause: str | None = None, now: datetime | None = None,
+    cause: str | None = None, now: datetime,
 ) -> Coupon:
     if (amount_fen <= 0) == (percent_off <= 0) or not 0 <= percent_off <= 100:
         raise ValueError("a coupon is either an amount or a percentage")
@@ -42,7 +42,6 @@ async def issue(
         found = (await session.execute(select(Coupon).where(Coupon.cause == cause))).scalars()
         if (existing := found.first()) is not None:
             return existing
-    now = now or utcnow()
     coupon = Coupon(
         rider_id=rider_id, code=secrets.token_hex(5).upper(), amount_fen=amount_fen,
         percent_off=percent_off, min_spend_fen=min_spend_fen, stackable=stackable,

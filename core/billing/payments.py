@@ -46,7 +46,7 @@ def bonus_for(settings: Settings, amount_fen: int) -> int:
 
 async def create_payment(
     session: AsyncSession, rider_id: int, provider: str, amount_fen: int, *,
-    purpose: str = "topup", now: datetime | None = None,
+    purpose: str = "topup", now: datetime,
 ) -> Payment:
     if provider not in PROVIDERS:
         raise ValueError(provider)
@@ -54,8 +54,7 @@ async def create_payment(
         raise ValueError("amount must be positive")
     payment = Payment(
         rider_id=rider_id, provider=provider, amount_fen=amount_fen, purpose=purpose,
-        out_trade_no=f"CB{(now or utcnow()):%Y%m%d}{secrets.token_hex(8).upper()}",
-        created_at=now or utcnow(),
+        out_trade_no=f"CB{now:%Y%m%d}{secrets.token_hex(8).upper()}", created_at=now,
     )
     session.add(payment)
     await session.flush()

@@ -13,6 +13,7 @@ from core.charging.queries import due_charges
 from core.charging.tables import Charge
 from core.config import Settings
 from core.errors import InsufficientBalance
+from core.notices.billing import AutoTopUpNotice
 from core.riders.tables import Rider
 
 
@@ -111,10 +112,10 @@ async def auto_topup(session: AsyncSession, rider_id: int, needed_fen: int, sett
     _, first = await payments.confirm(session, payment.out_trade_no, payment.amount_fen,
                                       f"sandbox-auto-{key}", settings, now)
     if first:
-        await outbox.enqueue(session, rider_id, "auto_topup",
-                             {"amount_fen": payment.amount_fen,
-                              "balance_fen": await wallet.balance(session, rider_id)},
-                             f"auto_topup:{payment.out_trade_no}")
+        await outbox.enqueue(session, rider_id,
+                             AutoTopUpNotice(amount_fen=payment.amount_fen,
+                                             balance_fen=await wallet.balance(session, rider_id)),
+                             f"auto_topup:{payment.out_trade_no}", now=now)
     return True
 
 

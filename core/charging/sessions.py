@@ -33,6 +33,7 @@ from core.errors import (
     TooManyOpenCharges,
 )
 from core.faults.heat import heat_coefficient  # not core.faults.wear: no scipy on the settling path
+from core.notices.charging import BillNotice, ChargeStartedNotice, StartFailedNotice
 from core.piles import commands
 from core.piles.fleet import find_port
 from core.piles.tables import Pile, Port, Site
@@ -166,7 +167,7 @@ async def _heat(session: AsyncSession, charge: Charge) -> float | None:
 # --- what the pile tells us -------------------------------------------------------------------
 
 
-async def on_started(session: AsyncSession, charge: Charge, ts: datetime) -> None:
+async def on_started(session: AsyncSession, charge: Charge, ts: datetime, now: datetime) -> None:
     # A meter that overtook this event already marked the charge started, without a start
     # time (a meter's time is not the start) and without telling the rider: both happen here.
     if charge.state != "requested" and not (charge.state == "started"
@@ -175,9 +176,9 @@ async def on_started(session: AsyncSession, charge: Charge, ts: datetime) -> Non
     charge.state = "started"
     charge.started_at = ts
     await outbox.enqueue(
-        session, charge.rider_id, "charge_started",
-        {"charge_id": charge.id, "port": charge.port_code, "tariff": charge.tariff},
-        f"started:{charge.id}",
+        session, charge.rider_id,
+        ChargeStartedNotice(charge_id=charge.id, port=charge.port_code, tariff=charge.tariff),  # type: ignore[arg-type]
+        f"started:{charge.id}", now=now,
     )
 
 
@@ -246,15 +247,14 @@ async def _announce_bill(session: AsyncSession, charge: Charge, reason: str, pai
     balance = await wallet.balance(session, charge.payer_rider_id or charge.rider_id)
     await services.lock_after_charge(session, charge, now)
     await outbox.enqueue(
-        session, charge.rider_id, "bill",
-        {
-            "charge_id": charge.id, "port": charge.port_code, "pile": charge.pile_id,
-            "reason": reason,
-            "bill": charge.bill, "paid": paid, "balance_fen": balance,
-            "tariff": charge.tariff, "family": bool(charge.payer_rider_id
-                                                    and charge.payer_rider_id != charge.rider_id),
-        },
-        f"bill:{charge.id}",
+        session, charge.rider_id,
+        BillNotice(
+            charge_id=charge.id, port=charge.port_code, pile=charge.pile_id,  # type: ignore[arg-type]
+            reason=reason, bill=charge.bill, paid=paid, balance_fen=balance,  # type: ignore[arg-type]
+            tariff=charge.tariff, family=bool(charge.payer_rider_id
+                                              and charge.payer_rider_id != charge.rider_id),
+        ),
+        f"bill:{charge.id}", now=now,
     )
     if paid:
         await surveys.maybe_prompt(session, charge, now, **surveys.prompt_rules(settings))
@@ -282,15 +282,16 @@ async def end_on_fault(session: AsyncSession, charge: Charge, at: datetime, sett
                           settings, now)
 
 
-async def on_start_rejected(session: AsyncSession, charge: Charge, error: str | None) -> None:
+async def on_start_rejected(session: AsyncSession, charge: Charge, error: str | None,
+                            now: datetime) -> None:
     if charge.state != "requested":
         return
     charge.state = "failed"
     charge.failure = "rejected"
     await outbox.enqueue(
-        session, charge.rider_id, "start_failed",
-        {"charge_id": charge.id, "port": charge.port_code, "error": (error or "")[:60]},
-        f"start_failed:{charge.id}",
+        session, charge.rider_id,
+        StartFailedNotice(charge_id=charge.id, port=charge.port_code, error=(error or "")[:60]),  # type: ignore[arg-type]
+        f"start_failed:{charge.id}", now=now,
     )
 
 
@@ -313,9 +314,9 @@ async def expire_requests(
             session=charge.session_ref, now=now,
         )
         await outbox.enqueue(
-            session, charge.rider_id, "start_failed",
-            {"charge_id": charge.id, "port": charge.port_code, "error": "timeout"},
-            f"start_failed:{charge.id}",
+            session, charge.rider_id,
+            StartFailedNotice(charge_id=charge.id, port=charge.port_code, error="timeout"),  # type: ignore[arg-type]
+            f"start_failed:{charge.id}", now=now,
         )
         expired.append(charge.id)  # type: ignore[arg-type]
     return expired

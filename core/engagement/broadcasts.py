@@ -15,6 +15,7 @@ from sqlmodel import Field, SQLModel
 
 from core import outbox
 from core.db import insert_ignore, transaction
+from core.notices.engagement import BroadcastNotice
 from core.outbox import OutboxMessage
 from core.riders.identities import chat_rider
 from core.riders.tables import Identity
@@ -74,8 +75,8 @@ async def send_due(session: AsyncSession, now: datetime, groups: list[int]) -> i
     for b in await claim_due(session, now):
         for chat in groups:
             rid = await chat_rider(session, "telegram", chat, "riders' group", "zh_CN")
-            await outbox.enqueue(session, rid, "broadcast",
-                                 {"zh_CN": b.text_zh, "en": b.text_en or b.text_zh},
+            await outbox.enqueue(session, rid,
+                                 BroadcastNotice(zh_CN=b.text_zh, en=b.text_en or b.text_zh),
                                  f"broadcast:{b.id}:{chat}", now=now)
             sent += 1
     return sent
@@ -154,7 +155,8 @@ async def queue_for_riders(
             raise BroadcastError(f"cause {cause!r} was already used for a different message")
         bid, send_at = b.id, b.send_at
     assert bid is not None
-    payload = {"zh_CN": text_zh, "en": text_en or text_zh}
+    notice = BroadcastNotice(zh_CN=text_zh, en=text_en or text_zh)
+    payload = notice.to_payload()
     prefix = f"broadcast:{RIDERS_CAUSE}{bid}:"
     # Riders, not the group chats that are outbox recipients too (external id "chat:…").
     riders = (select(Identity.rider_id).where(~Identity.external_id.like("chat:%"))
@@ -176,7 +178,7 @@ async def queue_for_riders(
             # must be written exactly as the ORM writes them.
             rows = (
                 select(
-                    rid, literal("broadcast"), literal(payload, col.payload.type),
+                    rid, literal(notice.kind), literal(payload, col.payload.type),
                     literal(prefix) + cast(rid, String), literal("pending"), literal(0),
                     literal(send_at, col.due_at.type), literal(now, col.created_at.type),
                 )

@@ -23,6 +23,7 @@ from core import outbox
 from core.billing import wallet
 from core.db import row_id, utcnow
 from core.errors import DomainError, InsufficientBalance
+from core.notices.engagement import GroupBuyExpiredNotice, GroupBuyFilledNotice
 
 DEAL_STATES = ("open", "filled", "expired")
 # No 0/O, 1/I: codes are read aloud and typed on phones (WeChat riders join by code).
@@ -30,7 +31,7 @@ CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 CODE_LENGTH = 6
 
 HOLD, TOPUP, REFUND = "groupbuy_hold", "groupbuy_topup", "groupbuy_refund"
-FILLED_NOTICE, EXPIRED_NOTICE = "groupbuy_filled", "groupbuy_expired"
+FILLED_NOTICE, EXPIRED_NOTICE = GroupBuyFilledNotice.kind, GroupBuyExpiredNotice.kind
 
 
 @dataclass(frozen=True)
@@ -254,8 +255,9 @@ async def _fill(session: AsyncSession, deal: GroupDeal, now: datetime) -> bool:
     for rider_id in await member_ids(session, deal.id):
         entry = await wallet.post(session, rider_id, TOPUP, deal.topup_fen,
                                   _key(deal.id, rider_id, "topup"), memo=f"group-buy {deal.code}")
-        await outbox.enqueue(session, rider_id, FILLED_NOTICE,
-                             {**notice_payload(deal), "balance_fen": entry.balance_after_fen},
+        await outbox.enqueue(session, rider_id,
+                             GroupBuyFilledNotice(**notice_payload(deal),
+                                                  balance_fen=entry.balance_after_fen),
                              _key(deal.id, rider_id, "filled"), now=now)
     return True
 
@@ -287,8 +289,9 @@ async def expire(session: AsyncSession, now: datetime) -> list[int]:
             entry = await wallet.post(session, rider_id, REFUND, -hold.amount_fen,
                                       _key(deal_id, rider_id, "refund"),
                                       memo=f"group-buy {deal.code} expired")
-            await outbox.enqueue(session, rider_id, EXPIRED_NOTICE,
-                                 {**notice_payload(deal), "balance_fen": entry.balance_after_fen},
+            await outbox.enqueue(session, rider_id,
+                                 GroupBuyExpiredNotice(**notice_payload(deal),
+                                                       balance_fen=entry.balance_after_fen),
                                  _key(deal_id, rider_id, "expired"), now=now)
         done.append(deal_id)
     return done

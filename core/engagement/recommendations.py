@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import outbox
 from core.charging.tables import Charge
+from core.notices.engagement import OffpeakReminderNotice
 from core.riders.tables import Rider
 
 PEAK = (time(16, 30), time(19, 30))
@@ -37,7 +38,7 @@ async def offpeak_reminders(session: AsyncSession, now: datetime, tz: str,
             Charge.state.in_(("ended", "settled"))))).scalars().all()
         if sum(1 for ts in starts if ts and at_peak(ts, tz)) < MIN_PEAK_CHARGES:
             continue
-        await outbox.enqueue(session, rider_id, "offpeak_reminder",
-                             {"percent": discount_percent}, f"offpeak:{day}:{rider_id}", now=now)
+        await outbox.enqueue(session, rider_id, OffpeakReminderNotice(percent=discount_percent),
+                             f"offpeak:{day}:{rider_id}", now=now)
         sent += 1
     return sent

@@ -51,6 +51,7 @@ from sqlmodel import Field, SQLModel
 from core.billing.wallet import ENTRY_KINDS, LedgerEntry
 from core.charging.tables import Charge
 from core.db import insert_ignore, transaction, utcnow
+from core.notices.engagement import RedPacketNotice
 from core.outbox import OutboxMessage
 from core.riders.tables import PLATFORMS, Identity, Rider
 
@@ -69,7 +70,7 @@ GREETED: dict[str, str] = {
 DEFAULT_AMOUNTS_FEN: tuple[int, ...] = (100, 128, 166, 168, 188, 200)
 
 KIND = "red_packet"  # ledger entry kind and outbox message kind
-assert KIND in ENTRY_KINDS
+assert KIND in ENTRY_KINDS and RedPacketNotice.kind == KIND
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ async def create_campaign(session: AsyncSession, festival: Festival, *, now: dat
     return festival.key
 
 
-async def due_campaigns(session: AsyncSession, today: date, *, now: datetime | None = None,
+async def due_campaigns(session: AsyncSession, today: date, *, now: datetime,
                         amounts_fen: Sequence[int] = DEFAULT_AMOUNTS_FEN,
                         resume_days: int = 2) -> list[str]:
     """Campaigns a daily job should run on `today` (the local date): today's festival, created
@@ -207,7 +208,7 @@ async def due_campaigns(session: AsyncSession, today: date, *, now: datetime | N
     next day is worse than none."""
     for festival in festivals(today.year):
         if festival.day == today:
-            await create_campaign(session, festival, now=now or utcnow(), amounts_fen=amounts_fen)
+            await create_campaign(session, festival, now=now, amounts_fen=amounts_fen)
     rows = await session.execute(
         select(RedPacketCampaign.key).where(
             RedPacketCampaign.finished_at.is_(None),  # type: ignore[union-attr]
@@ -275,10 +276,11 @@ async def _batch(session: AsyncSession, stats: RunStats, *, now: datetime, batch
         keys = {rid: f"redpacket:{campaign.key}:{rid}" for rid in fresh}
         balances = await _credit(session, keys, amounts, memo=campaign.festival, now=now)
         await session.execute(insert_ignore(dialect, OutboxMessage.__table__).values([
-            {"rider_id": rid, "kind": KIND, "dedupe_key": keys[rid], "state": "pending",
-             "attempts": 0, "due_at": due_at, "created_at": now,
-             "payload": {"festival": campaign.festival, "campaign": campaign.key,
-                         "amount_fen": amounts[rid], "balance_fen": balances[rid]}}
+            {"rider_id": rid, "kind": RedPacketNotice.kind, "dedupe_key": keys[rid],
+             "state": "pending", "attempts": 0, "due_at": due_at, "created_at": now,
+             "payload": RedPacketNotice(festival=campaign.festival, campaign=campaign.key,
+                                        amount_fen=amounts[rid],
+                                        balance_fen=balances[rid]).to_payload()}
             for rid in fresh
         ]))
         stats.credited += len(fresh)

@@ -37,6 +37,7 @@ from core.charging.tables import Charge
 from core.db import aware
 from core.engagement.surveys import NpsResponse, category, nps
 from core.faults.tables import Fault, WorkOrder
+from core.notices.engagement import MonthlyReportNotice
 from core.piles.tables import Site
 from core.support.tables import Ticket
 
@@ -261,7 +262,7 @@ def as_payload(report: MonthlyReport) -> dict[str, Any]:
 async def post(session: AsyncSession, report: MonthlyReport, rider_ids: list[int],
                now: datetime) -> None:
     """One outbox message per recipient (staff chats, the desk), once per month."""
-    payload = as_payload(report)
+    notice = MonthlyReportNotice.from_payload(as_payload(report))
     for rid in rider_ids:
-        await outbox.enqueue(session, rid, "monthly_report", payload,
+        await outbox.enqueue(session, rid, notice,
                              f"monthly_report:{report.month}:{rid}", now=now)

@@ -20,8 +20,9 @@ from sqlmodel import Field, SQLModel
 from core import outbox
 from core.charging.tables import Charge
 from core.db import insert_ignore, utcnow
+from core.notices.engagement import NpsPromptNotice
 
-PROMPT_KIND = "nps_prompt"  # the outbox kind
+PROMPT_KIND = NpsPromptNotice.kind
 REASONS = ("price", "payment", "finding", "fault", "speed", "other")
 QUIET = ("22:00", "08:00")
 TZ = "Asia/Shanghai"
@@ -156,8 +157,8 @@ async def maybe_prompt(
             await session.flush()
     except IntegrityError:
         return None  # this charge was already asked about (a replayed settlement)
-    await outbox.enqueue(session, charge.rider_id, PROMPT_KIND,
-                         {"charge_id": charge.id, "port": charge.port_code},
+    await outbox.enqueue(session, charge.rider_id,
+                         NpsPromptNotice(charge_id=charge.id, port=charge.port_code),  # type: ignore[arg-type]
                          f"nps:{charge.id}", due_at=due, now=now)
     return row
 

@@ -23,13 +23,14 @@ from core import outbox
 from core.charging.tables import Charge
 from core.db import utcnow
 from core.errors import DomainError
+from core.notices.engagement import VoucherIssuedNotice, VoucherRedeemedNotice
 from core.piles.tables import Site
 
 TRIGGERS = ("charge_minutes", "topup_fen")
 # 31 symbols without 0/O/1/I/L, 10 long: ~49 bits, typed by a shop assistant from a phone screen.
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 CODE_LENGTH = 10
-ISSUED_NOTICE, REDEEMED_NOTICE = "voucher_issued", "voucher_redeemed"
+ISSUED_NOTICE, REDEEMED_NOTICE = VoucherIssuedNotice.kind, VoucherRedeemedNotice.kind
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ async def issue(session: AsyncSession, rider_id: int, offer: Offer, cause: str,
             if (found := await by_cause(session, cause)) is not None:
                 return found
             continue  # a code clash: draw again
-        await outbox.enqueue(session, rider_id, ISSUED_NOTICE, notice_payload(voucher),
+        await outbox.enqueue(session, rider_id, notice(voucher),
                              f"voucher:{cause}", now=now)
         return voucher
     raise RuntimeError("could not draw a free voucher code")
@@ -212,7 +213,7 @@ async def redeem(session: AsyncSession, code: str, merchant: str | None,
         if voucher.redeemed_at is None:
             raise VoucherExpired(code=code, at=voucher.expires_at)
         raise VoucherAlreadyRedeemed(code=code, at=voucher.redeemed_at, by=voucher.redeemed_by)
-    await outbox.enqueue(session, voucher.rider_id, REDEEMED_NOTICE, notice_payload(voucher),
+    await outbox.enqueue(session, voucher.rider_id, notice(voucher, VoucherRedeemedNotice),
                          f"voucher:{voucher.id}:redeemed", now=now)
     return voucher
 
@@ -233,8 +234,13 @@ async def of_rider(session: AsyncSession, rider_id: int, now: datetime) -> list[
         .order_by(Voucher.expires_at, Voucher.id))).scalars())
 
 
+def notice(voucher: Voucher, cls: type[VoucherIssuedNotice] = VoucherIssuedNotice
+           ) -> VoucherIssuedNotice:
+    """The voucher as the rider is told of it (issued, or `VoucherRedeemedNotice`)."""
+    return cls(voucher_id=voucher.id, code=voucher.code, merchant=voucher.merchant,  # type: ignore[arg-type]
+               value_fen=voucher.value_fen, title=voucher.title, expires_at=voucher.expires_at,
+               redeemed_at=voucher.redeemed_at)
+
+
 def notice_payload(voucher: Voucher) -> dict[str, Any]:
-    return {"voucher_id": voucher.id, "code": voucher.code, "merchant": voucher.merchant,
-            "value_fen": voucher.value_fen, "title": voucher.title,
-            "expires_at": voucher.expires_at.isoformat(),
-            "redeemed_at": voucher.redeemed_at.isoformat() if voucher.redeemed_at else None}
+    return notice(voucher).to_payload()

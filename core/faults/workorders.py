@@ -18,6 +18,13 @@ from core import outbox
 from core.billing import coupons
 from core.config import Settings
 from core.faults.tables import ACTIVE, Fault, TechnicianRating, WorkOrder, WorkOrderRider
+from core.notices.faults import (
+    PromiseCouponNotice,
+    RepairDoneNotice,
+    WorkOrderClearedNotice,
+    WorkOrderEscalatedNotice,
+    WorkOrderNotice,
+)
 from core.piles.tables import Pile, Port, Site
 from core.riders import staff
 
@@ -87,7 +94,7 @@ async def open_order(
         order.technician_id = await staff.pick_technician(
             session, pile.site_id, now, settings.server.timezone,
             await open_counts(session, pile.site_id))
-        await notify_technician(session, order, pile, settings.server.timezone)
+        await notify_technician(session, order, pile, settings.server.timezone, now)
     return order, created
 
 
@@ -99,29 +106,27 @@ async def _set_maintenance(session: AsyncSession, pile: Pile, port: int, on: boo
                           .values(maintenance=on))
 
 
-async def payload(session: AsyncSession, order: WorkOrder, pile: Pile | None = None,
-                  tz: str = "Asia/Shanghai") -> dict[str, Any]:
+async def card(session: AsyncSession, order: WorkOrder, pile: Pile | None = None,
+               tz: str = "Asia/Shanghai") -> WorkOrderNotice:
     """Everything a technician's message shows, fixed when the order is sent."""
     pile = pile or await session.get(Pile, order.pile_id)
     site = await session.get(Site, order.site_id)
-    return {
-        "order_id": order.id, "kind": order.kind, "where": order.where, "pile": order.pile_id,
-        "port": order.port, "causes": order.causes, "severity": order.severity,
-        "site": site.name if site else order.site_id, "address": site.address if site else "",
-        "lat": pile.lat if pile else 0.0, "lon": pile.lon if pile else 0.0,
-        "planned_for": order.planned_for.isoformat() if order.planned_for else None,
-        "ack_due_at": order.ack_due_at.isoformat() if order.ack_due_at else None,
-        "tz": tz,  # times are shown in the site's zone, whatever the reader's device says
-    }
+    return WorkOrderNotice(
+        order_id=order.id, order_kind=order.kind, where=order.where, pile=order.pile_id,  # type: ignore[arg-type]
+        port=order.port, causes=order.causes, severity=order.severity,
+        site=site.name if site else order.site_id, address=site.address if site else "",
+        lat=pile.lat if pile else 0.0, lon=pile.lon if pile else 0.0,
+        planned_for=order.planned_for, ack_due_at=order.ack_due_at,
+        tz=tz,  # times are shown in the site's zone, whatever the reader's device says
+    )
 
 
 async def notify_technician(session: AsyncSession, order: WorkOrder, pile: Pile,
-                            tz: str) -> None:
+                            tz: str, now: datetime) -> None:
     if order.technician_id is None:
         return
-    await outbox.enqueue(session, order.technician_id, "work_order",
-                         await payload(session, order, pile, tz),
-                         f"work_order:{order.id}:{order.technician_id}")
+    await outbox.enqueue(session, order.technician_id, await card(session, order, pile, tz),
+                         f"work_order:{order.id}:{order.technician_id}", now=now)
 
 
 async def link_rider(session: AsyncSession, order_id: int, rider_id: int, relation: str,
@@ -191,9 +196,9 @@ async def close_cleared(session: AsyncSession, order: WorkOrder, now: datetime) 
     """The pile reports the condition gone before anyone arrived: no visit needed."""
     await _close(session, order, "cleared", now, note="cleared by the pile")
     if order.technician_id is not None:
-        await outbox.enqueue(session, order.technician_id, "work_order_cleared",
-                             {"order_id": order.id, "where": order.where},
-                             f"work_order_cleared:{order.id}")
+        await outbox.enqueue(session, order.technician_id,
+                             WorkOrderClearedNotice(order_id=order.id, where=order.where),  # type: ignore[arg-type]
+                             f"work_order_cleared:{order.id}", now=now)
 
 
 async def _close(session: AsyncSession, order: WorkOrder, state: str, now: datetime, *,
@@ -216,9 +221,10 @@ async def _close(session: AsyncSession, order: WorkOrder, state: str, now: datet
     riders = await session.execute(select(WorkOrderRider.rider_id).where(
         WorkOrderRider.work_order_id == order.id))
     for (rider_id,) in riders:
-        await outbox.enqueue(session, rider_id, "repair_done",
-                             {"order_id": order.id, "where": order.where, "technician": name},
-                             f"repair_done:{order.id}:{rider_id}")
+        await outbox.enqueue(session, rider_id,
+                             RepairDoneNotice(order_id=order.id, where=order.where,  # type: ignore[arg-type]
+                                              technician=name),
+                             f"repair_done:{order.id}:{rider_id}", now=now)
 
 
 # --- the 30-minute promise --------------------------------------------------------------------
@@ -251,17 +257,19 @@ async def escalate(session: AsyncSession, order_id: int, now: datetime,
             session, rider_id, amount_fen=p.breach_coupon_fen, days=p.coupon_days,
             reason=f"service promise: work order {order_id}",
             cause=f"promise:{order_id}:{rider_id}", now=now)
-        await outbox.enqueue(session, rider_id, "promise_coupon",
-                             {"order_id": order_id, "where": order.where,
-                              "amount_fen": coupon.amount_fen, "minutes": p.ack_minutes},
-                             f"promise_coupon:{order_id}:{rider_id}")
-    info = await payload(session, order, tz=settings.server.timezone)
-    info |= {"coupons": len(riders), "minutes": p.ack_minutes,
-             "technician": (await staff.display_name(session, order.technician_id)
-                            if order.technician_id else "")}
+        await outbox.enqueue(session, rider_id,
+                             PromiseCouponNotice(order_id=order_id, where=order.where,
+                                                 amount_fen=coupon.amount_fen,
+                                                 minutes=p.ack_minutes),
+                             f"promise_coupon:{order_id}:{rider_id}", now=now)
+    order_card = await card(session, order, tz=settings.server.timezone)
+    info = WorkOrderEscalatedNotice(
+        **order_card.model_dump(), coupons=len(riders), minutes=p.ack_minutes,
+        technician=(await staff.display_name(session, order.technician_id)
+                    if order.technician_id else ""))
     for sup in await staff.for_site(session, order.site_id, "supervisor"):
-        await outbox.enqueue(session, sup.rider_id, "work_order_escalated", info,
-                             f"escalated:{order_id}:{sup.rider_id}")
+        await outbox.enqueue(session, sup.rider_id, info, f"escalated:{order_id}:{sup.rider_id}",
+                             now=now)
     return True
 
 

@@ -124,7 +124,7 @@ async def _meter(g: Group, n: int, pile_id: str, e: Any, result: BatchResult) ->
 async def _session_started(g: Group, n: int, pile_id: str, e: Any, result: BatchResult) -> None:
     charge = await g.charge_for(pile_id, e.session)
     if charge is not None:
-        await charging.on_started(g.session, charge, e.ts.astimezone(UTC))
+        await charging.on_started(g.session, charge, e.ts.astimezone(UTC), g.now)
         result.notify = True
 
 
@@ -151,7 +151,7 @@ async def _command_ack(g: Group, n: int, pile_id: str, e: Any, result: BatchResu
     if cmd is not None and not e.ok and cmd.type == "start" and cmd.charge_id:
         charge = await g.session.get(Charge, cmd.charge_id)
         if charge is not None:
-            await charging.on_start_rejected(g.session, charge, e.error)
+            await charging.on_start_rejected(g.session, charge, e.error, g.now)
             result.notify = True
 
 

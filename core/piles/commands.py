@@ -18,15 +18,13 @@ def parse_command_id(public_id: str) -> int | None:
 
 async def queue(
     db: AsyncSession, pile_id: str, type_: str, port: int | None, *,
-    charge_id: int | None = None, now: datetime | None = None, **args: Any,
+    now: datetime, charge_id: int | None = None, **args: Any,
 ) -> PileCommand:
     """`now` is the service's clock (its age decides resends and expiry in `take`)."""
     if type_ not in COMMAND_TYPES:
         raise ValueError(type_)
     cmd = PileCommand(pile_id=pile_id, type=type_, port=port, charge_id=charge_id,
-                      args={k: v for k, v in args.items() if v is not None})
-    if now is not None:
-        cmd.created_at = now
+                      args={k: v for k, v in args.items() if v is not None}, created_at=now)
     db.add(cmd)
     await db.flush()
     return cmd

@@ -22,6 +22,7 @@ from core.charging.queries import due_charges
 from core.charging.tables import OPEN_STATES, Charge
 from core.db import utcnow
 from core.errors import DomainError, LinkCodeInvalid, LinkRefused
+from core.notices.riders import LinkDoneNotice, LinkRefusedNotice, LinkRequestNotice
 from core.outbox import OutboxMessage
 from core.riders.tables import Identity, LinkCode, Rider
 
@@ -137,9 +138,9 @@ async def request_link(session: AsyncSession, typed: str, rider: Rider, platform
                           at=now, ok=True, code=code, owner_id=link.rider_id, state="pending")
     session.add(attempt)
     await session.flush()
-    await outbox.enqueue(session, link.rider_id, "link_request",
-                         {"attempt_id": attempt.id, "platform": platform,
-                          "name": rider.display_name or ""},
+    await outbox.enqueue(session, link.rider_id,
+                         LinkRequestNotice(attempt_id=attempt.id, platform=platform,  # type: ignore[arg-type]
+                                           name=rider.display_name or ""),
                          f"link_request:{attempt.id}", now=now)
     return LinkRequest(attempt.id, link.rider_id)  # type: ignore[arg-type]
 
@@ -186,13 +187,13 @@ async def answer_link(session: AsyncSession, attempt_id: int, owner: Rider, conf
     if asker is None:
         raise LinkCodeInvalid()
     if not confirm:
-        await outbox.enqueue(session, asker.id, "link_refused", {},  # type: ignore[arg-type]
+        await outbox.enqueue(session, asker.id, LinkRefusedNotice(),  # type: ignore[arg-type]
                              f"link_refused:{attempt_id}", now=now)
         return owner
     await _check_mergeable(session, asker.id, owner.id)  # type: ignore[arg-type]
     await _merge(session, asker, owner, attempt.code or str(attempt_id))
     balance = await wallet.balance(session, owner.id)  # type: ignore[arg-type]
-    await outbox.enqueue(session, owner.id, "link_done", {"balance_fen": balance},  # type: ignore[arg-type]
+    await outbox.enqueue(session, owner.id, LinkDoneNotice(balance_fen=balance),  # type: ignore[arg-type]
                          f"link_done:{attempt_id}", now=now)
     return owner
 

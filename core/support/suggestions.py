@@ -11,6 +11,7 @@ from sqlmodel import Field, SQLModel
 from core import outbox
 from core.billing.plans import RiderPlan
 from core.db import utcnow
+from core.notices.support import SuggestionDecidedNotice
 
 REWARD_DAYS = 90
 # Free charging is a plan entry like any other: minutes enough for the whole period.
@@ -62,7 +63,8 @@ async def decide(session: AsyncSession, suggestion_id: int, staff_id: int, adopt
         session.add(plan)
         await session.flush()
         s.plan_id = plan.id
-    await outbox.enqueue(session, s.rider_id, "suggestion_decided",
-                         {"suggestion_id": s.id, "adopted": adopt, "days": REWARD_DAYS,
-                          "text": s.text[:120]}, f"suggestion:{s.id}", now=now)
+    await outbox.enqueue(session, s.rider_id,
+                         SuggestionDecidedNotice(suggestion_id=s.id, adopted=adopt,  # type: ignore[arg-type]
+                                                 days=REWARD_DAYS, text=s.text[:120]),
+                         f"suggestion:{s.id}", now=now)
     return s

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +19,14 @@ from core.billing import coupons
 from core.charging.tables import Charge
 from core.config import Settings
 from core.faults import workorders
+from core.notices.support import (
+    ReportVerifiedNotice,
+    SosReportsNotice,
+    TicketAnswerNotice,
+    TicketClosedNotice,
+    TicketEscalatedNotice,
+    TicketNotice,
+)
 from core.outbox import OutboxMessage
 from core.piles.tables import Pile, port_code
 from core.riders import staff
@@ -147,22 +154,22 @@ async def post_to_desk(session: AsyncSession, ticket: Ticket, settings: Settings
         body = (await session.execute(select(TicketMessage).where(
             TicketMessage.ticket_id == ticket.id).order_by(TicketMessage.id.desc()).limit(1)
         )).scalars().first()
-    payload: dict[str, Any] = {
-        "ticket_id": ticket.id, "kind": ticket.kind, "priority": ticket.priority,
-        "problem": ticket.problem, "rider": rider.display_name if rider else "",
-        "rider_id": ticket.rider_id, "platform": ticket.platform,
-        "where": port_code(ticket.pile_id, ticket.port) if ticket.pile_id and ticket.port
-        else ticket.pile_id, "charge_id": ticket.charge_id or (last.id if last else None),
-        "last_charge": (last.port_code if last else None),
-        "text": body.text if body else "", "photo": bool(body and body.photo),
-        "photo_url": (photos.signed_url(settings, body.photo, now.timestamp())
-                      if body and body.photo else None),
-        "update": message is not None,
-    }
+    notice = TicketNotice(
+        ticket_id=ticket.id, ticket_kind=ticket.kind, priority=ticket.priority,  # type: ignore[arg-type]
+        problem=ticket.problem, rider=rider.display_name if rider else "",
+        rider_id=ticket.rider_id, platform=ticket.platform,
+        where=port_code(ticket.pile_id, ticket.port) if ticket.pile_id and ticket.port
+        else ticket.pile_id, charge_id=ticket.charge_id or (last.id if last else None),
+        last_charge=(last.port_code if last else None),
+        text=body.text if body else "", photo=bool(body and body.photo),
+        photo_url=(photos.signed_url(settings, body.photo, now.timestamp())
+                   if body and body.photo else None),
+        update=message is not None,
+    )
     key = f"desk:{ticket.id}:{message.id if message else tag}"
     for rid in await desk_riders(session, settings, now, site,
                                  emergency=ticket.priority == "emergency"):
-        await outbox.enqueue(session, rid, "ticket", payload, f"{key}:{rid}", now=now)
+        await outbox.enqueue(session, rid, notice, f"{key}:{rid}", now=now)
 
 
 # --- staff actions ----------------------------------------------------------------------------
@@ -199,8 +206,8 @@ async def answer(session: AsyncSession, ticket_id: int, staff_id: int, text_: st
     if ticket.state == "open":
         ticket.state, ticket.assignee_id, ticket.taken_at = "assigned", staff_id, now
     msg = await add_message(session, ticket, "staff", staff_id, text_, None, now)
-    await outbox.enqueue(session, ticket.rider_id, "ticket_answer",
-                         {"ticket_id": ticket.id, "text": text_[:2000]},
+    await outbox.enqueue(session, ticket.rider_id,
+                         TicketAnswerNotice(ticket_id=ticket.id, text=text_[:2000]),  # type: ignore[arg-type]
                          f"ticket_answer:{msg.id}", now=now)
     return ticket
 
@@ -218,8 +225,8 @@ async def close(session: AsyncSession, ticket_id: int, staff_id: int, resolution
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         raise TicketClosed(ticket_id)
     await session.refresh(ticket)
-    await outbox.enqueue(session, ticket.rider_id, "ticket_closed",
-                         {"ticket_id": ticket.id, "resolution": resolution[:500]},
+    await outbox.enqueue(session, ticket.rider_id,
+                         TicketClosedNotice(ticket_id=ticket.id, resolution=resolution[:500]),  # type: ignore[arg-type]
                          f"ticket_closed:{ticket.id}", now=now)
     return ticket
 
@@ -257,10 +264,11 @@ async def verify(session: AsyncSession, ticket_id: int, staff_id: int, now: date
                                  reason=f"verified report #{ticket.id}",
                                  cause=f"report:{ticket.id}", now=now)
     ticket.coupon_id = coupon.id
-    await outbox.enqueue(session, ticket.rider_id, "report_verified",
-                         {"ticket_id": ticket.id, "amount_fen": reward,
-                          "where": port_code(ticket.pile_id, ticket.port) if ticket.port
-                          else ticket.pile_id}, f"report_verified:{ticket.id}", now=now)
+    await outbox.enqueue(session, ticket.rider_id,
+                         ReportVerifiedNotice(ticket_id=ticket.id, amount_fen=reward,  # type: ignore[arg-type]
+                                              where=port_code(ticket.pile_id, ticket.port)
+                                              if ticket.port else ticket.pile_id),
+                         f"report_verified:{ticket.id}", now=now)
     return ticket, reward
 
 
@@ -341,8 +349,8 @@ async def _count_reports(session: AsyncSession, first: Ticket, site: str | None,
         Ticket.page_of == first.id)) or 0)
     where = (port_code(first.pile_id, first.port) if first.pile_id and first.port
              else first.pile_id)
-    payload = {"ticket_id": first.id, "count": n, "where": where,
-               "minutes": int(PAGE_WINDOW.total_seconds() // 60)}
+    notice = SosReportsNotice(ticket_id=first.id, count=n, where=where,  # type: ignore[arg-type]
+                              minutes=int(PAGE_WINDOW.total_seconds() // 60))
     prefix = f"sos_reports:{first.id}:"
     updated = await session.execute(
         update(OutboxMessage).where(
@@ -350,11 +358,11 @@ async def _count_reports(session: AsyncSession, first: Ticket, site: str | None,
             OutboxMessage.state == "pending",
             # A leased row is being sent right now: start a new one rather than race it.
             or_(OutboxMessage.lease_until.is_(None), OutboxMessage.lease_until < now))  # type: ignore[union-attr,operator]
-        .values(payload=payload).execution_options(synchronize_session=False))
+        .values(payload=notice.to_payload()).execution_options(synchronize_session=False))
     if updated.rowcount:  # type: ignore[attr-defined]
         return
     for rid in await desk_riders(session, settings, now, site, emergency=True):
-        await outbox.enqueue(session, rid, "sos_reports", payload, f"{prefix}{n}:{rid}",
+        await outbox.enqueue(session, rid, notice, f"{prefix}{n}:{rid}",
                              due_at=now + REPORTS_DELAY, now=now)
 
 
@@ -383,9 +391,9 @@ async def escalate_emergencies(session: AsyncSession, now: datetime, settings: S
         sups = (await staff.for_site(session, site, "supervisor") if site
                 else await staff.with_role(session, "supervisor"))
         for sup in {s.rider_id for s in sups}:
-            await outbox.enqueue(session, sup, "ticket_escalated",
-                                 {"ticket_id": ticket_id,
-                                  "seconds": settings.support.emergency_take_s},
+            await outbox.enqueue(session, sup,
+                                 TicketEscalatedNotice(ticket_id=ticket_id,
+                                                       seconds=settings.support.emergency_take_s),
                                  f"ticket_escalated:{ticket_id}:{sup}", now=now)
         done.append(ticket_id)
     return done

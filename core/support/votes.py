@@ -4,7 +4,6 @@ in chat or in a rider group's native Telegram poll; the winner is recorded for t
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import JSON, Column, String, UniqueConstraint, func, select
 from sqlalchemy.exc import IntegrityError
@@ -13,6 +12,7 @@ from sqlmodel import Field, SQLModel
 
 from core import outbox
 from core.db import utcnow
+from core.notices.support import BestPileNotice
 from core.piles.tables import Site
 from core.riders import staff
 from core.support.reviews import SiteReview
@@ -119,11 +119,10 @@ async def close(session: AsyncSession, month: str, now: datetime) -> BestPile | 
     except IntegrityError:
         return await winner(session, month)
     site = await session.get(Site, site_id)
-    info: dict[str, Any] = {"month": month, "site": site.name if site else site_id,
-                            "votes": int(n)}
+    info = BestPileNotice(month=month, site=site.name if site else site_id, votes=int(n))
     people = {r.rider_id for role in ("technician", "supervisor")
               for r in await staff.for_site(session, site_id, role)}
     for rid in sorted(people):
-        await outbox.enqueue(session, rid, "best_pile", info, f"best_pile:{month}:{rid}",
+        await outbox.enqueue(session, rid, info, f"best_pile:{month}:{rid}",
                              now=now)
     return best

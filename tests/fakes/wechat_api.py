@@ -4,7 +4,7 @@ Point the app at it with ``wechat.api_base_url = fake.base_url``; paths are the 
 (``/cgi-bin/token``, ``/cgi-bin/message/custom/send``, ...).  For wechatpy's own client use
 ``API_BASE_URL = fake.api_base_url`` -- but note ``WeChatClient.fetch_access_token`` hard-codes
 ``https://api.weixin.qq.com/cgi-bin/token`` and ignores API_BASE_URL, so it has to be
-overridden (tests/test_fake_wechat.py shows how).
+overridden (tests/unit/test_fake_wechat.py shows how).
 
 Wire behaviour modelled on the real API (docs + wechatpy's client and constants.py):
 

@@ -23,9 +23,10 @@ from core.outbox import OutboxMessage
 from core.riders.identities import rider_for
 from core.riders.tables import Identity, Rider
 from core.support.tables import Ticket
-from tests.conftest import Running, all_skins_settings, make_settings, seed_city, start_server
-from tests.journey import HandClock, WebRider, button, web_staff
-from tests.riders import TelegramRider
+from tests.support.journey import HandClock, WebRider, button, web_staff
+from tests.support.riders import TelegramRider
+from tests.support.server import Running, seed_city, start_server
+from tests.support.settings import all_skins_settings, make_settings
 
 # Crockford base32 without I, L, O, U, shown in groups of four.
 SHOWN_CODE = re.compile(r"\b([0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{2})\b")

@@ -22,8 +22,9 @@ from core.config_sections import BillingSettings, PaymentSettings
 from core.db import transaction
 from core.piles.tables import Pile, PileCommand
 from core.riders.tables import Identity, Rider
-from tests.conftest import Running, make_settings, seed_city, start_server
-from tests.journey import WebRider, button
+from tests.support.journey import WebRider, button
+from tests.support.server import Running, seed_city, start_server
+from tests.support.settings import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = {"payments": {"providers": []}, "billing": {"start_min_balance_fen": 100}}

@@ -27,8 +27,9 @@ from core.riders.identities import rider_for
 from core.support import photos
 from core.support.tables import Ticket
 from notifications.replies import Incoming
-from tests.conftest import Running, all_skins_settings, make_settings, start_server
-from tests.journey import HandClock, WebRider
+from tests.support.journey import HandClock, WebRider
+from tests.support.server import Running, start_server
+from tests.support.settings import all_skins_settings, make_settings
 
 GPS_IFD = 0x8825
 ORIENTATION = 0x0112

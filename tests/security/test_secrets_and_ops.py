@@ -20,9 +20,10 @@ from pydantic import SecretStr
 from core.config import Settings
 from core.db import transaction
 from core.piles.auth import sign, signed_headers
-from tests.conftest import PILE_SECRET, make_settings, seed_city, start_server
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.telegram_updates import TelegramUser
+from tests.support.server import seed_city, start_server
+from tests.support.settings import PILE_SECRET, make_settings
 
 # --- item 7: an empty secret never disables a check -------------------------------------------
 

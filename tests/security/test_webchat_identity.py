@@ -36,10 +36,11 @@ from core.riders.identities import rider_for
 from core.riders.staff_passwords import LoginFailure, StaffPassword
 from core.riders.tables import Identity
 from core.support.tables import Ticket
-from tests.conftest import Running, make_settings, seed_city, start_server
 from tests.fakes.telegram_api import FakeTelegram
-from tests.journey import STAFF_PASSWORD, HandClock, WebRider, button, web_staff
-from tests.riders import TG_SECRET, TelegramRider
+from tests.support.journey import STAFF_PASSWORD, HandClock, WebRider, button, web_staff
+from tests.support.riders import TG_SECRET, TelegramRider
+from tests.support.server import Running, seed_city, start_server
+from tests.support.settings import make_settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 STAFF_ONLY = ("This is for our staff only.", "此功能仅限工作人员使用。")

@@ -38,11 +38,8 @@ from core.db import transaction
 from core.outbox import OutboxMessage
 from core.piles.tables import Port
 from core.riders.tables import Identity
-from tests.conftest import PILE_SECRET, Running, all_skins_settings, seed_city, start_server
 from tests.fakes.wechatpay_api import FakeWechatPay, PayRefused
-from tests.journey import HandClock, PileClient, WebRider
-from tests.riders import ACCOUNT, WechatRider
-from tests.test_wechatpay import (
+from tests.integration.test_wechatpay import (
     APIV3_KEY,
     APPID,
     MCHID,
@@ -52,6 +49,10 @@ from tests.test_wechatpay import (
     pem_private,
     pem_public,
 )
+from tests.support.journey import HandClock, PileClient, WebRider
+from tests.support.riders import ACCOUNT, WechatRider
+from tests.support.server import Running, seed_city, start_server
+from tests.support.settings import PILE_SECRET, all_skins_settings
 
 PAGE_LINK = re.compile(r'<a href="([^"]*/pay/wechat\?t=[^"]*)">([^<]*)</a>')
 DATA_BLOCK = re.compile(r'<script type="application/json" id="pay-data">(.*?)</script>', re.S)

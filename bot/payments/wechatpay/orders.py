@@ -18,6 +18,7 @@ from core.billing import wallet
 from core.billing.payments import Payment, confirm, create_payment, find
 from core.charging.paying import pay_due
 from core.db import transaction
+from core.notices.billing import PaymentNotice
 
 
 class OrderClosed(Exception):  # noqa: N818 - reads as what it is
@@ -183,10 +184,10 @@ async def credit(ctx: Context, txn: dict[str, Any], out_trade_no: str, total: in
         rider_id = payment.rider_id
         bills_paid, still_due = await pay_due(session, rider_id, now)
         balance = await wallet.balance(session, rider_id)
-        await outbox.enqueue(session, rider_id, "payment", {
-            "amount_fen": payment.amount_fen, "bonus_fen": payment.bonus_fen,
-            "balance_fen": balance, "provider": "wechatpay",
-            "out_trade_no": out_trade_no, "bills_paid": bills_paid, "still_due_fen": still_due,
-        }, f"payment:{out_trade_no}")
+        await outbox.enqueue(session, rider_id, PaymentNotice(
+            amount_fen=payment.amount_fen, bonus_fen=payment.bonus_fen,
+            balance_fen=balance, provider="wechatpay",
+            out_trade_no=out_trade_no, bills_paid=bills_paid, still_due_fen=still_due,
+        ), f"payment:{out_trade_no}", now=now)
     ctx.wake_outbox()
     return True

@@ -1,0 +1,59 @@
+"""`chargebot demo` (what `make run` runs) serves the web chat with the demo city and its fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.support.journey import WebRider
+from tests.support.served import ROOT, free_port
+
+
+async def test_demo_serves_the_web_chat_with_a_seeded_city_and_live_fleet(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "CHARGEBOT_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path}/demo.db",
+           "CHARGEBOT_LOG": "WARNING"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "demo", "--port", str(port), "--speed", "600",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            # Until it serves, however long the start-up (migrations, seeding, warm-up) takes.
+            deadline = asyncio.get_running_loop().time() + 180
+            while True:
+                assert asyncio.get_running_loop().time() < deadline, "demo did not come up"
+                try:
+                    async with http.get(f"{url}/webchat/api/ui") as r:
+                        if r.status == 200:
+                            ui = await r.json()
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            assert len(ui["locations"]) == 4 and ui["ports"]
+            async with http.get(f"{url}/") as r:
+                assert r.status == 200 and "webchat.js" in await r.text()
+            loc = ui["locations"][0]
+            rider = WebRider(http, url)
+            deadline = asyncio.get_running_loop().time() + 60
+            while asyncio.get_running_loop().time() < deadline:
+                replies = (await rider.send(location=loc))["replies"]
+                if replies[0]["buttons"]:
+                    break  # the simulated fleet has checked in: free ports are listed
+                await asyncio.sleep(0.1)
+            assert replies[0]["buttons"], replies
+            assert "P00" in replies[0]["text"]
+            # The demo's technician works through the same web chat (/?as=demo-technician,
+            # which only the demo honours).
+            tech = WebRider(http, url, demo_as="demo-technician")
+            assert "工单" in (await tech.say("/orders"))[0]["text"]
+            assert "工单" not in (await rider.say("/orders"))[0]["text"]
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 20)
