@@ -159,7 +159,8 @@ async def test_the_cookie_is_random_signed_httponly_and_lax(app: App) -> None:
         assert _cookie(r, CHAT_COOKIE).value.split(".")[0] != ident
 
     # A forged or altered cookie is no cookie: a new identity, never the one it names.
-    forged = [f"{ident}.{'A' * len(sig)}", f"{ident}.", ident, f"{ident[:-1]}x.{sig}",
+    altered = ident[:-1] + ("y" if ident.endswith("x") else "x")  # one character changed
+    forged = [f"{ident}.{'A' * len(sig)}", f"{ident}.", ident, f"{altered}.{sig}",
               f"demo-technician.{sig}", f"staff:1.{sig}"]
     for value in forged:
         status, _body, issued = await _as_attacker(
