@@ -17,6 +17,7 @@ from core.billing import coupons, payments, wallet
 from core.billing.coupons import Coupon
 from core.billing.wallet import yuan
 from core.charging import paying as charging
+from core.charging.queries import owed_fen
 from core.db import row_id
 from notifications.replies import Button, Reply
 
@@ -141,8 +142,7 @@ async def show(turn: Turn) -> list[Reply]:
     rider_id = turn.rider.id
     assert rider_id is not None
     bal = await wallet.balance(turn.session, rider_id)
-    due = await charging.due_charges(turn.session, rider_id)
-    owed = sum(c.amount_fen - c.paid_fen for c in due)
+    owed = await owed_fen(turn.session, rider_id)
     lines = [tr(lang, "👛 Balance: {balance}", balance=yuan(bal))]
     buttons = await topup_buttons(turn)
     if owed:
@@ -208,15 +208,10 @@ async def topup_via(turn: Turn, provider: str, amount: int) -> list[Reply]:
     return await show(turn)
 
 
-async def _owed(turn: Turn) -> int:
-    due = await charging.due_charges(turn.session, turn.rider.id)  # type: ignore[arg-type]
-    return sum(c.amount_fen - c.paid_fen for c in due)
-
-
 async def _wechat_qr(turn: Turn, amount: int) -> list[Reply]:
     """A Native order's QR code for one of the card's amounts, or for exactly what is due. The
     order is placed when the QR is first shown (bot.payments.pay_page), not in this turn."""
-    owed = await _owed(turn)
+    owed = await owed_fen(turn.session, turn.rider.id)  # type: ignore[arg-type]
     purpose = ("bill" if 0 < amount == owed
                else "topup" if amount in topup_amounts(turn.ctx.settings) else None)
     link = purpose and pay_page.link(turn.ctx, turn.rider.id, amount, purpose, "native")  # type: ignore[arg-type]

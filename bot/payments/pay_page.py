@@ -45,7 +45,7 @@ from bot.qr import qr_png
 from core import app_secrets
 from core.billing.payments import Payment
 from core.billing.wallet import yuan
-from core.charging.queries import due_charges
+from core.charging.queries import owed_fen
 from core.riders.tables import DEFAULT_LANGUAGE, Identity, Rider
 
 log = logging.getLogger("chargebot.pay_page")
@@ -179,7 +179,7 @@ async def _rider(ctx: Context, rider_id: int) -> _Rider | None:
 
 async def _owed(ctx: Context, rider_id: int) -> int:
     async with ctx.reader()() as session:
-        return sum(c.amount_fen - c.paid_fen for c in await due_charges(session, rider_id))
+        return await owed_fen(session, rider_id)
 
 
 def _page(lang: str, status: int, title: str, body: str, *,

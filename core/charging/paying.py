@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import outbox
 from core.billing import family, payments, wallet
-from core.charging.queries import due_charges
+from core.charging.queries import due_charges, owed_fen
 from core.charging.tables import Charge
 from core.config import Settings
 from core.errors import InsufficientBalance
@@ -126,5 +126,4 @@ async def pay_due(session: AsyncSession, rider_id: int, now: datetime,
     for charge in await due_charges(session, rider_id):
         if await settle(session, charge, now, settings):
             paid += 1
-    remaining = sum(c.amount_fen - c.paid_fen for c in await due_charges(session, rider_id))
-    return paid, remaining
+    return paid, await owed_fen(session, rider_id)

@@ -19,6 +19,11 @@ async def due_charges(session: AsyncSession, rider_id: int) -> list[Charge]:
     return [c for c in rows.scalars() if c.amount_fen > c.paid_fen]
 
 
+async def owed_fen(session: AsyncSession, rider_id: int) -> int:
+    """What the rider's due bills still ask, in fen."""
+    return sum(c.amount_fen - c.paid_fen for c in await due_charges(session, rider_id))
+
+
 async def open_charges(session: AsyncSession, rider_id: int) -> list[Charge]:
     rows = await session.execute(
         select(Charge).where(Charge.rider_id == rider_id, Charge.state.in_(OPEN_STATES))

@@ -15,19 +15,9 @@ from core.billing import coupons, wallet
 from core.billing.payments import Payment
 from core.billing.wallet import LedgerEntry
 from core.db import transaction
-from core.riders.tables import Identity, Rider
-from tests.support.journey import WebRider, button
+from core.riders.tables import Rider
+from tests.support.journey import button, english_rider_and_id
 from tests.support.server import Running
-
-
-async def english_rider(server: Running) -> tuple[WebRider, int]:
-    rider = WebRider(server.http, server.url)
-    await rider.press("lang:en")
-    async with server.ctx.sm() as s:
-        rid = (await s.execute(select(Identity.rider_id).where(
-            Identity.platform == "webchat", Identity.external_id == rider.client_id))
-        ).scalar_one()
-    return rider, rid
 
 
 def data_of(replies: list[dict]) -> list[str]:
@@ -42,7 +32,7 @@ async def balance(server: Running, rid: int) -> int:
 
 
 async def test_sandbox_top_up_once_per_card(server: Running) -> None:
-    rider, rid = await english_rider(server)
+    rider, rid = await english_rider_and_id(server)
     card = await rider.press("wallet")
     assert "Top up (sandbox payment, no real money):" in card[0]["text"]
     assert not [d for d in data_of(card) if d.startswith("topupvia:")]
@@ -84,7 +74,7 @@ async def test_sandbox_top_up_once_per_card(server: Running) -> None:
 
 
 async def test_sandbox_topup_is_idempotent_by_key(server: Running) -> None:
-    _rider, rid = await english_rider(server)
+    _rider, rid = await english_rider_and_id(server)
     settings, now = server.ctx.settings, server.ctx.clock()
     async with transaction(server.ctx.sm) as s:
         p1, first = await sandbox_topup(s, rid, 2000, f"{rid}:k1", settings, now)
@@ -98,7 +88,7 @@ async def test_sandbox_topup_is_idempotent_by_key(server: Running) -> None:
 
 
 async def test_auto_top_up_opt_in_and_out(server: Running) -> None:
-    rider, rid = await english_rider(server)
+    rider, rid = await english_rider_and_id(server)
     card = await rider.press("wallet")
     assert "🔁 Auto top-up: off" in card[0]["text"]
     assert {"autotopup:2000", "autotopup:5000"} <= set(data_of(card))
@@ -130,7 +120,7 @@ async def test_auto_top_up_opt_in_and_out(server: Running) -> None:
 
 
 async def test_coupons_and_bonus_rules_on_the_card(server: Running) -> None:
-    rider, rid = await english_rider(server)
+    rider, rid = await english_rider_and_id(server)
     card = await rider.press("wallet")
     assert "Coupons" not in card[0]["text"]
     assert "Top up ¥50.00, get ¥8.00 extra" in card[0]["text"]
@@ -161,7 +151,7 @@ async def test_coupons_and_bonus_rules_on_the_card(server: Running) -> None:
 
 
 async def test_telegram_buttons_are_explained_outside_telegram(server: Running) -> None:
-    rider, _rid = await english_rider(server)
+    rider, _rid = await english_rider_and_id(server)
     reply = await rider.press("topupvia:telegram:1000")
     assert "only in the Telegram chat" in reply[0]["text"]
     assert "Balance: ¥0.00" in reply[0]["text"]

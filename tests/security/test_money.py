@@ -21,23 +21,13 @@ from core.charging.tables import Charge
 from core.config_sections import BillingSettings, PaymentSettings
 from core.db import transaction
 from core.piles.tables import Pile, PileCommand
-from core.riders.tables import Identity, Rider
-from tests.support.journey import WebRider, button
+from core.riders.tables import Rider
+from tests.support.journey import button, english_rider_and_id
 from tests.support.server import Running, seed_city, start_server
 from tests.support.settings import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = {"payments": {"providers": []}, "billing": {"start_min_balance_fen": 100}}
-
-
-async def _rider(server: Running) -> tuple[WebRider, int]:
-    rider = WebRider(server.http, server.url)
-    await rider.press("lang:en")
-    async with server.ctx.sm() as s:
-        rid = (await s.execute(select(Identity.rider_id).where(
-            Identity.platform == "webchat", Identity.external_id == rider.client_id))
-        ).scalar_one()
-    return rider, rid
 
 
 async def _online(server: Running) -> None:
@@ -97,7 +87,7 @@ def test_serve_refuses_the_sandbox_and_names_the_key(
 async def test_a_forged_topup_button_credits_nothing_in_production(db_url: str) -> None:
     """The attack: `{"data": "topup:10000:aaaa0001"}` with a new nonce each time."""
     async with start_server(make_settings(db_url, **PRODUCTION)) as server:
-        rider, rid = await _rider(server)
+        rider, rid = await english_rider_and_id(server)
         card = await rider.press("wallet")
         data = [b.get("data", "") for r in card for row in r["buttons"] for b in row]
         assert not [d for d in data if d.startswith(("topup:", "autotopup:"))], data
@@ -110,8 +100,8 @@ async def test_a_forged_topup_button_credits_nothing_in_production(db_url: str) 
 
 
 async def test_sandbox_nonces_are_the_servers_and_pay_once(server: Running) -> None:
-    attacker, aid = await _rider(server)
-    victim, vid = await _rider(server)
+    attacker, aid = await english_rider_and_id(server)
+    victim, vid = await english_rider_and_id(server)
     # Made up by the client: nothing, and a fresh card in its place.
     replies = await attacker.press("topup:10000:aaaa0001")
     assert "expired" in replies[0]["text"]
@@ -132,7 +122,7 @@ async def test_sandbox_nonces_are_the_servers_and_pay_once(server: Running) -> N
 
 async def test_auto_topup_takes_no_money_without_a_provider_that_can(db_url: str) -> None:
     async with start_server(make_settings(db_url, **PRODUCTION)) as server:
-        _, rid = await _rider(server)
+        _, rid = await english_rider_and_id(server)
         async with transaction(server.ctx.sm) as s:
             r = await s.get(Rider, rid)
             r.auto_topup_fen, r.auto_topup_below_fen = 2000, 500  # type: ignore[union-attr]
@@ -148,7 +138,7 @@ async def test_auto_topup_takes_no_money_without_a_provider_that_can(db_url: str
 async def test_a_new_identity_with_nothing_cannot_start(db_url: str) -> None:
     async with start_server(make_settings(db_url, **PRODUCTION)) as server:
         await _online(server)
-        rider, rid = await _rider(server)
+        rider, rid = await english_rider_and_id(server)
         card = await rider.say("/start port_P0001-01")
         assert "at least ¥1.00" in card[0]["text"]  # the port card says so before the tap
         refused = await rider.press("start:P0001-01")
@@ -166,7 +156,7 @@ async def test_the_demo_offers_a_top_up_right_where_the_start_was_refused(db_url
     settings = make_settings(db_url, billing={"start_min_balance_fen": 100})
     async with start_server(settings) as server:
         await _online(server)
-        rider, rid = await _rider(server)
+        rider, rid = await english_rider_and_id(server)
         refused = await rider.press("start:P0001-02")
         await rider.press(button(refused, "topup:500:"))
         started = await rider.press(button(refused, "start:P0001-02"))
@@ -177,7 +167,7 @@ async def test_the_demo_offers_a_top_up_right_where_the_start_was_refused(db_url
 async def test_an_active_plan_starts_without_the_floor(db_url: str) -> None:
     async with start_server(make_settings(db_url, **PRODUCTION)) as server:
         await _online(server)
-        rider, rid = await _rider(server)
+        rider, rid = await english_rider_and_id(server)
         async with transaction(server.ctx.sm) as s:
             await wallet.post(s, rid, "topup", 8200, "test:plan")
             await plans.buy(s, rid, "family_pack", server.ctx.settings, server.ctx.clock(), "p1")
@@ -189,7 +179,7 @@ async def test_an_active_plan_starts_without_the_floor(db_url: str) -> None:
 async def test_at_most_two_open_charges_per_rider(db_url: str) -> None:
     async with start_server(make_settings(db_url, **PRODUCTION)) as server:
         await _online(server)
-        rider, rid = await _rider(server)
+        rider, rid = await english_rider_and_id(server)
         async with transaction(server.ctx.sm) as s:
             await wallet.post(s, rid, "topup", 5000, "test:open")
         answers = await asyncio.gather(*(rider.press(f"start:P0001-0{n}") for n in (1, 2, 3, 4)))

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from bot.context import Context
 from bot.skins.webchat_auth import CHAT_COOKIE
 from core.piles.tables import PileEvent
+from core.riders.tables import Identity
 
 
 class WebRider:
@@ -123,6 +124,16 @@ async def english_rider(server: Any) -> WebRider:
     rider = WebRider(server.http, server.url)
     await rider.press("lang:en")
     return rider
+
+
+async def english_rider_and_id(server: Any) -> tuple[WebRider, int]:
+    """An English web chat rider and their rider id (from the identity the server issued)."""
+    rider = await english_rider(server)
+    async with server.ctx.sm() as s:
+        rid = (await s.execute(select(Identity.rider_id).where(
+            Identity.platform == "webchat", Identity.external_id == rider.client_id))
+        ).scalar_one()
+    return rider, rid
 
 
 STAFF_PASSWORD = "a staff password for tests"
