@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,6 +35,18 @@ def row_id(text: str) -> int | None:
     if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= 2**31 - 1:
         return int(text)
     return None
+
+
+class _Saved(Protocol):
+    @property
+    def id(self) -> int | None: ...
+
+
+def saved_id(row: _Saved) -> int:
+    """The id of a row already flushed; asking for one that was not is a bug, said loudly."""
+    if row.id is None:
+        raise RuntimeError(f"{type(row).__name__} has no id yet: flush it first")
+    return row.id
 
 
 def is_sqlite(url: str) -> bool:
