@@ -14,6 +14,7 @@ from aiohttp import web
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
+import core.subscribers  # noqa: F401  (registers what follows a billed charge)
 from bot import logs, loop_lag, scheduler, warmup
 from bot.context import CTX, Context
 from bot.handlers import notices, topups

@@ -18,12 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core import outbox
 from core.billing import family, plans, settlement, wallet
 from core.billing.tariffs import compute_bill, tariff_snapshot
+from core.charging.lifecycle import ChargeBilled, billed
 from core.charging.paying import auto_topup_available, settle
 from core.charging.queries import due_charges, meter_samples, open_charge_on_port, open_charges
 from core.charging.tables import OPEN_STATES, Charge, MeterSample
 from core.config import Settings
 from core.db import aware
-from core.engagement import services, surveys, vouchers
 from core.errors import (
     BalanceTooLow,
     BillDue,
@@ -243,9 +243,8 @@ async def on_ended(
 
 async def _announce_bill(session: AsyncSession, charge: Charge, reason: str, paid: bool,
                          settings: Settings, now: datetime) -> None:
-    """The bill message, the battery locker, and what a paid charge earns (survey, vouchers)."""
+    """The bill message, then whatever listens for billed charges (core.charging.lifecycle)."""
     balance = await wallet.balance(session, charge.payer_rider_id or charge.rider_id)
-    await services.lock_after_charge(session, charge, now)
     await outbox.enqueue(
         session, charge.rider_id,
         BillNotice(
@@ -256,11 +255,7 @@ async def _announce_bill(session: AsyncSession, charge: Charge, reason: str, pai
         ),
         f"bill:{charge.id}", now=now,
     )
-    if paid:
-        await surveys.maybe_prompt(session, charge, now, **surveys.prompt_rules(settings))
-        site = await session.get(Site, charge.site_id)
-        if site is not None:
-            await vouchers.on_charge_settled(session, charge, site, now)
+    await billed(session, ChargeBilled(charge=charge, paid=paid, settings=settings, now=now))
 
 
 async def end_on_fault(session: AsyncSession, charge: Charge, at: datetime, settings: Settings,

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
+from core.charging.lifecycle import ChargeBilled, after_billed
 from core.charging.tables import OPEN_STATES, Charge
 from core.db import utcnow
 from core.piles import commands
@@ -105,9 +106,10 @@ async def open_locker(session: AsyncSession, charge: object, now: datetime) -> b
     return True
 
 
-async def lock_after_charge(session: AsyncSession, charge: object, now: datetime) -> None:
+@after_billed
+async def lock_after_charge(session: AsyncSession, event: ChargeBilled) -> None:
     """The battery stays locked in after the charge until its owner opens the door."""
-    assert isinstance(charge, Charge)
+    charge, now = event.charge, event.now
     pile = await session.get(Pile, charge.pile_id)
     if pile is not None and pile.lockers:
         await commands.queue(session, charge.pile_id, "lock", charge.port_number,

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
 from core import outbox
+from core.charging.lifecycle import ChargeBilled, after_billed
 from core.charging.tables import Charge
 from core.db import insert_ignore, utcnow
 from core.notices.engagement import NpsPromptNotice
@@ -161,6 +162,13 @@ async def maybe_prompt(
                          NpsPromptNotice(charge_id=charge.id, port=charge.port_code),  # type: ignore[arg-type]
                          f"nps:{charge.id}", due_at=due, now=now)
     return row
+
+
+@after_billed
+async def prompt_after_paid(session: AsyncSession, event: ChargeBilled) -> None:
+    """A paid charge may earn a survey; a bill left due does not (it would ask about a debt)."""
+    if event.paid:
+        await maybe_prompt(session, event.charge, event.now, **prompt_rules(event.settings))
 
 
 # --- answers ----------------------------------------------------------------------------------

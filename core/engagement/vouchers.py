@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
 from core import outbox
+from core.charging.lifecycle import ChargeBilled, after_billed
 from core.charging.tables import Charge
 from core.db import utcnow
 from core.errors import DomainError
@@ -174,6 +175,13 @@ async def on_charge_settled(session: AsyncSession, charge: Charge, site: Site | 
     minutes = (charge.duration_s or 0) // 60
     return [await issue(session, charge.rider_id, o, f"charge:{charge.id}:{o.id}", now)
             for o in earned(offers, site.kind, "charge_minutes", minutes)]
+
+
+@after_billed
+async def vouchers_after_paid(session: AsyncSession, event: ChargeBilled) -> None:
+    if event.paid:
+        site = await session.get(Site, event.charge.site_id)
+        await on_charge_settled(session, event.charge, site, event.now)
 
 
 async def on_topup(session: AsyncSession, rider_id: int, amount_fen: int, site_kind: str | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+import core.subscribers  # noqa: F401  (what follows a billed charge, as the app wires it)
 import notifications.schema  # noqa: F401  (registers the notifications tables)
 from core.schema import metadata
 
