@@ -13,6 +13,7 @@ from datetime import datetime
 from aiohttp import web
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
+from sqlmodel import col
 
 import core.subscribers  # noqa: F401  (registers what follows a billed charge)
 from bot import logs, loop_lag, scheduler, warmup
@@ -130,18 +131,19 @@ async def metrics(request: web.Request) -> web.Response:
     now = ctx.clock()
     async with ctx.reader()() as session:
         by_state = (await session.execute(
-            select(Charge.state, func.count()).group_by(Charge.state))).all()
-        outbox = dict((await session.execute(
-            select(OutboxMessage.state, func.count()).group_by(OutboxMessage.state))).all())
-        oldest = await session.scalar(select(func.min(OutboxMessage.due_at)).where(
-            OutboxMessage.state == "pending", OutboxMessage.due_at <= now))
+            select(col(Charge.state), func.count()).group_by(col(Charge.state)))).all()
+        outbox: dict[str, int] = dict((await session.execute(
+            select(col(OutboxMessage.state), func.count())
+            .group_by(col(OutboxMessage.state)))).all())
+        oldest = await session.scalar(select(func.min(col(OutboxMessage.due_at))).where(
+            col(OutboxMessage.state) == "pending", col(OutboxMessage.due_at) <= now))
         # max(id), not count(*): the events table is the largest, and ids only grow.
-        events = await session.scalar(select(func.max(PileEvent.id)))
+        events = await session.scalar(select(func.max(col(PileEvent.id))))
         rejected = await session.scalar(select(func.count()).select_from(RejectedEvent))
         orders = await session.scalar(select(func.count()).select_from(WorkOrder).where(
-            WorkOrder.state.in_(ACTIVE)))
+            col(WorkOrder.state).in_(ACTIVE)))
         tickets = await session.scalar(select(func.count()).select_from(Ticket).where(
-            Ticket.state.in_(("open", "assigned"))))
+            col(Ticket.state).in_(("open", "assigned"))))
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=now.tzinfo)
     lag = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0

@@ -19,10 +19,12 @@ from bot.handlers.support import report_button
 from bot.handlers.text import bill_text, duration, kwh, menu_buttons
 from bot.handlers.turn import Turn
 from bot.handlers.wallet import topup_buttons
-from bot.i18n import tr
+from bot.i18n import ntr, tr
 from core.billing.wallet import yuan
 from core.charging import sessions as charging
-from core.charging.tables import Charge
+from core.charging.queries import month_spend, open_charges
+from core.charging.tables import OPEN_STATES, Charge
+from core.db import saved_id
 from core.errors import (
     BalanceTooLow,
     BillDue,
@@ -84,7 +86,7 @@ async def start(turn: Turn, code: str) -> list[Reply]:
     return [Reply(
         tr(lang, "⏳ Starting port {code}… I'll tell you as soon as power flows.", code=code),
         buttons=[[Button(tr(lang, "⚡ Status"), data=Status().pack()),
-                  Button(tr(lang, "⏹ Stop"), data=StopCharge(charge.id).pack())]],
+                  Button(tr(lang, "⏹ Stop"), data=StopCharge(saved_id(charge)).pack())]],
     )]
 
 
@@ -105,7 +107,7 @@ async def _top_up_first(turn: Turn, code: str, floor: int, balance: int) -> list
 @router.button(Status)
 async def status(turn: Turn) -> list[Reply]:
     lang = turn.lang
-    open_ = await charging.open_charges(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    open_ = await open_charges(turn.session, turn.rider_id)
     if not open_:
         return [Reply(tr(lang, "You have no charge running."), buttons=menu_buttons(lang))]
     replies = []
@@ -123,9 +125,9 @@ async def status(turn: Turn) -> list[Reply]:
             ])
         replies.append(Reply(text, buttons=[[
             Button(tr(lang, "🔄 Refresh"), data=Status().pack()),
-            Button(tr(lang, "⏹ Stop"), data=StopCharge(charge.id).pack()),
+            Button(tr(lang, "⏹ Stop"), data=StopCharge(saved_id(charge)).pack()),
         ], [report_button(lang, f"c{charge.id}")] + ([Button(tr(lang, "🔓 Open locker"),
-                                                             data=OpenLocker(charge.id).pack())]
+                                                             data=OpenLocker(saved_id(charge)).pack())]
                                                       if await _lockers(turn, charge) else [])]))
     return replies
 
@@ -160,14 +162,14 @@ async def stop(turn: Turn, charge_id: int | None) -> list[Reply]:
 @router.button(History)
 async def history(turn: Turn) -> list[Reply]:
     lang = turn.lang
-    charges = await charging.recent(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    charges = await charging.recent(turn.session, turn.rider_id)
     if not charges:
         return [Reply(tr(lang, "No charges yet."), buttons=menu_buttons(lang))]
     tz = ZoneInfo(turn.ctx.settings.server.timezone)
     lines = [tr(lang, "🧾 Your recent charges:")]
     for c in charges:
         when = (c.started_at or c.requested_at).astimezone(tz).strftime("%m-%d %H:%M")
-        if c.state in charging.OPEN_STATES:
+        if c.state in OPEN_STATES:
             state = tr(lang, "charging")
         elif c.state == "settled":
             state = tr(lang, "paid {amount}", amount=yuan(c.amount_fen))
@@ -179,4 +181,27 @@ async def history(turn: Turn) -> list[Reply]:
     return [Reply("\n".join(lines), buttons=menu_buttons(lang))]
 
 
-__all__ = ["bill_text", "history", "start", "status", "stop"]
+@router.command("spent")
+async def spent(turn: Turn) -> list[Reply]:
+    """This month's charging in one message, beside last month's for scale."""
+    lang, tz = turn.lang, turn.ctx.settings.server.timezone
+    this = await month_spend(turn.session, turn.rider_id, turn.now, tz)
+    last = await month_spend(turn.session, turn.rider_id, turn.now, tz, months_back=1)
+    if not this.charges:
+        text = tr(lang, "📊 No charges yet in {month}.", month=this.month)
+    else:
+        text = ntr(lang, "📊 {month}: {n} charge, {energy}, {amount}.",
+                   "📊 {month}: {n} charges, {energy}, {amount}.", this.charges,
+                   month=this.month, energy=kwh(this.energy_wh), amount=yuan(this.billed_fen))
+        if this.refunded_fen:
+            text += "\n" + tr(lang, "Refunded to you: {amount}.",
+                               amount=yuan(this.refunded_fen))
+        if this.due_fen:
+            text += "\n" + tr(lang, "Still to pay: {amount}.", amount=yuan(this.due_fen))
+    if last.charges:
+        text += "\n" + tr(lang, "{month}: {amount} in all.", month=last.month,
+                           amount=yuan(last.billed_fen))
+    return [Reply(text, buttons=menu_buttons(lang))]
+
+
+__all__ = ["bill_text", "history", "spent", "start", "status", "stop"]

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core.charging.tables import OPEN_STATES, Charge, MeterSample
 from core.db import aware
 
+# Closed and billed, whether paid yet or not.
+BILLED_STATES = ("ended", "settled", "refunded")
+
 
 async def due_charges(session: AsyncSession, rider_id: int) -> list[Charge]:
     rows = await session.execute(
-        select(Charge).where(Charge.rider_id == rider_id, Charge.state == "ended")
-        .order_by(Charge.id)
+        select(Charge).where(col(Charge.rider_id) == rider_id, col(Charge.state) == "ended")
+        .order_by(col(Charge.id))
     )
     return [c for c in rows.scalars() if c.amount_fen > c.paid_fen]
 
@@ -26,8 +32,8 @@ async def owed_fen(session: AsyncSession, rider_id: int) -> int:
 
 async def open_charges(session: AsyncSession, rider_id: int) -> list[Charge]:
     rows = await session.execute(
-        select(Charge).where(Charge.rider_id == rider_id, Charge.state.in_(OPEN_STATES))
-        .order_by(Charge.id)
+        select(Charge).where(col(Charge.rider_id) == rider_id, col(Charge.state).in_(OPEN_STATES))
+        .order_by(col(Charge.id))
     )
     return list(rows.scalars())
 
@@ -35,7 +41,8 @@ async def open_charges(session: AsyncSession, rider_id: int) -> list[Charge]:
 async def open_charge_on_port(session: AsyncSession, port_id: int) -> Charge | None:
     return (
         await session.execute(
-            select(Charge).where(Charge.port_id == port_id, Charge.state.in_(OPEN_STATES))
+            select(Charge).where(col(Charge.port_id) == port_id,
+                                 col(Charge.state).in_(OPEN_STATES))
         )
     ).scalars().first()
 
@@ -43,8 +50,40 @@ async def open_charge_on_port(session: AsyncSession, port_id: int) -> Charge | N
 async def meter_samples(
     session: AsyncSession, charge_id: int, until: datetime | None,
 ) -> list[tuple[datetime, float]]:
-    stmt = select(MeterSample.ts, MeterSample.power_w).where(MeterSample.charge_id == charge_id)
+    stmt = select(col(MeterSample.ts), col(MeterSample.power_w)).where(
+        col(MeterSample.charge_id) == charge_id)
     if until is not None:
-        stmt = stmt.where(MeterSample.ts <= until)
-    rows = await session.execute(stmt.order_by(MeterSample.ts))
+        stmt = stmt.where(col(MeterSample.ts) <= until)
+    rows = await session.execute(stmt.order_by(col(MeterSample.ts)))
     return [(aware(ts), p) for ts, p in rows]
+
+
+@dataclass(frozen=True)
+class MonthSpend:
+    """A rider's charges that ended in one calendar month of the service's zone."""
+
+    month: str  # YYYY-MM
+    charges: int
+    energy_wh: float
+    billed_fen: int  # what the bills asked, after plans, coupons and automatic refunds
+    refunded_fen: int  # given back on those charges: automatic refunds and upheld disputes
+    due_fen: int  # of billed_fen, not paid yet
+
+
+async def month_spend(session: AsyncSession, rider_id: int, now: datetime, tz: str,
+                      months_back: int = 0) -> MonthSpend:
+    """What the rider's charging cost in the month of `now` (or `months_back` before it)."""
+    local = now.astimezone(ZoneInfo(tz))
+    index = local.year * 12 + local.month - 1 - months_back
+    start = datetime(index // 12, index % 12 + 1, 1, tzinfo=local.tzinfo)
+    end = datetime((index + 1) // 12, (index + 1) % 12 + 1, 1, tzinfo=local.tzinfo)
+    count, energy, billed, paid, refunded = (await session.execute(
+        select(func.count(), func.coalesce(func.sum(col(Charge.energy_wh)), 0),
+               func.coalesce(func.sum(col(Charge.amount_fen)), 0),
+               func.coalesce(func.sum(col(Charge.paid_fen)), 0),
+               func.coalesce(func.sum(col(Charge.refunded_fen)), 0))
+        .where(col(Charge.rider_id) == rider_id, col(Charge.state).in_(BILLED_STATES),
+               col(Charge.ended_at) >= start, col(Charge.ended_at) < end))).one()
+    return MonthSpend(month=f"{start:%Y-%m}", charges=int(count), energy_wh=float(energy or 0),
+                      billed_fen=int(billed), refunded_fen=int(refunded),
+                      due_fen=int(billed) - int(paid))
