@@ -30,7 +30,7 @@ from core.charging.tables import Charge
 from core.config import Settings
 from core.db import make_engine, make_read_sessionmaker, make_sessionmaker, utcnow
 from core.faults.tables import ACTIVE, WorkOrder
-from core.outbox import OutboxMessage
+from core.outbox import OutboxMessage, OutboxState
 from core.piles.tables import PileEvent, RejectedEvent
 from core.support import photos
 from core.support.tables import Ticket
@@ -136,7 +136,7 @@ async def metrics(request: web.Request) -> web.Response:
             select(col(OutboxMessage.state), func.count())
             .group_by(col(OutboxMessage.state)))).all())
         oldest = await session.scalar(select(func.min(col(OutboxMessage.due_at))).where(
-            col(OutboxMessage.state) == "pending", col(OutboxMessage.due_at) <= now))
+            col(OutboxMessage.state) == OutboxState.pending, col(OutboxMessage.due_at) <= now))
         # max(id), not count(*): the events table is the largest, and ids only grow.
         events = await session.scalar(select(func.max(col(PileEvent.id))))
         rejected = await session.scalar(select(func.count()).select_from(RejectedEvent))

@@ -6,8 +6,11 @@ import random
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
+from core.db import saved_id
 from core.piles import fleet as piles
+from core.piles.tables import Pile, Site
 from core.riders import staff
 from core.riders.identities import rider_for
 
@@ -31,7 +34,7 @@ DEMO_STAFF = [("demo-technician", "technician", "王师傅"),
 
 async def seed(session: AsyncSession, *, rng: random.Random | None = None) -> int:
     """Create the demo city unless it is there; returns the number of piles created."""
-    if await session.scalar(select(func.count()).select_from(piles.Pile)):
+    if await session.scalar(select(func.count()).select_from(Pile)):
         return 0
     rng = rng or random.Random(7)
     n = 0
@@ -46,14 +49,15 @@ async def seed(session: AsyncSession, *, rng: random.Random | None = None) -> in
                 lat=lat + rng.uniform(-0.0003, 0.0003), lon=lon + rng.uniform(-0.0003, 0.0003),
             )
     # Services to try: tool kits at the courier station, a charging cabinet (lockers) there too.
-    courier = await session.get(piles.Site, "HZ03")
+    courier = await session.get(Site, "HZ03")
     if courier is not None:
         courier.tool_kits = 3
-        first = await session.scalar(select(piles.Pile.id).where(piles.Pile.site_id == "HZ03")
-                                     .order_by(piles.Pile.id))
-        if first is not None:
-            (await session.get(piles.Pile, first)).lockers = True  # type: ignore[union-attr]
+        first = await session.scalar(select(col(Pile.id)).where(col(Pile.site_id) == "HZ03")
+                                     .order_by(col(Pile.id)))
+        pile = await session.get(Pile, first) if first is not None else None
+        if pile is not None:
+            pile.lockers = True
     for client_id, role, name in DEMO_STAFF:
         person = await rider_for(session, "webchat", client_id, display_name=name)
-        await staff.add(session, person.id, role, staff.ALL_SITES, name=name)  # type: ignore[arg-type]
+        await staff.add(session, saved_id(person), role, staff.ALL_SITES, name=name)
     return n

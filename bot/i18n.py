@@ -41,6 +41,11 @@ def preload() -> None:
         _catalog(lang)
 
 
+def N_(msgid: str) -> str:  # noqa: N802 - gettext's own name for the marker
+    """Marks a msgid for extraction where it is translated later, when shown (a /help line)."""
+    return msgid
+
+
 def tr(lang: str, msgid: str, **params: Any) -> str:
     if lang not in LANGUAGES:
         lang = DEFAULT_LANGUAGE

@@ -26,7 +26,7 @@ class Leadership:
         self.engine, self.lead, self.follow, self.retry_s = engine, lead, follow, retry_s
         self.leading = False
         self._conn: AsyncConnection | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="scheduler-leadership")

@@ -35,7 +35,7 @@ def _qr(data: str) -> Image.Image:
     q.add_data(data)
     q.make(fit=True)
     return q.make_image(fill_color="black", back_color="white").get_image().convert("RGB").resize(
-        (QR_PX, QR_PX), Image.NEAREST)
+        (QR_PX, QR_PX), Image.Resampling.NEAREST)
 
 
 def port_sign(code: str, telegram_url: str, wechat_url: str | None) -> Image.Image:

@@ -8,11 +8,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import select
+from sqlmodel import col
 
 from bot.context import Context
 from bot.leader import Leadership
@@ -24,8 +26,8 @@ from bot.skins import rider_groups
 from core import outbox
 from core.billing import disputes
 from core.charging import sessions as charging
-from core.charging.tables import Charge
-from core.db import transaction
+from core.charging.tables import Charge, ChargeState
+from core.db import saved_id, transaction
 from core.engagement import (
     broadcasts,
     groupbuy,
@@ -42,7 +44,7 @@ from core.notices.engagement import AnnualReadyNotice
 from core.notices.support import FaqDigestNotice, FaqTopic
 from core.piles import commands
 from core.piles import fleet as piles
-from core.support import photos, votes
+from core.support import emergencies, photos, votes
 from core.support import tickets as support
 
 log = logging.getLogger("chargebot.scheduler")
@@ -124,7 +126,7 @@ class _Running:
     """Job runs in flight, so shutdown can let them finish before the engine goes away."""
 
     def __init__(self, stats: JobStats | None = None) -> None:
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
         self.stats = stats or JobStats()
 
     def wrap(self, fn: Callable[[Context], Awaitable[object]]) -> Job:
@@ -157,7 +159,8 @@ async def sweep_disputes(ctx: Context) -> None:
         for d in await disputes.overdue(session, now):
             log.warning("dispute %s missed its deadline: escalated", d.id)
             await outbox.enqueue(session, d.rider_id,
-                                 DisputeEscalatedNotice(dispute_id=d.id, charge_id=d.charge_id),  # type: ignore[arg-type]
+                                 DisputeEscalatedNotice(dispute_id=saved_id(d),
+                                                        charge_id=d.charge_id),
                                  f"dispute_escalated:{d.id}", now=now)
             ctx.wake_outbox()
 
@@ -165,7 +168,7 @@ async def sweep_disputes(ctx: Context) -> None:
 async def sweep_support(ctx: Context) -> None:
     """Emergency tickets nobody took in time page the supervisors (once)."""
     async with transaction(ctx.sm) as session:
-        escalated = await support.escalate_emergencies(session, ctx.clock(), ctx.settings)
+        escalated = await emergencies.escalate_emergencies(session, ctx.clock(), ctx.settings)
     if escalated:
         log.warning("emergency tickets not taken in time: %s", escalated)
         ctx.wake_outbox()
@@ -274,8 +277,9 @@ async def annual_reports(ctx: Context) -> None:
     year = now.astimezone(ZoneInfo(ctx.settings.server.timezone)).year
     start = now.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
     async with transaction(ctx.sm) as session:
-        riders = (await session.execute(select(Charge.rider_id).distinct().where(
-            Charge.state.in_(("ended", "settled")), Charge.ended_at >= start))).scalars()
+        riders = (await session.execute(select(col(Charge.rider_id)).distinct().where(
+            col(Charge.state).in_((ChargeState.ended, ChargeState.settled)),
+            col(Charge.ended_at) >= start))).scalars()
         for rider_id in riders:
             await outbox.enqueue(session, rider_id, AnnualReadyNotice(year=year),
                                  f"annual:{year}:{rider_id}", now=now)

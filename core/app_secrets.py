@@ -8,7 +8,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core.db import transaction
 
@@ -27,7 +27,8 @@ async def get_or_create(sm: async_sessionmaker[AsyncSession], name: str) -> str:
     starting at once both try to insert; the loser reads the winner's."""
     for _ in range(2):
         async with transaction(sm) as session:
-            value = await session.scalar(select(AppSecret.value).where(AppSecret.name == name))
+            value = await session.scalar(
+                select(col(AppSecret.value)).where(col(AppSecret.name) == name))
             if value is not None:
                 return value
         try:

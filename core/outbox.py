@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, String
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel
 
-from core.db import insert_ignore, utcnow
+from core.db import insert_ignore, table_of, utcnow
 from core.notices import Notice
+
+
+class OutboxState(StrEnum):
+    """pending → sent | dead"""
+
+    pending = "pending"
+    sent = "sent"
+    dead = "dead"
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -23,7 +32,7 @@ class OutboxMessage(SQLModel, table=True):
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     # One message per cause: replays of the cause (a duplicated device event) add nothing.
     dedupe_key: str = Field(sa_column=Column(String(160), unique=True, nullable=False))
-    state: str = "pending"  # pending → sent | dead
+    state: OutboxState = Field(default=OutboxState.pending, sa_type=AutoString)  # text, as before
     attempts: int = 0
     due_at: datetime = Field(default_factory=utcnow)
     lease_until: datetime | None = None
@@ -40,11 +49,11 @@ async def enqueue(
 ) -> None:
     """`now` is the service's clock (the notifier compares due_at with that clock, and tests
     move it); the kind is the notice's."""
-    dialect = session.bind.dialect.name  # type: ignore[union-attr]
+    dialect = session.get_bind().dialect.name
     await session.execute(
-        insert_ignore(dialect, OutboxMessage.__table__).values(
+        insert_ignore(dialect, table_of(OutboxMessage)).values(
             rider_id=rider_id, kind=notice.kind, payload=notice.to_payload(),
             dedupe_key=dedupe_key,
-            state="pending", attempts=0, due_at=due_at or now, created_at=now,
+            state=OutboxState.pending, attempts=0, due_at=due_at or now, created_at=now,
         )
     )

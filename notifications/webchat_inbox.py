@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, Index, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core.db import utcnow
 
@@ -30,8 +30,8 @@ async def push(session: AsyncSession, client_id: str, replies: list[dict[str, An
 async def after(session: AsyncSession, client_id: str, seq: int) -> list[WebchatMessage]:
     rows = await session.execute(
         select(WebchatMessage)
-        .where(WebchatMessage.client_id == client_id, WebchatMessage.id > seq)
-        .order_by(WebchatMessage.id)
+        .where(col(WebchatMessage.client_id) == client_id, col(WebchatMessage.id) > seq)
+        .order_by(col(WebchatMessage.id))
         .limit(50)
     )
     return list(rows.scalars())

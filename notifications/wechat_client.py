@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
-from sqlalchemy import or_, update
+from sqlalchemy import CursorResult, inspect, or_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 from core.config_sections import WechatSettings
 from core.db import insert_ignore, transaction, utcnow
@@ -54,13 +56,20 @@ def _error_of(raw: bytes) -> tuple[int, str]:
 
 class WechatClient:
     def __init__(self, sm: async_sessionmaker[AsyncSession], settings: WechatSettings,
-                 http: aiohttp.ClientSession, clock: Any = utcnow) -> None:
+                 http: aiohttp.ClientSession | None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        """`http` may be None until the app's startup sets it, before the first call."""
         self.sm = sm
         self.settings = settings
         self.http = http
         self.clock = clock
         self.base = settings.api_base_url.rstrip("/")
         self.appid = settings.appid or ""
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self.http is None:
+            raise RuntimeError("WechatClient used before its HTTP session was set")
+        return self.http
 
     async def _read(self) -> WechatToken | None:
         async with self.sm() as session:
@@ -86,26 +95,26 @@ class WechatClient:
         a worker that read the table just before another finished refreshing must not refresh
         again."""
         async with transaction(self.sm) as session:
-            dialect = session.bind.dialect.name  # type: ignore[union-attr]
-            await session.execute(insert_ignore(dialect, WechatToken.__table__).values(
+            dialect = session.get_bind().dialect.name
+            await session.execute(insert_ignore(dialect, inspect(WechatToken).local_table).values(
                 appid=self.appid))
             result = await session.execute(
                 update(WechatToken)
-                .where(WechatToken.appid == self.appid,
-                       or_(WechatToken.refreshing_until.is_(None),
-                           WechatToken.refreshing_until < now),
-                       or_(WechatToken.access_token.is_(None),
-                           WechatToken.expires_at.is_(None),
-                           WechatToken.expires_at <= now,
-                           WechatToken.access_token == (stale or "")))
+                .where(col(WechatToken.appid) == self.appid,
+                       or_(col(WechatToken.refreshing_until).is_(None),
+                           col(WechatToken.refreshing_until) < now),
+                       or_(col(WechatToken.access_token).is_(None),
+                           col(WechatToken.expires_at).is_(None),
+                           col(WechatToken.expires_at) <= now,
+                           col(WechatToken.access_token) == (stale or "")))
                 .values(refreshing_until=now + timedelta(seconds=REFRESH_LEASE_S))
             )
-            return (result.rowcount or 0) == 1
+            return (cast(CursorResult[Any], result).rowcount or 0) == 1
 
     async def _refresh(self) -> str:
         try:
             secret = self.settings.secret.get_secret_value() if self.settings.secret else ""
-            async with self.http.get(f"{self.base}/cgi-bin/token", params={
+            async with self._http().get(f"{self.base}/cgi-bin/token", params={
                 "grant_type": "client_credential", "appid": self.appid, "secret": secret,
             }) as r:
                 data = await r.json(content_type=None)
@@ -115,14 +124,16 @@ class WechatClient:
             expires = self.clock() + timedelta(
                 seconds=max(60, int(data.get("expires_in", 7200)) - EARLY_S))
             async with transaction(self.sm) as session:
-                await session.execute(update(WechatToken).where(WechatToken.appid == self.appid)
+                await session.execute(update(WechatToken)
+                                      .where(col(WechatToken.appid) == self.appid)
                                       .values(access_token=token, expires_at=expires,
                                               refreshing_until=None))
             log.info("wechat access token refreshed")
             return token
         except BaseException:
             async with transaction(self.sm) as session:
-                await session.execute(update(WechatToken).where(WechatToken.appid == self.appid)
+                await session.execute(update(WechatToken)
+                                      .where(col(WechatToken.appid) == self.appid)
                                       .values(refreshing_until=None))
             raise
 
@@ -133,8 +144,9 @@ class WechatClient:
             query = {"access_token": token, **(params or {})}
             # WeChat wants UTF-8 text, not \uXXXX escapes (it may show them literally).
             body = None if payload is None else json.dumps(payload, ensure_ascii=False).encode()
-            async with self.http.request(method, f"{self.base}{path}", params=query, data=body,
-                                         headers={"Content-Type": "application/json"}) as r:
+            async with self._http().request(method, f"{self.base}{path}", params=query,
+                                            data=body,
+                                            headers={"Content-Type": "application/json"}) as r:
                 data = await r.json(content_type=None)
             code = int(data.get("errcode", 0) or 0)
             if code in TOKEN_ERRORS and attempt == 1:
@@ -153,8 +165,8 @@ class WechatClient:
         """
         token = await self.access_token()
         for attempt in (1, 2):
-            async with self.http.get(f"{self.base}/cgi-bin/media/get",
-                                     params={"access_token": token, "media_id": media_id}) as r:
+            async with self._http().get(f"{self.base}/cgi-bin/media/get",
+                                        params={"access_token": token, "media_id": media_id}) as r:
                 kind = r.content_type
                 if kind != "application/json" and not kind.startswith("text/"):
                     if max_bytes is not None and (r.content_length or 0) > max_bytes:

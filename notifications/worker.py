@@ -15,13 +15,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
 
-from core.db import transaction, utcnow
-from core.outbox import OutboxMessage
+from core.db import saved_id, transaction, utcnow
+from core.outbox import OutboxMessage, OutboxState
 from core.riders.tables import Identity, Rider
 from notifications.replies import Reply
 
@@ -37,12 +38,12 @@ class DeliveryError(Exception):
 
 class Sender(Protocol):
     async def send(self, identity: Identity, replies: list[Reply], *, lang: str, kind: str,
-                   payload: dict, outbox_id: int | None = None) -> str:
+                   payload: dict[str, Any], outbox_id: int | None = None) -> str:
         """Deliver, or raise DeliveryError; returns the channel used (e.g. 'wechat:template')."""
         ...
 
 
-Render = Callable[[str, dict, str], list[Reply]]
+Render = Callable[[str, dict[str, Any], str], list[Reply]]
 
 
 @dataclass
@@ -106,13 +107,13 @@ class Notifier:
     async def claim(self) -> list[OutboxMessage]:
         now = self.clock()
         pick = (
-            select(OutboxMessage.id)
+            select(col(OutboxMessage.id))
             .where(
-                OutboxMessage.state == "pending",
-                OutboxMessage.due_at <= now,
-                or_(OutboxMessage.lease_until.is_(None), OutboxMessage.lease_until < now),
+                col(OutboxMessage.state) == OutboxState.pending,
+                col(OutboxMessage.due_at) <= now,
+                or_(col(OutboxMessage.lease_until).is_(None), col(OutboxMessage.lease_until) < now),
             )
-            .order_by(OutboxMessage.id)
+            .order_by(col(OutboxMessage.id))
             .limit(self.batch)
         )
         if self.read_sm is not self.sm:
@@ -122,7 +123,7 @@ class Notifier:
                 if (await peek.execute(pick.limit(1))).first() is None:
                     return []
         async with transaction(self.sm) as session:
-            if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+            if session.get_bind().dialect.name == "postgresql":
                 # Several workers: each takes rows nobody else holds, without waiting.
                 pick = pick.with_for_update(skip_locked=True)
             ids = list((await session.execute(pick)).scalars())
@@ -131,9 +132,10 @@ class Notifier:
             rows = await session.execute(
                 update(OutboxMessage)
                 .where(
-                    OutboxMessage.id.in_(ids),
-                    OutboxMessage.state == "pending",
-                    or_(OutboxMessage.lease_until.is_(None), OutboxMessage.lease_until < now),
+                    col(OutboxMessage.id).in_(ids),
+                    col(OutboxMessage.state) == OutboxState.pending,
+                    or_(col(OutboxMessage.lease_until).is_(None),
+                        col(OutboxMessage.lease_until) < now),
                 )
                 .values(lease_until=now + timedelta(seconds=self.lease_s),
                         attempts=OutboxMessage.attempts + 1)
@@ -217,10 +219,11 @@ class Notifier:
 
     async def _targets(self, rider_ids: set[int]) -> dict[int, tuple[Rider, Identity]]:
         async with self.read_sm() as session:
-            found = {r.id: r for r in (await session.execute(
-                select(Rider).where(Rider.id.in_(rider_ids)))).scalars()}
+            found = {saved_id(r): r for r in (await session.execute(
+                select(Rider).where(col(Rider.id).in_(rider_ids)))).scalars()}
             idents = list((await session.execute(
-                select(Identity).where(Identity.rider_id.in_(rider_ids)).order_by(Identity.id)
+                select(Identity).where(col(Identity.rider_id).in_(rider_ids))
+                .order_by(col(Identity.id))
             )).scalars())
         out: dict[int, tuple[Rider, Identity]] = {}
         for rid, rider in found.items():
@@ -229,7 +232,7 @@ class Notifier:
                 continue
             # The platform the rider used last is where they are looking.
             preferred = [i for i in usable if i.platform == rider.last_platform]
-            out[rid] = (rider, (preferred or usable)[0])  # type: ignore[index]
+            out[rid] = (rider, (preferred or usable)[0])
         return out
 
     async def _send(self, msg: OutboxMessage, target: tuple[Rider, Identity] | None) -> _Mark:
@@ -262,23 +265,23 @@ class Notifier:
         async with transaction(self.sm) as session:
             for m in marks:
                 if m.state == "sent":
-                    sent.setdefault((m.platform, m.channel), []).append(m.msg.id)  # type: ignore[arg-type]
+                    sent.setdefault((m.platform, m.channel), []).append(saved_id(m.msg))
                 elif m.state == "dead":
                     await session.execute(
-                        update(OutboxMessage).where(OutboxMessage.id == m.msg.id).values(
-                            state="dead", sent_at=None, last_error=m.error,
+                        update(OutboxMessage).where(col(OutboxMessage.id) == m.msg.id).values(
+                            state=OutboxState.dead, sent_at=None, last_error=m.error,
                             platform=m.platform, channel=m.channel, lease_until=None))
                 elif m.state == "retry":
                     await session.execute(
-                        update(OutboxMessage).where(OutboxMessage.id == m.msg.id).values(
+                        update(OutboxMessage).where(col(OutboxMessage.id) == m.msg.id).values(
                             due_at=now + timedelta(seconds=m.delay), lease_until=None,
                             last_error=(m.error or "")[:300]))
                 else:  # release: claimed but never tried, so the claim's attempt is undone
                     await session.execute(
-                        update(OutboxMessage).where(OutboxMessage.id == m.msg.id).values(
+                        update(OutboxMessage).where(col(OutboxMessage.id) == m.msg.id).values(
                             lease_until=None, attempts=OutboxMessage.attempts - 1))
             for (platform, channel), ids in sent.items():
                 await session.execute(
-                    update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(
-                        state="sent", sent_at=now, last_error=None, platform=platform,
+                    update(OutboxMessage).where(col(OutboxMessage.id).in_(ids)).values(
+                        state=OutboxState.sent, sent_at=now, last_error=None, platform=platform,
                         channel=channel, lease_until=None))

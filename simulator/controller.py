@@ -273,7 +273,7 @@ class PileController:
         if raw in (None, 0) and allow_all:
             return list(self.ports.values())
         try:
-            port = self.ports.get(int(raw))
+            port = self.ports.get(int(raw)) if raw is not None else None
         except (TypeError, ValueError):
             port = None
         return [port] if port else None

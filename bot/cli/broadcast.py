@@ -7,9 +7,11 @@ import asyncio
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from bot.cli.common import CliError, settings_for, with_session
 from core.config import Settings
-from core.db import make_engine, make_sessionmaker
+from core.db import make_engine, make_sessionmaker, saved_id
 from core.engagement import broadcasts
 
 
@@ -37,9 +39,9 @@ def cmd_broadcast(args: argparse.Namespace) -> None:
         print(asyncio.run(_broadcast_riders(settings, args, at, now)))
         return
 
-    async def go(session):  # type: ignore[no-untyped-def]
+    async def go(session: AsyncSession) -> int:
         b = await broadcasts.schedule(session, args.zh, args.en or "", at, kind=args.kind)
-        return b.id
+        return saved_id(b)
 
     print(f"broadcast {asyncio.run(with_session(settings, go))} queued for {args.at}")
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import ConfigError, Settings, load_settings
 from core.db import make_engine, make_sessionmaker, transaction
@@ -22,7 +26,10 @@ def settings_for(args: argparse.Namespace) -> Settings:
         raise CliError(str(exc)) from None
 
 
-async def with_session(settings: Settings, fn):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+async def with_session(settings: Settings, fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
     engine = make_engine(settings.database.url)
     try:
         async with transaction(make_sessionmaker(engine)) as session:

@@ -8,6 +8,8 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from bot.cli.common import CliError, settings_for, with_session
 from core.db import aware, utcnow
@@ -32,14 +34,14 @@ def _since(text: str, now: datetime) -> datetime:
 def cmd_events_rejected(args: argparse.Namespace) -> None:
     """Events piles sent that could not be applied (the rest of their batch was), newest last."""
     settings = settings_for(args)
-    stmt = select(RejectedEvent).order_by(RejectedEvent.received_at, RejectedEvent.id)
+    stmt = select(RejectedEvent).order_by(col(RejectedEvent.received_at), col(RejectedEvent.id))
     if args.pile:
-        stmt = stmt.where(RejectedEvent.pile_id == args.pile)
+        stmt = stmt.where(col(RejectedEvent.pile_id) == args.pile)
     if args.since:
-        stmt = stmt.where(RejectedEvent.received_at >= _since(args.since, utcnow()))
+        stmt = stmt.where(col(RejectedEvent.received_at) >= _since(args.since, utcnow()))
     stmt = stmt.limit(args.limit)
 
-    async def load(session):  # type: ignore[no-untyped-def]
+    async def load(session: AsyncSession) -> list[RejectedEvent]:
         return list((await session.execute(stmt)).scalars())
 
     rows = asyncio.run(with_session(settings, load))

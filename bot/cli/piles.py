@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from bot.cli.common import CliError, settings_for, with_session
 from bot.cli.wechat import wechat_client
@@ -22,8 +24,8 @@ def cmd_piles_add(args: argparse.Namespace) -> None:
     if not re.match(r"^P\d{4,}$", args.id):
         raise CliError("--id must look like P0001")
 
-    async def add(session):  # type: ignore[no-untyped-def]
-        if await session.get(piles.Pile, args.id):
+    async def add(session: AsyncSession) -> Pile:
+        if await session.get(Pile, args.id):
             raise CliError(f"pile {args.id} exists already")
         try:
             return await piles.add_pile(session, args.site, args.id, args.ports, model=args.model,
@@ -40,8 +42,8 @@ def cmd_piles_add(args: argparse.Namespace) -> None:
 def cmd_piles_list(args: argparse.Namespace) -> None:
     settings = settings_for(args)
 
-    async def load(session):  # type: ignore[no-untyped-def]
-        return list((await session.execute(select(Pile).order_by(Pile.id))).scalars())
+    async def load(session: AsyncSession) -> list[Pile]:
+        return list((await session.execute(select(Pile).order_by(col(Pile.id)))).scalars())
 
     for p in asyncio.run(with_session(settings, load)):
         state = "online" if p.online else "offline"
@@ -53,9 +55,10 @@ def cmd_piles_qr(args: argparse.Namespace) -> None:
     out = Path(args.out)
 
     async def make() -> list[tuple[str, Path, str | None]]:
-        async def ports(session):  # type: ignore[no-untyped-def]
+        async def ports(session: AsyncSession) -> list[str]:
             return list((await session.execute(
-                select(Port.code).where(Port.pile_id == args.pile).order_by(Port.number)
+                select(col(Port.code)).where(col(Port.pile_id) == args.pile)
+                .order_by(col(Port.number))
             )).scalars())
 
         codes = await with_session(settings, ports)
@@ -64,7 +67,7 @@ def cmd_piles_qr(args: argparse.Namespace) -> None:
         wechat = None
         if settings.wechat.secret is not None and settings.wechat.appid:
             wechat = await wechat_client(settings)
-        made = []
+        made: list[tuple[str, Path, str | None]] = []
         try:
             for code in codes:
                 wx_url = image = None

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from bot.cli.common import CliError, settings_for, with_session
 from bot.handlers.surveys import text_summary
 from core.engagement import reports
@@ -18,7 +20,7 @@ def cmd_report_monthly(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise CliError(f"--month: {exc}") from exc
 
-    async def go(session):  # type: ignore[no-untyped-def]
+    async def go(session: AsyncSession) -> reports.MonthlyReport:
         return await reports.monthly(session, args.month, settings.server.timezone)
 
     report = asyncio.run(with_session(settings, go))

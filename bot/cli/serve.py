@@ -8,9 +8,12 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from bot import demo
 from bot.cli.common import CliError, settings_for, with_session
@@ -72,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     run_workers(args.workers, _serve_one, (settings, host, port, True))
 
 
-def run_workers(n: int, target: Callable[..., None], args: tuple) -> None:
+def run_workers(n: int, target: Callable[..., None], args: tuple[Any, ...]) -> None:
     """n spawned processes running target(*args) until SIGTERM/SIGINT, which they all get."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: no shared loop state
     procs = [ctx.Process(target=target, args=args, daemon=False) for _ in range(n)]
@@ -126,10 +129,10 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> None:
         await runner.cleanup()
 
 
-async def _pile_specs(settings: Settings, limit: int | None):  # type: ignore[no-untyped-def]
+async def _pile_specs(settings: Settings, limit: int | None) -> list[PileSpec]:
 
-    async def load(session):  # type: ignore[no-untyped-def]
-        stmt = select(Pile).order_by(Pile.id)
+    async def load(session: AsyncSession) -> list[PileSpec]:
+        stmt = select(Pile).order_by(col(Pile.id))
         if limit:
             stmt = stmt.limit(limit)
         return [PileSpec(p.id, p.secret, p.ports) for p in (await session.execute(stmt)).scalars()]

@@ -7,6 +7,8 @@ import asyncio
 import csv
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from bot.cli.common import CliError, settings_for, with_session
 from core.piles import fleet as piles
 
@@ -16,7 +18,7 @@ def cmd_sites_import(args: argparse.Namespace) -> None:
     path = Path(args.file)
     if not path.exists():
         raise CliError(f"no such file: {path}")
-    rows = []
+    rows: list[tuple[dict[str, str], float, float]] = []
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         need = {"id", "name", "address", "lat", "lon", "kind", "tariff"}
@@ -31,11 +33,11 @@ def cmd_sites_import(args: argparse.Namespace) -> None:
                 raise CliError(f"{path}:{i}: bad id or coordinates")
             if row["tariff"] and row["tariff"] not in settings.billing.tariffs:
                 raise CliError(f"{path}:{i}: unknown tariff {row['tariff']!r}")
-            rows.append(row | {"lat": lat, "lon": lon})
+            rows.append((row, lat, lon))
 
-    async def save(session):  # type: ignore[no-untyped-def]
-        for r in rows:
-            await piles.add_site(session, r["id"], r["name"], r["lat"], r["lon"],
+    async def save(session: AsyncSession) -> None:
+        for r, lat, lon in rows:
+            await piles.add_site(session, r["id"], r["name"], lat, lon,
                                  address=r["address"], kind=r["kind"] or "community",
                                  tariff=r["tariff"] or settings.billing.default_tariff)
 

@@ -9,8 +9,11 @@ import sys
 from datetime import UTC, datetime
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from bot.cli.common import CliError, settings_for, with_session
+from core.db import saved_id
 from core.piles.tables import Site
 from core.riders import staff, staff_passwords, web_sessions
 from core.riders.identities import rider_for
@@ -37,17 +40,18 @@ def cmd_staff_add(args: argparse.Namespace) -> None:
     if not sites:
         raise CliError("--sites needs site ids, or * for every site")
 
-    async def go(session):  # type: ignore[no-untyped-def]
+    async def go(session: AsyncSession) -> int:
         for site in sites:
             if site != staff.ALL_SITES and await session.get(Site, site) is None:
                 raise CliError(f"unknown site {site}")
         rider = await rider_for(session, args.platform, args.user, chat_id=args.chat or None,
                                 display_name=args.name or "")
+        rider_id = saved_id(rider)
         for site in sites:
-            await staff.add(session, rider.id, args.role, site,
+            await staff.add(session, rider_id, args.role, site,
                             hours=args.hours or settings.maintenance.default_hours,
                             name=args.name or "")
-        return rider.id
+        return rider_id
 
     rider_id = asyncio.run(with_session(settings, go))
     print(f"{args.role} {args.name or args.user} (rider {rider_id}) at {', '.join(sites)}")
@@ -68,7 +72,7 @@ def cmd_staff_passwd(args: argparse.Namespace) -> None:
         raise CliError(f"a password needs at least {staff_passwords.MIN_LENGTH} characters")
     account = f"{args.platform}:{args.user}"
 
-    async def go(session):  # type: ignore[no-untyped-def]
+    async def go(session: AsyncSession) -> tuple[int, int]:
         rider_id = await staff_passwords.staff_rider(session, args.platform, args.user)
         if rider_id is None:
             raise CliError(f"{account} is not staff: add them first (chargebot staff add)")
@@ -84,8 +88,9 @@ def cmd_staff_passwd(args: argparse.Namespace) -> None:
 def cmd_staff_list(args: argparse.Namespace) -> None:
     settings = settings_for(args)
 
-    async def go(session):  # type: ignore[no-untyped-def]
-        rows = await session.execute(select(staff.StaffRole).order_by(staff.StaffRole.site_id))
+    async def go(session: AsyncSession) -> list[staff.StaffRole]:
+        rows = await session.execute(
+            select(staff.StaffRole).order_by(col(staff.StaffRole.site_id)))
         return list(rows.scalars())
 
     for r in asyncio.run(with_session(settings, go)):

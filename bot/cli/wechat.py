@@ -6,6 +6,7 @@ import argparse
 import asyncio
 
 import aiohttp
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cli.common import CliError, settings_for
 from bot.skins.wechat_menu import menu
@@ -14,9 +15,10 @@ from core.db import make_engine, make_sessionmaker
 from notifications.wechat_client import WechatClient, WechatError
 
 
-async def wechat_client(settings: Settings):  # type: ignore[no-untyped-def]
-
-
+async def wechat_client(
+    settings: Settings,
+) -> tuple[WechatClient, AsyncEngine, aiohttp.ClientSession]:
+    """The client with what the caller closes after it: the engine and the HTTP session."""
     if settings.wechat.secret is None or not settings.wechat.appid:
         raise CliError("WeChat is not configured: set wechat.appid and CHARGEBOT_WECHAT__SECRET")
     engine = make_engine(settings.database.url)

@@ -7,7 +7,7 @@ from bot.handlers.rendering import renders
 from bot.handlers.routing import Router
 from bot.handlers.text import menu_buttons
 from bot.handlers.turn import Turn
-from bot.i18n import tr
+from bot.i18n import N_, tr
 from core.billing.wallet import yuan
 from core.errors import LinkCodeInvalid, LinkRefused
 from core.notices.riders import LinkDoneNotice, LinkRefusedNotice, LinkRequestNotice
@@ -40,11 +40,11 @@ def refusal(lang: str, reason: str | None) -> str:
     return tr(lang, "This code belongs to this same account.")
 
 
-@router.command("link")
+@router.command("link", help=N_("/link — share one wallet between WeChat and Telegram"))
 async def link(turn: Turn, code: str) -> list[Reply]:
     lang = turn.lang
     if not code:
-        made = await create_link_code(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]
+        made = await create_link_code(turn.session, turn.rider_id, turn.now)
         return [Reply(tr(lang, "Your link code is {code} (valid 10 minutes, once). In your other "
                                "app (Telegram or WeChat) send: /link {code}\nYou will be asked "
                                "here to confirm. Never give this code to anyone.", code=made))]

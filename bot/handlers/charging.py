@@ -19,11 +19,11 @@ from bot.handlers.support import report_button
 from bot.handlers.text import bill_text, duration, kwh, menu_buttons
 from bot.handlers.turn import Turn
 from bot.handlers.wallet import topup_buttons
-from bot.i18n import ntr, tr
+from bot.i18n import N_, ntr, tr
 from core.billing.wallet import yuan
 from core.charging import sessions as charging
 from core.charging.queries import month_spend, open_charges
-from core.charging.tables import OPEN_STATES, Charge
+from core.charging.tables import OPEN_STATES, Charge, ChargeState
 from core.db import saved_id
 from core.errors import (
     BalanceTooLow,
@@ -49,7 +49,7 @@ async def start_button(turn: Turn, p: StartCharge) -> list[Reply]:
 
 async def start(turn: Turn, code: str) -> list[Reply]:
     lang = turn.lang
-    if not await limits.starts_allowed(turn.session, turn.rider.id, turn.now,  # type: ignore[arg-type]
+    if not await limits.starts_allowed(turn.session, turn.rider_id, turn.now,
                                        turn.ctx.settings.limits.starts_per_10_min):
         return [Reply(tr(lang, "That's a lot of starts in a few minutes. Please wait a little "
                                "and try again; if a port keeps failing, tap 🛠 Report a "
@@ -103,7 +103,7 @@ async def _top_up_first(turn: Turn, code: str, floor: int, balance: int) -> list
     return [Reply(text, buttons=buttons)]
 
 
-@router.command("status")
+@router.command("status", help=N_("/status — my charge"))
 @router.button(Status)
 async def status(turn: Turn) -> list[Reply]:
     lang = turn.lang
@@ -112,7 +112,7 @@ async def status(turn: Turn) -> list[Reply]:
         return [Reply(tr(lang, "You have no charge running."), buttons=menu_buttons(lang))]
     replies = []
     for charge in open_:
-        if charge.state == "requested":
+        if charge.state == ChargeState.requested:
             text = tr(lang, "⏳ Port {code} is starting…", code=charge.port_code)
         else:
             live = await charging.live(turn.session, charge, turn.ctx.settings, turn.now)
@@ -158,7 +158,7 @@ async def stop(turn: Turn, charge_id: int | None) -> list[Reply]:
                      code=charge.port_code))]
 
 
-@router.command("history")
+@router.command("history", help=N_("/history — past charges"))
 @router.button(History)
 async def history(turn: Turn) -> list[Reply]:
     lang = turn.lang
@@ -171,7 +171,7 @@ async def history(turn: Turn) -> list[Reply]:
         when = (c.started_at or c.requested_at).astimezone(tz).strftime("%m-%d %H:%M")
         if c.state in OPEN_STATES:
             state = tr(lang, "charging")
-        elif c.state == "settled":
+        elif c.state == ChargeState.settled:
             state = tr(lang, "paid {amount}", amount=yuan(c.amount_fen))
         else:
             state = tr(lang, "due {amount}", amount=yuan(c.amount_fen - c.paid_fen))
@@ -181,7 +181,7 @@ async def history(turn: Turn) -> list[Reply]:
     return [Reply("\n".join(lines), buttons=menu_buttons(lang))]
 
 
-@router.command("spent")
+@router.command("spent", help=N_("/spent — this month's charging and its cost"))
 async def spent(turn: Turn) -> list[Reply]:
     """This month's charging in one message, beside last month's for scale."""
     lang, tz = turn.lang, turn.ctx.settings.server.timezone

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlmodel import col
 
 from bot.handlers.payloads import Dispute
 from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
-from bot.i18n import tr
-from core.billing.disputes import NothingToDispute, open_dispute
+from bot.i18n import N_, tr
+from core.billing.disputes import DisputeState, NothingToDispute, open_dispute
 from core.billing.wallet import yuan
 from core.charging.tables import Charge
 from core.db import row_id
@@ -22,23 +23,23 @@ async def button(turn: Turn, p: Dispute) -> list[Reply]:
     return await open_(turn, p.ref)
 
 
-@router.command("dispute")
+@router.command("dispute", help=N_("/dispute — question a bill"))
 async def open_(turn: Turn, arg: str) -> list[Reply]:
     lang = turn.lang
-    stmt = select(Charge).where(Charge.rider_id == turn.rider.id,
-                                Charge.state.in_(("ended", "settled")))
+    stmt = select(Charge).where(col(Charge.rider_id) == turn.rider_id,
+                                col(Charge.state).in_(("ended", "settled")))
     if (charge_id := row_id(arg.strip())) is not None:
-        stmt = stmt.where(Charge.id == charge_id)
-    charge = (await turn.session.execute(stmt.order_by(Charge.id.desc()).limit(1))
+        stmt = stmt.where(col(Charge.id) == charge_id)
+    charge = (await turn.session.execute(stmt.order_by(col(Charge.id).desc()).limit(1))
               ).scalars().first()
     if charge is None:
         return [Reply(tr(lang, "There is no bill to dispute."))]
     try:
-        d = await open_dispute(turn.session, charge, turn.rider.id, "rider",  # type: ignore[arg-type]
+        d = await open_dispute(turn.session, charge, turn.rider_id, "rider",
                                turn.ctx.settings, turn.now)
     except NothingToDispute:
         return [Reply(tr(lang, "There is no bill to dispute."))]
-    if d.state == "resolved":
+    if d.state == DisputeState.resolved:
         return [Reply(tr(lang, "✅ We checked port {port}: {amount} is refunded ({why}).",
                          port=charge.port_code, amount=yuan(d.refund_fen),
                          why=tr(lang, d.resolution or "")))]

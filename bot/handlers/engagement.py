@@ -8,6 +8,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
+from sqlmodel import col
 
 from bot.annual_card import card
 from bot.handlers.payloads import MyYear, OpenLocker, ShowPile, ToolKit
@@ -42,7 +43,7 @@ async def my_year(turn: Turn) -> list[Reply]:
     settings = turn.ctx.settings
     tz = settings.server.timezone
     year = turn.now.astimezone(ZoneInfo(tz)).year
-    y = await annual.of(turn.session, turn.rider.id, year, tz)  # type: ignore[arg-type]
+    y = await annual.of(turn.session, turn.rider_id, year, tz)
     if y.charges == 0:
         return [Reply(tr(turn.lang, "No charges yet this year. Your yearly report fills up as "
                                     "you charge."))]
@@ -60,10 +61,11 @@ async def usual_piles(turn: Turn, n: int = 2) -> list[Button]:
     """Where the rider charged most in the last 90 days: one tap back there."""
     since = turn.now - timedelta(days=USUAL_DAYS)
     rows = await turn.session.execute(
-        select(Charge.pile_id, func.count()).where(
-            Charge.rider_id == turn.rider.id, Charge.state.in_(("ended", "settled")),
-            Charge.ended_at >= since)
-        .group_by(Charge.pile_id).order_by(func.count().desc(), Charge.pile_id).limit(n))
+        select(col(Charge.pile_id), func.count()).where(
+            col(Charge.rider_id) == turn.rider_id, col(Charge.state).in_(("ended", "settled")),
+            col(Charge.ended_at) >= since)
+        .group_by(col(Charge.pile_id)).order_by(func.count().desc(), col(Charge.pile_id))
+        .limit(n))
     return [Button(tr(turn.lang, "⭐ {pile} (usual)", pile=pile), data=ShowPile(pile).pack())
             for pile, _count in rows]
 
@@ -115,7 +117,7 @@ async def tools(turn: Turn, p: ToolKit) -> list[Reply]:
     lang = turn.lang
     if action == "borrow":
         try:
-            loan, new = await services.borrow(turn.session, turn.rider.id, site_id, turn.now)  # type: ignore[arg-type]
+            _loan, new = await services.borrow(turn.session, turn.rider_id, site_id, turn.now)
         except services.NoKitLeft:
             return [Reply(tr(lang, "Sorry, all tool kits here are out right now."))]
         text = (tr(lang, "🧰 Take a tool kit from the box at the site. Please bring it back "
@@ -124,7 +126,7 @@ async def tools(turn: Turn, p: ToolKit) -> list[Reply]:
         return [Reply(text, buttons=[[Button(tr(lang, "↩️ Return the tool kit"),
                                              data=ToolKit("return").pack())]])]
     if action == "return":
-        loan = await services.give_back(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]
+        loan = await services.give_back(turn.session, turn.rider_id, turn.now)
         if loan is None:
             return [Reply(tr(lang, "You have no tool kit to return."))]
         return [Reply(tr(lang, "↩️ Thank you! The tool kit is back."))]
@@ -134,7 +136,7 @@ async def tools(turn: Turn, p: ToolKit) -> list[Reply]:
 @router.button(OpenLocker)
 async def locker(turn: Turn, p: OpenLocker) -> list[Reply]:
     charge = await turn.session.get(Charge, p.charge_id) if p.charge_id else None
-    if charge is None or charge.rider_id != turn.rider.id:
+    if charge is None or charge.rider_id != turn.rider_id:
         return [Reply(tr(turn.lang, "Only your own charge's locker can be opened."))]
     if not await services.open_locker(turn.session, charge, turn.now):
         return [Reply(tr(turn.lang, "This locker can't be opened now. If your battery is "

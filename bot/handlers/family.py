@@ -10,7 +10,7 @@ from __future__ import annotations
 from bot.handlers.payloads import FamilyAction
 from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
-from bot.i18n import tr
+from bot.i18n import N_, tr
 from core.billing import family, wallet
 from core.billing.wallet import yuan
 from core.db import row_id
@@ -22,7 +22,7 @@ INVITE_LIMITS_FEN = (0, 2000, 5000)  # none, ¥20, ¥50 a month
 
 
 def _rider_id(turn: Turn) -> int:
-    rid = turn.rider.id
+    rid = turn.rider_id
     assert rid is not None
     return rid
 
@@ -107,7 +107,7 @@ async def _member_card(turn: Turn, member: family.FamilyMember, fam: family.Fami
                  buttons=[[Button(tr(lang, "🚪 Leave family"), data=FamilyAction("leave").pack())]])
 
 
-@router.command("family")
+@router.command("family", help=N_("/family — family wallet"))
 async def command(turn: Turn, arg: str) -> list[Reply]:
     if arg:
         return await _join(turn, arg)

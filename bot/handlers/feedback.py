@@ -14,11 +14,13 @@ from bot.handlers.payloads import (
 )
 from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
-from bot.i18n import tr
+from bot.i18n import N_, tr
 from core.charging.tables import Charge
+from core.db import saved_id
 from core.engagement import prompts, questions
 from core.support import reviews, suggestions, votes
 from core.support import tickets as support
+from core.support.suggestions import SuggestionState
 from notifications.replies import Button, Reply
 
 router = Router(__name__)
@@ -49,7 +51,7 @@ def summary_line(lang: str, avg: float | None, n: int, tags: list[str]) -> str |
 
 async def _own_charge(turn: Turn, charge_id: int) -> Charge | None:
     charge = await turn.session.get(Charge, charge_id)
-    if charge is None or charge.rider_id != turn.rider.id or charge.ended_at is None:
+    if charge is None or charge.rider_id != turn.rider_id or charge.ended_at is None:
         return None
     return charge
 
@@ -60,7 +62,7 @@ async def review_start(turn: Turn, p: ReviewStart) -> list[Reply]:
     if charge is None:
         return [Reply(tr(turn.lang, "Only your own finished charges can be rated."))]
     return [Reply(tr(turn.lang, "How was charging at this site?"),
-                  buttons=[[Button("⭐" * n, data=ReviewStars(charge.id, n).pack())  # type: ignore[arg-type]
+                  buttons=[[Button("⭐" * n, data=ReviewStars(saved_id(charge), n).pack())
                             for n in range(1, 6)]])]
 
 
@@ -69,9 +71,9 @@ async def review_stars(turn: Turn, p: ReviewStars) -> list[Reply]:
     charge, stars = await _own_charge(turn, p.charge_id), p.stars
     if charge is None or not 1 <= stars <= 5:
         return [Reply(tr(turn.lang, "Only your own finished charges can be rated."))]
-    review = await reviews.rate(turn.session, turn.rider.id, charge.id, charge.site_id,  # type: ignore[arg-type]
+    review = await reviews.rate(turn.session, turn.rider_id, saved_id(charge), charge.site_id,
                                 stars, turn.now)
-    await prompts.ask(turn.session, turn.rider.id, REVIEW_PROMPT, review.id, turn.now)  # type: ignore[arg-type]
+    await prompts.ask(turn.session, turn.rider_id, REVIEW_PROMPT, saved_id(review), turn.now)
     return [_tags_reply(turn, review)]
 
 
@@ -79,9 +81,9 @@ def _tags_reply(turn: Turn, review: reviews.SiteReview) -> Reply:
     lang = turn.lang
     chosen = set(review.tags.split(","))
     buttons = [Button(("✅ " if t in chosen else "") + tag_name(lang, t),
-                      data=ReviewTag(review.id, t).pack()) for t in reviews.TAGS]
+                      data=ReviewTag(saved_id(review), t).pack()) for t in reviews.TAGS]
     rows = [buttons[i:i + 4] for i in range(0, len(buttons), 4)]
-    rows.append([Button(tr(lang, "Done"), data=ReviewDone(review.id).pack())])
+    rows.append([Button(tr(lang, "Done"), data=ReviewDone(saved_id(review)).pack())])
     return Reply(tr(lang, "Thanks! Tap what fits (optional); you can also send a few words or a "
                           "photo of the site."), buttons=rows)
 
@@ -90,7 +92,7 @@ def _tags_reply(turn: Turn, review: reviews.SiteReview) -> Reply:
 async def review_tag(turn: Turn, p: ReviewTag) -> list[Reply]:
     tag = p.tag
     review = await turn.session.get(reviews.SiteReview, p.review_id) if p.review_id else None
-    if review is None or review.rider_id != turn.rider.id:
+    if review is None or review.rider_id != turn.rider_id:
         return [Reply(tr(turn.lang, "Only your own finished charges can be rated."))]
     reviews.toggle_tag(review, tag)
     return [_tags_reply(turn, review)]
@@ -98,7 +100,7 @@ async def review_tag(turn: Turn, p: ReviewTag) -> list[Reply]:
 
 @router.button(ReviewDone)
 async def review_done(turn: Turn) -> list[Reply]:
-    await prompts.done(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    await prompts.done(turn.session, turn.rider_id)
     return [Reply(tr(turn.lang, "⭐ Thank you! Your review helps other riders choose."))]
 
 
@@ -120,7 +122,7 @@ async def answer_prompt(turn: Turn, prompt: prompts.ChatPrompt) -> list[Reply] |
     if prompt.kind == SUGGEST_PROMPT:
         if not text:
             return [Reply(tr(turn.lang, "Please write your idea as text."))]
-        await prompts.done(turn.session, turn.rider.id)  # type: ignore[arg-type]
+        await prompts.done(turn.session, turn.rider_id)
         return await suggest(turn, text)
     return None
 
@@ -128,38 +130,40 @@ async def answer_prompt(turn: Turn, prompt: prompts.ChatPrompt) -> list[Reply] |
 # --- suggestions ------------------------------------------------------------------------------
 
 
-@router.command("suggest")
+@router.command("suggest", help=N_("/suggest — an idea for us"))
 async def suggest(turn: Turn, text: str) -> list[Reply]:
     if not text.strip():
-        await prompts.ask(turn.session, turn.rider.id, SUGGEST_PROMPT, 0, turn.now)  # type: ignore[arg-type]
+        await prompts.ask(turn.session, turn.rider_id, SUGGEST_PROMPT, 0, turn.now)
         return [Reply(tr(turn.lang, "💡 What would make charging better for you? Write your "
                                     "idea; if we adopt it, you charge free for 3 months."))]
-    s = await suggestions.submit(turn.session, turn.rider.id, text, turn.now)  # type: ignore[arg-type]
+    s = await suggestions.submit(turn.session, turn.rider_id, text, turn.now)
     return [Reply(tr(turn.lang, "💡 Thank you! Idea #{id} is with our team.", id=s.id))]
 
 
 @router.command("suggestions")
 async def suggestion_list(turn: Turn) -> list[Reply]:
-    if not await support.may_answer(turn.session, turn.rider.id):  # type: ignore[arg-type]
+    if not await support.may_answer(turn.session, turn.rider_id):
         return [Reply(tr(turn.lang, "This is for our staff only."))]
     found = await suggestions.pending(turn.session)
     if not found:
         return [Reply(tr(turn.lang, "💡 No new ideas."))]
     return [Reply(f"💡 #{s.id}: {s.text}",
-                  buttons=[[Button(tr(turn.lang, "👍 Adopt"), data=DecideIdea("yes", s.id).pack()),
-                            Button(tr(turn.lang, "Decline"), data=DecideIdea("no", s.id).pack())]])
+                  buttons=[[Button(tr(turn.lang, "👍 Adopt"),
+                                   data=DecideIdea("yes", saved_id(s)).pack()),
+                            Button(tr(turn.lang, "Decline"),
+                                   data=DecideIdea("no", saved_id(s)).pack())]])
             for s in found]
 
 
 @router.button(DecideIdea)
 async def decide(turn: Turn, p: DecideIdea) -> list[Reply]:
-    if not await support.may_answer(turn.session, turn.rider.id):  # type: ignore[arg-type]
+    if not await support.may_answer(turn.session, turn.rider_id):
         return [Reply(tr(turn.lang, "This is for our staff only."))]
-    s = await suggestions.decide(turn.session, p.suggestion_id, turn.rider.id,  # type: ignore[arg-type]
+    s = await suggestions.decide(turn.session, p.suggestion_id, turn.rider_id,
                                  p.verdict == "yes", turn.now) if p.suggestion_id else None
     if s is None:
         return [Reply(tr(turn.lang, "That idea was already decided."))]
-    if s.state == "adopted":
+    if s.state == SuggestionState.adopted:
         return [Reply(tr(turn.lang, "👍 Idea #{id} adopted: its rider charges free for 3 "
                                     "months.", id=s.id))]
     return [Reply(tr(turn.lang, "Idea #{id} declined; the rider was thanked.", id=s.id))]
@@ -168,7 +172,7 @@ async def decide(turn: Turn, p: DecideIdea) -> list[Reply]:
 # --- the FAQ in the menu ----------------------------------------------------------------------
 
 
-@router.command("faq")
+@router.command("faq", help=N_("/faq — common questions"))
 async def faq_command(turn: Turn) -> list[Reply]:
     return await faq_menu(turn)
 
@@ -195,7 +199,7 @@ async def faq_menu(turn: Turn, key: str = "") -> list[Reply]:
 # --- the monthly best-pile vote ---------------------------------------------------------------
 
 
-@router.command("vote")
+@router.command("vote", help=N_("/vote — best site of the month"))
 async def vote_menu(turn: Turn) -> list[Reply]:
     lang = turn.lang
     sites = await votes.candidates(turn.session)
@@ -210,6 +214,6 @@ async def vote_menu(turn: Turn) -> list[Reply]:
 async def vote(turn: Turn, p: Vote) -> list[Reply]:
     site_id = p.site_id
     month = votes.month_of(turn.now)
-    if not await votes.cast(turn.session, month, turn.rider.id, site_id, turn.now):  # type: ignore[arg-type]
+    if not await votes.cast(turn.session, month, turn.rider_id, site_id, turn.now):
         return [Reply(tr(turn.lang, "This vote is closed."))]
     return [Reply(tr(turn.lang, "🏆 Thanks! Your vote for {month} is counted.", month=month))]

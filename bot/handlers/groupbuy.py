@@ -18,8 +18,9 @@ from bot.i18n import tr
 from core import outbox
 from core.billing import wallet
 from core.billing.wallet import yuan
+from core.db import saved_id
 from core.engagement import groupbuy, vouchers
-from core.engagement.groupbuy import DealTerms, GroupDeal
+from core.engagement.groupbuy import DealState, DealTerms, GroupDeal
 from core.notices import KINDS
 from core.notices.chat import RepliesNotice
 from core.notices.engagement import (
@@ -77,11 +78,11 @@ def _offer(turn: Turn, deal: GroupDeal, balance_fen: int) -> Reply:
                      buttons=[[Button(tr(lang, "👛 Wallet"), data=Wallet().pack())]])
     return Reply(text, buttons=[[Button(tr(lang, "✅ Pay {price} and join",
                                            price=yuan(deal.price_fen)),
-                                        data=GroupBuyAction("pay", deal.id).pack())]])
+                                        data=GroupBuyAction("pay", saved_id(deal)).pack())]])
 
 
 def _closed(lang: str, state: str) -> Reply:
-    if state == "expired":
+    if state == DealState.expired:
         return Reply(tr(lang, "⌛ This group-buy has ended; nobody can join it any more."))
     return Reply(tr(lang, "This group-buy is already full. Look out for the next one!"))
 
@@ -104,7 +105,7 @@ async def command(turn: Turn, arg: str, terms: DealTerms | None = None) -> list[
         return await _show_offer(turn, arg.strip())
     inc = turn.inc
     deal = await groupbuy.create(
-        turn.session, turn.rider.id, turn.now, terms,  # type: ignore[arg-type]
+        turn.session, turn.rider_id, turn.now, terms,
         platform=inc.platform if inc.group else None, chat_id=inc.chat_id if inc.group else None)
     card = deal_card(turn.lang, groupbuy.card_payload(deal), _tz(turn))
     if inc.group:
@@ -137,7 +138,7 @@ async def pressed_in_group(turn: Turn, p: GroupBuyAction) -> list[Reply]:
     private chat; the group hears only where to look."""
     inc = turn.inc
     private = await pressed(turn, p)
-    await outbox.enqueue(turn.session, turn.rider.id,  # type: ignore[arg-type]
+    await outbox.enqueue(turn.session, turn.rider_id,
                          RepliesNotice(replies=[r.as_dict() for r in private]),
                          f"gb-private:{inc.platform}:{inc.nonce}", now=turn.now)
     deal = await groupbuy.find(turn.session, p.deal_id)
@@ -155,17 +156,17 @@ async def _show_offer(turn: Turn, ref: int | str) -> list[Reply]:
         return [Reply(tr(lang, "No group-buy has the code {code}.",
                          code=groupbuy.normalise_code(str(ref))))]
     assert deal.id is not None
-    if await groupbuy.member(turn.session, deal.id, turn.rider.id) is not None:  # type: ignore[arg-type]
+    if await groupbuy.member(turn.session, deal.id, turn.rider_id) is not None:
         return [_already(lang, deal)]
     if (state := groupbuy.closed_state(deal, turn.now)) is not None:
         return [_closed(lang, state)]
-    return [_offer(turn, deal, await wallet.balance(turn.session, turn.rider.id))]  # type: ignore[arg-type]
+    return [_offer(turn, deal, await wallet.balance(turn.session, turn.rider_id))]
 
 
 async def _join(turn: Turn, deal_id: int) -> list[Reply]:
     lang = turn.lang
     try:
-        done = await groupbuy.join(turn.session, deal_id, turn.rider.id, turn.now)  # type: ignore[arg-type]
+        done = await groupbuy.join(turn.session, deal_id, turn.rider_id, turn.now)
     except groupbuy.UnknownDeal:
         return [Reply(tr(lang, "That group-buy no longer exists."))]
     except groupbuy.AlreadyJoined:
@@ -199,7 +200,7 @@ def voucher_line(lang: str, v: VoucherIssuedNotice, tz: str = DEFAULT_TZ) -> str
 @router.command("vouchers")
 async def vouchers_list(turn: Turn) -> list[Reply]:
     """`/vouchers`: the rider's unused partner vouchers."""
-    found = await vouchers.of_rider(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]
+    found = await vouchers.of_rider(turn.session, turn.rider_id, turn.now)
     if not found:
         return [Reply(tr(turn.lang, "🎟 You have no partner vouchers right now."))]
     lines = [tr(turn.lang, "🎟 Your vouchers (show the code at the shop):")]
@@ -216,7 +217,7 @@ def render(kind: str, payload: dict[str, Any], lang: str) -> list[Reply] | None:
     if cls not in (GroupBuyFilledNotice, GroupBuyExpiredNotice, VoucherIssuedNotice,
                    VoucherRedeemedNotice):
         return None
-    return render_notice(cls.from_payload(payload), lang)  # type: ignore[union-attr]
+    return render_notice(cls.from_payload(payload), lang)
 
 
 @renders(GroupBuyFilledNotice)

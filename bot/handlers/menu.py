@@ -9,7 +9,7 @@ from bot.handlers.payloads import Help, Language, Menu, WebLogout, WorkOrderActi
 from bot.handlers.routing import Router
 from bot.handlers.text import menu_buttons
 from bot.handlers.turn import Turn
-from bot.i18n import tr
+from bot.i18n import N_, tr
 from core.riders import staff, web_sessions
 from core.riders.identities import set_language
 from notifications.replies import Button, Reply
@@ -43,7 +43,7 @@ async def welcome(turn: Turn) -> list[Reply]:
     buttons = menu_buttons(lang)
     if usual := await engagement.usual_piles(turn):
         buttons = [usual, *buttons]
-    if await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
+    if await staff.roles_of(turn.session, turn.rider_id):
         # Staff use the same bot: their work comes first.
         first = [Button(tr(lang, "🔧 Work orders"), data=WorkOrderAction("list").pack())]
         if web_sessions.staff_rider_of(turn.inc.user_id) is not None:
@@ -56,28 +56,22 @@ async def welcome(turn: Turn) -> list[Reply]:
 @router.button(Help)
 async def help_(turn: Turn) -> list[Reply]:
     lang = turn.lang
-    text = tr(
-        lang,
-        "How it works:\n1. Plug in your charger.\n2. Scan the port's QR code (or type its code, "
-        "like P0001-03) and press Start.\n3. Stop any time with /stop, or it stops by itself "
-        "when the battery is full.\n4. The bill comes here, paid from your wallet.\n\n"
-        "/status — my charge · /wallet — balance and top-up · /history — past charges · "
-        "/language — 中文/English · /link — share one wallet between WeChat and Telegram · "
-        "/plans — monthly plans · /family — family wallet · /dispute — question a bill · "
-        "/faq — common questions · /suggest — an idea for us · /vote — best site of the month\n"
-        "A port is broken? Tap 🛠 Report a problem on its card. Smoke or fire: write it here, "
-        "we answer at once.",
-    )
-    if await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
-        text += "\n\n" + tr(
-            lang, "Staff: /orders — work orders · /promises — the repair promise · /tickets — "
-                  "riders' tickets · /weblogin — a one-time link to work in the web chat (or "
-                  "log in there with the password an operator set) · /logout — end your web "
-                  "chat sessions")
+    commands = " · ".join(tr(lang, h.msgid) for h in turn.help if not h.staff)
+    text = "\n\n".join([
+        tr(lang, "How it works:\n1. Plug in your charger.\n2. Scan the port's QR code (or type its "
+                 "code, like P0001-03) and press Start.\n3. Stop any time with /stop, or it stops "
+                 "by itself when the battery is full.\n4. The bill comes here, paid from your "
+                 "wallet."),
+        commands + "\n" + tr(lang, "A port is broken? Tap 🛠 Report a problem on its card. "
+                                   "Smoke or fire: write it here, we answer at once."),
+    ])
+    if await staff.roles_of(turn.session, turn.rider_id):
+        text += "\n\n" + tr(lang, "Staff: {commands}", commands=" · ".join(
+            tr(lang, h.msgid) for h in turn.help if h.staff))
     return [Reply(text, buttons=menu_buttons(lang))]
 
 
-@router.command("language")
+@router.command("language", help=N_("/language — 中文/English"))
 def language_menu(turn: Turn) -> list[Reply]:
     return [Reply(tr(turn.lang, "Choose your language:"),
                   buttons=[[Button("中文", data=Language("zh_CN").pack()),

@@ -5,11 +5,12 @@ from __future__ import annotations
 import secrets
 
 from sqlalchemy import select
+from sqlmodel import col
 
 from bot.handlers.payloads import BuyPlan, Wallet
 from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
-from bot.i18n import tr
+from bot.i18n import N_, tr
 from core.billing import plans
 from core.billing.wallet import yuan
 from core.charging.tables import Charge
@@ -24,11 +25,11 @@ def _name(lang: str, plan: str) -> str:
             "courier_fast": tr(lang, "Courier fast-charge plan")}.get(plan, plan)
 
 
-@router.command("plans")
+@router.command("plans", help=N_("/plans — monthly plans"))
 async def show(turn: Turn) -> list[Reply]:
     lang = turn.lang
     lines = [tr(lang, "📅 Monthly plans: prepaid charging time, used before your wallet.")]
-    mine = await plans.active(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]
+    mine = await plans.active(turn.session, turn.rider_id, turn.now)
     for p in mine:
         lines.append(tr(lang, "Yours: {name}, {left} of {total} hours left until {until}",
                         name=_name(lang, p.plan), left=(p.minutes_total - p.minutes_used) // 60,
@@ -56,11 +57,11 @@ async def button(turn: Turn, p: BuyPlan) -> list[Reply]:
     if spec.dedicated_port:
         # The courier's usual port: where they charged last.
         port_id = await turn.session.scalar(
-            select(Charge.port_id).where(Charge.rider_id == turn.rider.id)
-            .order_by(Charge.id.desc()).limit(1))
+            select(col(Charge.port_id)).where(col(Charge.rider_id) == turn.rider_id)
+            .order_by(col(Charge.id).desc()).limit(1))
     try:
-        plan = await plans.buy(turn.session, turn.rider.id, name, turn.ctx.settings,  # type: ignore[arg-type]
-                               turn.now, f"{turn.rider.id}:{nonce}", port_id=port_id)
+        plan = await plans.buy(turn.session, turn.rider_id, name, turn.ctx.settings,
+                               turn.now, f"{turn.rider_id}:{nonce}", port_id=port_id)
     except InsufficientBalance:
         return [Reply(tr(lang, "Your balance is not enough for {price}. Top up first.",
                          price=yuan(spec.price_fen)),

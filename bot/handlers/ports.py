@@ -18,7 +18,7 @@ from core.charging import sessions as charging
 from core.errors import UnknownPort
 from core.faults import workorders
 from core.piles.nearby import NearbyPile, free_ports, nearest_free
-from core.piles.tables import Pile, Port, port_code
+from core.piles.tables import Pile, Port, PortStatusValue, port_code
 from core.support import reviews
 from notifications.replies import Button, Reply, Venue
 
@@ -30,13 +30,13 @@ def status_text(lang: str, port: Port, pile: Pile, busy: bool) -> str:
         return tr(lang, "⚫ pile offline")
     if pile.maintenance or port.maintenance:
         return tr(lang, "🛠 under repair")
-    if port.status == "fault":
+    if port.status == PortStatusValue.fault:
         return tr(lang, "🔴 out of order")
-    if busy or port.status in ("charging", "full"):
+    if busy or port.status in (PortStatusValue.charging, PortStatusValue.full):
         return tr(lang, "🟠 in use")
-    if port.status == "offline":
+    if port.status == PortStatusValue.offline:
         return tr(lang, "⚫ port locked")
-    if port.status == "plugged":
+    if port.status == PortStatusValue.plugged:
         return tr(lang, "🟢 free (a plug is in)")
     return tr(lang, "🟢 free")
 

@@ -45,9 +45,10 @@ from notifications.replies import Incoming, Reply
 log = logging.getLogger("chargebot.handlers")
 
 ROOT = Router("root")
-ROOT.include(account.router, charging.router, disputes.router, engagement.router, family.router,
-             feedback.router, groupbuy.router, menu.router, plans.router, ports.router,
-             staff.router, support.router, surveys.router, wallet.router)
+# In the order /help lists their commands: the everyday ones first.
+ROOT.include(charging.router, wallet.router, menu.router, account.router, plans.router,
+             family.router, disputes.router, feedback.router, engagement.router,
+             groupbuy.router, ports.router, staff.router, support.router, surveys.router)
 # Asked in turn while the rider owes us an answer (a note, a rating reason, a staff reply).
 PROMPTS = (staff.answer_prompt, support.answer_prompt, feedback.answer_prompt,
            surveys.answer_prompt)
@@ -123,7 +124,8 @@ async def in_transaction(action: Action, call_next: Next) -> list[Reply]:
             display_name=inc.display_name, language_hint=inc.language_hint,
             seen_at=ctx.clock(),
         )
-        action.turn = Turn(ctx, session, rider, inc, photo_problem=action.photo_problem)
+        action.turn = Turn(ctx, session, rider, inc, photo_problem=action.photo_problem,
+                           help=tuple(ROOT.help))
         replies = await call_next(action)
         action.lang = rider.language
     for fn in action.turn.after_commit:
@@ -151,7 +153,7 @@ async def dispatch(turn: Turn) -> list[Reply]:
         if inc.location is not None:
             return await ports.nearest(turn, *inc.location)
         if (inc.text or inc.photo) and (
-                prompt := await prompts.pending(turn.session, turn.rider.id, turn.now)):  # type: ignore[arg-type]
+                prompt := await prompts.pending(turn.session, turn.rider_id, turn.now)):
             for answer in PROMPTS:
                 if (answered := await answer(turn, prompt)) is not None:
                     return answered

@@ -20,7 +20,7 @@ import dataclasses
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, dataclass_transform
 
 from notifications.replies import MAX_CALLBACK_BYTES, Reply
 
@@ -37,6 +37,7 @@ def parse_int(text: str) -> int | None:
     return None
 
 
+@dataclass_transform(frozen_default=True)
 class Payload:
     """Button data with a prefix and typed fields (`int` or `str`), joined by ':'.
 
@@ -47,6 +48,8 @@ class Payload:
 
     prefix: ClassVar[str]
     split: ClassVar[str]
+    # Set on each subclass by dataclasses.dataclass below; declared so fields(cls) type-checks.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
     _fields: ClassVar[tuple[tuple[str, type, Any], ...]]
 
     def __init_subclass__(cls, *, prefix: str, split: str = "left", **kw: Any) -> None:
@@ -59,7 +62,7 @@ class Payload:
         dataclasses.dataclass(frozen=True)(cls)
         hints = typing.get_type_hints(cls)
         fields = []
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for f in dataclasses.fields(cls):
             if hints[f.name] not in (int, str):
                 raise TypeError(f"{cls.__name__}.{f.name}: a field is int or str")
             fields.append((f.name, hints[f.name], f.default))
@@ -140,6 +143,14 @@ class Route:
         return [result] if isinstance(result, Reply) else list(result)
 
 
+@dataclasses.dataclass(frozen=True)
+class HelpLine:
+    """A command's line in /help: an English msgid (marked `N_`), translated when shown."""
+
+    msgid: str
+    staff: bool = False  # shown only to staff
+
+
 class Router:
     """What one handler module answers, per scope: commands by name, buttons by payload."""
 
@@ -147,14 +158,20 @@ class Router:
         self.name = name
         self.commands: dict[tuple[str, str], Route] = {}
         self.buttons: dict[tuple[str, str], tuple[type[Payload], Route]] = {}
+        self.help: list[HelpLine] = []
 
-    def command(self, *names: str, scopes: Iterable[str] = ("private",)
+    def command(self, *names: str, scopes: Iterable[str] = ("private",),
+                help: str | None = None, staff: bool = False,
                 ) -> Callable[[Handler], Handler]:
-        """`/name arg`: the handler gets (turn) or (turn, arg), arg the stripped rest."""
+        """`/name arg`: the handler gets (turn) or (turn, arg), arg the stripped rest.
+        `help` is the command's line in /help (`N_("/name — what it does")`), for riders or,
+        with `staff`, for staff only: a new command lists itself, no other module changes."""
         def register(handler: Handler) -> Handler:
             for scope in _scopes(scopes):
                 for name in names:
                     self._add(self.commands, (scope, name.lower()), Route.of(handler))
+            if help is not None:
+                self.help.append(HelpLine(help, staff))
             return handler
         return register
 
@@ -168,7 +185,9 @@ class Router:
         return register
 
     def include(self, *routers: Router) -> None:
+        """Take in the routers' commands and buttons; /help lists them in this order."""
         for r in routers:
+            self.help.extend(r.help)
             for key, route in r.commands.items():
                 self._add(self.commands, key, route)
             for key, entry in r.buttons.items():

@@ -8,12 +8,12 @@ from zoneinfo import ZoneInfo
 from bot.handlers.payloads import RateRepair, WebLogout, WorkOrderAction
 from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
-from bot.i18n import tr
+from bot.i18n import N_, tr
 from core.billing.wallet import yuan
 from core.db import row_id
 from core.engagement import prompts
 from core.faults import workorders
-from core.faults.tables import WorkOrder
+from core.faults.tables import WorkOrder, WorkOrderState
 from core.notices.faults import WorkOrderNotice
 from core.riders import staff, web_sessions
 from notifications.replies import Button, Reply
@@ -74,9 +74,9 @@ def state_name(lang: str, state: str) -> str:
 def order_buttons(lang: str, order_id: int, state: str = "open") -> list[list[Button]]:
     row = []
     ref = str(order_id)
-    if state == "open":
+    if state == WorkOrderState.open:
         row.append(Button(tr(lang, "👌 Acknowledge"), data=WorkOrderAction("ack", ref).pack()))
-    if state in ("open", "acknowledged"):
+    if state in (WorkOrderState.open, WorkOrderState.acknowledged):
         row.append(Button(tr(lang, "📍 Arrived"), data=WorkOrderAction("arr", ref).pack()))
     if state in workorders.ACTIVE:
         row.append(Button(tr(lang, "✅ Resolved"), data=WorkOrderAction("res", ref).pack()))
@@ -93,12 +93,12 @@ async def _refuse(turn: Turn) -> list[Reply]:
     return [Reply(tr(turn.lang, "This is for our technicians and supervisors only."))]
 
 
-@router.command("orders", "workorders")
+@router.command("orders", "workorders", help=N_("/orders — work orders"), staff=True)
 async def orders(turn: Turn) -> list[Reply]:
-    if not await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
+    if not await staff.roles_of(turn.session, turn.rider_id):
         return await _refuse(turn)
     tz = turn.ctx.settings.server.timezone
-    found = await workorders.active_for(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    found = await workorders.active_for(turn.session, turn.rider_id)
     if not found:
         return [Reply(tr(turn.lang, "🔧 No open work orders. 👍"))]
     lines = [tr(turn.lang, "🔧 Open work orders ({n}):", n=len(found))]
@@ -110,7 +110,7 @@ async def orders(turn: Turn) -> list[Reply]:
 
 async def show(turn: Turn, order_id: int) -> list[Reply]:
     order = await turn.session.get(WorkOrder, order_id)
-    if order is None or not await workorders.may_act(turn.session, order, turn.rider.id):  # type: ignore[arg-type]
+    if order is None or not await workorders.may_act(turn.session, order, turn.rider_id):
         return await _refuse(turn)
     tz = turn.ctx.settings.server.timezone
     info = await workorders.card(turn.session, order, tz=tz)
@@ -127,9 +127,9 @@ def order_card(lang: str, p: WorkOrderNotice, tz: str, state: str = "open") -> s
         what = tr(lang, "Fault: {causes} ({severity})", causes=causes_text(lang, p.causes),
                   severity=severity_name(lang, p.severity))
     lines = [head, what, tr(lang, "📍 {site} · {address}", site=p.site, address=p.address)]
-    if p.ack_due_at and state == "open":
+    if p.ack_due_at and state == WorkOrderState.open:
         lines.append(tr(lang, "Please acknowledge by {when}.", when=local(p.ack_due_at, tz)))
-    if state != "open":
+    if state != WorkOrderState.open:
         lines.append(tr(lang, "State: {state}", state=state_name(lang, state)))
     return "\n".join(lines)
 
@@ -146,7 +146,7 @@ async def button(turn: Turn, p: WorkOrderAction) -> list[Reply]:
         return await orders(turn)
     if action == "show":
         return await show(turn, order_id)
-    rider_id: int = turn.rider.id  # type: ignore[assignment]
+    rider_id = turn.rider_id
     try:
         if action == "ack":
             order = await workorders.acknowledge(turn.session, order_id, rider_id, turn.now)
@@ -155,15 +155,15 @@ async def button(turn: Turn, p: WorkOrderAction) -> list[Reply]:
             order = await workorders.arrive(turn.session, order_id, rider_id, turn.now)
             text = tr(turn.lang, "📍 Arrival at #{id} noted.", id=order_id)
         elif action == "res":
-            order = await turn.session.get(WorkOrder, order_id)  # type: ignore[assignment]
-            if order is None or not await workorders.may_act(turn.session, order, rider_id):
+            target = await turn.session.get(WorkOrder, order_id)
+            if target is None or not await workorders.may_act(turn.session, target, rider_id):
                 raise workorders.NotAllowed(order_id)
-            if order.state not in workorders.ACTIVE:
+            if target.state not in workorders.ACTIVE:
                 return [Reply(tr(turn.lang, "Work order #{id} is already closed.", id=order_id))]
             await prompts.ask(turn.session, rider_id, RESOLVE_PROMPT, order_id, turn.now)
             return [Reply(tr(turn.lang, "✍️ What did you find and fix at {where}? Write a short "
                                         "note; you can send a photo first (or with the note "
-                                        "as its caption).", where=order.where))]
+                                        "as its caption).", where=target.where))]
         else:
             return await orders(turn)
     except workorders.NotAllowed:
@@ -181,7 +181,7 @@ async def answer_prompt(turn: Turn, prompt: prompts.ChatPrompt) -> list[Reply] |
     note = (inc.text or "").strip()
     if note.startswith("/"):
         return None  # a command wins over the question
-    rider_id: int = turn.rider.id  # type: ignore[assignment]
+    rider_id = turn.rider_id
     order = await turn.session.get(WorkOrder, prompt.ref)
     if order is None:
         await prompts.done(turn.session, rider_id)
@@ -204,10 +204,10 @@ async def answer_prompt(turn: Turn, prompt: prompts.ChatPrompt) -> list[Reply] |
                                 "Thank you!", id=order.id, where=order.where))]
 
 
-@router.command("promises")
+@router.command("promises", help=N_("/promises — the repair promise"), staff=True)
 async def promises(turn: Turn) -> list[Reply]:
     """The service promise and where every open repair stands against it."""
-    if not await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
+    if not await staff.roles_of(turn.session, turn.rider_id):
         return await _refuse(turn)
     p = turn.ctx.settings.service_promises
     tz = turn.ctx.settings.server.timezone
@@ -215,7 +215,7 @@ async def promises(turn: Turn) -> list[Reply]:
     lines = [tr(lang, "⏱ Our promise: every fault is acknowledged by a technician within {m} "
                       "minutes; if not, a supervisor takes over and each rider it hit gets a "
                       "{coupon} coupon.", m=p.ack_minutes, coupon=_yuan(p.breach_coupon_fen))]
-    found = [o for o in await workorders.active_for(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    found = [o for o in await workorders.active_for(turn.session, turn.rider_id)
              if o.kind == "repair"]
     if not found:
         lines.append(tr(lang, "No open repairs."))
@@ -224,8 +224,10 @@ async def promises(turn: Turn) -> list[Reply]:
             status = tr(lang, "❌ broken at {when}, escalated", when=local(o.ack_due_at, tz))
         elif o.acknowledged_at is not None:
             status = tr(lang, "✅ kept (acknowledged {when})", when=local(o.acknowledged_at, tz))
+        elif o.ack_due_at is None:
+            status = "—"  # a repair gets its deadline when opened: nothing to count down
         else:
-            due = o.ack_due_at if o.ack_due_at.tzinfo else o.ack_due_at.replace(  # type: ignore[union-attr]
+            due = o.ack_due_at if o.ack_due_at.tzinfo else o.ack_due_at.replace(
                 tzinfo=ZoneInfo("UTC"))
             left = int((due - turn.now).total_seconds() // 60)
             status = (tr(lang, "⏳ {m} min left", m=left) if left >= 0
@@ -241,7 +243,7 @@ def _yuan(fen: int) -> str:
 @router.button(RateRepair)
 async def rate(turn: Turn, p: RateRepair) -> list[Reply]:
     order_id, n = p.order_id, p.stars
-    ok = await workorders.rate(turn.session, order_id, turn.rider.id,  # type: ignore[arg-type]
+    ok = await workorders.rate(turn.session, order_id, turn.rider_id,
                                n, turn.now)
     if not ok:
         return [Reply(tr(turn.lang, "Only riders whose charge this repair was about can rate "
@@ -253,7 +255,9 @@ async def rate(turn: Turn, p: RateRepair) -> list[Reply]:
 # --- the web chat: staff log in from their own chat ------------------------------------------
 
 
-@router.command("weblogin")
+@router.command("weblogin", help=N_(
+    "/weblogin — a one-time link to work in the web chat (or log in there with the password an "
+    "operator set)"), staff=True)
 async def web_login(turn: Turn) -> list[Reply]:
     """/weblogin: a one-time link (10 minutes) that opens the web chat as this staff member."""
     lang = turn.lang
@@ -264,9 +268,9 @@ async def web_login(turn: Turn) -> list[Reply]:
         return [Reply(tr(lang, "Staff: send /weblogin in your Telegram or WeChat chat with us "
                                "for a login link, or log in here with your password "
                                "(/login)."))]
-    if not await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
+    if not await staff.roles_of(turn.session, turn.rider_id):
         return [Reply(tr(lang, "This is for our staff only."))]
-    token = await web_sessions.new_login_link(turn.session, turn.rider.id,  # type: ignore[arg-type]
+    token = await web_sessions.new_login_link(turn.session, turn.rider_id,
                                               turn.inc.platform, turn.now)
     url = f"{turn.ctx.settings.server.public_url.rstrip('/')}/webchat/login?t={token}"
     minutes = int(web_sessions.LINK_TTL.total_seconds() // 60)
@@ -276,7 +280,7 @@ async def web_login(turn: Turn) -> list[Reply]:
                   buttons=[[Button(tr(lang, "🔑 Open the web chat"), url=url)]])]
 
 
-@router.command("logout")
+@router.command("logout", help=N_("/logout — end your web chat sessions"), staff=True)
 @router.button(WebLogout)
 async def web_logout(turn: Turn) -> list[Reply]:
     """/logout in their own chat: every web chat session of this staff member ends. (In the web
@@ -284,9 +288,9 @@ async def web_logout(turn: Turn) -> list[Reply]:
     lang = turn.lang
     if turn.inc.platform == "webchat":
         return [Reply(tr(lang, "You are not logged in as staff here."))]
-    if not await staff.roles_of(turn.session, turn.rider.id):  # type: ignore[arg-type]
+    if not await staff.roles_of(turn.session, turn.rider_id):
         return [Reply(tr(lang, "This is for our staff only."))]
-    ended = await web_sessions.end_all(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]
+    ended = await web_sessions.end_all(turn.session, turn.rider_id, turn.now)
     if not ended:
         return [Reply(tr(lang, "You were not logged in to the web chat."))]
     return [Reply(tr(lang, "🚪 Logged out of the web chat ({n} session(s) ended).", n=ended))]

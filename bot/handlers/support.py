@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from sqlalchemy import select
+from sqlmodel import col
 
 from bot.handlers.payloads import (
     AskPerson,
@@ -20,10 +21,10 @@ from bot.handlers.payloads import (
 )
 from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
-from bot.i18n import tr
+from bot.i18n import N_, tr
 from core.billing.wallet import yuan
 from core.charging.tables import Charge
-from core.db import row_id
+from core.db import row_id, saved_id
 from core.engagement import prompts, questions
 from core.errors import UnknownPort
 from core.piles.fleet import find_port
@@ -31,10 +32,11 @@ from core.piles.tables import port_code
 from core.riders import limits
 from core.riders.staff import NotStaff
 from core.riders.tables import Rider
-from core.support import faq
+from core.support import emergencies
 from core.support import tickets as support
+from core.support.faq_text import tokens
 from core.support.photos import PhotoRejected
-from core.support.tables import Ticket
+from core.support.tables import Ticket, TicketMessage, TicketState
 from notifications.replies import Button, Reply
 
 log = logging.getLogger("chargebot.support")
@@ -70,7 +72,7 @@ async def _target(turn: Turn, target: str) -> tuple[str, int, int | None] | None
     """(pile, port, charge) from a port code or one of the rider's own charges."""
     if target.startswith("c") and (charge_id := row_id(target[1:])) is not None:
         charge = await turn.session.get(Charge, charge_id)
-        if charge is None or charge.rider_id != turn.rider.id:
+        if charge is None or charge.rider_id != turn.rider_id:
             return None
         return charge.pile_id, charge.port_number, charge.id
     try:
@@ -99,7 +101,7 @@ async def report_menu(turn: Turn, target: str) -> list[Reply]:
 
 
 async def _too_many(turn: Turn) -> Reply | None:
-    if await limits.reports_allowed(turn.session, turn.rider.id, turn.now,  # type: ignore[arg-type]
+    if await limits.reports_allowed(turn.session, turn.rider_id, turn.now,
                                     turn.ctx.settings.limits.ticket_messages_per_10_min):
         return None
     return Reply(tr(turn.lang, "We have your messages; please give our team a few minutes to "
@@ -121,7 +123,7 @@ async def report(turn: Turn, target: str, problem: str) -> list[Reply]:
     ticket, _new = await support.open_ticket(
         turn.session, turn.rider, kind="report", now=turn.now, problem=problem,
         pile_id=pile_id, port=port, charge_id=charge_id)
-    await prompts.ask(turn.session, turn.rider.id, PHOTO_PROMPT, ticket.id, turn.now)  # type: ignore[arg-type]
+    await prompts.ask(turn.session, turn.rider_id, PHOTO_PROMPT, saved_id(ticket), turn.now)
     # At the desk at once: a rider who walks away before the photo has still reported it.
     await support.post_to_desk(turn.session, ticket, turn.ctx.settings, turn.now)
     lang = turn.lang
@@ -130,7 +132,7 @@ async def report(turn: Turn, target: str, problem: str) -> list[Reply]:
                                "both.", where=port_code(pile_id, port)))]
     return [Reply(tr(lang, "📷 A photo helps the technician (and earns a bigger thank-you "
                            "coupon if the report is confirmed). Send one now, or tap Skip."),
-                  buttons=[[Button(tr(lang, "Skip"), data=SkipPhoto(ticket.id).pack())]])]
+                  buttons=[[Button(tr(lang, "Skip"), data=SkipPhoto(saved_id(ticket)).pack())]])]
 
 
 @router.button(SkipPhoto)
@@ -140,19 +142,19 @@ async def skip_photo_button(turn: Turn, p: SkipPhoto) -> list[Reply]:
 
 async def skip_photo(turn: Turn, ticket_id: int) -> list[Reply]:
     ticket = await turn.session.get(Ticket, ticket_id)
-    if ticket is None or ticket.rider_id != turn.rider.id:
+    if ticket is None or ticket.rider_id != turn.rider_id:
         return [Reply(tr(turn.lang, "Sorry, that didn't work. Please try again."))]
     if ticket.problem == "other" and ticket.photo is None and not await _described(turn, ticket):
         # "Something else" with nothing said is an empty report: ask, keep the ticket open.
         return [Reply(tr(turn.lang, "Please tell us what is wrong first: a few words or a "
                                     "photo."))]
-    await prompts.done(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    await prompts.done(turn.session, turn.rider_id)
     return [_filed(turn, ticket)]
 
 
 async def _described(turn: Turn, ticket: Ticket) -> bool:
-    return (await turn.session.execute(select(support.TicketMessage.id).where(
-        support.TicketMessage.ticket_id == ticket.id))).first() is not None
+    return (await turn.session.execute(select(col(TicketMessage.id)).where(
+        col(TicketMessage.ticket_id) == ticket.id))).first() is not None
 
 
 def _filed(turn: Turn, ticket: Ticket) -> Reply:
@@ -169,7 +171,7 @@ async def answer_prompt(turn: Turn, prompt: prompts.ChatPrompt) -> list[Reply] |
     if prompt.kind == PHOTO_PROMPT:
         ticket = await turn.session.get(Ticket, prompt.ref)
         if ticket is None or ticket.state not in support.OPEN:
-            await prompts.done(turn.session, turn.rider.id)  # type: ignore[arg-type]
+            await prompts.done(turn.session, turn.rider_id)
             return None
         if (refused := photo_refusal(turn)) is not None:
             return [refused]
@@ -177,16 +179,16 @@ async def answer_prompt(turn: Turn, prompt: prompts.ChatPrompt) -> list[Reply] |
             return [Reply(tr(turn.lang, "Please describe the problem in a few words, or send a "
                                         "photo."))]
         photo = inc.photo
-        msg = await support.add_message(turn.session, ticket, "rider", turn.rider.id, text,  # type: ignore[arg-type]
+        msg = await support.add_message(turn.session, ticket, "rider", turn.rider_id, text,
                                         photo, turn.now)
-        await prompts.done(turn.session, turn.rider.id)  # type: ignore[arg-type]
+        await prompts.done(turn.session, turn.rider_id)
         await support.post_to_desk(turn.session, ticket, turn.ctx.settings, turn.now,
                                    message=msg)
         return [_filed(turn, ticket)]
     if prompt.kind in (REPLY_PROMPT, CLOSE_PROMPT):
         if not text:
             return [Reply(tr(turn.lang, "Please write the answer as text."))]
-        await prompts.done(turn.session, turn.rider.id)  # type: ignore[arg-type]
+        await prompts.done(turn.session, turn.rider_id)
         if prompt.kind == REPLY_PROMPT:
             return await staff_answer(turn, prompt.ref, text)
         return await staff_close(turn, prompt.ref, text)
@@ -219,16 +221,16 @@ async def free_text(turn: Turn) -> list[Reply] | None:
     """Text that is not a command or a port code; None leaves it to the menu."""
     inc = turn.inc
     text = (inc.text or "").strip()
-    if text and support.is_emergency(text):
+    if text and emergencies.is_emergency(text):
         return await emergency(turn, text)
     if (refused := photo_refusal(turn)) is not None:
         return [refused]
-    current = await support.open_for(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    current = await support.open_for(turn.session, turn.rider_id)
     if current is not None and (text or inc.photo):
         if (limited := await _too_many(turn)) is not None:
             return [limited]
         photo = inc.photo
-        msg = await support.add_message(turn.session, current, "rider", turn.rider.id, text,  # type: ignore[arg-type]
+        msg = await support.add_message(turn.session, current, "rider", turn.rider_id, text,
                                         photo, turn.now)
         await support.post_to_desk(turn.session, current, turn.ctx.settings, turn.now,
                                    message=msg)
@@ -237,10 +239,10 @@ async def free_text(turn: Turn) -> list[Reply] | None:
         return [Reply(tr(turn.lang, "Thanks for the photo. To report a broken port, open its "
                                     "card (scan the QR or send its code) and tap 🛠 Report a "
                                     "problem."))]
-    if not faq.tokens(text):
+    if not tokens(text):
         return None  # a greeting or a slip: the menu answers it
     match = (await questions.index(turn.session)).answer(text)
-    await questions.log(turn.session, turn.rider.id, text, turn.lang,  # type: ignore[arg-type]
+    await questions.log(turn.session, turn.rider_id, text, turn.lang,
                         match.entry.key if match else None, turn.now)
     if match is not None and match.entry.key != HUMAN:
         lang = turn.lang
@@ -275,11 +277,11 @@ async def emergency(turn: Turn, text: str = "", charge_id: int | None = None) ->
     pile_id = port = None
     if charge_id is not None:
         charge = await turn.session.get(Charge, charge_id)
-        if charge is not None and charge.rider_id == turn.rider.id:
+        if charge is not None and charge.rider_id == turn.rider_id:
             pile_id, port = charge.pile_id, charge.port_number
         else:
             charge_id = None
-    ticket = await support.report_emergency(
+    ticket = await emergencies.report_emergency(
         turn.session, turn.rider, turn.ctx.settings, turn.now, text=text, pile_id=pile_id,
         port=port, charge_id=charge_id)
     return [Reply(tr(turn.lang, "⚠️ Safety first: if you can do it safely, switch off and "
@@ -309,23 +311,23 @@ def ticket_buttons(lang: str, ticket_id: int, kind: str = "report") -> list[list
 async def staff_button(turn: Turn, p: TicketAction) -> list[Reply]:
     action, ref = p.action, p.ref
     lang = turn.lang
-    if not await support.may_answer(turn.session, turn.rider.id):  # type: ignore[arg-type]
+    if not await support.may_answer(turn.session, turn.rider_id):
         return [Reply(tr(lang, "This is for our staff only."))]
     if action == "list" or (ticket_id := row_id(ref)) is None:
         return await tickets(turn)
     try:
         if action == "take":
-            t = await support.take(turn.session, ticket_id, turn.rider.id, turn.now)  # type: ignore[arg-type]
+            t = await support.take(turn.session, ticket_id, turn.rider_id, turn.now)
             return [Reply(tr(lang, "✋ Ticket #{id} is yours.", id=t.id),
                           buttons=ticket_buttons(lang, ticket_id, t.kind))]
         if action in ("reply", "close"):
             ticket = await turn.session.get(Ticket, ticket_id)
             if ticket is None:
                 raise LookupError(ticket_id)
-            if ticket.state == "closed":
+            if ticket.state == TicketState.closed:
                 raise support.TicketClosed(ticket_id)
             kind = REPLY_PROMPT if action == "reply" else CLOSE_PROMPT
-            await prompts.ask(turn.session, turn.rider.id, kind, ticket_id, turn.now)  # type: ignore[arg-type]
+            await prompts.ask(turn.session, turn.rider_id, kind, ticket_id, turn.now)
             if action == "reply":
                 return [Reply(tr(lang, "💬 Write your answer to #{id}; it goes to the rider.",
                                  id=ticket_id))]
@@ -334,7 +336,7 @@ async def staff_button(turn: Turn, p: TicketAction) -> list[Reply]:
         if action == "faq":
             return await save_as_faq(turn, ticket_id)
         if action == "ver":
-            t, fen = await support.verify(turn.session, ticket_id, turn.rider.id,  # type: ignore[arg-type]
+            t, fen = await support.verify(turn.session, ticket_id, turn.rider_id,
                                           turn.now, turn.ctx.settings)
             if not fen:
                 return [Reply(tr(lang, "Report #{id} was already verified.", id=t.id))]
@@ -354,8 +356,8 @@ async def save_as_faq(turn: Turn, ticket_id: int) -> list[Reply]:
     ticket = await turn.session.get(Ticket, ticket_id)
     if ticket is None:
         raise LookupError(ticket_id)
-    msgs = list((await turn.session.execute(select(support.TicketMessage).where(
-        support.TicketMessage.ticket_id == ticket_id).order_by(support.TicketMessage.id)
+    msgs = list((await turn.session.execute(select(TicketMessage).where(
+        col(TicketMessage.ticket_id) == ticket_id).order_by(col(TicketMessage.id))
     )).scalars())
     asked = next((m.text for m in msgs if m.author == "rider" and m.text), "")
     answer = next((m.text for m in reversed(msgs) if m.author == "staff" and m.text), "")
@@ -365,7 +367,7 @@ async def save_as_faq(turn: Turn, ticket_id: int) -> list[Reply]:
     rider = await turn.session.get(Rider, ticket.rider_id)
     entry = await questions.save_from_ticket(turn.session, ticket_id, asked, answer,
                                              rider.language if rider else "zh_CN",
-                                             turn.rider.id, turn.now)  # type: ignore[arg-type]
+                                             turn.rider_id, turn.now)
     return [Reply(tr(turn.lang, "📚 Saved: riders asking like #{id} now get this answer "
                                 "(FAQ {key}).", id=ticket_id, key=entry.key))]
 
@@ -373,7 +375,7 @@ async def save_as_faq(turn: Turn, ticket_id: int) -> list[Reply]:
 async def _staff_write(turn: Turn, ticket_id: int, write: Any) -> Reply | None:
     """Run a staff write on a ticket; a refusal as the staff member's reply, else None."""
     try:
-        await write(turn.session, ticket_id, turn.rider.id)
+        await write(turn.session, ticket_id, turn.rider_id)
     except NotStaff:
         return Reply(tr(turn.lang, "This is for our staff only."))
     except support.TicketClosed:
@@ -406,10 +408,10 @@ async def staff_close(turn: Turn, ticket_id: int, resolution: str) -> list[Reply
                                 id=ticket_id))]
 
 
-@router.command("tickets", scopes=DESK)
+@router.command("tickets", scopes=DESK, help=N_("/tickets — riders' tickets"), staff=True)
 async def tickets(turn: Turn) -> list[Reply]:
     lang = turn.lang
-    if not await support.may_answer(turn.session, turn.rider.id):  # type: ignore[arg-type]
+    if not await support.may_answer(turn.session, turn.rider_id):
         return [Reply(tr(lang, "This is for our staff only."))]
     found = await support.queue(turn.session)
     if not found:
@@ -434,6 +436,6 @@ def kind_name(lang: str, kind: str) -> str:
 @router.button(RateAnswer)
 async def rate(turn: Turn, p: RateAnswer) -> list[Reply]:
     ticket_id, n = p.ticket_id, p.stars
-    if not await support.rate(turn.session, ticket_id, turn.rider.id, n):  # type: ignore[arg-type]
+    if not await support.rate(turn.session, ticket_id, turn.rider_id, n):
         return [Reply(tr(turn.lang, "Sorry, that didn't work. Please try again."))]
     return [Reply(tr(turn.lang, "⭐ Thank you for rating our answer."))]

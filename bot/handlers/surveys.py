@@ -64,22 +64,22 @@ async def button(turn: Turn, arg: str) -> list[Reply]:
 
 @router.button(Nps)
 async def pressed(turn: Turn, p: Nps) -> list[Reply]:
-    lang, rider_id = turn.lang, turn.rider.id
+    lang, rider_id = turn.lang, turn.rider_id
     charge_id, rest = p.charge_id, p.answer
     try:
         if rest == "off":
-            await surveys.opt_out(turn.session, rider_id, turn.now)  # type: ignore[arg-type]
+            await surveys.opt_out(turn.session, rider_id, turn.now)
             return [Reply(tr(lang, "Done: we won't ask you for ratings any more."))]
         if rest.startswith("r:"):
             reason = rest[2:]
-            await surveys.give_reason(turn.session, rider_id, charge_id, reason, turn.now)  # type: ignore[arg-type]
+            await surveys.give_reason(turn.session, rider_id, charge_id, reason, turn.now)
             if reason == "other":
-                await prompts.ask(turn.session, rider_id, COMMENT_PROMPT, charge_id, turn.now)  # type: ignore[arg-type]
+                await prompts.ask(turn.session, rider_id, COMMENT_PROMPT, charge_id, turn.now)
                 return [Reply(tr(lang, "Please tell us in a few words what went wrong."))]
             return [Reply(tr(lang, "Thank you! We will work on it."))]
         if (score := row_id(rest)) is None:
             return [Reply(tr(lang, "This survey is closed."))]
-        row = await surveys.answer(turn.session, rider_id, charge_id, score, turn.now)  # type: ignore[arg-type]
+        row = await surveys.answer(turn.session, rider_id, charge_id, score, turn.now)
     except surveys.UnknownSurvey:
         return [Reply(tr(lang, "This survey is closed."))]
     if surveys.category(row.score or 0) == "detractor":
@@ -97,11 +97,11 @@ async def answer_prompt(turn: Turn, prompt: prompts.ChatPrompt) -> list[Reply] |
     if not text:
         return [Reply(tr(turn.lang, "Please write it as text."))]
     try:
-        await surveys.comment(turn.session, turn.rider.id, prompt.ref, text, turn.now)  # type: ignore[arg-type]
+        await surveys.comment(turn.session, turn.rider_id, prompt.ref, text, turn.now)
     except surveys.UnknownSurvey:
         return None
     finally:
-        await prompts.done(turn.session, turn.rider.id)  # type: ignore[arg-type]
+        await prompts.done(turn.session, turn.rider_id)
     return [Reply(tr(turn.lang, "Thank you! We will work on it."))]
 
 

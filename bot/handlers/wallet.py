@@ -10,7 +10,7 @@ from bot.handlers.payloads import AutoTopUp, PayDue, TopUp, TopUpVia, Wallet
 from bot.handlers.routing import Router
 from bot.handlers.topups import after_payment, credited_reply, topup_amounts
 from bot.handlers.turn import Turn
-from bot.i18n import tr
+from bot.i18n import N_, tr
 from bot.payments import pay_page, telegram_pay, wechatpay
 from bot.payments.sandbox import sandbox_topup
 from core.billing import coupons, payments, wallet
@@ -42,9 +42,10 @@ def _wechat_pay(turn: Turn) -> str | None:
 
 
 def _pay_links(turn: Turn, amounts: list[int], purpose: str) -> list[str] | None:
-    links = [pay_page.link(turn.ctx, turn.rider.id, a, purpose, "jsapi")  # type: ignore[arg-type]
+    links = [pay_page.link(turn.ctx, turn.rider_id, a, purpose, "jsapi")
              for a in amounts]
-    return None if None in links else links  # type: ignore[return-value]
+    ready = [link for link in links if link is not None]
+    return ready if len(ready) == len(links) else None
 
 
 def _rows(buttons: list[Button], per_row: int = 3) -> list[list[Button]]:
@@ -71,7 +72,7 @@ async def topup_buttons(turn: Turn) -> list[list[Button]]:
     if "sandbox" not in turn.ctx.settings.payments.providers:
         return []
     # One server-issued nonce per card: one of its buttons pays, once.
-    nonce = await payments.issue_offer(turn.session, turn.rider.id, turn.now)  # type: ignore[arg-type]
+    nonce = await payments.issue_offer(turn.session, turn.rider_id, turn.now)
     return _rows([Button(label(a), data=TopUp(a, nonce).pack()) for a in amounts])
 
 
@@ -135,11 +136,11 @@ def _auto_topup_buttons(turn: Turn) -> list[list[Button]]:
     return [row] if row else []
 
 
-@router.command("wallet")
+@router.command("wallet", help=N_("/wallet — balance and top-up"))
 @router.button(Wallet)
 async def show(turn: Turn) -> list[Reply]:
     lang = turn.lang
-    rider_id = turn.rider.id
+    rider_id = turn.rider_id
     assert rider_id is not None
     bal = await wallet.balance(turn.session, rider_id)
     owed = await owed_fen(turn.session, rider_id)
@@ -171,7 +172,7 @@ async def topup(turn: Turn, amount: int, nonce: str) -> list[Reply]:
     settings = turn.ctx.settings
     if amount not in topup_amounts(settings) or "sandbox" not in settings.payments.providers:
         return await show(turn)
-    rider_id = turn.rider.id
+    rider_id = turn.rider_id
     assert rider_id is not None
     taken = await payments.take_offer(turn.session, rider_id, nonce, amount, turn.now)
     if taken == "unknown":
@@ -211,10 +212,10 @@ async def topup_via(turn: Turn, provider: str, amount: int) -> list[Reply]:
 async def _wechat_qr(turn: Turn, amount: int) -> list[Reply]:
     """A Native order's QR code for one of the card's amounts, or for exactly what is due. The
     order is placed when the QR is first shown (bot.payments.pay_page), not in this turn."""
-    owed = await owed_fen(turn.session, turn.rider.id)  # type: ignore[arg-type]
+    owed = await owed_fen(turn.session, turn.rider_id)
     purpose = ("bill" if 0 < amount == owed
                else "topup" if amount in topup_amounts(turn.ctx.settings) else None)
-    link = purpose and pay_page.link(turn.ctx, turn.rider.id, amount, purpose, "native")  # type: ignore[arg-type]
+    link = purpose and pay_page.link(turn.ctx, turn.rider_id, amount, purpose, "native")
     if not link:
         return await show(turn)
     text = tr(turn.lang, "Scan this QR code with WeChat to pay {amount}. It is valid for 30 "
@@ -261,7 +262,7 @@ async def _with_card(turn: Turn, text: str) -> list[Reply]:
 @router.button(PayDue)
 async def pay(turn: Turn) -> list[Reply]:
     lang = turn.lang
-    rider_id = turn.rider.id
+    rider_id = turn.rider_id
     assert rider_id is not None
     paid, remaining = await charging.pay_due(turn.session, rider_id, turn.now)
     bal = await wallet.balance(turn.session, rider_id)

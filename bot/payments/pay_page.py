@@ -36,6 +36,7 @@ from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
+from sqlmodel import col
 
 from bot.context import CTX, Context
 from bot.i18n import tr
@@ -43,7 +44,7 @@ from bot.payments.wechatpay.client import WXPAY, WechatPayClient, WechatPayError
 from bot.payments.wechatpay.orders import OrderClosed, jsapi_order, native_order, open_payment
 from bot.qr import qr_png
 from core import app_secrets
-from core.billing.payments import Payment
+from core.billing.payments import Payment, PaymentState
 from core.billing.wallet import yuan
 from core.charging.queries import owed_fen
 from core.riders.tables import DEFAULT_LANGUAGE, Identity, Rider
@@ -167,13 +168,14 @@ class _Rider:
 
 async def _rider(ctx: Context, rider_id: int) -> _Rider | None:
     async with ctx.reader()() as session:
-        language = await session.scalar(select(Rider.language).where(Rider.id == rider_id))
+        language = await session.scalar(
+            select(col(Rider.language)).where(col(Rider.id) == rider_id))
         if language is None:
             return None
         openid = await session.scalar(
-            select(Identity.external_id).where(Identity.rider_id == rider_id,
-                                               Identity.platform == "wechat")
-            .order_by(Identity.id).limit(1))
+            select(col(Identity.external_id)).where(col(Identity.rider_id) == rider_id,
+                                                    col(Identity.platform) == "wechat")
+            .order_by(col(Identity.id)).limit(1))
     return _Rider(language, openid)
 
 
@@ -247,7 +249,7 @@ async def _payment(ctx: Context, found: PayLink, token: str, details: dict[str, 
     otn = out_trade_no(token)
     async with ctx.reader()() as session:
         existing = (await session.execute(
-            select(Payment).where(Payment.out_trade_no == otn))).scalars().first()
+            select(Payment).where(col(Payment.out_trade_no) == otn))).scalars().first()
     if existing is not None:
         return existing
     if found.purpose == "bill" and await _owed(ctx, found.rider_id) <= 0:
@@ -258,7 +260,7 @@ async def _payment(ctx: Context, found: PayLink, token: str, details: dict[str, 
 
 
 def _closed(lang: str, payment: Payment, *, paid_status: int = 200) -> web.Response:
-    if payment.state == "paid":
+    if payment.state == PaymentState.paid:
         return _message(lang, paid_status, tr(lang, "✅ Already paid. You can go back to the "
                                                     "chat."))
     return _message(lang, 409, tr(lang, "This payment could not be started. Please ask for a "

@@ -23,17 +23,18 @@ import logging
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 from telegram import Bot, LabeledPrice, Message, PreCheckoutQuery
 from telegram.error import TelegramError
 
 from bot.context import Context
 from bot.i18n import tr
 from core.billing import payments, wallet
-from core.billing.payments import PaymentMismatch
+from core.billing.payments import PaymentMismatch, PaymentState
 from core.billing.wallet import yuan
 from core.charging import paying as charging
 from core.config import Settings
@@ -133,8 +134,8 @@ async def send_topup_invoice(ctx: Context, bot: Bot, inc: Incoming, amount_fen: 
         log.warning("sendInvoice failed for %s: %s", out_trade_no, exc)
         async with transaction(ctx.sm) as session:
             if (p := await payments.find(session, out_trade_no)) is not None \
-                    and p.state == "created":
-                p.state = "failed"
+                    and p.state == PaymentState.created:
+                p.state = PaymentState.failed
                 p.details = {**p.details, "error": str(exc)[:200]}
         return [Reply(tr(lang, "Sorry, Telegram could not create the invoice. Please try "
                                "another amount or try again later."),
@@ -142,10 +143,10 @@ async def send_topup_invoice(ctx: Context, bot: Bot, inc: Incoming, amount_fen: 
     return []
 
 
-async def _telegram_rider(session: Any, user_id: int) -> Rider | None:
+async def _telegram_rider(session: AsyncSession, user_id: int) -> Rider | None:
     return (await session.execute(
-        select(Rider).join(Identity, Identity.rider_id == Rider.id)
-        .where(Identity.platform == "telegram", Identity.external_id == str(user_id))
+        select(Rider).join(Identity, col(Identity.rider_id) == col(Rider.id))
+        .where(col(Identity.platform) == "telegram", col(Identity.external_id) == str(user_id))
     )).scalars().first()
 
 
@@ -161,9 +162,9 @@ async def check_pre_checkout(ctx: Context, query: PreCheckoutQuery) -> str | Non
                 or payment.rider_id != rider.id):
             return tr(lang, "We can't find this top-up. Please open the wallet and start a new "
                             "one.")
-        if payment.state == "paid":
+        if payment.state == PaymentState.paid:
             return tr(lang, "This top-up is already paid. Your wallet has the money.")
-        if payment.state != "created" or not available(settings):
+        if payment.state != PaymentState.created or not available(settings):
             return tr(lang, "This top-up can no longer be paid. Please open the wallet and start "
                             "a new one.")
         if (query.total_amount != payment.amount_fen

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
+from sqlmodel import col
 
 from bot.context import CTX, Context
 from bot.piles.ingest import IngestWriter
@@ -20,6 +21,7 @@ from core.errors import InvalidEvent
 from core.piles import commands, events
 from core.piles import fleet as piles
 from core.piles.auth import MAX_SKEW_S, verify
+from core.piles.tables import Pile
 
 log = logging.getLogger("chargebot.piles")
 
@@ -53,7 +55,8 @@ class SecretCache:
         if missed is not None and now - missed < SECRET_TTL_S:
             return None
         async with self._lookups, ctx.reader()() as session:
-            secret = await session.scalar(select(piles.Pile.secret).where(piles.Pile.id == pile_id))
+            secret = await session.scalar(
+                select(col(Pile.secret)).where(col(Pile.id) == pile_id))
         if secret is None:
             self._entries.pop(pile_id, None)
             self._misses[pile_id] = now

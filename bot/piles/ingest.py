@@ -17,6 +17,7 @@ from typing import Any
 from bot.context import Context
 from core.db import transaction
 from core.piles import events
+from core.piles.wire import BatchResult
 
 log = logging.getLogger("chargebot.ingest")
 MAX_GROUP = 64
@@ -26,17 +27,17 @@ TOUCH_EVERY_S = 5.0
 class IngestWriter:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.queue: asyncio.Queue[tuple[str, events.Batch, asyncio.Future[events.BatchResult]]] = (
+        self.queue: asyncio.Queue[tuple[str, events.Batch, asyncio.Future[BatchResult]]] = (
             asyncio.Queue())
         self._touched: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self.groups = 0
         self.requests = 0
 
-    async def submit(self, pile_id: str, batch: events.Batch) -> events.BatchResult:
+    async def submit(self, pile_id: str, batch: events.Batch) -> BatchResult:
         if self._task is None or self._task.done():
             self.start()
-        fut: asyncio.Future[events.BatchResult] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         await self.queue.put((pile_id, batch, fut))
         return await asyncio.shield(fut)  # a client that hangs up does not undo its events
 

@@ -57,6 +57,7 @@ from typing import Any
 import aiomqtt
 from aiohttp import web
 from sqlalchemy import select
+from sqlmodel import col
 
 from bot.context import Context
 from bot.piles.http import SECRETS, WRITER, SecretCache
@@ -65,7 +66,7 @@ from core.db import transaction
 from core.errors import InvalidEvent
 from core.piles import commands, events
 from core.piles.auth import verify
-from core.piles.tables import PileCommand
+from core.piles.tables import CommandState, PileCommand
 
 log = logging.getLogger("chargebot.mqtt")
 
@@ -279,8 +280,8 @@ class MqttBridge:
             return 0
         async with self.ctx.reader()() as session:
             pending = set((await session.scalars(
-                select(PileCommand.pile_id).distinct()
-                .where(PileCommand.state.in_(("queued", "sent")))
+                select(col(PileCommand.pile_id)).distinct()
+                .where(col(PileCommand.state).in_((CommandState.queued, CommandState.sent)))
             )).all())
         due = sorted((pending | (woken or set())) & live)
         if not due:

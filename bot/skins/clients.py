@@ -13,6 +13,7 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypedDict
 
 from aiohttp import web
 from telegram import Bot
@@ -30,6 +31,13 @@ WX = web.AppKey("wechat_client", WechatClient)
 class _Clients:
     telegram: Bot | None = None
     wechat: WechatClient | None = None
+
+
+class _BotUrls(TypedDict, total=False):
+    """The Bot's endpoints that settings may override (a local Bot API server, a test one)."""
+
+    base_url: str
+    base_file_url: str
 
 
 # By id: Context is an unhashable dataclass. The entry goes when its Context does.
@@ -69,7 +77,10 @@ async def telegram_bot(ctx: Context) -> AsyncIterator[Bot]:
     tg = ctx.settings.telegram
     if tg.token is None:
         raise PhotoUnavailable("telegram", "no Telegram token configured")
-    urls = {k: v for k, v in (("base_url", tg.base_url), ("base_file_url", tg.base_file_url))
-            if v}
+    urls: _BotUrls = {}
+    if tg.base_url:
+        urls["base_url"] = tg.base_url
+    if tg.base_file_url:
+        urls["base_file_url"] = tg.base_file_url
     async with Bot(tg.token.get_secret_value(), **urls) as bot:
         yield bot

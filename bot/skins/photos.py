@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from sqlalchemy import select
+from sqlmodel import col
 from telegram.error import BadRequest, TelegramError
 
 from bot.context import Context
@@ -60,9 +61,9 @@ async def webchat_owned(ctx: Context, ref: str, external_id: str) -> bool:
     if webchat_file(ctx, ref) is None:
         return False
     async with ctx.reader()() as session:
-        found = await session.scalar(select(PhotoUpload.id).where(
-            PhotoUpload.platform == "webchat", PhotoUpload.external_id == external_id,
-            PhotoUpload.sha256 == ref[len(WEBCHAT_PREFIX):]).limit(1))
+        found = await session.scalar(select(col(PhotoUpload.id)).where(
+            col(PhotoUpload.platform) == "webchat", col(PhotoUpload.external_id) == external_id,
+            col(PhotoUpload.sha256) == ref[len(WEBCHAT_PREFIX):]).limit(1))
     return found is not None
 
 

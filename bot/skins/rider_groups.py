@@ -9,7 +9,7 @@ from telegram import Update
 from bot.context import Context
 from bot.i18n import tr
 from bot.skins.clients import telegram_bot
-from core.db import transaction
+from core.db import saved_id, transaction
 from core.riders.identities import rider_for
 from core.support import votes
 
@@ -32,6 +32,8 @@ async def post_polls(ctx: Context, month: str) -> int:
             msg = await bot.send_poll(
                 chat, tr(lang, "🏆 Best place to charge in {month}?", month=month),
                 [s.name[:100] for s in sites], is_anonymous=False)
+            if msg.poll is None:
+                raise RuntimeError("Telegram's answer to send_poll carries no poll")
             async with transaction(ctx.sm) as session:
                 session.add(votes.VotePoll(month=month, chat_id=str(chat), poll_id=msg.poll.id,
                                            sites=[s.id for s in sites], created_at=ctx.clock()))
@@ -47,6 +49,6 @@ async def on_poll_answer(ctx: Context, update: Update) -> bool:
     async with transaction(ctx.sm) as session:
         rider = await rider_for(session, "telegram", str(answer.user.id),
                                 display_name=answer.user.first_name or "")
-        await votes.poll_answer(session, answer.poll_id, rider.id,  # type: ignore[arg-type]
+        await votes.poll_answer(session, answer.poll_id, saved_id(rider),
                                 list(answer.option_ids), ctx.clock())
     return True

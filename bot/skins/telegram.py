@@ -47,13 +47,17 @@ def webhook_secret(settings: Settings) -> str:
     configured = settings.telegram.webhook_secret
     if configured is not None and configured.get_secret_value().strip():
         return configured.get_secret_value()
-    token = settings.telegram.token.get_secret_value()  # type: ignore[union-attr]
+    if settings.telegram.token is None:
+        raise RuntimeError("no Telegram token configured")
+    token = settings.telegram.token.get_secret_value()
     return hashlib.sha256(b"chargebot-webhook:" + token.encode()).hexdigest()[:48]
 
 
 def build_application(settings: Settings) -> Application:
     tg = settings.telegram
-    builder = Application.builder().token(tg.token.get_secret_value())  # type: ignore[union-attr]
+    if tg.token is None:
+        raise RuntimeError("no Telegram token configured")
+    builder = Application.builder().token(tg.token.get_secret_value())
     if tg.base_url:
         builder = builder.base_url(tg.base_url)
     if tg.base_file_url:
@@ -70,8 +74,7 @@ def build_application(settings: Settings) -> Application:
     limiter = (AIORateLimiter(overall_max_rate=burst, overall_time_period=burst / rate,
                               max_retries=2)
                if rate > 0 else AIORateLimiter(overall_max_rate=0, max_retries=2))  # 0: unpaced
-    builder = builder.rate_limiter(limiter).concurrent_updates(64)
-    return builder.build()
+    return builder.rate_limiter(limiter).concurrent_updates(64).build()
 
 
 def incoming(update: Update, staff_chat: int | None = None) -> Incoming | None:
@@ -79,7 +82,7 @@ def incoming(update: Update, staff_chat: int | None = None) -> Incoming | None:
     chat = update.effective_chat
     if user is None or chat is None or user.is_bot:
         return None
-    common: dict = {
+    common: dict[str, Any] = {
         "platform": "telegram", "user_id": str(user.id), "chat_id": str(chat.id),
         "display_name": user.first_name or "", "language_hint": user.language_code,
     }
@@ -246,7 +249,7 @@ async def webhook(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-_background: set[asyncio.Task] = set()
+_background: set[asyncio.Task[None]] = set()
 
 
 def setup(app: web.Application, ctx: Context) -> Application | None:

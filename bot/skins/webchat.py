@@ -10,11 +10,12 @@ import math
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
+from sqlmodel import col
 
 from bot.context import CTX, Context
 from bot.handlers import router
@@ -22,7 +23,7 @@ from bot.i18n import tr
 from bot.skins import photos as photo_fetch
 from bot.skins import webchat_auth
 from core.db import transaction
-from core.outbox import OutboxMessage
+from core.outbox import OutboxMessage, OutboxState
 from core.piles.tables import Pile, Port, Site
 from core.riders import staff, web_sessions
 from core.riders.identities import language_from_hint
@@ -79,8 +80,8 @@ def ui_strings(lang: str) -> dict[str, str]:
 async def _lang_of(ctx: Context, client_id: str) -> str:
     async with ctx.reader()() as session:
         lang = await session.scalar(
-            select(Rider.language).join(Identity, Identity.rider_id == Rider.id)
-            .where(Identity.platform == "webchat", Identity.external_id == client_id)
+            select(col(Rider.language)).join(Identity, col(Identity.rider_id) == col(Rider.id))
+            .where(col(Identity.platform) == "webchat", col(Identity.external_id) == client_id)
         )
     return lang or DEFAULT_LANGUAGE
 
@@ -122,10 +123,12 @@ async def ui(request: web.Request) -> web.Response:
     async with ctx.reader()() as session:
         staff_name = (await staff.display_name(session, w.staff_rider) or "?"
                       if w.staff_rider is not None else None)
-        sites = (await session.execute(select(Site).order_by(Site.id).limit(8))).scalars().all()
+        sites = (await session.execute(
+            select(Site).order_by(col(Site.id)).limit(8))).scalars().all()
         codes = (await session.execute(
-            select(Port.code).join(Pile, Pile.id == Port.pile_id).where(Port.number <= 3)
-            .order_by(Pile.id, Port.number).limit(9)
+            select(col(Port.code)).join(Pile, col(Pile.id) == col(Port.pile_id))
+            .where(col(Port.number) <= 3)
+            .order_by(col(Pile.id), col(Port.number)).limit(9)
         )).scalars().all()
     locations = [
         # A spot a short walk from each site, as a rider would stand.
@@ -205,7 +208,8 @@ LOGOUT_DATA = "weblogout"  # the staff menu's Log out button (bot.handlers.menu)
 async def _logout(request: web.Request, w: webchat_auth.Who) -> web.Response:
     ctx = request.app[CTX]
     async with ctx.reader()() as session:
-        lang = await session.scalar(select(Rider.language).where(Rider.id == w.staff_rider))
+        lang = await session.scalar(
+            select(col(Rider.language)).where(col(Rider.id) == w.staff_rider))
     lang = lang or DEFAULT_LANGUAGE
     reply = Reply(tr(lang, "🚪 You are logged out. This browser is a rider's chat again."))
     response = web.json_response({"replies": [reply.as_dict()], "lang": lang,
@@ -344,10 +348,11 @@ class WebchatSender:
                 # leave the row pending and the rider would get the same bill twice.
                 took = await session.execute(
                     update(OutboxMessage)
-                    .where(OutboxMessage.id == outbox_id, OutboxMessage.state == "pending")
-                    .values(state="sent", sent_at=self.ctx.clock(), platform="webchat",
+                    .where(col(OutboxMessage.id) == outbox_id,
+                           col(OutboxMessage.state) == OutboxState.pending)
+                    .values(state=OutboxState.sent, sent_at=self.ctx.clock(), platform="webchat",
                             channel="webchat", lease_until=None))
-                if took.rowcount == 0:  # type: ignore[attr-defined]
+                if cast(CursorResult[Any], took).rowcount == 0:
                     return "webchat"  # delivered already, by a pass cut short after its commit
             await webchat_inbox.push(session, identity.chat_id, [r.as_dict() for r in replies])
         self.ctx.wakeups.wake(f"webchat:{identity.chat_id}")

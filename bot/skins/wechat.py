@@ -19,7 +19,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from sqlalchemy import select
+from sqlalchemy import inspect, select
+from sqlmodel import col
 from wechatpy import parse_message
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
@@ -31,7 +32,7 @@ from bot.handlers import router
 from bot.i18n import tr
 from bot.skins.clients import WX
 from core import outbox
-from core.db import insert_ignore, transaction
+from core.db import insert_ignore, saved_id, transaction
 from core.notices.chat import RepliesNotice
 from core.riders.tables import DEFAULT_LANGUAGE, Identity, Rider
 from notifications.replies import Incoming, Reply
@@ -100,8 +101,9 @@ async def save_options(ctx: Context, identity_id: int, options: dict[str, str]) 
 async def _identity(ctx: Context, openid: str) -> tuple[Identity, str] | None:
     async with ctx.reader()() as session:
         row = (await session.execute(
-            select(Identity, Rider.language).join(Rider, Rider.id == Identity.rider_id)
-            .where(Identity.platform == "wechat", Identity.external_id == openid)
+            select(Identity, col(Rider.language))
+            .join(Rider, col(Rider.id) == col(Identity.rider_id))
+            .where(col(Identity.platform) == "wechat", col(Identity.external_id) == openid)
         )).first()
     return (row[0], row[1]) if row else None
 
@@ -153,16 +155,18 @@ async def incoming(ctx: Context, msg: Any) -> Incoming | None:
 
 def _crypto(ctx: Context) -> WeChatCrypto | None:
     wx = ctx.settings.wechat
-    if wx.aes_key is None:
+    if wx.aes_key is None or wx.token is None:
         return None
-    return WeChatCrypto(wx.token.get_secret_value(), wx.aes_key.get_secret_value(),  # type: ignore[union-attr]
-                        wx.appid)
+    return WeChatCrypto(wx.token.get_secret_value(), wx.aes_key.get_secret_value(), wx.appid)
 
 
 def _signature_ok(ctx: Context, request: web.Request) -> bool:
     q = request.query
+    token = ctx.settings.wechat.token
+    if token is None:
+        return False
     try:
-        check_signature(ctx.settings.wechat.token.get_secret_value(),  # type: ignore[union-attr]
+        check_signature(token.get_secret_value(),
                         q.get("signature", ""), q.get("timestamp", ""), q.get("nonce", ""))
     except InvalidSignatureException:
         return False
@@ -215,10 +219,11 @@ async def receive(request: web.Request) -> web.Response:
 
     key = _dedupe_key(msg)
     async with transaction(ctx.sm) as session:
-        dialect = session.bind.dialect.name  # type: ignore[union-attr]
+        dialect = session.get_bind().dialect.name
+        inbound = inspect(WechatInbound).local_table
         fresh = (await session.execute(
-            insert_ignore(dialect, WechatInbound.__table__).values(key=key, created_at=ctx.clock())
-            .returning(WechatInbound.__table__.c.key))).first()
+            insert_ignore(dialect, inbound).values(key=key, created_at=ctx.clock())
+            .returning(inbound.c.key))).first()
     if fresh is None:
         return web.Response(text="success")  # WeChat's retry of a delivery we already took
     inc = await incoming(ctx, msg)
@@ -239,14 +244,15 @@ async def receive(request: web.Request) -> web.Response:
     text, options = render_text(replies, lang)
     found = await _identity(ctx, msg.source)
     if found is not None:
-        await save_options(ctx, found[0].id, options)  # type: ignore[arg-type]
+        await save_options(ctx, saved_id(found[0]), options)
     reply_xml = TextReply(message=msg, content=text).render()
     if encrypted and crypto is not None:
         reply_xml = crypto.encrypt_message(reply_xml, q.get("nonce", ""), q.get("timestamp"))
     return web.Response(text=reply_xml, content_type="application/xml")
 
 
-async def _finish_late(ctx: Context, inc: Incoming, task: asyncio.Task) -> None:
+async def _finish_late(ctx: Context, inc: Incoming,
+                       task: asyncio.Task[tuple[list[Reply], str]]) -> None:
     """The passive window passed: deliver the replies as customer-service messages."""
     if task.cancelled() or task.exception() is not None:
         log.error("wechat late handler failed", exc_info=task.exception())
@@ -294,7 +300,7 @@ class WechatSender:
             if window_open:
                 try:
                     await self.client.send_custom(identity.external_id, text)
-                    await save_options(self.ctx, identity.id, options)  # type: ignore[arg-type]
+                    await save_options(self.ctx, saved_id(identity), options)
                     return "wechat:custom"
                 except WechatError as exc:
                     if exc.errcode != WINDOW_CLOSED:
@@ -317,7 +323,7 @@ def setup(app: web.Application, ctx: Context) -> WechatClient | None:
     if not enabled(ctx):
         log.info("wechat: no token/appid configured, WeChat skin is off")
         return None
-    client = WechatClient(ctx.sm, ctx.settings.wechat, None, ctx.clock)  # type: ignore[arg-type]
+    client = WechatClient(ctx.sm, ctx.settings.wechat, None, ctx.clock)
     app[WX] = client
     app.router.add_get("/wechat", verify)
     app.router.add_post("/wechat", receive)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Column, String, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core.db import utcnow
 
@@ -39,7 +39,7 @@ async def issue(
     if (amount_fen <= 0) == (percent_off <= 0) or not 0 <= percent_off <= 100:
         raise ValueError("a coupon is either an amount or a percentage")
     if cause is not None:
-        found = (await session.execute(select(Coupon).where(Coupon.cause == cause))).scalars()
+        found = (await session.execute(select(Coupon).where(col(Coupon.cause) == cause))).scalars()
         if (existing := found.first()) is not None:
             return existing
     coupon = Coupon(
@@ -61,8 +61,9 @@ def discount(coupon: Coupon, amount_fen: int) -> int:
 
 async def usable(session: AsyncSession, rider_id: int, now: datetime) -> list[Coupon]:
     rows = await session.execute(
-        select(Coupon).where(Coupon.rider_id == rider_id, Coupon.used_at.is_(None),
-                             Coupon.expires_at > now).order_by(Coupon.expires_at, Coupon.id))
+        select(Coupon).where(col(Coupon.rider_id) == rider_id, col(Coupon.used_at).is_(None),
+                             col(Coupon.expires_at) > now)
+        .order_by(col(Coupon.expires_at), col(Coupon.id)))
     return list(rows.scalars())
 
 

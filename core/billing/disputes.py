@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from enum import StrEnum
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel, col
 
 from core.billing import wallet
 from core.billing.settlement import during_fault
-from core.db import utcnow
+from core.charging.tables import Charge, ChargeState
+from core.config import Settings
+from core.db import saved_id, utcnow
 from core.errors import DomainError
+
+
+class DisputeState(StrEnum):
+    """open → resolved | escalated → resolved"""
+
+    open = "open"
+    escalated = "escalated"
+    resolved = "resolved"
 
 
 class Dispute(SQLModel, table=True):
@@ -22,7 +32,7 @@ class Dispute(SQLModel, table=True):
     charge_id: int = Field(foreign_key="charges.id", index=True)
     rider_id: int = Field(foreign_key="riders.id", index=True)
     reason: str = ""
-    state: str = "open"  # open → resolved | escalated → resolved
+    state: DisputeState = Field(default=DisputeState.open, sa_type=AutoString)  # text
     due_at: datetime
     resolution: str | None = None
     refund_fen: int = 0
@@ -38,7 +48,7 @@ class RefundTooLarge(DomainError):
     key = "error.refund_too_large"
 
 
-async def refund(session: AsyncSession, charge: Any, amount_fen: int, key: str,
+async def refund(session: AsyncSession, charge: Charge, amount_fen: int, key: str,
                  reason: str, now: datetime) -> int:
     """Give back part or all of a bill, once per `key`; returns what was refunded now.
 
@@ -47,7 +57,7 @@ async def refund(session: AsyncSession, charge: Any, amount_fen: int, key: str,
     ledger_key = f"refund:{charge.id}:{key}"
     if amount_fen <= 0 or await wallet.find_entry(session, ledger_key) is not None:
         return 0
-    if charge.state in ("settled", "refunded"):
+    if charge.state in (ChargeState.settled, ChargeState.refunded):
         refundable = charge.paid_fen - (charge.refunded_fen - int(
             (charge.bill or {}).get("refund_fen", 0)))
         if amount_fen > refundable:
@@ -56,30 +66,30 @@ async def refund(session: AsyncSession, charge: Any, amount_fen: int, key: str,
                           amount_fen, ledger_key, charge_id=charge.id, memo=reason)
         charge.refunded_fen += amount_fen
         if amount_fen == refundable:
-            charge.state = "refunded"
+            charge.state = ChargeState.refunded
         return amount_fen
-    if charge.state == "ended":
-        cut = min(amount_fen, charge.amount_fen - charge.paid_fen)
+    if charge.state == ChargeState.ended:
+        cut: int = min(amount_fen, charge.amount_fen - charge.paid_fen)
         # Nothing was paid, so nothing moves: the bill shrinks (and says so).
         charge.amount_fen -= cut
         charge.refunded_fen += cut
         charge.bill = {**(charge.bill or {}), "net_fen": charge.amount_fen}
         if charge.amount_fen <= charge.paid_fen:
-            charge.state, charge.settled_at = "settled", now
+            charge.state, charge.settled_at = ChargeState.settled, now
         return cut
     raise NothingToDispute()
 
 
-async def open_dispute(session: AsyncSession, charge: Any, rider_id: int, reason: str,
-                       settings: Any, now: datetime) -> Dispute:
+async def open_dispute(session: AsyncSession, charge: Charge, rider_id: int, reason: str,
+                       settings: Settings, now: datetime) -> Dispute:
     """A rider disputes a bill. Evident cases are refunded at once; others get a 24 h deadline."""
     existing = (await session.execute(select(Dispute).where(
-        Dispute.charge_id == charge.id))).scalars().first()
+        col(Dispute.charge_id) == charge.id))).scalars().first()
     if existing is not None:
         return existing
-    if charge.state not in ("ended", "settled"):
+    if charge.state not in (ChargeState.ended, ChargeState.settled):
         raise NothingToDispute()
-    d = Dispute(charge_id=charge.id, rider_id=rider_id, reason=reason[:300], created_at=now,
+    d = Dispute(charge_id=saved_id(charge), rider_id=rider_id, reason=reason[:300], created_at=now,
                 due_at=now + timedelta(hours=settings.billing.dispute_hours))
     session.add(d)
     b = charge.bill or {}
@@ -90,20 +100,20 @@ async def open_dispute(session: AsyncSession, charge: Any, rider_id: int, reason
             session, charge.pile_id, charge.port_number, charge.started_at, charge.ended_at):
         evident = "charged during a reported fault"
     if evident:
-        whole = charge.paid_fen if charge.state == "settled" else charge.amount_fen
+        whole = charge.paid_fen if charge.state == ChargeState.settled else charge.amount_fen
         d.refund_fen = await refund(session, charge, whole, "dispute", f"dispute: {evident}",
                                     now)
-        d.state, d.resolution, d.resolved_at = "resolved", evident, now
+        d.state, d.resolution, d.resolved_at = DisputeState.resolved, evident, now
     await session.flush()
     return d
 
 
 async def overdue(session: AsyncSession, now: datetime) -> list[Dispute]:
     """Open disputes past their deadline become escalated (once)."""
-    rows = await session.execute(select(Dispute).where(Dispute.state == "open",
-                                                       Dispute.due_at < now))
+    rows = await session.execute(select(Dispute).where(col(Dispute.state) == DisputeState.open,
+                                                       col(Dispute.due_at) < now))
     out = []
     for d in rows.scalars():
-        d.state = "escalated"
+        d.state = DisputeState.escalated
         out.append(d)
     return out

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Column, String, UniqueConstraint, func, select, update
+from sqlalchemy import Column, CursorResult, String, UniqueConstraint, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core.charging.queries import due_charges
 from core.charging.tables import OPEN_STATES, Charge
-from core.db import aware, utcnow
+from core.db import aware, saved_id, utcnow
 from core.errors import DomainError
 from core.riders.tables import Rider
 
@@ -52,20 +52,22 @@ def month_start(now: datetime) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-async def family_payer(session: Any, rider_id: int, amount_fen: int, now: datetime) -> int | None:
+async def family_payer(session: AsyncSession, rider_id: int, amount_fen: int,
+                       now: datetime) -> int | None:
     """The wallet that pays a member's bill: the owner's, while the member's monthly limit
     (0 = none) leaves room for `amount_fen`; None means the rider pays from their own wallet."""
     row = (await session.execute(
-        select(FamilyMember, Family).join(Family, Family.id == FamilyMember.family_id)
-        .where(FamilyMember.rider_id == rider_id))).first()
+        select(FamilyMember, Family).join(Family, col(Family.id) == col(FamilyMember.family_id))
+        .where(col(FamilyMember.rider_id) == rider_id))).first()
     if row is None:
         return None
     member, fam = row
     if member.monthly_limit_fen:
         spent = await session.scalar(
-            select(func.coalesce(func.sum(Charge.paid_fen), 0)).where(
-                Charge.rider_id == rider_id, Charge.payer_rider_id == fam.owner_rider_id,
-                Charge.settled_at >= month_start(now)))
+            select(func.coalesce(func.sum(col(Charge.paid_fen)), 0)).where(
+                col(Charge.rider_id) == rider_id,
+                col(Charge.payer_rider_id) == fam.owner_rider_id,
+                col(Charge.settled_at) >= month_start(now)))
         if int(spent or 0) + amount_fen > member.monthly_limit_fen:
             return None
     return fam.owner_rider_id
@@ -112,20 +114,21 @@ CODE_DIGITS = 6
 
 async def owned_family(session: AsyncSession, owner_id: int) -> Family | None:
     return (await session.execute(
-        select(Family).where(Family.owner_rider_id == owner_id))).scalars().first()
+        select(Family).where(col(Family.owner_rider_id) == owner_id))).scalars().first()
 
 
 async def membership(session: AsyncSession, rider_id: int) -> tuple[FamilyMember, Family] | None:
     """The rider's family membership and the family, or None."""
     row = (await session.execute(
-        select(FamilyMember, Family).join(Family, Family.id == FamilyMember.family_id)
-        .where(FamilyMember.rider_id == rider_id))).first()
+        select(FamilyMember, Family).join(Family, col(Family.id) == col(FamilyMember.family_id))
+        .where(col(FamilyMember.rider_id) == rider_id))).first()
     return None if row is None else (row[0], row[1])
 
 
 async def _member_count(session: AsyncSession, family_id: int) -> int:
     return int(await session.scalar(
-        select(func.count()).select_from(FamilyMember).where(FamilyMember.family_id == family_id))
+        select(func.count()).select_from(FamilyMember)
+        .where(col(FamilyMember.family_id) == family_id))
         or 0)
 
 
@@ -158,7 +161,7 @@ async def invite(session: AsyncSession, owner_id: int, monthly_limit_fen: int,
             continue
         try:
             async with session.begin_nested():
-                session.add(FamilyInvite(code=code, family_id=fam.id,  # type: ignore[arg-type]
+                session.add(FamilyInvite(code=code, family_id=saved_id(fam),
                                          monthly_limit_fen=monthly_limit_fen,
                                          expires_at=now + INVITE_TTL))
         except IntegrityError:  # the same code drawn concurrently: draw again
@@ -185,22 +188,22 @@ async def join(session: AsyncSession, code: str, rider_id: int, now: datetime) -
     if await membership(session, rider_id) is not None:
         raise AlreadyInFamily(reason="member")
     mine = await owned_family(session, rider_id)
-    if mine is not None and await _member_count(session, mine.id) > 0:  # type: ignore[arg-type]
+    if mine is not None and await _member_count(session, saved_id(mine)) > 0:
         raise AlreadyInFamily(reason="owner")
-    open_charge = await session.scalar(select(Charge.id).where(
-        Charge.rider_id == rider_id, Charge.state.in_(OPEN_STATES)).limit(1))
+    open_charge = await session.scalar(select(col(Charge.id)).where(
+        col(Charge.rider_id) == rider_id, col(Charge.state).in_(OPEN_STATES)).limit(1))
     if open_charge is not None or await due_charges(session, rider_id):
         raise FamilyJoinBusy()
-    member = FamilyMember(family_id=fam.id, rider_id=rider_id,  # type: ignore[arg-type]
+    member = FamilyMember(family_id=saved_id(fam), rider_id=rider_id,
                           monthly_limit_fen=inv.monthly_limit_fen, joined_at=now)
     try:
         async with session.begin_nested():
             # Claim the code with a conditional UPDATE: of two concurrent joins, one wins.
             claimed = await session.execute(
-                update(FamilyInvite).where(FamilyInvite.code == code,
-                                           FamilyInvite.used_by.is_(None))  # type: ignore[union-attr]
+                update(FamilyInvite).where(col(FamilyInvite.code) == code,
+                                           col(FamilyInvite.used_by).is_(None))
                 .values(used_by=rider_id))
-            if claimed.rowcount != 1:
+            if cast(CursorResult[Any], claimed).rowcount != 1:
                 raise FamilyCodeInvalid()
             session.add(member)
             await session.flush()
@@ -211,8 +214,9 @@ async def join(session: AsyncSession, code: str, rider_id: int, now: datetime) -
 
 async def _member_of(session: AsyncSession, owner_id: int, member_rider_id: int) -> FamilyMember:
     member = (await session.execute(
-        select(FamilyMember).join(Family, Family.id == FamilyMember.family_id)
-        .where(Family.owner_rider_id == owner_id, FamilyMember.rider_id == member_rider_id)
+        select(FamilyMember).join(Family, col(Family.id) == col(FamilyMember.family_id))
+        .where(col(Family.owner_rider_id) == owner_id,
+               col(FamilyMember.rider_id) == member_rider_id)
     )).scalars().first()
     if member is None:
         raise NotFamilyMember()
@@ -254,10 +258,10 @@ async def spent_this_month(session: AsyncSession, rider_ids: list[int], owner_id
     if not rider_ids:
         return {}
     rows = await session.execute(
-        select(Charge.rider_id, func.coalesce(func.sum(Charge.paid_fen), 0))
-        .where(Charge.rider_id.in_(rider_ids), Charge.payer_rider_id == owner_id,
-               Charge.settled_at >= month_start(now))
-        .group_by(Charge.rider_id))
+        select(col(Charge.rider_id), func.coalesce(func.sum(col(Charge.paid_fen)), 0))
+        .where(col(Charge.rider_id).in_(rider_ids), col(Charge.payer_rider_id) == owner_id,
+               col(Charge.settled_at) >= month_start(now))
+        .group_by(col(Charge.rider_id)))
     spent = dict.fromkeys(rider_ids, 0)
     for rid, total in rows:
         spent[rid] = int(total or 0)
@@ -269,10 +273,11 @@ async def spending(session: AsyncSession, owner_id: int,
     """The owner's members in joining order: (rider id, display name, spent this month in fen,
     monthly limit in fen, 0 = none)."""
     rows = (await session.execute(
-        select(FamilyMember.rider_id, Rider.display_name, FamilyMember.monthly_limit_fen)
-        .join(Family, Family.id == FamilyMember.family_id)
-        .join(Rider, Rider.id == FamilyMember.rider_id)
-        .where(Family.owner_rider_id == owner_id)
-        .order_by(FamilyMember.joined_at, FamilyMember.id))).all()
+        select(col(FamilyMember.rider_id), col(Rider.display_name),
+               col(FamilyMember.monthly_limit_fen))
+        .join(Family, col(Family.id) == col(FamilyMember.family_id))
+        .join(Rider, col(Rider.id) == col(FamilyMember.rider_id))
+        .where(col(Family.owner_rider_id) == owner_id)
+        .order_by(col(FamilyMember.joined_at), col(FamilyMember.id)))).all()
     spent = await spent_this_month(session, [r[0] for r in rows], owner_id, now)
     return [(rid, name or "", spent[rid], limit) for rid, name, limit in rows]

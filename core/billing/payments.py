@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
-from typing import Any
+from enum import StrEnum
+from typing import Any, cast
 
-from sqlalchemy import JSON, Column, String, select, update
+from sqlalchemy import JSON, Column, CursorResult, String, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel, col
 
 from core.billing import wallet
 from core.config import Settings
@@ -18,6 +19,15 @@ from core.engagement import vouchers
 OFFER_TTL = timedelta(hours=24)
 
 PROVIDERS = ("sandbox", "telegram", "wechatpay")
+
+
+class PaymentState(StrEnum):
+    """created → paid | failed | closed"""
+
+    created = "created"
+    paid = "paid"
+    failed = "failed"
+    closed = "closed"
 
 
 class Payment(SQLModel, table=True):
@@ -31,7 +41,7 @@ class Payment(SQLModel, table=True):
     amount_fen: int
     bonus_fen: int = 0
     purpose: str = "topup"  # topup | auto_topup
-    state: str = "created"  # created → paid | failed | closed
+    state: PaymentState = Field(default=PaymentState.created, sa_type=AutoString)  # text
     provider_txn_id: str | None = Field(default=None, sa_column=Column(String(128), unique=True))
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
@@ -69,7 +79,7 @@ def could_be_ours(out_trade_no: str) -> bool:
 
 async def find(session: AsyncSession, out_trade_no: str) -> Payment | None:
     return (await session.execute(
-        select(Payment).where(Payment.out_trade_no == out_trade_no))).scalars().first()
+        select(Payment).where(col(Payment.out_trade_no) == out_trade_no))).scalars().first()
 
 
 class PaymentMismatch(Exception):
@@ -88,11 +98,11 @@ async def confirm(
     payment = await find(session, out_trade_no)
     if payment is None:
         raise KeyError(out_trade_no)
-    if payment.state == "paid":
+    if payment.state == PaymentState.paid:
         return payment, False
     if amount_fen != payment.amount_fen:
         raise PaymentMismatch(f"{out_trade_no}: asked {payment.amount_fen}, paid {amount_fen}")
-    payment.state = "paid"
+    payment.state = PaymentState.paid
     payment.paid_at = now
     payment.provider_txn_id = provider_txn_id[:128]
     await wallet.post(session, payment.rider_id, "topup", payment.amount_fen,
@@ -141,10 +151,10 @@ async def take_offer(session: AsyncSession, rider_id: int, nonce: str, amount_fe
         return "unknown"
     took = await session.execute(
         update(TopupOffer)
-        .where(TopupOffer.nonce == nonce, TopupOffer.rider_id == rider_id,
-               TopupOffer.used_at.is_(None), TopupOffer.issued_at > now - OFFER_TTL)  # type: ignore[union-attr]
+        .where(col(TopupOffer.nonce) == nonce, col(TopupOffer.rider_id) == rider_id,
+               col(TopupOffer.used_at).is_(None), col(TopupOffer.issued_at) > now - OFFER_TTL)
         .values(used_at=now, amount_fen=amount_fen))
-    if took.rowcount:  # type: ignore[attr-defined]
+    if cast(CursorResult[Any], took).rowcount:
         return "ok"
     offer = await session.get(TopupOffer, nonce)
     if offer is not None and offer.rider_id == rider_id and offer.used_at is not None:

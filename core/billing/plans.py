@@ -6,11 +6,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core.billing import wallet
 from core.config import Settings
-from core.db import utcnow
+from core.db import saved_id, utcnow
 from core.errors import DomainError
 
 
@@ -35,8 +35,9 @@ class RiderPlan(SQLModel, table=True):
 
 async def active(session: AsyncSession, rider_id: int, now: datetime) -> list[RiderPlan]:
     rows = await session.execute(
-        select(RiderPlan).where(RiderPlan.rider_id == rider_id, RiderPlan.starts_at <= now,
-                                RiderPlan.ends_at > now).order_by(RiderPlan.ends_at))
+        select(RiderPlan).where(col(RiderPlan.rider_id) == rider_id,
+                                col(RiderPlan.starts_at) <= now, col(RiderPlan.ends_at) > now)
+        .order_by(col(RiderPlan.ends_at)))
     return [p for p in rows.scalars() if p.minutes_used < p.minutes_total]
 
 
@@ -51,8 +52,8 @@ async def buy(
     entry = await wallet.post(session, rider_id, "charge", -spec.price_fen, f"plan:{key}",
                               memo=f"plan {name}")
     existing = (await session.execute(select(RiderPlan).where(
-        RiderPlan.rider_id == rider_id, RiderPlan.created_at == entry.created_at,
-        RiderPlan.plan == name))).scalars().first()
+        col(RiderPlan.rider_id) == rider_id, col(RiderPlan.created_at) == entry.created_at,
+        col(RiderPlan.plan) == name))).scalars().first()
     if existing is not None:
         return existing
     plan = RiderPlan(
@@ -69,20 +70,21 @@ async def cover(session: AsyncSession, rider_id: int, billable_minutes: int,
                 now: datetime) -> tuple[int, list[int]]:
     """Take up to `billable_minutes` from the rider's plans: (minutes covered, plan ids)."""
     left = billable_minutes
-    used = []
+    used: list[int] = []
     for plan in await active(session, rider_id, now):
         if left <= 0:
             break
         take = min(left, plan.minutes_total - plan.minutes_used)
         plan.minutes_used += take
         left -= take
-        used.append(plan.id)
-    return billable_minutes - left, used  # type: ignore[return-value]
+        used.append(saved_id(plan))
+    return billable_minutes - left, used
 
 
 async def reserved_for(session: AsyncSession, port_id: int, now: datetime) -> int | None:
     """The courier a port is held for by an active plan, if any."""
     return await session.scalar(
-        select(RiderPlan.rider_id).where(RiderPlan.port_id == port_id,
-                                         RiderPlan.starts_at <= now, RiderPlan.ends_at > now)
+        select(col(RiderPlan.rider_id)).where(col(RiderPlan.port_id) == port_id,
+                                              col(RiderPlan.starts_at) <= now,
+                                              col(RiderPlan.ends_at) > now)
         .limit(1))

@@ -20,6 +20,7 @@ from core.billing.tariffs import (
     round_half_up,
 )
 from core.config import Settings
+from core.db import saved_id
 from core.faults.lookup import first_during, hit_at
 
 FAULT_ENDS = ("fault", "power_loss")
@@ -121,7 +122,7 @@ async def adjust(
                 continue
             c.used_at, c.charge_id = now, charge_id
             b.coupon_fen += off
-            b.coupon_ids.append(c.id)  # type: ignore[arg-type]
+            b.coupon_ids.append(saved_id(c))
     b.net_fen = max(0, owed - b.coupon_fen)
 
     # The metering promise: the pile's counter may not run more than 1 % ahead of its samples.

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import Column, String, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core.db import utcnow
 from core.errors import InsufficientBalance
@@ -41,7 +41,7 @@ def yuan(fen: int) -> str:
 
 async def find_entry(session: AsyncSession, key: str) -> LedgerEntry | None:
     return (
-        await session.execute(select(LedgerEntry).where(LedgerEntry.idempotency_key == key))
+        await session.execute(select(LedgerEntry).where(col(LedgerEntry.idempotency_key) == key))
     ).scalars().first()
 
 
@@ -58,11 +58,12 @@ async def post(
         raise ValueError(kind)
     if (found := await find_entry(session, key)) is not None:
         return found
-    stmt = update(Rider).where(Rider.id == rider_id)
+    stmt = update(Rider).where(col(Rider.id) == rider_id)
     if amount_fen < 0 and not allow_negative:
-        stmt = stmt.where(Rider.balance_fen >= -amount_fen)
+        stmt = stmt.where(col(Rider.balance_fen) >= -amount_fen)
     result = await session.execute(
-        stmt.values(balance_fen=Rider.balance_fen + amount_fen).returning(Rider.balance_fen)
+        stmt.values(balance_fen=col(Rider.balance_fen) + amount_fen)
+        .returning(col(Rider.balance_fen))
     )
     row = result.first()
     if row is None:
@@ -79,14 +80,14 @@ async def post(
 
 
 async def balance(session: AsyncSession, rider_id: int) -> int:
-    value = await session.scalar(select(Rider.balance_fen).where(Rider.id == rider_id))
+    value = await session.scalar(select(col(Rider.balance_fen)).where(col(Rider.id) == rider_id))
     return int(value or 0)
 
 
 async def ledger_sum(session: AsyncSession, rider_id: int) -> int:
     value = await session.scalar(
-        select(func.coalesce(func.sum(LedgerEntry.amount_fen), 0)).where(
-            LedgerEntry.rider_id == rider_id
+        select(func.coalesce(func.sum(col(LedgerEntry.amount_fen)), 0)).where(
+            col(LedgerEntry.rider_id) == rider_id
         )
     )
     return int(value or 0)
@@ -97,8 +98,8 @@ async def history(session: AsyncSession, rider_id: int, limit: int = 10) -> list
         (
             await session.execute(
                 select(LedgerEntry)
-                .where(LedgerEntry.rider_id == rider_id)
-                .order_by(LedgerEntry.id.desc())
+                .where(col(LedgerEntry.rider_id) == rider_id)
+                .order_by(col(LedgerEntry.id).desc())
                 .limit(limit)
             )
         ).scalars()

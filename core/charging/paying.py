@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core import outbox
 from core.billing import family, payments, wallet
 from core.charging.queries import due_charges, owed_fen
-from core.charging.tables import Charge
+from core.charging.tables import Charge, ChargeState
 from core.config import Settings
 from core.errors import InsufficientBalance
 from core.notices.billing import AutoTopUpNotice
@@ -26,8 +26,8 @@ async def settle(
     rider. The gross charge is one ledger entry; the automatic refund and each coupon are their
     own entries, all in one savepoint so a wallet that cannot pay moves nothing.
     """
-    if charge.state != "ended":
-        return charge.state == "settled"
+    if charge.state != ChargeState.ended:
+        return charge.state == ChargeState.settled
     owed = charge.amount_fen - charge.paid_fen
     if owed > 0:
         b = charge.bill or {}
@@ -51,7 +51,7 @@ async def settle(
 def _settled(charge: Charge, payer: int, now: datetime) -> bool:
     charge.paid_fen = charge.amount_fen
     charge.payer_rider_id = payer
-    charge.state = "settled"
+    charge.state = ChargeState.settled
     charge.settled_at = now
     return True
 

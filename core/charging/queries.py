@@ -10,16 +10,17 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from core.charging.tables import OPEN_STATES, Charge, MeterSample
+from core.charging.tables import OPEN_STATES, Charge, ChargeState, MeterSample
 from core.db import aware
 
 # Closed and billed, whether paid yet or not.
-BILLED_STATES = ("ended", "settled", "refunded")
+BILLED_STATES = (ChargeState.ended, ChargeState.settled, ChargeState.refunded)
 
 
 async def due_charges(session: AsyncSession, rider_id: int) -> list[Charge]:
     rows = await session.execute(
-        select(Charge).where(col(Charge.rider_id) == rider_id, col(Charge.state) == "ended")
+        select(Charge)
+        .where(col(Charge.rider_id) == rider_id, col(Charge.state) == ChargeState.ended)
         .order_by(col(Charge.id))
     )
     return [c for c in rows.scalars() if c.amount_fen > c.paid_fen]

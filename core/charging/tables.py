@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal, get_args
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel
 
 from core.db import utcnow
 
-OPEN_STATES = ("requested", "started")
+
+class ChargeState(StrEnum):
+    """requested → started → ended (billed, still due) → settled (paid); a start the pile
+    rejected or never confirmed is failed, and a dispute can refund an ended or settled one."""
+
+    requested = "requested"
+    started = "started"
+    ended = "ended"
+    settled = "settled"
+    refunded = "refunded"
+    failed = "failed"
 
 
-END_REASONS = ("full", "user", "unplugged", "no_load", "fault", "power_loss", "limit")
+OPEN_STATES = (ChargeState.requested, ChargeState.started)
+
+
+EndReason = Literal["full", "user", "unplugged", "no_load", "fault", "power_loss", "limit"]
+END_REASONS: tuple[EndReason, ...] = get_args(EndReason)
 
 
 class Charge(SQLModel, table=True):
@@ -38,7 +53,7 @@ class Charge(SQLModel, table=True):
     port_code: str
     site_id: str
     session_ref: str | None = Field(default=None, max_length=40)
-    state: str = "requested"
+    state: ChargeState = Field(default=ChargeState.requested, sa_type=AutoString)  # text, as before
     tariff: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     requested_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None  # the pile's clock

@@ -21,8 +21,9 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
-from core.charging.tables import Charge
+from core.charging.tables import Charge, ChargeState
 
 KM_PER_KWH = 50.0
 GRID_KG_PER_KWH = 0.5703
@@ -51,15 +52,16 @@ async def of(session: AsyncSession, rider_id: int, year: int, tz: str) -> Year:
     zone = ZoneInfo(tz)
     start = datetime(year, 1, 1, tzinfo=zone).astimezone(UTC)
     end = datetime(year + 1, 1, 1, tzinfo=zone).astimezone(UTC)
-    where = (Charge.rider_id == rider_id, Charge.state.in_(("ended", "settled")),
-             Charge.ended_at >= start, Charge.ended_at < end)
+    where = (col(Charge.rider_id) == rider_id,
+             col(Charge.state).in_((ChargeState.ended, ChargeState.settled)),
+             col(Charge.ended_at) >= start, col(Charge.ended_at) < end)
     n, seconds, wh, spent = (await session.execute(select(
-        func.count(), func.coalesce(func.sum(Charge.duration_s), 0),
-        func.coalesce(func.sum(Charge.energy_wh), 0),
-        func.coalesce(func.sum(Charge.paid_fen), 0)).where(*where))).one()
+        func.count(), func.coalesce(func.sum(col(Charge.duration_s)), 0),
+        func.coalesce(func.sum(col(Charge.energy_wh)), 0),
+        func.coalesce(func.sum(col(Charge.paid_fen)), 0)).where(*where))).one()
     fav = (await session.execute(
-        select(Charge.site_id).where(*where).group_by(Charge.site_id)
-        .order_by(func.count().desc(), Charge.site_id).limit(1))).scalar()
-    kwh = int(wh) / 1000
+        select(col(Charge.site_id)).where(*where).group_by(col(Charge.site_id))
+        .order_by(func.count().desc(), col(Charge.site_id)).limit(1))).scalar()
+    kwh = int(wh or 0) / 1000  # never None (COALESCE): the stubs only see the column type
     km, co2 = estimate(kwh)
-    return Year(year, int(n), int(seconds) / 3600, kwh, int(spent), fav, km, co2)
+    return Year(year, int(n), int(seconds or 0) / 3600, kwh, int(spent), fav, km, co2)

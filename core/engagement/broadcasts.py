@@ -8,13 +8,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Column, String, cast, func, literal, select, update
+from sqlalchemy import Column, CursorResult, String, func, literal, select, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core import outbox
-from core.db import insert_ignore, transaction
+from core.db import insert_ignore, saved_id, table_of, transaction
 from core.notices.engagement import BroadcastNotice
 from core.outbox import OutboxMessage
 from core.riders.identities import chat_rider
@@ -50,7 +52,7 @@ async def schedule(session: AsyncSession, text_zh: str, text_en: str, send_at: d
     """Queue a broadcast; with `cause`, once per cause (e.g. one notice per planned visit)."""
     if cause is not None:
         found = (await session.execute(select(Broadcast).where(
-            Broadcast.cause == cause))).scalars().first()
+            col(Broadcast.cause) == cause))).scalars().first()
         if found is not None:
             return found
     b = Broadcast(kind=kind, text_zh=text_zh[:1000], text_en=text_en[:1000], send_at=send_at,
@@ -85,14 +87,15 @@ async def send_due(session: AsyncSession, now: datetime, groups: list[int]) -> i
 async def claim_due(session: AsyncSession, now: datetime) -> list[Broadcast]:
     """Broadcasts due now, each claimed by this caller only."""
     due = [b.id for b in (await session.execute(select(Broadcast).where(
-        Broadcast.sent_at.is_(None), Broadcast.send_at <= now,
-        Broadcast.send_at >= now - timedelta(days=2)))).scalars()]
+        col(Broadcast.sent_at).is_(None), col(Broadcast.send_at) <= now,
+        col(Broadcast.send_at) >= now - timedelta(days=2)))).scalars()]
     claimed = []
     for bid in due:
-        result = await session.execute(
-            update(Broadcast).where(Broadcast.id == bid, Broadcast.sent_at.is_(None))
-            .values(sent_at=now).execution_options(synchronize_session=False))
-        if result.rowcount == 1:  # type: ignore[attr-defined]
+        # An UPDATE's result is a CursorResult (SQLAlchemy's stubs say only Result): rowcount.
+        result = cast(CursorResult[Any], await session.execute(
+            update(Broadcast).where(col(Broadcast.id) == bid, col(Broadcast.sent_at).is_(None))
+            .values(sent_at=now).execution_options(synchronize_session=False)))
+        if result.rowcount == 1:
             b = await session.get(Broadcast, bid)
             assert b is not None
             await session.refresh(b)
@@ -145,7 +148,7 @@ async def queue_for_riders(
         raise BroadcastError("the cause is at most 72 characters")
     async with transaction(sm) as session:
         b = (await session.execute(select(Broadcast).where(
-            Broadcast.cause == RIDERS_CAUSE + cause))).scalars().first()
+            col(Broadcast.cause) == RIDERS_CAUSE + cause))).scalars().first()
         if b is None:
             b = Broadcast(kind="notice", text_zh=text_zh, text_en=text_en, send_at=send_at,
                           sent_at=now, cause=RIDERS_CAUSE + cause)
@@ -153,43 +156,44 @@ async def queue_for_riders(
             await session.flush()
         elif (b.text_zh, b.text_en) != (text_zh, text_en):
             raise BroadcastError(f"cause {cause!r} was already used for a different message")
-        bid, send_at = b.id, b.send_at
-    assert bid is not None
+        bid, send_at = saved_id(b), b.send_at
     notice = BroadcastNotice(zh_CN=text_zh, en=text_en or text_zh)
     payload = notice.to_payload()
     prefix = f"broadcast:{RIDERS_CAUSE}{bid}:"
     # Riders, not the group chats that are outbox recipients too (external id "chat:…").
-    riders = (select(Identity.rider_id).where(~Identity.external_id.like("chat:%"))
-              .group_by(Identity.rider_id))
+    rid = col(Identity.rider_id)
+    riders = select(rid).where(~col(Identity.external_id).like("chat:%")).group_by(rid)
     queued = total = 0
     last = 0
     while True:
         async with sm() as session:
             ids = list((await session.execute(
-                riders.where(Identity.rider_id > last).order_by(Identity.rider_id).limit(chunk)
+                riders.where(rid > last).order_by(rid).limit(chunk)
             )).scalars())
         if not ids:
             break
         total += len(ids)
         async with transaction(sm) as session:
-            dialect = session.bind.dialect.name  # type: ignore[union-attr]
-            rid, col = Identity.rider_id, OutboxMessage.__table__.c
+            dialect = session.get_bind().dialect.name
+            outbox_table = table_of(OutboxMessage)
+            out = outbox_table.c
             # Bound with the columns' own types: SQLite compares stored times as text, so they
             # must be written exactly as the ORM writes them.
             rows = (
                 select(
-                    rid, literal(notice.kind), literal(payload, col.payload.type),
-                    literal(prefix) + cast(rid, String), literal("pending"), literal(0),
-                    literal(send_at, col.due_at.type), literal(now, col.created_at.type),
+                    rid, literal(notice.kind), literal(payload, out.payload.type),
+                    literal(prefix) + sql_cast(rid, String), literal("pending"), literal(0),
+                    literal(send_at, out.due_at.type), literal(now, out.created_at.type),
                 )
-                .where(rid >= ids[0], rid <= ids[-1], ~Identity.external_id.like("chat:%"))
+                .where(rid >= ids[0], rid <= ids[-1], ~col(Identity.external_id).like("chat:%"))
                 .group_by(rid)
             )
-            result = await session.execute(
-                insert_ignore(dialect, OutboxMessage.__table__).from_select(
+            # An INSERT's result is a CursorResult (SQLAlchemy's stubs say only Result).
+            result = cast(CursorResult[Any], await session.execute(
+                insert_ignore(dialect, outbox_table).from_select(
                     ["rider_id", "kind", "payload", "dedupe_key", "state", "attempts",
-                     "due_at", "created_at"], rows))
-            queued += max(0, result.rowcount or 0)  # type: ignore[attr-defined]
+                     "due_at", "created_at"], rows)))
+            queued += max(0, result.rowcount or 0)
         last = ids[-1]
     return RidersQueued(bid, cause, queued, total)
 
@@ -198,6 +202,6 @@ async def riders_progress(session: AsyncSession, broadcast_id: int) -> dict[str,
     """How a rider broadcast is going: outbox rows by state."""
     prefix = f"broadcast:{RIDERS_CAUSE}{broadcast_id}:"
     rows = await session.execute(
-        select(OutboxMessage.state, func.count()).where(
-            OutboxMessage.dedupe_key.like(prefix + "%")).group_by(OutboxMessage.state))
+        select(col(OutboxMessage.state), func.count()).where(
+            col(OutboxMessage.dedupe_key).like(prefix + "%")).group_by(col(OutboxMessage.state)))
     return {state: n for state, n in rows.all()}

@@ -12,20 +12,30 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from enum import StrEnum
+from typing import Any, cast
 
-from sqlalchemy import Column, Index, String, UniqueConstraint, select, update
+from sqlalchemy import Column, CursorResult, Index, String, UniqueConstraint, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel, col
 
 from core import outbox
 from core.billing import wallet
-from core.db import row_id, utcnow
+from core.db import row_id, saved_id, utcnow
 from core.errors import DomainError, InsufficientBalance
 from core.notices.engagement import GroupBuyExpiredNotice, GroupBuyFilledNotice
 
-DEAL_STATES = ("open", "filled", "expired")
+
+class DealState(StrEnum):
+    """open → filled (the last seat taken, everyone topped up) or expired (holds refunded)."""
+
+    open = "open"
+    filled = "filled"
+    expired = "expired"
+
+
+DEAL_STATES = (DealState.open, DealState.filled, DealState.expired)
 # No 0/O, 1/I: codes are read aloud and typed on phones (WeChat riders join by code).
 CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 CODE_LENGTH = 6
@@ -74,7 +84,7 @@ class GroupDeal(SQLModel, table=True):
     price_fen: int
     percent_off: int
     joined: int = 0  # raised only by the conditional UPDATE in `join`
-    state: str = Field(default="open", max_length=8)
+    state: DealState = Field(default=DealState.open, sa_type=AutoString(8))
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
     filled_at: datetime | None = None
@@ -104,7 +114,7 @@ class DealClosed(DomainError):
 
     key = "error.groupbuy_closed"
 
-    def __init__(self, deal: GroupDeal, state: str) -> None:
+    def __init__(self, deal: GroupDeal, state: DealState) -> None:
         super().__init__(deal_id=deal.id, state=state)
         self.deal = deal
         self.state = state  # filled | expired
@@ -142,9 +152,11 @@ def normalise_code(text: str) -> str:
 async def open_deal_in_chat(session: AsyncSession, platform: str, chat_id: str,
                             now: datetime) -> GroupDeal | None:
     return (await session.execute(
-        select(GroupDeal).where(GroupDeal.platform == platform, GroupDeal.chat_id == chat_id,
-                                GroupDeal.state == "open", GroupDeal.expires_at > now)
-        .order_by(GroupDeal.id.desc()))).scalars().first()
+        select(GroupDeal).where(col(GroupDeal.platform) == platform,
+                                col(GroupDeal.chat_id) == chat_id,
+                                col(GroupDeal.state) == DealState.open,
+                                col(GroupDeal.expires_at) > now)
+        .order_by(col(GroupDeal.id).desc()))).scalars().first()
 
 
 async def create(
@@ -180,20 +192,21 @@ async def find(session: AsyncSession, ref: int | str) -> GroupDeal:
         deal = await session.get(GroupDeal, deal_id) if deal_id is not None else None
     else:
         deal = (await session.execute(
-            select(GroupDeal).where(GroupDeal.code == normalise_code(ref)))).scalars().first()
+            select(GroupDeal).where(col(GroupDeal.code) == normalise_code(ref))
+        )).scalars().first()
     if deal is None:
         raise UnknownDeal(ref=str(ref))
     return deal
 
 
-def closed_state(deal: GroupDeal, now: datetime) -> str | None:
+def closed_state(deal: GroupDeal, now: datetime) -> DealState | None:
     """Why nobody can join any more (filled | expired), or None while it is open."""
-    if deal.state != "open":
+    if deal.state != DealState.open:
         return deal.state
     if deal.expires_at <= now:
-        return "expired"
+        return DealState.expired
     if deal.joined >= deal.size:
-        return "filled"
+        return DealState.filled
     return None
 
 
@@ -205,36 +218,37 @@ async def join(session: AsyncSession, deal_ref: int | str, rider_id: int,
     no money and leaves no membership behind.
     """
     deal = await find(session, deal_ref)
-    assert deal.id is not None
-    if (await member(session, deal.id, rider_id)) is not None:
-        raise AlreadyJoined(deal_id=deal.id)
+    deal_id = saved_id(deal)
+    if (await member(session, deal_id, rider_id)) is not None:
+        raise AlreadyJoined(deal_id=deal_id)
     if (state := closed_state(deal, now)) is not None:
         raise DealClosed(deal, state)
     try:
         async with session.begin_nested():
-            m = GroupDealMember(deal_id=deal.id, rider_id=rider_id, joined_at=now)
+            m = GroupDealMember(deal_id=deal_id, rider_id=rider_id, joined_at=now)
             session.add(m)
             await session.flush()
             # The seat is taken in the database: concurrent joins queue on this row, and the
             # one that reaches `size` is the only one that sees joined == size.
             seat = (await session.execute(
                 update(GroupDeal)
-                .where(GroupDeal.id == deal.id, GroupDeal.state == "open",
-                       GroupDeal.joined < GroupDeal.size, GroupDeal.expires_at > now)
-                .values(joined=GroupDeal.joined + 1)
-                .returning(GroupDeal.joined)
+                .where(col(GroupDeal.id) == deal_id, col(GroupDeal.state) == DealState.open,
+                       col(GroupDeal.joined) < col(GroupDeal.size),
+                       col(GroupDeal.expires_at) > now)
+                .values(joined=col(GroupDeal.joined) + 1)
+                .returning(col(GroupDeal.joined))
                 .execution_options(synchronize_session=False))).scalar()
             if seat is None:
                 raise _Closed
             await wallet.post(session, rider_id, HOLD, -deal.price_fen,
-                              _key(deal.id, rider_id, "hold"), memo=f"group-buy {deal.code}")
+                              _key(deal_id, rider_id, "hold"), memo=f"group-buy {deal.code}")
             filled = seat >= deal.size and await _fill(session, deal, now)
     except IntegrityError:
         # The same rider pressed Join twice at once: the unique (deal, rider) decided.
-        raise AlreadyJoined(deal_id=deal.id) from None
+        raise AlreadyJoined(deal_id=deal_id) from None
     except _Closed:
         await session.refresh(deal)
-        raise DealClosed(deal, closed_state(deal, now) or "filled") from None
+        raise DealClosed(deal, closed_state(deal, now) or DealState.filled) from None
     except InsufficientBalance:
         raise NotEnoughForDeal(deal, await wallet.balance(session, rider_id)) from None
     await session.refresh(deal)
@@ -246,19 +260,22 @@ class _Closed(Exception):
 
 
 async def _fill(session: AsyncSession, deal: GroupDeal, now: datetime) -> bool:
-    assert deal.id is not None
-    claimed = await session.execute(
-        update(GroupDeal).where(GroupDeal.id == deal.id, GroupDeal.state == "open")
-        .values(state="filled", filled_at=now).execution_options(synchronize_session=False))
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+    deal_id = saved_id(deal)
+    # An UPDATE's result is a CursorResult (SQLAlchemy's stubs say only Result): it has rowcount.
+    claimed = cast(CursorResult[Any], await session.execute(
+        update(GroupDeal).where(col(GroupDeal.id) == deal_id,
+                                col(GroupDeal.state) == DealState.open)
+        .values(state=DealState.filled, filled_at=now)
+        .execution_options(synchronize_session=False)))
+    if claimed.rowcount != 1:
         return False
-    for rider_id in await member_ids(session, deal.id):
+    for rider_id in await member_ids(session, deal_id):
         entry = await wallet.post(session, rider_id, TOPUP, deal.topup_fen,
-                                  _key(deal.id, rider_id, "topup"), memo=f"group-buy {deal.code}")
+                                  _key(deal_id, rider_id, "topup"), memo=f"group-buy {deal.code}")
         await outbox.enqueue(session, rider_id,
                              GroupBuyFilledNotice(**notice_payload(deal),
                                                   balance_fen=entry.balance_after_fen),
-                             _key(deal.id, rider_id, "filled"), now=now)
+                             _key(deal_id, rider_id, "filled"), now=now)
     return True
 
 
@@ -268,17 +285,19 @@ async def expire(session: AsyncSession, now: datetime) -> list[int]:
     Safe to run any number of times and alongside joins: each deal is claimed by a conditional
     UPDATE and every refund has its own key. Returns the ids of the deals it expired.
     """
-    due = (await session.execute(
-        select(GroupDeal.id).where(GroupDeal.state == "open", GroupDeal.expires_at <= now)
-        .order_by(GroupDeal.id))).scalars().all()
+    due = [i for i in (await session.execute(
+        select(col(GroupDeal.id)).where(col(GroupDeal.state) == DealState.open,
+                                        col(GroupDeal.expires_at) <= now)
+        .order_by(col(GroupDeal.id)))).scalars() if i is not None]  # a stored row has its id
     done: list[int] = []
     for deal_id in due:
-        claimed = await session.execute(
-            update(GroupDeal).where(GroupDeal.id == deal_id, GroupDeal.state == "open",
-                                    GroupDeal.expires_at <= now)
-            .values(state="expired", expired_at=now)
-            .execution_options(synchronize_session=False))
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        claimed = cast(CursorResult[Any], await session.execute(
+            update(GroupDeal).where(col(GroupDeal.id) == deal_id,
+                                    col(GroupDeal.state) == DealState.open,
+                                    col(GroupDeal.expires_at) <= now)
+            .values(state=DealState.expired, expired_at=now)
+            .execution_options(synchronize_session=False)))
+        if claimed.rowcount != 1:
             continue
         deal = await session.get(GroupDeal, deal_id, populate_existing=True)
         assert deal is not None
@@ -299,14 +318,15 @@ async def expire(session: AsyncSession, now: datetime) -> list[int]:
 
 async def member(session: AsyncSession, deal_id: int, rider_id: int) -> GroupDealMember | None:
     return (await session.execute(
-        select(GroupDealMember).where(GroupDealMember.deal_id == deal_id,
-                                      GroupDealMember.rider_id == rider_id))).scalars().first()
+        select(GroupDealMember).where(col(GroupDealMember.deal_id) == deal_id,
+                                      col(GroupDealMember.rider_id) == rider_id)
+    )).scalars().first()
 
 
 async def member_ids(session: AsyncSession, deal_id: int) -> list[int]:
     return list((await session.execute(
-        select(GroupDealMember.rider_id).where(GroupDealMember.deal_id == deal_id)
-        .order_by(GroupDealMember.id))).scalars())
+        select(col(GroupDealMember.rider_id)).where(col(GroupDealMember.deal_id) == deal_id)
+        .order_by(col(GroupDealMember.id)))).scalars())
 
 
 def notice_payload(deal: GroupDeal) -> dict[str, Any]:

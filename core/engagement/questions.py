@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, String, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core.db import utcnow
 from core.support import faq
@@ -64,16 +64,17 @@ _cache: dict[str, Any] = {"version": None, "index": None}
 async def index(session: AsyncSession) -> faq.Index:
     """The shipped entries plus staff-added ones; rebuilt when the table changes (~ms)."""
     version = tuple((await session.execute(
-        select(func.count(), func.max(FaqEntry.id)).select_from(FaqEntry))).one())
-    if _cache["version"] != version or _cache["index"] is None:
-        rows = (await session.execute(select(FaqEntry).order_by(FaqEntry.id))).scalars()
+        select(func.count(), func.max(col(FaqEntry.id))).select_from(FaqEntry))).one())
+    built: faq.Index | None = _cache["index"]
+    if _cache["version"] != version or built is None:
+        rows = (await session.execute(select(FaqEntry).order_by(col(FaqEntry.id)))).scalars()
         extra = [faq.Entry(key=r.key, question=dict(r.question), answer=dict(r.answer),
                            phrasings=tuple(r.phrasings)) for r in rows]
         # Reading the shipped file and tokenizing every entry (jieba) is ~30 ms of CPU: off
         # the event loop.
-        _cache["index"] = await asyncio.to_thread(_build, extra)
+        built = _cache["index"] = await asyncio.to_thread(_build, extra)
         _cache["version"] = version
-    return _cache["index"]
+    return built
 
 
 def _build(extra: list[faq.Entry]) -> faq.Index:
@@ -89,7 +90,8 @@ async def log(session: AsyncSession, rider_id: int, text: str, lang: str, key: s
 async def save_from_ticket(session: AsyncSession, ticket_id: int, question: str, answer: str,
                            lang: str, staff_id: int, now: datetime) -> FaqEntry:
     key = f"t{ticket_id}"
-    found = (await session.execute(select(FaqEntry).where(FaqEntry.key == key))).scalars().first()
+    found = (await session.execute(
+        select(FaqEntry).where(col(FaqEntry.key) == key))).scalars().first()
     if found is not None:
         return found
     e = faq.entry_from_ticket(key, question, answer, lang)
@@ -108,18 +110,20 @@ def week_of(now: datetime) -> str:
 async def weekly_digest(session: AsyncSession, now: datetime, top: int = 10) -> list[faq.Topic]:
     """Group the last 7 days' questions (and question tickets) into topics; store them."""
     since = now - timedelta(days=7)
-    texts = list((await session.execute(select(QuestionLog.text).where(
-        QuestionLog.asked_at >= since))).scalars())
-    first = (select(func.min(TicketMessage.id)).where(TicketMessage.author == "rider")
-             .group_by(TicketMessage.ticket_id))
+    texts = list((await session.execute(select(col(QuestionLog.text)).where(
+        col(QuestionLog.asked_at) >= since))).scalars())
+    first = (select(func.min(col(TicketMessage.id))).where(col(TicketMessage.author) == "rider")
+             .group_by(col(TicketMessage.ticket_id)))
     texts += list((await session.execute(
-        select(TicketMessage.text).join(Ticket, Ticket.id == TicketMessage.ticket_id).where(
-            Ticket.created_at >= since, TicketMessage.id.in_(first),
-            TicketMessage.text != ""))).scalars())
+        select(col(TicketMessage.text))
+        .join(Ticket, col(Ticket.id) == col(TicketMessage.ticket_id)).where(
+            col(Ticket.created_at) >= since, col(TicketMessage.id).in_(first),
+            col(TicketMessage.text) != ""))).scalars())
     # A week of questions is thousands of texts to tokenize and group: in a worker thread.
     topics = await asyncio.to_thread(faq.frequent, texts, top, index=await index(session))
     week = week_of(now)
-    if not (await session.execute(select(FaqDigest.id).where(FaqDigest.week == week))).first():
+    if not (await session.execute(
+            select(col(FaqDigest.id)).where(col(FaqDigest.week) == week))).first():
         for rank, t in enumerate(topics, 1):
             session.add(FaqDigest(week=week, rank=rank, key=t.key, question=t.question[:500],
                                   count=t.count))
@@ -129,12 +133,13 @@ async def weekly_digest(session: AsyncSession, now: datetime, top: int = 10) -> 
 async def top_entries(session: AsyncSession, n: int = 5) -> list[faq.Entry]:
     """The FAQ entries riders asked most in the last digest (shipped order when none yet)."""
     idx = await index(session)
-    week = (await session.execute(select(func.max(FaqDigest.week)))).scalar()
+    week = (await session.execute(select(func.max(col(FaqDigest.week))))).scalar()
     keys: list[str] = []
     if week:
         keys = [k for (k,) in await session.execute(
-            select(FaqDigest.key).where(FaqDigest.week == week, FaqDigest.key.is_not(None))
-            .order_by(FaqDigest.rank))]
+            select(col(FaqDigest.key)).where(col(FaqDigest.week) == week,
+                                             col(FaqDigest.key).is_not(None))
+            .order_by(col(FaqDigest.rank))) if k is not None]
     picked = [e for k in keys if (e := idx.get(k)) is not None]
     rest = [e for e in idx.entries if e not in picked and not e.key.startswith("t")]
     return (picked + rest)[:n]

@@ -8,9 +8,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core import outbox
-from core.charging.tables import Charge
+from core.charging.tables import Charge, ChargeState
 from core.notices.engagement import OffpeakReminderNotice
 from core.riders.tables import Rider
 
@@ -28,14 +29,15 @@ async def offpeak_reminders(session: AsyncSession, now: datetime, tz: str,
                             discount_percent: int) -> int:
     """Today's reminder (once per rider and day) to opted-in riders with a peak habit."""
     since = now - timedelta(days=WINDOW_DAYS)
-    riders = (await session.execute(select(Rider.id).where(
-        Rider.offpeak_reminders.is_(True)))).scalars().all()
+    riders = [i for i in (await session.execute(select(col(Rider.id)).where(
+        col(Rider.offpeak_reminders).is_(True)))).scalars()
+              if i is not None]  # a stored row always has its id
     day = now.astimezone(ZoneInfo(tz)).date().isoformat()
     sent = 0
     for rider_id in riders:
-        starts = (await session.execute(select(Charge.started_at).where(
-            Charge.rider_id == rider_id, Charge.started_at >= since,
-            Charge.state.in_(("ended", "settled"))))).scalars().all()
+        starts = (await session.execute(select(col(Charge.started_at)).where(
+            col(Charge.rider_id) == rider_id, col(Charge.started_at) >= since,
+            col(Charge.state).in_((ChargeState.ended, ChargeState.settled))))).scalars().all()
         if sum(1 for ts in starts if ts and at_peak(ts, tz)) < MIN_PEAK_CHARGES:
             continue
         await outbox.enqueue(session, rider_id, OffpeakReminderNotice(percent=discount_percent),

@@ -46,13 +46,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core.billing.wallet import ENTRY_KINDS, LedgerEntry
 from core.charging.tables import Charge
-from core.db import insert_ignore, transaction, utcnow
+from core.db import insert_ignore, table_of, transaction, utcnow
 from core.notices.engagement import RedPacketNotice
-from core.outbox import OutboxMessage
+from core.outbox import OutboxMessage, OutboxState
 from core.riders.tables import PLATFORMS, Identity, Rider
 
 # Holiday names as the `holidays` package spells them in en_US → our festival slugs (the i18n
@@ -180,10 +180,11 @@ def active_window(day: date, *, tz: str, active_days: int) -> tuple[datetime, da
 
 def eligible_riders(since: datetime, until: datetime) -> Any:
     """Riders with a charge ended in [since, until) and a chat identity to greet them on."""
-    charged = exists().where(Charge.rider_id == Rider.id, Charge.ended_at >= since,
-                             Charge.ended_at < until)
-    reachable = exists().where(Identity.rider_id == Rider.id, Identity.platform.in_(PLATFORMS))
-    return select(Rider.id).where(charged, reachable)
+    charged = exists().where(col(Charge.rider_id) == col(Rider.id),
+                             col(Charge.ended_at) >= since, col(Charge.ended_at) < until)
+    reachable = exists().where(col(Identity.rider_id) == col(Rider.id),
+                               col(Identity.platform).in_(PLATFORMS))
+    return select(col(Rider.id)).where(charged, reachable)
 
 
 async def create_campaign(session: AsyncSession, festival: Festival, *, now: datetime,
@@ -191,8 +192,8 @@ async def create_campaign(session: AsyncSession, festival: Festival, *, now: dat
     """The campaign row for a festival; creating it twice (two schedulers) is harmless."""
     if not amounts_fen or any(not 100 <= a <= 200 for a in amounts_fen):
         raise ValueError("red packet amounts must be ¥1–2 (100–200 fen)")
-    dialect = session.bind.dialect.name  # type: ignore[union-attr]
-    await session.execute(insert_ignore(dialect, RedPacketCampaign.__table__).values(
+    dialect = session.get_bind().dialect.name
+    await session.execute(insert_ignore(dialect, table_of(RedPacketCampaign)).values(
         key=festival.key, festival=festival.slug, day=festival.day,
         amounts_fen=list(amounts_fen), started_at=now, cursor=0,
     ))
@@ -210,11 +211,11 @@ async def due_campaigns(session: AsyncSession, today: date, *, now: datetime,
         if festival.day == today:
             await create_campaign(session, festival, now=now, amounts_fen=amounts_fen)
     rows = await session.execute(
-        select(RedPacketCampaign.key).where(
-            RedPacketCampaign.finished_at.is_(None),  # type: ignore[union-attr]
-            RedPacketCampaign.day >= today - timedelta(days=resume_days),
-            RedPacketCampaign.day <= today,
-        ).order_by(RedPacketCampaign.day, RedPacketCampaign.key)
+        select(col(RedPacketCampaign.key)).where(
+            col(RedPacketCampaign.finished_at).is_(None),
+            col(RedPacketCampaign.day) >= today - timedelta(days=resume_days),
+            col(RedPacketCampaign.day) <= today,
+        ).order_by(col(RedPacketCampaign.day), col(RedPacketCampaign.key))
     )
     return list(rows.scalars())
 
@@ -241,7 +242,7 @@ async def _batch(session: AsyncSession, stats: RunStats, *, now: datetime, batch
                  greet_at_local: str, quiet_after_local: str, tz: str, active_days: int) -> None:
     # The lock makes a second worker wait for this batch and then read the cursor it leaves.
     campaign = (await session.execute(
-        select(RedPacketCampaign).where(RedPacketCampaign.key == stats.campaign)
+        select(RedPacketCampaign).where(col(RedPacketCampaign.key) == stats.campaign)
         .with_for_update()
     )).scalars().first()
     if campaign is None:
@@ -252,8 +253,8 @@ async def _batch(session: AsyncSession, stats: RunStats, *, now: datetime, batch
         return
     since, until = active_window(campaign.day, tz=tz, active_days=active_days)
     ids = list((await session.execute(
-        eligible_riders(since, until).where(Rider.id > campaign.cursor)
-        .order_by(Rider.id).limit(batch)
+        eligible_riders(since, until).where(col(Rider.id) > campaign.cursor)
+        .order_by(col(Rider.id)).limit(batch)
     )).scalars())
     if not ids:
         campaign.finished_at = now
@@ -261,12 +262,13 @@ async def _batch(session: AsyncSession, stats: RunStats, *, now: datetime, batch
         return
     stats.batches += 1
     amounts = {rid: amount_for(campaign.key, rid, campaign.amounts_fen) for rid in ids}
-    dialect = session.bind.dialect.name  # type: ignore[union-attr]
+    dialect = session.get_bind().dialect.name
+    packets = table_of(RedPacket)
     claimed = set((await session.execute(
-        insert_ignore(dialect, RedPacket.__table__).values([
+        insert_ignore(dialect, packets).values([
             {"campaign_key": campaign.key, "rider_id": rid, "amount_fen": amounts[rid],
              "created_at": now} for rid in ids
-        ]).returning(RedPacket.__table__.c.rider_id)
+        ]).returning(packets.c.rider_id)
     )).scalars())
     due_at = greeting_due(campaign.day, now, tz=tz, greet_at_local=greet_at_local,
                           quiet_after_local=quiet_after_local)
@@ -275,9 +277,9 @@ async def _batch(session: AsyncSession, stats: RunStats, *, now: datetime, batch
     if fresh:
         keys = {rid: f"redpacket:{campaign.key}:{rid}" for rid in fresh}
         balances = await _credit(session, keys, amounts, memo=campaign.festival, now=now)
-        await session.execute(insert_ignore(dialect, OutboxMessage.__table__).values([
+        await session.execute(insert_ignore(dialect, table_of(OutboxMessage)).values([
             {"rider_id": rid, "kind": RedPacketNotice.kind, "dedupe_key": keys[rid],
-             "state": "pending", "attempts": 0, "due_at": due_at, "created_at": now,
+             "state": OutboxState.pending, "attempts": 0, "due_at": due_at, "created_at": now,
              "payload": RedPacketNotice(festival=campaign.festival, campaign=campaign.key,
                                         amount_fen=amounts[rid],
                                         balance_fen=balances[rid]).to_payload()}
@@ -294,16 +296,16 @@ async def _credit(session: AsyncSession, keys: dict[int, str], amounts: dict[int
     cache changed in the same transaction, a replayed key moves nothing) in a handful of
     statements instead of four per rider — 5,000 riders take seconds, not minutes.
     Returns each rider's balance after the credit."""
-    found = dict((await session.execute(
-        select(LedgerEntry.idempotency_key, LedgerEntry.balance_after_fen)
-        .where(LedgerEntry.idempotency_key.in_(list(keys.values())))  # type: ignore[attr-defined]
+    found: dict[str, int] = dict((await session.execute(
+        select(col(LedgerEntry.idempotency_key), col(LedgerEntry.balance_after_fen))
+        .where(col(LedgerEntry.idempotency_key).in_(list(keys.values())))
     )).all())
     balances = {rid: found[key] for rid, key in keys.items() if key in found}
     by_amount: dict[int, list[int]] = defaultdict(list)
     for rid in keys:
         if rid not in balances:
             by_amount[amounts[rid]].append(rid)
-    riders = Rider.__table__
+    riders = table_of(Rider)
     for amount, group in sorted(by_amount.items()):
         rows = await session.execute(
             update(riders).where(riders.c.id.in_(group))
@@ -319,7 +321,7 @@ async def _credit(session: AsyncSession, keys: dict[int, str], amounts: dict[int
     ]
     if new:
         # A race on a key fails the unique constraint and the whole batch with it.
-        await session.execute(insert(LedgerEntry.__table__), new)
+        await session.execute(insert(table_of(LedgerEntry)), new)
     return balances
 
 

@@ -31,17 +31,18 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core import outbox
-from core.charging.tables import Charge
+from core.charging.tables import Charge, ChargeState
 from core.db import aware
 from core.engagement.surveys import NpsResponse, category, nps
-from core.faults.tables import Fault, WorkOrder
+from core.faults.tables import Fault, WorkOrder, WorkOrderState
 from core.notices.engagement import MonthlyReportNotice
 from core.piles.tables import Site
 from core.support.tables import Ticket
 
-CHARGED_STATES = ("ended", "settled", "refunded")
+CHARGED_STATES = (ChargeState.ended, ChargeState.settled, ChargeState.refunded)
 CSV_COLUMNS = ("metric", "key", "name", "value", "responses")
 SUMMARY = ("month", "nps", "responses", "promoters", "passives", "detractors", "charges",
            "tickets", "tickets_per_1000_charges", "faults", "faults_per_1000_charges",
@@ -103,17 +104,18 @@ async def _count(session: AsyncSession, stmt: Any) -> int:
 async def monthly(session: AsyncSession, month: str, tz: str) -> MonthlyReport:
     start, end = month_bounds(month, tz)
 
-    answers = list(await session.execute(
-        select(NpsResponse.site_id, NpsResponse.score, NpsResponse.reason).where(
-            NpsResponse.score.is_not(None),
-            NpsResponse.answered_at >= start, NpsResponse.answered_at < end)))
+    answers = [(site_id, score, reason) for site_id, score, reason in await session.execute(
+        select(col(NpsResponse.site_id), col(NpsResponse.score), col(NpsResponse.reason)).where(
+            col(NpsResponse.score).is_not(None),
+            col(NpsResponse.answered_at) >= start, col(NpsResponse.answered_at) < end))
+        if score is not None]  # as the query asked: the type cannot see its WHERE
     scores = [int(s) for _, s, _ in answers]
     kinds = [category(s) for s in scores]
     per_site: dict[str, list[int]] = {}
     for site_id, score, _ in answers:
         per_site.setdefault(site_id, []).append(int(score))
     names = {s.id: s.name for s in (await session.execute(
-        select(Site).where(Site.id.in_(list(per_site))))).scalars()} if per_site else {}
+        select(Site).where(col(Site.id).in_(list(per_site))))).scalars()} if per_site else {}
     by_site = [SiteNps(sid, names.get(sid, sid), nps(per_site[sid]), len(per_site[sid]))
                for sid in sorted(per_site)]
     counted: dict[str, int] = {}
@@ -123,19 +125,21 @@ async def monthly(session: AsyncSession, month: str, tz: str) -> MonthlyReport:
     reasons = sorted(counted.items(), key=lambda kv: (-kv[1], kv[0]))
 
     charges = await _count(session, select(func.count()).select_from(Charge).where(
-        Charge.state.in_(CHARGED_STATES), Charge.ended_at >= start, Charge.ended_at < end))
+        col(Charge.state).in_(CHARGED_STATES), col(Charge.ended_at) >= start,
+        col(Charge.ended_at) < end))
     tickets = await _count(session, select(func.count()).select_from(Ticket).where(
-        Ticket.created_at >= start, Ticket.created_at < end))
+        col(Ticket.created_at) >= start, col(Ticket.created_at) < end))
     faults = await _count(session, select(func.count()).select_from(Fault).where(
-        Fault.opened_at >= start, Fault.opened_at < end))
+        col(Fault.opened_at) >= start, col(Fault.opened_at) < end))
     breaches = await _count(session, select(func.count()).select_from(WorkOrder).where(
-        WorkOrder.escalated_at >= start, WorkOrder.escalated_at < end))
+        col(WorkOrder.escalated_at) >= start, col(WorkOrder.escalated_at) < end))
     # Differences of timestamps are computed here, not in SQL: the two databases disagree.
-    repairs = list(await session.execute(select(WorkOrder.created_at, WorkOrder.resolved_at).where(
-        WorkOrder.kind == "repair", WorkOrder.state == "resolved",
-        WorkOrder.resolved_at >= start, WorkOrder.resolved_at < end)))
+    repairs = list(await session.execute(
+        select(col(WorkOrder.created_at), col(WorkOrder.resolved_at)).where(
+            col(WorkOrder.kind) == "repair", col(WorkOrder.state) == WorkOrderState.resolved,
+            col(WorkOrder.resolved_at) >= start, col(WorkOrder.resolved_at) < end)))
     hours = [(aware(done) - aware(made)).total_seconds() / 3600
-             for made, done in repairs]
+             for made, done in repairs if done is not None]  # resolved, as the query asked
 
     return MonthlyReport(
         month=month, tz=tz, nps=nps(scores), responses=len(scores),
@@ -204,6 +208,7 @@ def _charts(report: MonthlyReport, out: Path, reason_labels: dict[str, str]) -> 
     # is CPU work: the scheduler calls `write` in a worker thread, never on the event loop.
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no global state, the Agg canvas
+    from matplotlib.ticker import MaxNLocator
 
     font = cjk_font()
     families = [font, "DejaVu Sans"] if font else ["DejaVu Sans"]
@@ -237,7 +242,9 @@ def _charts(report: MonthlyReport, out: Path, reason_labels: dict[str, str]) -> 
         if report.reasons:
             ax.bar([reason_labels.get(r, r) for r, _ in report.reasons],
                    [n for _, n in report.reasons], color="#c0392b")
-            ax.yaxis.get_major_locator().set_params(integer=True)
+            locator = ax.yaxis.get_major_locator()  # an AutoLocator, i.e. a MaxNLocator
+            if isinstance(locator, MaxNLocator):
+                locator.set_params(integer=True)
         else:
             ax.text(0.5, 0.5, "no reasons given this month", ha="center", va="center")
         ax.set_title(f"Why detractors were unhappy, {report.month} "

@@ -4,12 +4,13 @@ battery lockers in charging cabinets, and tool kits riders borrow and return."""
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Index, func, select, text, update
+from sqlalchemy import CursorResult, Index, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core.charging.lifecycle import ChargeBilled, after_billed
 from core.charging.tables import OPEN_STATES, Charge
@@ -29,7 +30,8 @@ def _hm(value: str) -> time:
     return time(int(h), int(m))
 
 
-def current_stop(timetable: list[dict], now: datetime, tz: str) -> dict | None:
+def current_stop(timetable: list[dict[str, Any]], now: datetime,
+                 tz: str) -> dict[str, Any] | None:
     """The van's stop now: entries {days: ["mon", …], from: "08:00", to: "11:00", lat, lon,
     place}, in local time."""
     local = now.astimezone(ZoneInfo(tz))
@@ -40,10 +42,11 @@ def current_stop(timetable: list[dict], now: datetime, tz: str) -> dict | None:
     return None
 
 
-def next_stop(timetable: list[dict], now: datetime, tz: str) -> tuple[datetime, dict] | None:
+def next_stop(timetable: list[dict[str, Any]], now: datetime,
+              tz: str) -> tuple[datetime, dict[str, Any]] | None:
     """The next stop to start after now (within a week), with its local start time."""
     local = now.astimezone(ZoneInfo(tz))
-    best: tuple[datetime, dict] | None = None
+    best: tuple[datetime, dict[str, Any]] | None = None
     for ahead in range(8):
         d = local.date() + timedelta(days=ahead)
         for stop in timetable:
@@ -60,10 +63,10 @@ def next_stop(timetable: list[dict], now: datetime, tz: str) -> tuple[datetime, 
 async def apply_schedules(session: AsyncSession, now: datetime, tz: str) -> list[str]:
     """Put scheduled sites in or out of service (and move the van to its stop); returns the
     ids of sites that changed."""
-    changed = []
+    changed: list[str] = []
     rows = await session.execute(select(Site).where(
-        (Site.timetable.is_not(None)) | (Site.active_from.is_not(None))
-        | (Site.active_until.is_not(None))))
+        (col(Site.timetable).is_not(None)) | (col(Site.active_from).is_not(None))
+        | (col(Site.active_until).is_not(None))))
     for site in rows.scalars():
         serving = True
         if site.active_from is not None and now < site.active_from:
@@ -76,13 +79,15 @@ async def apply_schedules(session: AsyncSession, now: datetime, tz: str) -> list
             if stop is not None and (site.lat, site.lon) != (stop["lat"], stop["lon"]):
                 site.lat, site.lon = stop["lat"], stop["lon"]
                 site.address = stop.get("place", site.address)
-                await session.execute(update(Pile).where(Pile.site_id == site.id)
+                await session.execute(update(Pile).where(col(Pile.site_id) == site.id)
                                       .values(lat=stop["lat"], lon=stop["lon"]))
                 changed.append(site.id)
-        result = await session.execute(
-            update(Pile).where(Pile.site_id == site.id, Pile.in_service.is_(not serving))
-            .values(in_service=serving).execution_options(synchronize_session=False))
-        if result.rowcount and site.id not in changed:  # type: ignore[attr-defined]
+        # An UPDATE's result is a CursorResult (SQLAlchemy's stubs say only Result): rowcount.
+        result = cast(CursorResult[Any], await session.execute(
+            update(Pile).where(col(Pile.site_id) == site.id,
+                               col(Pile.in_service).is_(not serving))
+            .values(in_service=serving).execution_options(synchronize_session=False)))
+        if result.rowcount and site.id not in changed:
             changed.append(site.id)
     return changed
 
@@ -141,14 +146,15 @@ class NoKitLeft(Exception):
 
 async def kits_out(session: AsyncSession, site_id: str) -> int:
     return int((await session.execute(select(func.count()).select_from(ToolLoan).where(
-        ToolLoan.site_id == site_id, ToolLoan.returned_at.is_(None)))).scalar() or 0)
+        col(ToolLoan.site_id) == site_id, col(ToolLoan.returned_at).is_(None)))).scalar() or 0)
 
 
 async def borrow(session: AsyncSession, rider_id: int, site_id: str, now: datetime
                  ) -> tuple[ToolLoan, bool]:
     """(loan, new). The rider's open loan if any; NoKitLeft when all the site's kits are out."""
     current = (await session.execute(select(ToolLoan).where(
-        ToolLoan.rider_id == rider_id, ToolLoan.returned_at.is_(None)))).scalars().first()
+        col(ToolLoan.rider_id) == rider_id, col(ToolLoan.returned_at).is_(None)
+    ))).scalars().first()
     if current is not None:
         return current, False
     site = await session.get(Site, site_id)
@@ -166,7 +172,8 @@ async def borrow(session: AsyncSession, rider_id: int, site_id: str, now: dateti
 
 async def give_back(session: AsyncSession, rider_id: int, now: datetime) -> ToolLoan | None:
     loan = (await session.execute(select(ToolLoan).where(
-        ToolLoan.rider_id == rider_id, ToolLoan.returned_at.is_(None)))).scalars().first()
+        col(ToolLoan.rider_id) == rider_id, col(ToolLoan.returned_at).is_(None)
+    ))).scalars().first()
     if loan is not None:
         loan.returned_at = now
     return loan

@@ -15,12 +15,12 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Column, Index, String, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core import outbox
 from core.charging.lifecycle import ChargeBilled, after_billed
-from core.charging.tables import Charge
-from core.db import insert_ignore, utcnow
+from core.charging.tables import Charge, ChargeState
+from core.db import insert_ignore, table_of, utcnow
 from core.notices.engagement import NpsPromptNotice
 
 PROMPT_KIND = NpsPromptNotice.kind
@@ -133,8 +133,9 @@ async def should_prompt(
     if await opted_out(session, rider_id):
         return False
     since = send_time(now, quiet, tz) - timedelta(days=min_days_between)
-    recent = (await session.execute(select(NpsResponse.id).where(
-        NpsResponse.rider_id == rider_id, NpsResponse.prompted_at > since).limit(1))).first()
+    recent = (await session.execute(select(col(NpsResponse.id)).where(
+        col(NpsResponse.rider_id) == rider_id, col(NpsResponse.prompted_at) > since).limit(1)
+    )).first()
     return recent is None
 
 
@@ -144,7 +145,7 @@ async def maybe_prompt(
 ) -> NpsResponse | None:
     """After a settled charge: the prompt row and its outbox message (due after the quiet
     hours), or None when the rules say not now. Call it in the settling transaction."""
-    if charge.state != "settled" or charge.id is None:
+    if charge.state != ChargeState.settled or charge.id is None:
         return None
     if not await should_prompt(session, charge.rider_id, now, min_days_between=min_days_between,
                                quiet=quiet, tz=tz):
@@ -159,7 +160,7 @@ async def maybe_prompt(
     except IntegrityError:
         return None  # this charge was already asked about (a replayed settlement)
     await outbox.enqueue(session, charge.rider_id,
-                         NpsPromptNotice(charge_id=charge.id, port=charge.port_code),  # type: ignore[arg-type]
+                         NpsPromptNotice(charge_id=charge.id, port=charge.port_code),
                          f"nps:{charge.id}", due_at=due, now=now)
     return row
 
@@ -176,7 +177,7 @@ async def prompt_after_paid(session: AsyncSession, event: ChargeBilled) -> None:
 
 async def _prompt(session: AsyncSession, rider_id: int, charge_id: int) -> NpsResponse:
     row = (await session.execute(select(NpsResponse).where(
-        NpsResponse.charge_id == charge_id))).scalars().first()
+        col(NpsResponse.charge_id) == charge_id))).scalars().first()
     if row is None or row.rider_id != rider_id:
         raise UnknownSurvey()
     return row
@@ -219,17 +220,17 @@ async def comment(session: AsyncSession, rider_id: int, charge_id: int, text: st
 
 async def opt_out(session: AsyncSession, rider_id: int, now: datetime) -> None:
     """No more survey prompts for this rider; one still waiting for the morning is withdrawn."""
-    dialect = session.bind.dialect.name  # type: ignore[union-attr]
-    await session.execute(insert_ignore(dialect, SurveyOptOut.__table__).values(
+    dialect = session.get_bind().dialect.name
+    await session.execute(insert_ignore(dialect, table_of(SurveyOptOut)).values(
         rider_id=rider_id, at=now))
     await session.execute(
         update(outbox.OutboxMessage).where(
-            outbox.OutboxMessage.rider_id == rider_id,
-            outbox.OutboxMessage.kind == PROMPT_KIND,
-            outbox.OutboxMessage.state == "pending",
-            outbox.OutboxMessage.lease_until.is_(None),
-            outbox.OutboxMessage.due_at > now)
-        .values(state="dead", last_error="rider opted out of surveys")
+            col(outbox.OutboxMessage.rider_id) == rider_id,
+            col(outbox.OutboxMessage.kind) == PROMPT_KIND,
+            col(outbox.OutboxMessage.state) == outbox.OutboxState.pending,
+            col(outbox.OutboxMessage.lease_until).is_(None),
+            col(outbox.OutboxMessage.due_at) > now)
+        .values(state=outbox.OutboxState.dead, last_error="rider opted out of surveys")
         .execution_options(synchronize_session=False))
 
 

@@ -12,12 +12,12 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, Column, String, select, update
+from sqlalchemy import JSON, Column, CursorResult, String, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core import outbox
 from core.charging.lifecycle import ChargeBilled, after_billed
@@ -158,7 +158,7 @@ async def issue(session: AsyncSession, rider_id: int, offer: Offer, cause: str,
 
 async def by_cause(session: AsyncSession, cause: str) -> Voucher | None:
     return (await session.execute(
-        select(Voucher).where(Voucher.cause == cause))).scalars().first()
+        select(Voucher).where(col(Voucher.cause) == cause))).scalars().first()
 
 
 def earned(offers: Sequence[Offer], site_kind: str | None, trigger: str,
@@ -195,8 +195,9 @@ async def on_topup(session: AsyncSession, rider_id: int, amount_fen: int, site_k
 async def home_site_kind(session: AsyncSession, rider_id: int) -> str | None:
     """The kind of site the rider last charged at: where a top-up 'happens' for offers."""
     return (await session.execute(
-        select(Site.kind).join(Charge, Charge.site_id == Site.id)
-        .where(Charge.rider_id == rider_id).order_by(Charge.id.desc()).limit(1))).scalar()
+        select(col(Site.kind)).join(Charge, col(Charge.site_id) == col(Site.id))
+        .where(col(Charge.rider_id) == rider_id).order_by(col(Charge.id).desc()).limit(1)
+    )).scalar()
 
 
 async def redeem(session: AsyncSession, code: str, merchant: str | None,
@@ -204,7 +205,7 @@ async def redeem(session: AsyncSession, code: str, merchant: str | None,
     """Mark a voucher used, once. `merchant` None skips the merchant check (staff override)."""
     code = normalise_code(code)
     voucher = (await session.execute(
-        select(Voucher).where(Voucher.code == code))).scalars().first()
+        select(Voucher).where(col(Voucher.code) == code))).scalars().first()
     if voucher is None:
         raise UnknownVoucher(code=code)
     if merchant is not None and merchant != voucher.merchant:
@@ -212,12 +213,13 @@ async def redeem(session: AsyncSession, code: str, merchant: str | None,
     if voucher.redeemed_at is None and voucher.expires_at <= now:
         raise VoucherExpired(code=code, at=voucher.expires_at)
     by = (merchant or "staff")[:64]
-    won = await session.execute(
-        update(Voucher).where(Voucher.id == voucher.id, Voucher.redeemed_at.is_(None),
-                              Voucher.expires_at > now)
-        .values(redeemed_at=now, redeemed_by=by).execution_options(synchronize_session=False))
+    # An UPDATE's result is a CursorResult (SQLAlchemy's stubs say only Result): it has rowcount.
+    won = cast(CursorResult[Any], await session.execute(
+        update(Voucher).where(col(Voucher.id) == voucher.id, col(Voucher.redeemed_at).is_(None),
+                              col(Voucher.expires_at) > now)
+        .values(redeemed_at=now, redeemed_by=by).execution_options(synchronize_session=False)))
     await session.refresh(voucher)
-    if won.rowcount != 1:  # type: ignore[attr-defined]
+    if won.rowcount != 1:
         if voucher.redeemed_at is None:
             raise VoucherExpired(code=code, at=voucher.expires_at)
         raise VoucherAlreadyRedeemed(code=code, at=voucher.redeemed_at, by=voucher.redeemed_by)
@@ -237,15 +239,15 @@ def redeemed_line(voucher: Voucher) -> str:
 async def of_rider(session: AsyncSession, rider_id: int, now: datetime) -> list[Voucher]:
     """The rider's usable vouchers, soonest to expire first."""
     return list((await session.execute(
-        select(Voucher).where(Voucher.rider_id == rider_id, Voucher.redeemed_at.is_(None),
-                              Voucher.expires_at > now)
-        .order_by(Voucher.expires_at, Voucher.id))).scalars())
+        select(Voucher).where(col(Voucher.rider_id) == rider_id,
+                              col(Voucher.redeemed_at).is_(None), col(Voucher.expires_at) > now)
+        .order_by(col(Voucher.expires_at), col(Voucher.id)))).scalars())
 
 
 def notice(voucher: Voucher, cls: type[VoucherIssuedNotice] = VoucherIssuedNotice
            ) -> VoucherIssuedNotice:
     """The voucher as the rider is told of it (issued, or `VoucherRedeemedNotice`)."""
-    return cls(voucher_id=voucher.id, code=voucher.code, merchant=voucher.merchant,  # type: ignore[arg-type]
+    return cls(voucher_id=voucher.id, code=voucher.code, merchant=voucher.merchant,
                value_fen=voucher.value_fen, title=voucher.title, expires_at=voucher.expires_at,
                redeemed_at=voucher.redeemed_at)
 

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core.db import aware
 from core.faults.tables import Fault
@@ -13,8 +14,8 @@ from core.faults.tables import Fault
 
 async def find_active(session: AsyncSession, pile_id: str, port: int, cause: str) -> Fault | None:
     return (await session.execute(select(Fault).where(
-        Fault.pile_id == pile_id, Fault.port == port, Fault.cause == cause,
-        Fault.resolved_at.is_(None)))).scalars().first()
+        col(Fault.pile_id) == pile_id, col(Fault.port) == port, col(Fault.cause) == cause,
+        col(Fault.resolved_at).is_(None)))).scalars().first()
 
 
 def hit_at(fault: Fault, began: datetime) -> datetime | None:
@@ -31,7 +32,8 @@ def hit_at(fault: Fault, began: datetime) -> datetime | None:
 
 async def active(session: AsyncSession, pile_id: str) -> list[Fault]:
     rows = await session.execute(select(Fault).where(
-        Fault.pile_id == pile_id, Fault.resolved_at.is_(None)).order_by(Fault.opened_at))
+        col(Fault.pile_id) == pile_id, col(Fault.resolved_at).is_(None))
+        .order_by(col(Fault.opened_at)))
     return list(rows.scalars())
 
 
@@ -40,13 +42,14 @@ async def first_during(session: AsyncSession, pile_id: str, port: int, start: da
     """The earliest fault on this port (or the whole pile) that overlapped [start, end]."""
     return (await session.execute(
         select(Fault).where(
-            Fault.pile_id == pile_id, Fault.port.in_((0, port)), Fault.opened_at <= end,
-            or_(Fault.resolved_at.is_(None), Fault.resolved_at >= start),
-            or_(Fault.cleared_at.is_(None), Fault.cleared_at >= start),
+            col(Fault.pile_id) == pile_id, col(Fault.port).in_((0, port)),
+            col(Fault.opened_at) <= end,
+            or_(col(Fault.resolved_at).is_(None), col(Fault.resolved_at) >= start),
+            or_(col(Fault.cleared_at).is_(None), col(Fault.cleared_at) >= start),
             # A pile that reported this charge's start was talking: an offline fault opened at
             # its last sign of life up to that start (the start's own heartbeat included) is
             # stale (the back-online sweep has not closed it yet), not its cause.
-            or_(Fault.cause != "offline", Fault.opened_at > start),
+            or_(col(Fault.cause) != "offline", col(Fault.opened_at) > start),
             # Any other fault from before the charge counts only if reported again since.
-            or_(Fault.opened_at >= start, Fault.last_seen_at >= start),
-        ).order_by(Fault.opened_at).limit(1))).scalars().first()
+            or_(col(Fault.opened_at) >= start, col(Fault.last_seen_at) >= start),
+        ).order_by(col(Fault.opened_at)).limit(1))).scalars().first()

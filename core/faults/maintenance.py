@@ -17,12 +17,13 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core.charging.tables import Charge
 from core.config import Settings
 from core.engagement import broadcasts
 from core.faults import wear, workorders
-from core.faults.tables import Fault, WorkOrder
+from core.faults.tables import Fault, WorkOrder, WorkOrderState
 from core.piles.tables import Pile, Port, Site
 
 log = logging.getLogger("chargebot.maintenance")
@@ -57,25 +58,28 @@ class _Rows:
 
 async def _read(session: AsyncSession) -> _Rows:
     ports = {pid: (pile_id, number, model) for pid, pile_id, number, model in
-             await session.execute(select(Port.id, Port.pile_id, Port.number, Pile.model)
-                                   .join(Pile, Pile.id == Port.pile_id))}
+             await session.execute(select(col(Port.id), col(Port.pile_id), col(Port.number),
+                                          col(Pile.model))
+                                   .join(Pile, col(Pile.id) == col(Port.pile_id)))
+             if pid is not None}  # a stored port always has its id
     by_place = {(pile_id, number): pid for pid, (pile_id, number, _) in ports.items()}
     charges: dict[int, list[tuple[float, float | None]]] = defaultdict(list)
     for port_id, started, heat in await session.execute(
-            select(Charge.port_id, Charge.started_at, Charge.heat_per_100w)
-            .where(Charge.state.in_(("ended", "settled")), Charge.started_at.is_not(None))
-            .order_by(Charge.port_id, Charge.started_at)):
-        charges[port_id].append((_days(started), heat))
+            select(col(Charge.port_id), col(Charge.started_at), col(Charge.heat_per_100w))
+            .where(col(Charge.state).in_(("ended", "settled")), col(Charge.started_at).is_not(None))
+            .order_by(col(Charge.port_id), col(Charge.started_at))):
+        if started is not None:  # the query keeps only started charges
+            charges[port_id].append((_days(started), heat))
     ends: dict[int, list[tuple[float, bool]]] = defaultdict(list)
     for pile_id, number, opened in await session.execute(
-            select(Fault.pile_id, Fault.port, Fault.opened_at)
-            .where(Fault.cause.in_(WEAR_CAUSES), Fault.port > 0)):
+            select(col(Fault.pile_id), col(Fault.port), col(Fault.opened_at))
+            .where(col(Fault.cause).in_(WEAR_CAUSES), col(Fault.port) > 0)):
         if (pid := by_place.get((pile_id, number))) is not None:
             ends[pid].append((_days(opened), True))
     for pile_id, number, done in await session.execute(
-            select(WorkOrder.pile_id, WorkOrder.port, WorkOrder.resolved_at)
-            .where(WorkOrder.kind == "preventive", WorkOrder.state == "resolved",
-                   WorkOrder.port > 0)):
+            select(col(WorkOrder.pile_id), col(WorkOrder.port), col(WorkOrder.resolved_at))
+            .where(col(WorkOrder.kind) == "preventive",
+                   col(WorkOrder.state) == WorkOrderState.resolved, col(WorkOrder.port) > 0)):
         if (pid := by_place.get((pile_id, number))) is not None and done is not None:
             ends[pid].append((_days(done), False))
     return _Rows(ports, charges, ends)
@@ -140,8 +144,8 @@ async def plan(session: AsyncSession, now: datetime, settings: Settings) -> list
     # worker thread, so riders' requests and bills are not held up behind the daily job.
     due = await asyncio.to_thread(_forecasts, await _read(session), now, lead)
     busy = {(p, n) for p, n in await session.execute(
-        select(WorkOrder.pile_id, WorkOrder.port).where(
-            WorkOrder.state.in_(workorders.ACTIVE)))}
+        select(col(WorkOrder.pile_id), col(WorkOrder.port)).where(
+            col(WorkOrder.state).in_(workorders.ACTIVE)))}
     planned = []
     for h, f in due:
         if (h.pile_id, h.number) in busy:

@@ -15,14 +15,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core.charging.sessions import end_on_fault
-from core.charging.tables import OPEN_STATES, Charge
+from core.charging.tables import OPEN_STATES, Charge, ChargeState
 from core.config import Settings
+from core.db import saved_id
 from core.faults import workorders
 from core.faults.detection import policy
 from core.faults.lookup import find_active, hit_at
-from core.faults.tables import Fault, WorkOrder
+from core.faults.tables import Fault, WorkOrder, WorkOrderState
 from core.piles import commands
 from core.piles.tables import Pile
 
@@ -77,24 +79,25 @@ async def stop_charges(session: AsyncSession, fault: Fault, settings: Settings,
     A charge the pile already ended because of the fault is only linked. Returns the charge ids
     this call ended."""
     stops = policy(fault.cause).stops
-    where = [Charge.pile_id == fault.pile_id]
+    where = [col(Charge.pile_id) == fault.pile_id]
     if fault.port:
-        where.append(Charge.port_number == fault.port)
+        where.append(col(Charge.port_number) == fault.port)
     recent = fault.opened_at - timedelta(minutes=2)
     rows = await session.execute(select(Charge).where(
-        *where, or_(Charge.state.in_(OPEN_STATES),
-                    (Charge.ended_at >= recent) & Charge.end_reason.in_(("fault", "power_loss")))))
+        *where, or_(col(Charge.state).in_(OPEN_STATES),
+                    (col(Charge.ended_at) >= recent)
+                    & col(Charge.end_reason).in_(("fault", "power_loss")))))
     ended = []
     for charge in rows.scalars():
         if charge.state in OPEN_STATES:
             if not stops:
                 continue  # e.g. a meter fault: the charge goes on, the metering promise holds
-            if charge.state == "requested" and charge.last_meter_at is None:
+            if charge.state == ChargeState.requested and charge.last_meter_at is None:
                 continue  # never ran: the start times out and costs nothing
             if (at := hit_at(fault, charge.started_at or charge.requested_at)) is None:
                 continue  # about an earlier charge on this port, delivered late
             if await end_on_fault(session, charge, at, settings, now):
-                ended.append(charge.id)  # type: ignore[arg-type]
+                ended.append(saved_id(charge))
             await commands.queue(session, charge.pile_id, "stop", charge.port_number,
                                  charge_id=charge.id, session=charge.session_ref, now=now)
         if fault.work_order_id is not None:
@@ -122,10 +125,10 @@ async def _close_order_if_clear(session: AsyncSession, order_id: int | None,
     if order_id is None:
         return
     order = await session.get(WorkOrder, order_id)
-    if order is None or order.state not in ("open", "acknowledged"):
+    if order is None or order.state not in (WorkOrderState.open, WorkOrderState.acknowledged):
         return
-    others = (await session.execute(select(Fault.id).where(
-        Fault.work_order_id == order_id, Fault.resolved_at.is_(None)))).first()
+    others = (await session.execute(select(col(Fault.id)).where(
+        col(Fault.work_order_id) == order_id, col(Fault.resolved_at).is_(None)))).first()
     if others is None:
         await workorders.close_cleared(session, order, now)
 
@@ -139,10 +142,10 @@ async def sweep_interrupted(session: AsyncSession, now: datetime,
     session_ended since: the pile did not stop them, so the charge was interrupted."""
     grace = timedelta(seconds=settings.faults.interrupt_grace_s)
     rows = await session.execute(select(Charge).where(
-        Charge.state == "started", Charge.power_dropped_seen_at <= now - grace))
+        col(Charge.state) == ChargeState.started, col(Charge.power_dropped_seen_at) <= now - grace))
     ended: list[int] = []
     for charge in list(rows.scalars()):
-        if charge.state != "started" or charge.power_dropped_at is None:
+        if charge.state != ChargeState.started or charge.power_dropped_at is None:
             continue  # closed meanwhile by another fault on its pile
         pile = await session.get(Pile, charge.pile_id)
         assert pile is not None
@@ -160,8 +163,9 @@ async def on_offline(session: AsyncSession, pile_ids: list[str], now: datetime,
     force-stop on network loss; none can report), and a technician looks at it."""
     ended: list[int] = []
     for pile_id in pile_ids:
-        running = (await session.execute(select(Charge.id).where(
-            Charge.pile_id == pile_id, Charge.state == "started").limit(1))).first()
+        running = (await session.execute(select(col(Charge.id)).where(
+            col(Charge.pile_id) == pile_id, col(Charge.state) == ChargeState.started,
+        ).limit(1))).first()
         if running is None:
             continue
         pile = await session.get(Pile, pile_id)
@@ -177,8 +181,9 @@ async def on_offline(session: AsyncSession, pile_ids: list[str], now: datetime,
 async def sweep_back_online(session: AsyncSession, now: datetime) -> int:
     """Offline faults of piles that are talking again close by themselves."""
     rows = await session.execute(
-        select(Fault, Pile.last_seen_at).join(Pile, Pile.id == Fault.pile_id).where(
-            Fault.cause == "offline", Fault.resolved_at.is_(None), Pile.online.is_(True)))
+        select(Fault, col(Pile.last_seen_at)).join(Pile, col(Pile.id) == col(Fault.pile_id))
+        .where(col(Fault.cause) == "offline", col(Fault.resolved_at).is_(None),
+               col(Pile.online).is_(True)))
     n = 0
     for fault, seen in list(rows):
         at = seen or now

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import Column, Index, String, UniqueConstraint, text
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel
 
 from core.db import utcnow
 from core.piles.tables import port_code
@@ -37,7 +38,18 @@ class Fault(SQLModel, table=True):
     work_order_id: int | None = Field(default=None, foreign_key="work_orders.id", index=True)
 
 
-ACTIVE = ("open", "acknowledged", "arrived")
+class WorkOrderState(StrEnum):
+    """open → acknowledged → arrived → resolved (the technician's verdict); an order nobody has
+    arrived at yet is cleared instead when the pile clears its self-clearing fault."""
+
+    open = "open"
+    acknowledged = "acknowledged"
+    arrived = "arrived"
+    resolved = "resolved"
+    cleared = "cleared"
+
+
+ACTIVE = (WorkOrderState.open, WorkOrderState.acknowledged, WorkOrderState.arrived)
 
 
 KINDS = ("repair", "preventive")
@@ -58,7 +70,7 @@ class WorkOrder(SQLModel, table=True):
     pile_id: str = Field(foreign_key="piles.id", index=True)
     port: int = 0  # 0: the whole pile
     site_id: str = Field(max_length=32)
-    state: str = Field(default="open", max_length=16)
+    state: WorkOrderState = Field(default=WorkOrderState.open, sa_type=AutoString(16))
     severity: str = Field(default="warning", max_length=16)
     causes: str = ""  # fault codes, comma-separated, for the technician's message
     out_of_service: bool = False

@@ -20,7 +20,9 @@ from scipy import stats
 
 # The per-charge coefficient lives apart, on the standard library only: settlement computes it
 # for every charge and must not wait for numpy and scipy. Re-exported for the model's users.
-from core.faults.heat import MIN_POWER_W, MIN_SAMPLES, heat_coefficient  # noqa: F401
+from core.faults.heat import MIN_POWER_W as MIN_POWER_W
+from core.faults.heat import MIN_SAMPLES as MIN_SAMPLES
+from core.faults.heat import heat_coefficient as heat_coefficient
 
 # A two-parameter Weibull from fewer failures swings wildly with every new failure.
 MIN_FAILURES = 10
@@ -204,7 +206,7 @@ def _robust_sd(x: np.ndarray) -> float:
 
 def _cum_hazard(model: WearModel, cycles: float) -> float:
     # Weibull cumulative hazard: S(x) = exp(-H(x)), so P(survive a..b | a) = exp(H(a) - H(b)).
-    return (max(cycles, 0.0) / model.scale) ** model.shape
+    return float((max(cycles, 0.0) / model.scale) ** model.shape)
 
 
 def _posterior(p: float, log_lr: float) -> float:

@@ -8,16 +8,25 @@ search already honours, and clears it when the last such order there is resolved
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core import outbox
 from core.billing import coupons
 from core.config import Settings
-from core.faults.tables import ACTIVE, Fault, TechnicianRating, WorkOrder, WorkOrderRider
+from core.db import saved_id
+from core.faults.tables import (
+    ACTIVE,
+    Fault,
+    TechnicianRating,
+    WorkOrder,
+    WorkOrderRider,
+    WorkOrderState,
+)
 from core.notices.faults import (
     PromiseCouponNotice,
     RepairDoneNotice,
@@ -38,8 +47,8 @@ class NotAllowed(Exception):
 
 async def _active(session: AsyncSession, pile_id: str, port: int, kind: str) -> WorkOrder | None:
     return (await session.execute(select(WorkOrder).where(
-        WorkOrder.pile_id == pile_id, WorkOrder.port == port, WorkOrder.kind == kind,
-        WorkOrder.state.in_(ACTIVE),
+        col(WorkOrder.pile_id) == pile_id, col(WorkOrder.port) == port,
+        col(WorkOrder.kind) == kind, col(WorkOrder.state).in_(ACTIVE),
     ))).scalars().first()
 
 
@@ -49,10 +58,10 @@ async def open_counts(session: AsyncSession, site_id: str) -> dict[int, int]:
     if not techs:
         return {}
     rows = await session.execute(
-        select(WorkOrder.technician_id, func.count()).where(
-            WorkOrder.state.in_(ACTIVE), WorkOrder.technician_id.in_(techs))
-        .group_by(WorkOrder.technician_id))
-    return {tid: n for tid, n in rows}
+        select(col(WorkOrder.technician_id), func.count()).where(
+            col(WorkOrder.state).in_(ACTIVE), col(WorkOrder.technician_id).in_(techs))
+        .group_by(col(WorkOrder.technician_id)))
+    return {tid: n for tid, n in rows if tid is not None}  # the filter keeps out None
 
 
 async def open_order(
@@ -102,7 +111,8 @@ async def _set_maintenance(session: AsyncSession, pile: Pile, port: int, on: boo
     if port == 0:
         pile.maintenance = on
         return
-    await session.execute(update(Port).where(Port.pile_id == pile.id, Port.number == port)
+    await session.execute(update(Port).where(col(Port.pile_id) == pile.id,
+                                             col(Port.number) == port)
                           .values(maintenance=on))
 
 
@@ -112,7 +122,7 @@ async def card(session: AsyncSession, order: WorkOrder, pile: Pile | None = None
     pile = pile or await session.get(Pile, order.pile_id)
     site = await session.get(Site, order.site_id)
     return WorkOrderNotice(
-        order_id=order.id, order_kind=order.kind, where=order.where, pile=order.pile_id,  # type: ignore[arg-type]
+        order_id=saved_id(order), order_kind=order.kind, where=order.where, pile=order.pile_id,
         port=order.port, causes=order.causes, severity=order.severity,
         site=site.name if site else order.site_id, address=site.address if site else "",
         lat=pile.lat if pile else 0.0, lon=pile.lon if pile else 0.0,
@@ -132,7 +142,7 @@ async def notify_technician(session: AsyncSession, order: WorkOrder, pile: Pile,
 async def link_rider(session: AsyncSession, order_id: int, rider_id: int, relation: str,
                      charge_id: int | None = None) -> None:
     found = (await session.execute(select(WorkOrderRider).where(
-        WorkOrderRider.work_order_id == order_id, WorkOrderRider.rider_id == rider_id,
+        col(WorkOrderRider.work_order_id) == order_id, col(WorkOrderRider.rider_id) == rider_id,
     ))).scalars().first()
     if found is None:
         try:
@@ -165,17 +175,17 @@ async def _for_action(session: AsyncSession, order_id: int, rider_id: int) -> Wo
 async def acknowledge(session: AsyncSession, order_id: int, rider_id: int,
                       now: datetime) -> WorkOrder:
     order = await _for_action(session, order_id, rider_id)
-    if order.state == "open":
-        order.state, order.acknowledged_at = "acknowledged", now
+    if order.state == WorkOrderState.open:
+        order.state, order.acknowledged_at = WorkOrderState.acknowledged, now
         order.technician_id = order.technician_id or rider_id
     return order
 
 
 async def arrive(session: AsyncSession, order_id: int, rider_id: int, now: datetime) -> WorkOrder:
     order = await _for_action(session, order_id, rider_id)
-    if order.state in ("open", "acknowledged"):
+    if order.state in (WorkOrderState.open, WorkOrderState.acknowledged):
         order.acknowledged_at = order.acknowledged_at or now
-        order.state, order.arrived_at = "arrived", now
+        order.state, order.arrived_at = WorkOrderState.arrived, now
         order.technician_id = order.technician_id or rider_id
     return order
 
@@ -188,41 +198,42 @@ async def resolve(session: AsyncSession, order_id: int, rider_id: int, note: str
     if order.state not in ACTIVE:
         return order, False
     order.technician_id = order.technician_id or rider_id
-    await _close(session, order, "resolved", now, note=note[:500], photo=photo, by=rider_id)
+    await _close(session, order, WorkOrderState.resolved, now, note=note[:500], photo=photo,
+                 by=rider_id)
     return order, True
 
 
 async def close_cleared(session: AsyncSession, order: WorkOrder, now: datetime) -> None:
     """The pile reports the condition gone before anyone arrived: no visit needed."""
-    await _close(session, order, "cleared", now, note="cleared by the pile")
+    await _close(session, order, WorkOrderState.cleared, now, note="cleared by the pile")
     if order.technician_id is not None:
         await outbox.enqueue(session, order.technician_id,
-                             WorkOrderClearedNotice(order_id=order.id, where=order.where),  # type: ignore[arg-type]
+                             WorkOrderClearedNotice(order_id=saved_id(order), where=order.where),
                              f"work_order_cleared:{order.id}", now=now)
 
 
-async def _close(session: AsyncSession, order: WorkOrder, state: str, now: datetime, *,
-                 note: str, photo: str | None = None, by: int | None = None) -> None:
+async def _close(session: AsyncSession, order: WorkOrder, state: WorkOrderState, now: datetime,
+                 *, note: str, photo: str | None = None, by: int | None = None) -> None:
     order.state, order.resolved_at, order.note, order.resolved_by = state, now, note, by
     if photo:
         order.photo = photo
-    await resolve_for_order(session, order.id, now)  # type: ignore[arg-type]
+    await resolve_for_order(session, saved_id(order), now)
     if order.out_of_service:
-        still = (await session.execute(select(WorkOrder.id).where(
-            WorkOrder.pile_id == order.pile_id, WorkOrder.port == order.port,
-            WorkOrder.state.in_(ACTIVE), WorkOrder.out_of_service.is_(True),
-            WorkOrder.id != order.id))).first()
+        still = (await session.execute(select(col(WorkOrder.id)).where(
+            col(WorkOrder.pile_id) == order.pile_id, col(WorkOrder.port) == order.port,
+            col(WorkOrder.state).in_(ACTIVE), col(WorkOrder.out_of_service).is_(True),
+            col(WorkOrder.id) != order.id))).first()
         pile = await session.get(Pile, order.pile_id)
         if still is None and pile is not None:
             await _set_maintenance(session, pile, order.port, False)
-    if state != "resolved":
+    if state != WorkOrderState.resolved:
         return
     name = await staff.display_name(session, order.technician_id) if order.technician_id else ""
-    riders = await session.execute(select(WorkOrderRider.rider_id).where(
-        WorkOrderRider.work_order_id == order.id))
+    riders = await session.execute(select(col(WorkOrderRider.rider_id)).where(
+        col(WorkOrderRider.work_order_id) == order.id))
     for (rider_id,) in riders:
         await outbox.enqueue(session, rider_id,
-                             RepairDoneNotice(order_id=order.id, where=order.where,  # type: ignore[arg-type]
+                             RepairDoneNotice(order_id=saved_id(order), where=order.where,
                                               technician=name),
                              f"repair_done:{order.id}:{rider_id}", now=now)
 
@@ -231,27 +242,30 @@ async def _close(session: AsyncSession, order: WorkOrder, state: str, now: datet
 
 
 async def overdue(session: AsyncSession, now: datetime) -> list[int]:
-    rows = await session.execute(select(WorkOrder.id).where(
-        WorkOrder.state == "open", WorkOrder.ack_due_at < now, WorkOrder.escalated_at.is_(None)))
-    return [i for (i,) in rows]
+    rows = await session.execute(select(col(WorkOrder.id)).where(
+        col(WorkOrder.state) == WorkOrderState.open, col(WorkOrder.ack_due_at) < now,
+        col(WorkOrder.escalated_at).is_(None)))
+    return [i for (i,) in rows if i is not None]  # a stored row always has its id
 
 
 async def escalate(session: AsyncSession, order_id: int, now: datetime,
                    settings: Settings) -> bool:
     """Claim the breach (a conditional update: one worker wins however many run the check),
     then tell the supervisors and give each hit or reporting rider one coupon."""
-    claimed = await session.execute(
-        update(WorkOrder).where(WorkOrder.id == order_id, WorkOrder.state == "open",
-                                WorkOrder.escalated_at.is_(None))
-        .values(escalated_at=now).execution_options(synchronize_session=False))
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+    # An UPDATE's result is a CursorResult (SQLAlchemy's stubs say only Result): it has rowcount.
+    claimed = cast(CursorResult[Any], await session.execute(
+        update(WorkOrder).where(col(WorkOrder.id) == order_id,
+                                col(WorkOrder.state) == WorkOrderState.open,
+                                col(WorkOrder.escalated_at).is_(None))
+        .values(escalated_at=now).execution_options(synchronize_session=False)))
+    if claimed.rowcount != 1:
         return False
     order = await session.get(WorkOrder, order_id)
     assert order is not None
     await session.refresh(order)
     p = settings.service_promises
-    riders = [r for (r,) in await session.execute(select(WorkOrderRider.rider_id).where(
-        WorkOrderRider.work_order_id == order_id).order_by(WorkOrderRider.id))]
+    riders = [r for (r,) in await session.execute(select(col(WorkOrderRider.rider_id)).where(
+        col(WorkOrderRider.work_order_id) == order_id).order_by(col(WorkOrderRider.id)))]
     for rider_id in riders:
         coupon = await coupons.issue(
             session, rider_id, amount_fen=p.breach_coupon_fen, days=p.coupon_days,
@@ -281,10 +295,11 @@ async def active_for(session: AsyncSession, rider_id: int) -> list[WorkOrder]:
     (supervisors see every order at theirs)."""
     roles = await staff.roles_of(session, rider_id)
     sites = {r.site_id for r in roles}
-    stmt = select(WorkOrder).where(WorkOrder.state.in_(ACTIVE))
+    stmt = select(WorkOrder).where(col(WorkOrder.state).in_(ACTIVE))
     if staff.ALL_SITES not in sites:
-        stmt = stmt.where((WorkOrder.technician_id == rider_id) | WorkOrder.site_id.in_(sites))
-    rows = await session.execute(stmt.order_by(WorkOrder.created_at, WorkOrder.id))
+        stmt = stmt.where((col(WorkOrder.technician_id) == rider_id)
+                          | col(WorkOrder.site_id).in_(sites))
+    rows = await session.execute(stmt.order_by(col(WorkOrder.created_at), col(WorkOrder.id)))
     mine = [o for o in rows.scalars()]
     # Own orders first, then by age.
     return sorted(mine, key=lambda o: (o.technician_id != rider_id, o.created_at, o.id))
@@ -294,15 +309,16 @@ async def rate(session: AsyncSession, order_id: int, rider_id: int, stars: int,
                now: datetime) -> bool:
     """One rating per rider and order, from riders the order was about; False if not allowed."""
     order = await session.get(WorkOrder, order_id)
-    if order is None or order.state != "resolved" or order.technician_id is None:
+    if order is None or order.state != WorkOrderState.resolved or order.technician_id is None:
         return False
-    linked = (await session.execute(select(WorkOrderRider.id).where(
-        WorkOrderRider.work_order_id == order_id, WorkOrderRider.rider_id == rider_id))).first()
+    linked = (await session.execute(select(col(WorkOrderRider.id)).where(
+        col(WorkOrderRider.work_order_id) == order_id,
+        col(WorkOrderRider.rider_id) == rider_id))).first()
     if linked is None or not 1 <= stars <= 5:
         return False
     row = (await session.execute(select(TechnicianRating).where(
-        TechnicianRating.work_order_id == order_id,
-        TechnicianRating.rider_id == rider_id))).scalars().first()
+        col(TechnicianRating.work_order_id) == order_id,
+        col(TechnicianRating.rider_id) == rider_id))).scalars().first()
     if row is None:
         try:
             async with session.begin_nested():
@@ -319,22 +335,23 @@ async def rate(session: AsyncSession, order_id: int, rider_id: int, stars: int,
 
 async def technician_rating(session: AsyncSession, technician_id: int) -> tuple[float | None, int]:
     avg, n = (await session.execute(
-        select(func.avg(TechnicianRating.stars), func.count()).where(
-            TechnicianRating.technician_id == technician_id))).one()
+        select(func.avg(col(TechnicianRating.stars)), func.count()).where(
+            col(TechnicianRating.technician_id) == technician_id))).one()
     return (float(avg) if avg is not None else None), int(n)
 
 
 async def last_service(session: AsyncSession, pile_id: str) -> WorkOrder | None:
     return (await session.execute(
-        select(WorkOrder).where(WorkOrder.pile_id == pile_id, WorkOrder.state == "resolved")
-        .order_by(WorkOrder.resolved_at.desc()).limit(1))).scalars().first()
+        select(WorkOrder).where(col(WorkOrder.pile_id) == pile_id,
+                                col(WorkOrder.state) == WorkOrderState.resolved)
+        .order_by(col(WorkOrder.resolved_at).desc()).limit(1))).scalars().first()
 
 
 async def next_planned(session: AsyncSession, pile_id: str) -> datetime | None:
     return (await session.execute(
-        select(func.min(WorkOrder.planned_for)).where(
-            WorkOrder.pile_id == pile_id, WorkOrder.kind == "preventive",
-            WorkOrder.state.in_(ACTIVE)))).scalar()
+        select(func.min(col(WorkOrder.planned_for))).where(
+            col(WorkOrder.pile_id) == pile_id, col(WorkOrder.kind) == "preventive",
+            col(WorkOrder.state).in_(ACTIVE)))).scalar()
 
 
 async def calendar(session: AsyncSession, pile: Pile, settings: Settings,
@@ -365,6 +382,6 @@ __all__ = ["ACTIVE", "NotAllowed", "TechnicianRating", "WorkOrder", "WorkOrderRi
 
 async def resolve_for_order(session: AsyncSession, order_id: int, now: datetime) -> None:
     rows = await session.execute(select(Fault).where(
-        Fault.work_order_id == order_id, Fault.resolved_at.is_(None)))
+        col(Fault.work_order_id) == order_id, col(Fault.resolved_at).is_(None)))
     for fault in rows.scalars():
         fault.resolved_at = now

@@ -12,9 +12,10 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.charging import sessions as charging
-from core.charging.tables import Charge, MeterSample
+from core.charging.tables import Charge, ChargeState, MeterSample
 from core.config import Settings
 from core.config_sections import FaultModelSettings
+from core.db import saved_id, table_of
 from core.faults import response as faults
 from core.faults.detection import PowerTrack, over_limits
 from core.faults.tables import Fault
@@ -22,8 +23,8 @@ from core.piles import commands
 from core.piles.tables import Pile, Port
 from core.piles.wire import MAX_INT32, OUR_COMMAND_ID, BatchResult
 
-SAMPLES = MeterSample.__table__
-CHARGES = Charge.__table__
+SAMPLES = table_of(MeterSample)
+CHARGES = table_of(Charge)
 # charging.on_meter as one statement for many charges: a meter proves the charge runs, and only
 # a newer reading replaces the one on the row.
 _METER = (
@@ -31,10 +32,10 @@ _METER = (
     .where(
         CHARGES.c.id == bindparam("cid"),
         # Not IN (…): expanding parameters cannot be used with executemany.
-        (CHARGES.c.state == "requested") | (CHARGES.c.state == "started"),
+        (CHARGES.c.state == ChargeState.requested) | (CHARGES.c.state == ChargeState.started),
         (CHARGES.c.last_meter_at.is_(None)) | (CHARGES.c.last_meter_at <= bindparam("ts")),
     )
-    .values(state="started", last_meter_at=bindparam("ts"), last_power_w=bindparam("p"),
+    .values(state=ChargeState.started, last_meter_at=bindparam("ts"), last_power_w=bindparam("p"),
             last_energy_wh=bindparam("e"), power_dropped_at=bindparam("d"),
             power_dropped_seen_at=bindparam("ds"))
 )
@@ -70,7 +71,10 @@ class Group:
         if cid is None:
             return None
         if cid not in self.loaded:
-            self.loaded[cid] = await self.session.get(Charge, cid)  # type: ignore[assignment]
+            charge = await self.session.get(Charge, cid)
+            if charge is None:
+                return None
+            self.loaded[cid] = charge
         return self.loaded[cid]
 
     async def pile(self, pile_id: str) -> Pile:
@@ -132,13 +136,13 @@ async def _session_ended(g: Group, n: int, pile_id: str, e: Any, result: BatchRe
     charge = await g.charge_for(pile_id, e.session)
     if charge is None:
         return
-    if (last := g.latest.pop(charge.id, None)) is not None:  # type: ignore[arg-type]
+    if (last := g.latest.pop(saved_id(charge), None)) is not None:
         charging.on_meter(charge, *last)
     # Billing reads samples from the table: store the group's ones first.
     await g.flush_samples()
     if await charging.on_ended(g.session, charge, e.ts.astimezone(UTC), e.reason, e.energy_wh,
                                e.duration_s, g.settings, g.now):
-        result.billed.append(charge.id)  # type: ignore[arg-type]
+        result.billed.append(saved_id(charge))
         result.notify = True
 
 
@@ -189,7 +193,7 @@ async def finish(g: Group, results: list[BatchResult]) -> None:
         dropped = (track.dropped_at, track.dropped_seen_at) if track else (None, None)
         if cid in g.loaded:
             charging.on_meter(g.loaded[cid], ts, power, energy)
-            if g.loaded[cid].state == "started" and track is not None:
+            if g.loaded[cid].state == ChargeState.started and track is not None:
                 g.loaded[cid].power_dropped_at, g.loaded[cid].power_dropped_seen_at = dropped
         else:
             meters.append({"cid": cid, "ts": ts, "p": power, "e": energy, "d": dropped[0],
@@ -201,9 +205,9 @@ async def finish(g: Group, results: list[BatchResult]) -> None:
     fcfg = g.settings.faults
     for n, pile_id, port, cid, ts in g.suspects:
         pile = await g.pile(pile_id)
-        if cause := await _over_limit_run(g.session, cid, ts, fcfg.model(pile.model),
-                                          fcfg.debounce_samples):
-            g.detected.setdefault((pile_id, port, cause[0]), (cause[1], n))
+        if run := await _over_limit_run(g.session, cid, ts, fcfg.model(pile.model),
+                                        fcfg.debounce_samples):
+            g.detected.setdefault((pile_id, port, run[0]), (run[1], n))
     for (pile_id, port, cause), (since, n) in sorted(g.detected.items(), key=lambda kv: kv[1]):
         r = await faults.record(g.session, await g.pile(pile_id), port, cause, since, g.now,
                                 g.settings, source="detected")
@@ -225,6 +229,9 @@ async def _over_limit_run(session: AsyncSession, charge_id: int, ts: datetime,
     if len(rows) < run:
         return None
     causes = {over_limits(limits, p, a, t) for _, p, a, t in rows}
-    if len(causes) != 1 or None in causes:
+    if len(causes) != 1:
         return None
-    return causes.pop(), stored_time(rows[-1][0])  # type: ignore[return-value]
+    cause = causes.pop()
+    if cause is None:
+        return None
+    return cause, stored_time(rows[-1][0])

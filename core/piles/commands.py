@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core.db import row_id
-from core.piles.tables import COMMAND_TYPES, PileCommand
+from core.piles.tables import COMMAND_TYPES, CommandState, PileCommand
+
+PENDING = (CommandState.queued, CommandState.sent)  # not yet acknowledged, failed or expired
 
 
 def parse_command_id(public_id: str) -> int | None:
@@ -41,27 +44,27 @@ async def take(
         await session.execute(
             select(PileCommand)
             .where(
-                PileCommand.pile_id == pile_id,
+                col(PileCommand.pile_id) == pile_id,
                 or_(
-                    PileCommand.state == "queued",
-                    (PileCommand.state == "sent")
-                    & (PileCommand.sent_at < now - timedelta(seconds=resend_s)),
+                    col(PileCommand.state) == CommandState.queued,
+                    (col(PileCommand.state) == CommandState.sent)
+                    & (col(PileCommand.sent_at) < now - timedelta(seconds=resend_s)),
                 ),
-                PileCommand.created_at >= now - timedelta(seconds=ttl_s),
+                col(PileCommand.created_at) >= now - timedelta(seconds=ttl_s),
             )
-            .order_by(PileCommand.id)
+            .order_by(col(PileCommand.id))
         )
     ).scalars().all()
     for cmd in rows:
-        cmd.state = "sent"
+        cmd.state = CommandState.sent
         cmd.sent_at = now
     return [cmd.wire() for cmd in rows]
 
 
 async def has_pending(session: AsyncSession, pile_id: str) -> bool:
     found = await session.scalar(
-        select(PileCommand.id)
-        .where(PileCommand.pile_id == pile_id, PileCommand.state.in_(("queued", "sent")))
+        select(col(PileCommand.id))
+        .where(col(PileCommand.pile_id) == pile_id, col(PileCommand.state).in_(PENDING))
         .limit(1)
     )
     return found is not None
@@ -75,9 +78,10 @@ async def acknowledge(
     if cid is None:
         return None
     cmd = await session.get(PileCommand, cid)
-    if cmd is None or cmd.pile_id != pile_id or cmd.state in ("acked", "failed"):
+    if cmd is None or cmd.pile_id != pile_id or cmd.state in (CommandState.acked,
+                                                                 CommandState.failed):
         return None
-    cmd.state = "acked" if ok else "failed"
+    cmd.state = CommandState.acked if ok else CommandState.failed
     cmd.acked_at = now
     cmd.error = (error or "")[:200] or None
     return cmd
@@ -87,9 +91,9 @@ async def expire(session: AsyncSession, now: datetime, ttl_s: float) -> int:
     result = await session.execute(
         update(PileCommand)
         .where(
-            PileCommand.state.in_(("queued", "sent")),
-            PileCommand.created_at < now - timedelta(seconds=ttl_s),
+            col(PileCommand.state).in_(PENDING),
+            col(PileCommand.created_at) < now - timedelta(seconds=ttl_s),
         )
-        .values(state="expired")
+        .values(state=CommandState.expired)
     )
-    return result.rowcount or 0
+    return cast(CursorResult[Any], result).rowcount or 0

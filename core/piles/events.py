@@ -13,10 +13,11 @@ from typing import Any
 
 from sqlalchemy import Float, String, bindparam, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core.charging.tables import OPEN_STATES, Charge
 from core.config import Settings
-from core.db import insert_ignore
+from core.db import insert_ignore, table_of
 from core.errors import InvalidEvent
 from core.faults.detection import PowerTrack, lowest_limits
 from core.piles import appliers, commands
@@ -80,10 +81,12 @@ def parse_batch(body: Any, raw_body: bytes | None = None) -> Batch:
     batch = Batch(events=[])
     seen: set[str] = set()
     for i, raw in enumerate(events):
-        event, bad = check(raw, f"events[{i}]", suspicious)
-        if bad is not None:
-            batch.rejected.append(Rejection(i, _shown_id(raw), bad[0], bad[1][:500], raw))
+        checked = check(raw, f"events[{i}]", suspicious)
+        if checked[1] is not None:
+            where, problem = checked[1]
+            batch.rejected.append(Rejection(i, _shown_id(raw), where, problem[:500], raw))
             continue
+        event = checked[0]
         event.__dict__[RAW] = raw
         if event.id in seen:
             continue  # the same event twice in one batch is still one event
@@ -114,9 +117,9 @@ def rejected_rows(pile_id: str, rejected: Sequence[Rejection], now: datetime
 
 SESSION_EVENTS = ("meter", "session_started", "session_ended")
 _ENVELOPE = ("id", "type", "ts")
-EVENTS = PileEvent.__table__
-REJECTED = RejectedEvent.__table__
-PILES = Pile.__table__
+EVENTS = table_of(PileEvent)
+REJECTED = table_of(RejectedEvent)
+PILES = table_of(Pile)
 # One statement shape for every pile of a group: heartbeat fields only overwrite when given.
 _TOUCH = (
     update(PILES)
@@ -165,8 +168,8 @@ async def ingest_group(
     await appliers.finish(g, results)
 
     pending = set((await session.execute(
-        select(PileCommand.pile_id).distinct().where(
-            PileCommand.pile_id.in_(pile_ids), PileCommand.state.in_(("queued", "sent")))
+        select(col(PileCommand.pile_id)).distinct().where(
+            col(PileCommand.pile_id).in_(pile_ids), col(PileCommand.state).in_(commands.PENDING))
     )).scalars())
     handed: dict[str, list[dict[str, Any]]] = {}
     for pile_id in sorted(pending):
@@ -182,7 +185,7 @@ async def ingest_group(
 async def _store(session: AsyncSession, batches: Sequence[tuple[str, Batch]], now: datetime,
                  ) -> tuple[list[list[Any]], list[BatchResult]]:
     """Insert the group's events once; per request, its new events in pile-time order."""
-    dialect = session.bind.dialect.name  # type: ignore[union-attr]
+    dialect = session.get_bind().dialect.name
     items = [(pile_id, b.events) for pile_id, b in batches]
     # Bad events are kept in the same commit as the good ones: what is acknowledged is stored.
     bad = [row for pile_id, b in batches for row in rejected_rows(pile_id, b.rejected, now)]
@@ -242,21 +245,26 @@ async def _load_group(session: AsyncSession, items: list[tuple[str, list[Any]]],
     # Each running charge's last reading, to tell a sudden drop or a counter running back.
     tracks: dict[int, PowerTrack] = {}
     if refs:
-        c = Charge.__table__.c
+        c = table_of(Charge).c
         found = await session.execute(
             select(c.pile_id, c.session_ref, c.id, c.state, c.last_meter_at, c.last_power_w,
                    c.last_energy_wh, c.power_dropped_at, c.power_dropped_seen_at)
             .where(tuple_(c.pile_id, c.session_ref).in_(sorted(refs)))
         )
-        for p, r, i, state, *track in found:
+        for p, r, i, state, meter_at, power_w, energy_wh, dropped_at, dropped_seen_at in found:
             charge_ids[(p, r)] = i
             if state in OPEN_STATES:
-                tracks[i] = PowerTrack(*(stored_time(v) if isinstance(v, datetime) else v
-                                         for v in track))
+                tracks[i] = PowerTrack(_stored(meter_at), power_w, energy_wh, _stored(dropped_at),
+                                       _stored(dropped_seen_at))
     status_piles = sorted({pile_id for pile_id, e in pairs if e.type == "port_status"})
     ports: dict[tuple[str, int], Port] = {}
     if status_piles:
-        found_ports = await session.execute(select(Port).where(Port.pile_id.in_(status_piles)))
+        found_ports = await session.execute(
+            select(Port).where(col(Port.pile_id).in_(status_piles)))
         ports = {(p.pile_id, p.number): p for p in found_ports.scalars()}
     return Group(session=session, settings=settings, now=now, charge_ids=charge_ids,
                  tracks=tracks, ports=ports, lowest=lowest_limits(settings.faults))
+
+
+def _stored(ts: datetime | None) -> datetime | None:
+    return None if ts is None else stored_time(ts)

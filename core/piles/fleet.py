@@ -6,10 +6,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core.errors import UnknownPile, UnknownPort
 from core.piles.auth import new_secret
-from core.piles.tables import PORT_CODE, Pile, Port, Site, port_code
+from core.piles.tables import PORT_CODE, Pile, Port, PortStatusValue, Site, port_code
 
 
 def parse_port_code(code: str) -> tuple[str, int]:
@@ -57,9 +58,9 @@ async def find_port(session: AsyncSession, code: str) -> tuple[Port, Pile, Site]
     row = (
         await session.execute(
             select(Port, Pile, Site)
-            .join(Pile, Pile.id == Port.pile_id)
-            .join(Site, Site.id == Pile.site_id)
-            .where(Port.pile_id == pile_id, Port.number == number)
+            .join(Pile, col(Pile.id) == col(Port.pile_id))
+            .join(Site, col(Site.id) == col(Pile.site_id))
+            .where(col(Port.pile_id) == pile_id, col(Port.number) == number)
         )
     ).first()
     if row is None:
@@ -69,16 +70,16 @@ async def find_port(session: AsyncSession, code: str) -> tuple[Port, Pile, Site]
 def port_is_free(port: Port, pile: Pile) -> bool:
     return (
         pile.online and pile.in_service and not pile.maintenance and not port.maintenance
-        and port.status == "idle"
+        and port.status == PortStatusValue.idle
     )
 
 async def mark_offline(session: AsyncSession, before: datetime) -> list[str]:
     """Piles silent since `before` go offline; returns their ids."""
     rows = await session.execute(
         update(Pile)
-        .where(Pile.online.is_(True), Pile.last_seen_at < before)
+        .where(col(Pile.online).is_(True), col(Pile.last_seen_at) < before)
         .values(online=False)
-        .returning(Pile.id)
+        .returning(col(Pile.id))
     )
     return [r[0] for r in rows]
 
@@ -88,10 +89,10 @@ async def touch(session: AsyncSession, pile_id: str, now: datetime, *, min_gap_s
     await session.execute(
         update(Pile)
         .where(
-            Pile.id == pile_id,
-            (Pile.last_seen_at.is_(None))
-            | (Pile.last_seen_at < now - timedelta(seconds=min_gap_s))
-            | (Pile.online.is_(False)),
+            col(Pile.id) == pile_id,
+            (col(Pile.last_seen_at).is_(None))
+            | (col(Pile.last_seen_at) < now - timedelta(seconds=min_gap_s))
+            | (col(Pile.online).is_(False)),
         )
         .values(last_seen_at=now, online=True)
     )

@@ -10,13 +10,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from geopy.distance import geodesic
-from sqlalchemy import Float, Integer, String, and_, bindparam, exists, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Exists,
+    Float,
+    Integer,
+    Select,
+    String,
+    and_,
+    bindparam,
+    exists,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core.charging.tables import OPEN_STATES, Charge
-from core.piles.tables import Pile, Port, Site
+from core.db import table_of
+from core.piles.tables import Pile, Port, PortStatusValue, Site
 
 EARTH_M = 6_371_008.8
 WALK_M_PER_MIN = 80  # 4.8 km/h
@@ -31,7 +46,8 @@ def geodesic_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """The distance a rider is shown: WGS-84 geodesic (geopy). ~2× geographiclib called directly,
     but only the few piles that can still be in the top k get one (the rest are ranked by the
     equirectangular `cheap_distance_m`), so a query spends a handful of calls."""
-    return geodesic((lat1, lon1), (lat2, lon2)).meters
+    meters: float = geodesic((lat1, lon1), (lat2, lon2)).meters
+    return meters
 
 
 @dataclass(frozen=True)
@@ -57,25 +73,28 @@ def cheap_distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> floa
     return EARTH_M * math.hypot(x, y)
 
 
-def _open_charge_on_port(port=Port, charge=Charge):  # type: ignore[no-untyped-def]
+# The filters below take the model classes (ORM statements) or their tables' columns, `.c`
+# (the Core box query): both name the same columns, so `port`, `pile`, `charge` are `Any`.
+def _open_charge_on_port(port: Any = Port, charge: Any = Charge) -> Exists:
     # The open states are rendered as literals, `state IN ('requested', 'started')`, exactly as in
     # the partial index uq_charges_open_port: a planner can only use a partial index when it can
     # see the predicate; with bound parameters SQLite scanned the whole charges table (ended ones
     # included, so ever-growing) once per candidate port.
-    open_states = bindparam("open_states", OPEN_STATES, expanding=True, literal_execute=True)
+    open_states: BindParameter[Any] = bindparam("open_states", OPEN_STATES, expanding=True,
+                                                literal_execute=True)
     return exists().where(charge.port_id == port.id, charge.state.in_(open_states))
 
 
-def _pile_usable(pile=Pile):  # type: ignore[no-untyped-def]
+def _pile_usable(pile: Any = Pile) -> ColumnElement[bool]:
     return and_(pile.online.is_(True), pile.maintenance.is_(False), pile.in_service.is_(True))
 
 
-def _port_free(port=Port, charge=Charge):  # type: ignore[no-untyped-def]
-    return and_(port.maintenance.is_(False), port.status == "idle",
+def _port_free(port: Any = Port, charge: Any = Charge) -> ColumnElement[bool]:
+    return and_(port.maintenance.is_(False), port.status == PortStatusValue.idle,
                 ~_open_charge_on_port(port, charge))
 
 
-def free_port_filter():  # type: ignore[no-untyped-def]
+def free_port_filter() -> ColumnElement[bool]:
     """What 'free' means everywhere: online pile, no maintenance, idle port, no open charge."""
     return and_(_pile_usable(), _port_free())
 
@@ -131,9 +150,9 @@ async def nearest_free(
     return out
 
 
-def _box_statement():  # type: ignore[no-untyped-def]
+def _box_statement() -> Select[Any]:
     """Built once, on the tables (no ORM layer): per call only the parameters change."""
-    tables = {m: m.__table__ for m in (Pile, Port, Site, Charge)}  # type: ignore[attr-defined]
+    tables = {m: table_of(m) for m in (Pile, Port, Site, Charge)}
     pile, port, site, charge = (tables[m].c for m in (Pile, Port, Site, Charge))
     dy = pile.lat - bindparam("lat", type_=Float)
     dx = (pile.lon - bindparam("lon", type_=Float)) * bindparam("cos_lat", type_=Float)
@@ -166,7 +185,7 @@ _BOX = _box_statement()
 async def _box(
     session: AsyncSession, lat: float, lon: float, radius: float, cos_lat: float, limit: int,
     exclude_pile: str | None,
-) -> tuple[dict[str, list], float | None]:
+) -> tuple[dict[str, list[Any]], float | None]:
     """Free ports of the `limit` piles with a free port nearest (by a planar metric) to the
     point, within a box reaching `radius` * SLACK; and, when the limit cut the answer short, the
     distance in metres (same metric) of the last pile returned, else None."""
@@ -182,7 +201,7 @@ async def _box(
         "lon_lo": lon - dlon, "lon_hi": lon + dlon, "exclude": exclude_pile or "",
         "limit": limit,
     })
-    piles: dict[str, list] = {}
+    piles: dict[str, list[Any]] = {}
     worst = 0.0
     for pid, plat, plon, plan, sid, sname, saddr, number in rows:
         entry = piles.get(pid)
@@ -199,13 +218,14 @@ async def _box(
 async def free_ports(session: AsyncSession, pile_id: str) -> tuple[Pile, Site, list[int]] | None:
     row = (
         await session.execute(
-            select(Pile, Site).join(Site, Site.id == Pile.site_id).where(Pile.id == pile_id)
+            select(Pile, Site).join(Site, col(Site.id) == col(Pile.site_id))
+            .where(col(Pile.id) == pile_id)
         )
     ).first()
     if row is None:
         return None
     numbers = await session.execute(
-        select(Port.number).join(Pile, Pile.id == Port.pile_id)
-        .where(Port.pile_id == pile_id, free_port_filter()).order_by(Port.number)
+        select(col(Port.number)).join(Pile, col(Pile.id) == col(Port.pile_id))
+        .where(col(Port.pile_id) == pile_id, free_port_filter()).order_by(col(Port.number))
     )
     return row[0], row[1], [n for (n,) in numbers]

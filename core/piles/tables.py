@@ -5,14 +5,29 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, String, Text, UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel
 
 from core.db import utcnow
 
-PORT_STATUSES = ("idle", "plugged", "charging", "full", "fault", "offline")
+
+class PortStatusValue(StrEnum):
+    """A port's status as its pile last reported it (the `port_status` event): idle, plugged
+    (a cable in, not charging), charging, full, fault, offline."""
+
+    idle = "idle"
+    plugged = "plugged"
+    charging = "charging"
+    full = "full"
+    fault = "fault"
+    offline = "offline"
+
+
+# The statuses a pile may report, as plain text (the wire format validates against the enum).
+PORT_STATUSES: tuple[str, ...] = tuple(s.value for s in PortStatusValue)
 
 
 PORT_CODE = re.compile(r"^(P\d{4,})-(\d{2})$")
@@ -31,7 +46,7 @@ class Site(SQLModel, table=True):
     # A temporary site serves between these times; a van follows `timetable` (core.services).
     active_from: datetime | None = None
     active_until: datetime | None = None
-    timetable: list[dict] | None = Field(default=None, sa_column=Column(JSON))
+    timetable: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
     tool_kits: int = 0  # tool kits riders can borrow here
 
 
@@ -66,7 +81,7 @@ class Port(SQLModel, table=True):
     pile_id: str = Field(foreign_key="piles.id", index=True)
     number: int
     code: str = Field(unique=True, max_length=40)
-    status: str = "idle"
+    status: PortStatusValue = Field(default=PortStatusValue.idle, sa_type=AutoString)  # text
     status_at: datetime | None = None
     maintenance: bool = False
 
@@ -76,6 +91,16 @@ def port_code(pile_id: str, number: int) -> str:
 
 
 COMMAND_TYPES = ("start", "stop", "lock", "unlock", "reboot")
+
+
+class CommandState(StrEnum):
+    """queued → sent → acked | failed | expired (a resend keeps it `sent`)"""
+
+    queued = "queued"
+    sent = "sent"
+    acked = "acked"
+    failed = "failed"
+    expired = "expired"
 
 
 class PileCommand(SQLModel, table=True):
@@ -88,7 +113,7 @@ class PileCommand(SQLModel, table=True):
     port: int | None = None
     charge_id: int | None = Field(default=None, index=True)
     args: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    state: str = "queued"  # queued → sent → acked | failed | expired
+    state: CommandState = Field(default=CommandState.queued, sa_type=AutoString)  # text
     created_at: datetime = Field(default_factory=utcnow)
     sent_at: datetime | None = None
     acked_at: datetime | None = None

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from core.charging.tables import END_REASONS
-from core.piles.tables import PORT_STATUSES
+from core.charging.tables import EndReason
+from core.piles.tables import PortStatusValue
 
 MAX_BATCH = 500
 # Pile clocks before 2000 were never set; and any two accepted times lie less than 2^31 s apart,
@@ -60,7 +60,7 @@ class Heartbeat(_Event):
 class PortStatus(_Event):
     type: Literal["port_status"]
     port: PortNo
-    status: Literal[PORT_STATUSES]  # type: ignore[valid-type]
+    status: PortStatusValue  # the ports column's enum: same values and message as a Literal
 
 
 class Meter(_Event):
@@ -84,7 +84,7 @@ class SessionEnded(_Event):
     type: Literal["session_ended"]
     port: PortNo
     session: SessionRef
-    reason: Literal[END_REASONS]  # type: ignore[valid-type]
+    reason: EndReason
     energy_wh: Annotated[Reading, Field(ge=0, le=MAX_ENERGY_WH)]
     duration_s: Annotated[Reading, Field(ge=0, le=MAX_DURATION_S)]
 

@@ -11,16 +11,18 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, cast
 
-from sqlalchemy import Index, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, Index, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel, col
 
 from core import outbox
 from core.billing import wallet
 from core.charging.queries import due_charges
 from core.charging.tables import OPEN_STATES, Charge
-from core.db import utcnow
+from core.db import saved_id, utcnow
 from core.errors import DomainError, LinkCodeInvalid, LinkRefused
 from core.notices.riders import LinkDoneNotice, LinkRefusedNotice, LinkRequestNotice
 from core.outbox import OutboxMessage
@@ -53,6 +55,15 @@ class LinkPaused(DomainError):
     key = "error.link_paused"
 
 
+class LinkState(StrEnum):
+    """pending → confirmed | refused | expired (an ok try; a failed one has no state)"""
+
+    pending = "pending"
+    confirmed = "confirmed"
+    refused = "refused"
+    expired = "expired"
+
+
 class LinkAttempt(SQLModel, table=True):
     """One code typed into /link. `ok` tries become requests the code's owner answers."""
 
@@ -71,7 +82,7 @@ class LinkAttempt(SQLModel, table=True):
     code: str | None = Field(default=None, max_length=12)
     owner_id: int | None = Field(default=None, foreign_key="riders.id")
     # pending → confirmed | refused | expired; None for a failed try
-    state: str | None = Field(default=None, max_length=16)
+    state: LinkState | None = Field(default=None, sa_type=AutoString(16))
     decided_at: datetime | None = None
 
 
@@ -108,9 +119,10 @@ async def create_link_code(session: AsyncSession, rider_id: int, now: datetime) 
     raise RuntimeError("no free link code")  # 10 collisions in 32**10: not a real case
 
 
-async def _failures(session: AsyncSession, since: datetime, *where: object) -> int:
+async def _failures(session: AsyncSession, since: datetime,
+                    *where: ColumnElement[bool]) -> int:
     return int(await session.scalar(select(func.count()).select_from(LinkAttempt).where(
-        LinkAttempt.ok.is_(False), LinkAttempt.at > since, *where)) or 0)  # type: ignore[attr-defined]
+        col(LinkAttempt.ok).is_(False), col(LinkAttempt.at) > since, *where)) or 0)
 
 
 async def request_link(session: AsyncSession, typed: str, rider: Rider, platform: str,
@@ -118,46 +130,48 @@ async def request_link(session: AsyncSession, typed: str, rider: Rider, platform
     """The rider typed a code: once the limits allow a look, a valid code becomes a question to
     its owner (through the outbox) and is spent; nothing of either rider moves yet."""
     since = now - TRIES_WINDOW
-    if await _failures(session, since, LinkAttempt.platform == platform,
-                       LinkAttempt.external_id == external_id) >= FAILED_TRIES_PER_IDENTITY:
+    if await _failures(session, since, col(LinkAttempt.platform) == platform,
+                       col(LinkAttempt.external_id) == external_id) >= FAILED_TRIES_PER_IDENTITY:
         raise LinkTooManyTries()
     if await _failures(session, since) >= FAILED_TRIES_GLOBAL:
         raise LinkPaused()
+    rider_id = saved_id(rider)
     code = normalized(typed)
     link = await session.get(LinkCode, code) if len(code) == CODE_LENGTH else None
     if link is None or link.used_at is not None or link.expires_at < now:
         session.add(LinkAttempt(platform=platform, external_id=external_id,
-                                rider_id=rider.id, at=now))  # type: ignore[arg-type]
+                                rider_id=rider_id, at=now))
         await session.flush()
         raise LinkCodeInvalid()
-    if link.rider_id == rider.id:
+    if link.rider_id == rider_id:
         raise LinkRefused(reason="same")
-    await _check_mergeable(session, rider.id, link.rider_id)  # type: ignore[arg-type]
+    await _check_mergeable(session, rider_id, link.rider_id)
     link.used_at = now
-    attempt = LinkAttempt(platform=platform, external_id=external_id, rider_id=rider.id,  # type: ignore[arg-type]
-                          at=now, ok=True, code=code, owner_id=link.rider_id, state="pending")
+    attempt = LinkAttempt(platform=platform, external_id=external_id, rider_id=rider_id,
+                          at=now, ok=True, code=code, owner_id=link.rider_id,
+                          state=LinkState.pending)
     session.add(attempt)
     await session.flush()
     await outbox.enqueue(session, link.rider_id,
-                         LinkRequestNotice(attempt_id=attempt.id, platform=platform,  # type: ignore[arg-type]
+                         LinkRequestNotice(attempt_id=attempt.id, platform=platform,
                                            name=rider.display_name or ""),
                          f"link_request:{attempt.id}", now=now)
-    return LinkRequest(attempt.id, link.rider_id)  # type: ignore[arg-type]
+    return LinkRequest(saved_id(attempt), link.rider_id)
 
 
 async def _check_mergeable(session: AsyncSession, asker_id: int, owner_id: int) -> None:
     """Linking must not lose anything: two identities on one app, or the asker's open charge or
     due bill (their ledger would be split across two riders)."""
     mine = list((await session.execute(
-        select(Identity).where(Identity.rider_id == asker_id))).scalars())
+        select(Identity).where(col(Identity.rider_id) == asker_id))).scalars())
     if not mine:
         raise LinkCodeInvalid()  # the asker was linked elsewhere meanwhile
     theirs = {i.platform for i in (await session.execute(
-        select(Identity).where(Identity.rider_id == owner_id))).scalars()}
+        select(Identity).where(col(Identity.rider_id) == owner_id))).scalars()}
     if any(i.platform in theirs for i in mine):
         raise LinkRefused(reason="same_platform")
-    open_here = await session.scalar(select(Charge.id).where(
-        Charge.rider_id == asker_id, Charge.state.in_(OPEN_STATES)).limit(1))
+    open_here = await session.scalar(select(col(Charge.id)).where(
+        col(Charge.rider_id) == asker_id, col(Charge.state).in_(OPEN_STATES)).limit(1))
     if open_here is not None or await due_charges(session, asker_id):
         raise LinkRefused(reason="busy")
 
@@ -170,15 +184,17 @@ async def answer_link(session: AsyncSession, attempt_id: int, owner: Rider, conf
     attempt = await session.get(LinkAttempt, attempt_id)
     if attempt is None or attempt.owner_id != owner.id or not attempt.ok:
         raise LinkCodeInvalid()
-    if attempt.state != "pending":
+    if attempt.state != LinkState.pending:
         raise LinkRefused(reason=attempt.state or "answered")
     # Claimed by a conditional write: two taps (or two workers) decide once.
     expired = attempt.at + ANSWER_TTL < now
-    state = "expired" if expired else "confirmed" if confirm else "refused"
-    claimed = await session.execute(
-        update(LinkAttempt).where(LinkAttempt.id == attempt_id, LinkAttempt.state == "pending")  # type: ignore[arg-type]
-        .values(state=state, decided_at=now).execution_options(synchronize_session=False))
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+    state = (LinkState.expired if expired else LinkState.confirmed if confirm
+             else LinkState.refused)
+    claimed = cast("CursorResult[Any]", await session.execute(
+        update(LinkAttempt).where(col(LinkAttempt.id) == attempt_id,
+                                  col(LinkAttempt.state) == LinkState.pending)
+        .values(state=state, decided_at=now).execution_options(synchronize_session=False)))
+    if claimed.rowcount != 1:
         raise LinkRefused(reason="answered")
     await session.refresh(attempt)
     if expired:
@@ -187,26 +203,28 @@ async def answer_link(session: AsyncSession, attempt_id: int, owner: Rider, conf
     if asker is None:
         raise LinkCodeInvalid()
     if not confirm:
-        await outbox.enqueue(session, asker.id, LinkRefusedNotice(),  # type: ignore[arg-type]
+        await outbox.enqueue(session, saved_id(asker), LinkRefusedNotice(),
                              f"link_refused:{attempt_id}", now=now)
         return owner
-    await _check_mergeable(session, asker.id, owner.id)  # type: ignore[arg-type]
+    owner_id = saved_id(owner)
+    await _check_mergeable(session, saved_id(asker), owner_id)
     await _merge(session, asker, owner, attempt.code or str(attempt_id))
-    balance = await wallet.balance(session, owner.id)  # type: ignore[arg-type]
-    await outbox.enqueue(session, owner.id, LinkDoneNotice(balance_fen=balance),  # type: ignore[arg-type]
+    balance = await wallet.balance(session, owner_id)
+    await outbox.enqueue(session, owner_id, LinkDoneNotice(balance_fen=balance),
                          f"link_done:{attempt_id}", now=now)
     return owner
 
 
 async def _merge(session: AsyncSession, asker: Rider, owner: Rider, code: str) -> None:
-    balance = await wallet.balance(session, asker.id)  # type: ignore[arg-type]
+    asker_id, owner_id = saved_id(asker), saved_id(owner)
+    balance = await wallet.balance(session, asker_id)
     if balance:
-        await wallet.post(session, asker.id, "adjustment", -balance, f"link:{code}:out",  # type: ignore[arg-type]
-                          memo=f"moved to rider {owner.id}")
-        await wallet.post(session, owner.id, "adjustment", balance, f"link:{code}:in",  # type: ignore[arg-type]
-                          memo=f"moved from rider {asker.id}")
+        await wallet.post(session, asker_id, "adjustment", -balance, f"link:{code}:out",
+                          memo=f"moved to rider {owner_id}")
+        await wallet.post(session, owner_id, "adjustment", balance, f"link:{code}:in",
+                          memo=f"moved from rider {asker_id}")
     for table in (Identity, Charge, OutboxMessage):
-        await session.execute(update(table).where(table.rider_id == asker.id)  # type: ignore[attr-defined]
-                              .values(rider_id=owner.id))
+        await session.execute(update(table).where(col(table.rider_id) == asker_id)
+                              .values(rider_id=owner_id))
     # "Linked" goes to the app the asker is waiting in; the owner has their answer already.
     owner.last_platform = asker.last_platform

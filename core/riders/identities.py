@@ -7,7 +7,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
+from core.db import saved_id
 from core.riders.tables import DEFAULT_LANGUAGE, LANGUAGES, Identity, Rider
 
 
@@ -27,8 +29,8 @@ async def rider_for(
     row = (
         await session.execute(
             select(Rider, Identity)
-            .join(Identity, Identity.rider_id == Rider.id)
-            .where(Identity.platform == platform, Identity.external_id == external_id)
+            .join(Identity, col(Identity.rider_id) == col(Rider.id))
+            .where(col(Identity.platform) == platform, col(Identity.external_id) == external_id)
         )
     ).first()
     if row is not None:
@@ -50,7 +52,7 @@ async def rider_for(
         async with session.begin_nested():
             session.add(
                 Identity(
-                    rider_id=rider.id, platform=platform, external_id=external_id,
+                    rider_id=saved_id(rider), platform=platform, external_id=external_id,
                     chat_id=chat_id or external_id, last_inbound_at=seen_at,
                 )
             )
@@ -66,19 +68,20 @@ async def chat_rider(session: AsyncSession, platform: str, chat_id: str | int, n
     """A group chat (the staff desk, a riders' group) as an outbox recipient: a rider row whose
     only identity is that chat. Created on first use."""
     external = f"chat:{chat_id}"
-    found = (await session.execute(select(Identity.rider_id).where(
-        Identity.platform == platform, Identity.external_id == external))).scalar()
+    found = (await session.execute(select(col(Identity.rider_id)).where(
+        col(Identity.platform) == platform, col(Identity.external_id) == external))).scalar()
     if found is not None:
         return found
     rider = await rider_for(session, platform, external, chat_id=str(chat_id), display_name=name)
     rider.language = language
-    return rider.id  # type: ignore[return-value]
+    return saved_id(rider)
 
 
 async def identity_for(session: AsyncSession, rider_id: int, platform: str) -> Identity | None:
     return (
         await session.execute(
-            select(Identity).where(Identity.rider_id == rider_id, Identity.platform == platform)
+            select(Identity).where(col(Identity.rider_id) == rider_id,
+                                   col(Identity.platform) == platform)
         )
     ).scalars().first()
 

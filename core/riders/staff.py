@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Column, String, UniqueConstraint, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core.db import utcnow
 
@@ -59,7 +59,8 @@ async def add(session: AsyncSession, rider_id: int, role: str, site_id: str, *,
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     parse_hours(hours)
     row = (await session.execute(select(StaffRole).where(
-        StaffRole.rider_id == rider_id, StaffRole.role == role, StaffRole.site_id == site_id,
+        col(StaffRole.rider_id) == rider_id, col(StaffRole.role) == role,
+        col(StaffRole.site_id) == site_id,
     ))).scalars().first()
     if row is None:
         row = StaffRole(rider_id=rider_id, role=role, site_id=site_id)
@@ -70,7 +71,7 @@ async def add(session: AsyncSession, rider_id: int, role: str, site_id: str, *,
 
 
 async def roles_of(session: AsyncSession, rider_id: int) -> list[StaffRole]:
-    rows = await session.execute(select(StaffRole).where(StaffRole.rider_id == rider_id))
+    rows = await session.execute(select(StaffRole).where(col(StaffRole.rider_id) == rider_id))
     return list(rows.scalars())
 
 
@@ -79,16 +80,17 @@ async def has_role(session: AsyncSession, rider_id: int, *roles: str) -> bool:
 
 
 async def with_role(session: AsyncSession, role: str) -> list[StaffRole]:
-    rows = await session.execute(select(StaffRole).where(StaffRole.role == role)
-                                 .order_by(StaffRole.id))
+    rows = await session.execute(select(StaffRole).where(col(StaffRole.role) == role)
+                                 .order_by(col(StaffRole.id)))
     return list(rows.scalars())
 
 
 async def for_site(session: AsyncSession, site_id: str, role: str) -> list[StaffRole]:
     rows = await session.execute(
-        select(StaffRole).where(StaffRole.role == role,
-                                StaffRole.site_id.in_((site_id, ALL_SITES)))
-        .order_by(StaffRole.site_id == ALL_SITES, StaffRole.id)  # the site's own people first
+        select(StaffRole).where(col(StaffRole.role) == role,
+                                col(StaffRole.site_id).in_((site_id, ALL_SITES)))
+        # the site's own people first
+        .order_by(col(StaffRole.site_id) == ALL_SITES, col(StaffRole.id))
     )
     return list(rows.scalars())
 
@@ -106,6 +108,6 @@ async def pick_technician(session: AsyncSession, site_id: str, now: datetime, tz
 
 async def display_name(session: AsyncSession, rider_id: int) -> str:
     name = (await session.execute(
-        select(func.max(StaffRole.name)).where(StaffRole.rider_id == rider_id)
+        select(func.max(col(StaffRole.name))).where(col(StaffRole.rider_id) == rider_id)
     )).scalar()
     return name or ""

@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Index, func, select
+from sqlalchemy import ColumnElement, Index, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core.db import utcnow
 from core.riders import staff
@@ -74,8 +74,8 @@ def parse_account(account: str) -> tuple[str, str] | None:
 
 async def staff_rider(session: AsyncSession, platform: str, user: str) -> int | None:
     """The rider of a chat account, when they have a staff role."""
-    rider_id = await session.scalar(select(Identity.rider_id).where(
-        Identity.platform == platform, Identity.external_id == user))
+    rider_id = await session.scalar(select(col(Identity.rider_id)).where(
+        col(Identity.platform) == platform, col(Identity.external_id) == user))
     if rider_id is None or not await staff.roles_of(session, rider_id):
         return None
     return int(rider_id)
@@ -94,9 +94,9 @@ async def set_password(session: AsyncSession, rider_id: int, password: str,
     await session.flush()
 
 
-async def _failures(session: AsyncSession, now: datetime, *where: object) -> int:
+async def _failures(session: AsyncSession, now: datetime, *where: ColumnElement[bool]) -> int:
     return int(await session.scalar(select(func.count()).select_from(LoginFailure).where(
-        LoginFailure.at > now - FAILURE_WINDOW, *where)) or 0)
+        col(LoginFailure.at) > now - FAILURE_WINDOW, *where)) or 0)
 
 
 async def check(session: AsyncSession, account: str, password: str, address: str,
@@ -104,8 +104,8 @@ async def check(session: AsyncSession, account: str, password: str, address: str
     """(rider id, platform) when the password is right for a staff account; None when the
     account or the password is wrong (counted); TooManyFailures past the limit."""
     key, address = account.strip().lower()[:160], address[:64]
-    if (await _failures(session, now, LoginFailure.account == key) >= FAILURES_ALLOWED
-            or await _failures(session, now, LoginFailure.address == address)
+    if (await _failures(session, now, col(LoginFailure.account) == key) >= FAILURES_ALLOWED
+            or await _failures(session, now, col(LoginFailure.address) == address)
             >= FAILURES_ALLOWED):
         raise TooManyFailures()
     parsed = parse_account(account)

@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Index, delete, func, select, update
+from sqlalchemy import CursorResult, Index, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core.db import utcnow
 from core.riders.tables import Identity, Rider
@@ -97,8 +98,8 @@ def staff_rider_of(external_id: str) -> int | None:
 
 async def identities_issued(session: AsyncSession, address: str, now: datetime) -> int:
     return int(await session.scalar(select(func.count()).select_from(WebchatClient).where(
-        WebchatClient.address == address,
-        WebchatClient.created_at > now - NEW_IDENTITY_WINDOW)) or 0)
+        col(WebchatClient.address) == address,
+        col(WebchatClient.created_at) > now - NEW_IDENTITY_WINDOW)) or 0)
 
 
 async def issue_identity(session: AsyncSession, address: str, now: datetime, *,
@@ -107,14 +108,14 @@ async def issue_identity(session: AsyncSession, address: str, now: datetime, *,
     may have another. Two workers at the same instant may both let one more through."""
     address = address[:64]
     if await identities_issued(session, address, now) >= per_hour:
-        oldest = await session.scalar(select(func.min(WebchatClient.created_at)).where(
-            WebchatClient.address == address,
-            WebchatClient.created_at > now - NEW_IDENTITY_WINDOW))
+        oldest = await session.scalar(select(func.min(col(WebchatClient.created_at))).where(
+            col(WebchatClient.address) == address,
+            col(WebchatClient.created_at) > now - NEW_IDENTITY_WINDOW))
         return (oldest + NEW_IDENTITY_WINDOW - now) if oldest else NEW_IDENTITY_WINDOW
     # Only the last hour counts: this address's older rows are history nobody reads.
     await session.execute(delete(WebchatClient).where(
-        WebchatClient.address == address,
-        WebchatClient.created_at <= now - NEW_IDENTITY_WINDOW))
+        col(WebchatClient.address) == address,
+        col(WebchatClient.created_at) <= now - NEW_IDENTITY_WINDOW))
     session.add(WebchatClient(address=address, created_at=now))
     await session.flush()
     return None
@@ -148,10 +149,10 @@ async def use_login_link(session: AsyncSession, token: str, now: datetime) -> We
     link = await login_link(session, token, now)
     if link is None:
         return None
-    took = await session.execute(update(WebLoginLink).where(
-        WebLoginLink.token_hash == link.token_hash, WebLoginLink.used_at.is_(None))  # type: ignore[union-attr]
-        .values(used_at=now))
-    return link if took.rowcount == 1 else None  # type: ignore[attr-defined]
+    took = cast("CursorResult[Any]", await session.execute(update(WebLoginLink).where(
+        col(WebLoginLink.token_hash) == link.token_hash, col(WebLoginLink.used_at).is_(None))
+        .values(used_at=now)))
+    return link if took.rowcount == 1 else None
 
 
 # --- sessions ---------------------------------------------------------------------------------
@@ -166,8 +167,8 @@ async def start(session: AsyncSession, rider_id: int, platform: str, via: str, n
                            via=via, address=address[:64], created_at=now,
                            expires_at=now + timedelta(hours=hours)))
     external = staff_identity(rider_id)
-    found = await session.scalar(select(Identity.id).where(
-        Identity.platform == "webchat", Identity.external_id == external))
+    found = await session.scalar(select(col(Identity.id)).where(
+        col(Identity.platform) == "webchat", col(Identity.external_id) == external))
     if found is None:
         session.add(Identity(rider_id=rider_id, platform="webchat", external_id=external,
                              chat_id=external))
@@ -187,7 +188,7 @@ async def find(session: AsyncSession, token: str, now: datetime) -> WebSession |
     if not token or len(token) > 128:
         return None
     row = await session.scalar(select(WebSession).where(
-        WebSession.token_hash == token_hash(token)))
+        col(WebSession.token_hash) == token_hash(token)))
     return row if live(row, now) else None
 
 
@@ -204,17 +205,17 @@ async def end(session: AsyncSession, token: str, now: datetime) -> WebSession | 
 
 async def end_all(session: AsyncSession, rider_id: int, now: datetime) -> int:
     """Every live session of a staff member (from their own chat, or a new password)."""
-    took = await session.execute(update(WebSession).where(
-        WebSession.rider_id == rider_id, WebSession.ended_at.is_(None),  # type: ignore[union-attr]
-        WebSession.expires_at > now).values(ended_at=now))
+    took = cast("CursorResult[Any]", await session.execute(update(WebSession).where(
+        col(WebSession.rider_id) == rider_id, col(WebSession.ended_at).is_(None),
+        col(WebSession.expires_at) > now).values(ended_at=now)))
     await send_home(session, rider_id, now)
-    return int(took.rowcount or 0)  # type: ignore[attr-defined]
+    return int(took.rowcount or 0)
 
 
 async def any_live(session: AsyncSession, rider_id: int, now: datetime) -> bool:
-    return (await session.execute(select(WebSession.id).where(
-        WebSession.rider_id == rider_id, WebSession.ended_at.is_(None),  # type: ignore[union-attr]
-        WebSession.expires_at > now).limit(1))).first() is not None
+    return (await session.execute(select(col(WebSession.id)).where(
+        col(WebSession.rider_id) == rider_id, col(WebSession.ended_at).is_(None),
+        col(WebSession.expires_at) > now).limit(1))).first() is not None
 
 
 async def send_home(session: AsyncSession, rider_id: int, now: datetime) -> bool:
@@ -226,8 +227,8 @@ async def send_home(session: AsyncSession, rider_id: int, now: datetime) -> bool
     rider = await session.get(Rider, rider_id)
     if rider is None or rider.last_platform != "webchat":
         return False
-    home = await session.scalar(select(WebSession.platform).where(
-        WebSession.rider_id == rider_id).order_by(WebSession.id.desc()).limit(1))  # type: ignore[union-attr]
+    home = await session.scalar(select(col(WebSession.platform)).where(
+        col(WebSession.rider_id) == rider_id).order_by(col(WebSession.id).desc()).limit(1))
     if home is None:
         return False
     rider.last_platform = home

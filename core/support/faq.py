@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 from rank_bm25 import BM25Okapi
 
@@ -201,7 +200,8 @@ def _confident(best: float, runner_up: float, coverage: float) -> bool:
 SAME_TOPIC = 0.5
 
 
-class Topic(NamedTuple):
+@dataclass(frozen=True)
+class Topic:
     question: str               # the most common wording in the group
     count: int
     examples: tuple[str, ...]   # up to 3 distinct wordings, most common first

@@ -33,7 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from sqlalchemy import Index, column, delete, func, select, table, union, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Subquery
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core import app_secrets
 from core.config import Settings
@@ -234,8 +234,8 @@ class PhotoUpload(SQLModel, table=True):
 async def uploads_in_window(session: AsyncSession, platform: str, external_id: str,
                             now: datetime) -> int:
     return await session.scalar(select(func.count()).select_from(PhotoUpload).where(
-        PhotoUpload.platform == platform, PhotoUpload.external_id == external_id,
-        PhotoUpload.uploaded_at > now - QUOTA_WINDOW)) or 0
+        col(PhotoUpload.platform) == platform, col(PhotoUpload.external_id) == external_id,
+        col(PhotoUpload.uploaded_at) > now - QUOTA_WINDOW)) or 0
 
 
 async def check_quota(session: AsyncSession, platform: str, external_id: str, now: datetime,
@@ -265,8 +265,8 @@ REFERENCING = (("tickets", "photo"), ("ticket_messages", "photo"), ("work_orders
 
 
 def _referenced_paths() -> Subquery:
-    return union(*(select(column(col).label("path")).select_from(table(name, column(col)))
-                   .where(column(col).is_not(None)) for name, col in REFERENCING)).subquery()
+    return union(*(select(column(field).label("path")).select_from(table(name, column(field)))
+                   .where(column(field).is_not(None)) for name, field in REFERENCING)).subquery()
 
 
 async def sweep_unreferenced(session: AsyncSession, now: datetime, *,
@@ -275,23 +275,24 @@ async def sweep_unreferenced(session: AsyncSession, now: datetime, *,
     upload or reference needs any more, for `remove_files` once this transaction committed."""
     cutoff = now - UNREFERENCED_TTL
     used = _referenced_paths()
-    old = PhotoUpload.uploaded_at < cutoff
-    pending = PhotoUpload.referenced.is_(False)  # type: ignore[attr-defined]
+    old = col(PhotoUpload.uploaded_at) < cutoff
+    pending = col(PhotoUpload.referenced).is_(False)
     await session.execute(update(PhotoUpload).where(
-        old, pending, PhotoUpload.path.in_(select(used.c.path)))  # type: ignore[attr-defined]
+        old, pending, col(PhotoUpload.path).in_(select(used.c.path)))
         .values(referenced=True))
     # In batches: a backlog (the job was off for a month) must not become one huge statement.
-    rows = (await session.execute(select(PhotoUpload.id, PhotoUpload.path).where(old, pending)
-                                  .order_by(PhotoUpload.id).limit(batch))).all()
+    rows = (await session.execute(select(col(PhotoUpload.id), col(PhotoUpload.path))
+                                  .where(old, pending)
+                                  .order_by(col(PhotoUpload.id)).limit(batch))).all()
     if not rows:
         return []
     await session.execute(delete(PhotoUpload).where(
-        PhotoUpload.id.in_([row.id for row in rows])))  # type: ignore[union-attr]
+        col(PhotoUpload.id).in_([row.id for row in rows])))
     stale = {row.path for row in rows}
     # Another upload of the same picture keeps the file (its own sweep decides later); so does
     # a reference made since the update above.
-    kept = set((await session.scalars(select(PhotoUpload.path).where(
-        PhotoUpload.path.in_(stale)))).all())  # type: ignore[attr-defined]
+    kept = set((await session.scalars(select(col(PhotoUpload.path)).where(
+        col(PhotoUpload.path).in_(stale)))).all())
     kept |= set((await session.scalars(select(used.c.path).where(used.c.path.in_(stale)))).all())
     return sorted(stale - kept)
 

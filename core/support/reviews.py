@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import Column, String, UniqueConstraint, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core.db import utcnow
 
@@ -33,7 +33,7 @@ async def rate(session: AsyncSession, rider_id: int, charge_id: int, site_id: st
                now: datetime) -> SiteReview:
     """The rider's review of this charge's site; rating again changes the stars."""
     found = (await session.execute(select(SiteReview).where(
-        SiteReview.charge_id == charge_id))).scalars().first()
+        col(SiteReview.charge_id) == charge_id))).scalars().first()
     if found is None:
         found = SiteReview(rider_id=rider_id, site_id=site_id, charge_id=charge_id,
                            stars=stars, created_at=now)
@@ -54,12 +54,12 @@ def toggle_tag(review: SiteReview, tag: str) -> None:
 async def summary(session: AsyncSession, site_id: str, top: int = 2
                   ) -> tuple[float | None, int, list[str]]:
     """(average stars, reviews, most given tags) for a port card."""
-    avg, n = (await session.execute(select(func.avg(SiteReview.stars), func.count()).where(
-        SiteReview.site_id == site_id))).one()
+    avg, n = (await session.execute(select(func.avg(col(SiteReview.stars)), func.count()).where(
+        col(SiteReview.site_id) == site_id))).one()
     if not n:
         return None, 0, []
     counts: Counter[str] = Counter()
-    for (tags,) in await session.execute(select(SiteReview.tags).where(
-            SiteReview.site_id == site_id, SiteReview.tags != "")):
+    for (tags,) in await session.execute(select(col(SiteReview.tags)).where(
+            col(SiteReview.site_id) == site_id, col(SiteReview.tags) != "")):
         counts.update(t for t in tags.split(",") if t)
     return float(avg), int(n), [t for t, _ in counts.most_common(top)]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, cast
 
-from sqlalchemy import Column, String, select, update
+from sqlalchemy import Column, CursorResult, String, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel, col
 
 from core import outbox
 from core.billing.plans import RiderPlan
@@ -18,13 +20,21 @@ REWARD_DAYS = 90
 REWARD_MINUTES = REWARD_DAYS * 24 * 60
 
 
+class SuggestionState(StrEnum):
+    """new → adopted | declined"""
+
+    new = "new"
+    adopted = "adopted"
+    declined = "declined"
+
+
 class Suggestion(SQLModel, table=True):
     __tablename__ = "suggestions"
 
     id: int | None = Field(default=None, primary_key=True)
     rider_id: int = Field(foreign_key="riders.id", index=True)
     text: str = Field(sa_column=Column(String(1000), nullable=False))
-    state: str = Field(default="new", max_length=12)  # new | adopted | declined
+    state: SuggestionState = Field(default=SuggestionState.new, sa_type=AutoString(12))
     created_at: datetime = Field(default_factory=utcnow)
     decided_at: datetime | None = None
     decided_by: int | None = None
@@ -39,19 +49,22 @@ async def submit(session: AsyncSession, rider_id: int, text: str, now: datetime)
 
 
 async def pending(session: AsyncSession, limit: int = 10) -> list[Suggestion]:
-    rows = await session.execute(select(Suggestion).where(Suggestion.state == "new")
-                                 .order_by(Suggestion.id).limit(limit))
+    rows = await session.execute(select(Suggestion)
+                                 .where(col(Suggestion.state) == SuggestionState.new)
+                                 .order_by(col(Suggestion.id)).limit(limit))
     return list(rows.scalars())
 
 
 async def decide(session: AsyncSession, suggestion_id: int, staff_id: int, adopt: bool,
                  now: datetime) -> Suggestion | None:
     """Adopt (3 months of free charging, as a plan) or decline, once; None if already decided."""
-    claimed = await session.execute(
-        update(Suggestion).where(Suggestion.id == suggestion_id, Suggestion.state == "new")
-        .values(state="adopted" if adopt else "declined", decided_at=now, decided_by=staff_id)
-        .execution_options(synchronize_session=False))
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+    claimed = cast("CursorResult[Any]", await session.execute(
+        update(Suggestion).where(col(Suggestion.id) == suggestion_id,
+                                 col(Suggestion.state) == SuggestionState.new)
+        .values(state=SuggestionState.adopted if adopt else SuggestionState.declined,
+                decided_at=now, decided_by=staff_id)
+        .execution_options(synchronize_session=False)))
+    if claimed.rowcount != 1:
         return None
     s = await session.get(Suggestion, suggestion_id)
     assert s is not None
@@ -64,7 +77,7 @@ async def decide(session: AsyncSession, suggestion_id: int, staff_id: int, adopt
         await session.flush()
         s.plan_id = plan.id
     await outbox.enqueue(session, s.rider_id,
-                         SuggestionDecidedNotice(suggestion_id=s.id, adopted=adopt,  # type: ignore[arg-type]
+                         SuggestionDecidedNotice(suggestion_id=s.id, adopted=adopt,
                                                  days=REWARD_DAYS, text=s.text[:120]),
                          f"suggestion:{s.id}", now=now)
     return s

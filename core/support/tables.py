@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import Column, Index, String, text
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel
 
 from core.db import utcnow
+
+
+class TicketState(StrEnum):
+    """open → assigned → closed"""
+
+    open = "open"
+    assigned = "assigned"
+    closed = "closed"
 
 
 class Ticket(SQLModel, table=True):
@@ -29,7 +38,7 @@ class Ticket(SQLModel, table=True):
     pile_id: str | None = Field(default=None, max_length=32)
     port: int | None = None
     charge_id: int | None = None
-    state: str = Field(default="open", max_length=16)  # open → assigned → closed
+    state: TicketState = Field(default=TicketState.open, sa_type=AutoString(16))
     assignee_id: int | None = Field(default=None, foreign_key="riders.id")
     created_at: datetime = Field(default_factory=utcnow)
     taken_at: datetime | None = None

@@ -8,57 +8,41 @@ learns who answered on which platform; answers reach them on theirs, through the
 
 from __future__ import annotations
 
-import re
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core import outbox
 from core.billing import coupons
 from core.charging.tables import Charge
 from core.config import Settings
+from core.db import saved_id
 from core.faults import workorders
 from core.notices.support import (
     ReportVerifiedNotice,
-    SosReportsNotice,
     TicketAnswerNotice,
     TicketClosedNotice,
-    TicketEscalatedNotice,
     TicketNotice,
 )
-from core.outbox import OutboxMessage
 from core.piles.tables import Pile, port_code
 from core.riders import staff
 from core.riders.identities import chat_rider
 from core.riders.tables import Rider
 from core.support import photos
-from core.support.tables import Ticket, TicketMessage
+from core.support.tables import Ticket, TicketMessage, TicketState
 
 PROBLEMS = ("wont_start", "stopped", "damaged", "no_power", "dirty", "other")
 # Problems that make the port unusable until a technician looks: a verified report opens a
 # work order that takes it out of service.
 OUT_OF_SERVICE = ("wont_start", "damaged", "no_power")
-OPEN = ("open", "assigned")
-EMERGENCY_WORDS = re.compile(
-    r"冒烟|起火|着火|失火|火灾|烧焦|焦味|冒火|火花|漏电|触电|电到|爆炸|"
-    r"\b(smoke|smoking|fire|burning|sparks?|electric shock|shocked|explod\w*)\b",
-    re.IGNORECASE,
-)
-# Ten riders smelling the same smoke are one incident: within this window after a page, more
-# emergencies about the same site (or, naming no site, about no site) page nobody again.
-PAGE_WINDOW = timedelta(minutes=10)
-# The count of those reports reaches the desk in one follow-up, a minute after the first repeat
-# (a burst arrives within seconds; a minute gathers it without leaving staff uninformed).
-REPORTS_DELAY = timedelta(minutes=1)
+OPEN = (TicketState.open, TicketState.assigned)
 
 
 class TicketClosed(Exception):
     """A reply to a ticket that is already closed."""
-
-
-def is_emergency(text: str) -> bool:
-    return bool(EMERGENCY_WORDS.search(text or ""))
 
 
 async def open_ticket(session: AsyncSession, rider: Rider, *, kind: str, now: datetime,
@@ -66,7 +50,8 @@ async def open_ticket(session: AsyncSession, rider: Rider, *, kind: str, now: da
                       port: int | None = None, charge_id: int | None = None,
                       photo: str | None = None) -> tuple[Ticket, bool]:
     """The rider's open ticket (an emergency raises its priority), or a new one: (ticket, new)."""
-    current = await open_for(session, rider.id)  # type: ignore[arg-type]
+    rider_id = saved_id(rider)
+    current = await open_for(session, rider_id)
     priority = "emergency" if kind == "emergency" else "normal"
     if current is not None:
         if priority == "emergency" and current.priority != "emergency":
@@ -76,28 +61,28 @@ async def open_ticket(session: AsyncSession, rider: Rider, *, kind: str, now: da
             current.problem, current.pile_id, current.port = problem, pile_id, port
             current.charge_id = current.charge_id or charge_id
         if text or photo:
-            await add_message(session, current, "rider", rider.id, text, photo, now)  # type: ignore[arg-type]
+            await add_message(session, current, "rider", rider_id, text, photo, now)
         return current, False
-    ticket = Ticket(rider_id=rider.id, platform=rider.last_platform or "webchat", kind=kind,  # type: ignore[arg-type]
+    ticket = Ticket(rider_id=rider_id, platform=rider.last_platform or "webchat", kind=kind,
                     priority=priority, problem=problem, pile_id=pile_id, port=port,
                     charge_id=charge_id, created_at=now, photo=photo)
     session.add(ticket)
     await session.flush()
     if text or photo:
-        await add_message(session, ticket, "rider", rider.id, text, photo, now)  # type: ignore[arg-type]
+        await add_message(session, ticket, "rider", rider_id, text, photo, now)
     return ticket, True
 
 
 async def open_for(session: AsyncSession, rider_id: int) -> Ticket | None:
     return (await session.execute(select(Ticket).where(
-        Ticket.rider_id == rider_id, Ticket.state.in_(OPEN)))).scalars().first()
+        col(Ticket.rider_id) == rider_id, col(Ticket.state).in_(OPEN)))).scalars().first()
 
 
 async def add_message(session: AsyncSession, ticket: Ticket, author: str, author_id: int,
                       text_: str, photo: str | None, now: datetime) -> TicketMessage:
     if ticket.state not in OPEN:
         raise TicketClosed(ticket.id)
-    msg = TicketMessage(ticket_id=ticket.id, author=author, author_id=author_id,  # type: ignore[arg-type]
+    msg = TicketMessage(ticket_id=saved_id(ticket), author=author, author_id=author_id,
                         text=text_[:2000], photo=photo, created_at=now)
     session.add(msg)
     if photo and ticket.photo is None:
@@ -143,7 +128,7 @@ async def post_to_desk(session: AsyncSession, ticket: Ticket, settings: Settings
     last = None
     if ticket.charge_id is None:
         last = (await session.execute(select(Charge).where(
-            Charge.rider_id == ticket.rider_id).order_by(Charge.id.desc()).limit(1)
+            col(Charge.rider_id) == ticket.rider_id).order_by(col(Charge.id).desc()).limit(1)
         )).scalars().first()
     site = None
     if ticket.pile_id:
@@ -152,10 +137,11 @@ async def post_to_desk(session: AsyncSession, ticket: Ticket, settings: Settings
     body = message
     if body is None:
         body = (await session.execute(select(TicketMessage).where(
-            TicketMessage.ticket_id == ticket.id).order_by(TicketMessage.id.desc()).limit(1)
+            col(TicketMessage.ticket_id) == ticket.id).order_by(col(TicketMessage.id).desc())
+            .limit(1)
         )).scalars().first()
     notice = TicketNotice(
-        ticket_id=ticket.id, ticket_kind=ticket.kind, priority=ticket.priority,  # type: ignore[arg-type]
+        ticket_id=ticket.id, ticket_kind=ticket.kind, priority=ticket.priority,
         problem=ticket.problem, rider=rider.display_name if rider else "",
         rider_id=ticket.rider_id, platform=ticket.platform,
         where=port_code(ticket.pile_id, ticket.port) if ticket.pile_id and ticket.port
@@ -190,10 +176,10 @@ async def _ticket_for_staff(session: AsyncSession, ticket_id: int, staff_id: int
 
 async def take(session: AsyncSession, ticket_id: int, staff_id: int, now: datetime) -> Ticket:
     ticket = await _ticket_for_staff(session, ticket_id, staff_id)
-    if ticket.state == "closed":
+    if ticket.state == TicketState.closed:
         raise TicketClosed(ticket_id)
-    if ticket.state == "open":
-        ticket.state, ticket.assignee_id, ticket.taken_at = "assigned", staff_id, now
+    if ticket.state == TicketState.open:
+        ticket.state, ticket.assignee_id, ticket.taken_at = TicketState.assigned, staff_id, now
     return ticket
 
 
@@ -201,13 +187,13 @@ async def answer(session: AsyncSession, ticket_id: int, staff_id: int, text_: st
                  now: datetime) -> Ticket:
     """A staff answer: stored on the ticket and sent to the rider on the rider's platform."""
     ticket = await _ticket_for_staff(session, ticket_id, staff_id)
-    if ticket.state == "closed":
+    if ticket.state == TicketState.closed:
         raise TicketClosed(ticket_id)
-    if ticket.state == "open":
-        ticket.state, ticket.assignee_id, ticket.taken_at = "assigned", staff_id, now
+    if ticket.state == TicketState.open:
+        ticket.state, ticket.assignee_id, ticket.taken_at = TicketState.assigned, staff_id, now
     msg = await add_message(session, ticket, "staff", staff_id, text_, None, now)
     await outbox.enqueue(session, ticket.rider_id,
-                         TicketAnswerNotice(ticket_id=ticket.id, text=text_[:2000]),  # type: ignore[arg-type]
+                         TicketAnswerNotice(ticket_id=ticket.id, text=text_[:2000]),
                          f"ticket_answer:{msg.id}", now=now)
     return ticket
 
@@ -215,18 +201,18 @@ async def answer(session: AsyncSession, ticket_id: int, staff_id: int, text_: st
 async def close(session: AsyncSession, ticket_id: int, staff_id: int, resolution: str,
                 now: datetime) -> Ticket:
     ticket = await _ticket_for_staff(session, ticket_id, staff_id)
-    if ticket.state == "closed":
+    if ticket.state == TicketState.closed:
         raise TicketClosed(ticket_id)
-    claimed = await session.execute(
-        update(Ticket).where(Ticket.id == ticket_id, Ticket.state.in_(OPEN))
-        .values(state="closed", closed_at=now, resolution=resolution[:500],
+    claimed = cast("CursorResult[Any]", await session.execute(
+        update(Ticket).where(col(Ticket.id) == ticket_id, col(Ticket.state).in_(OPEN))
+        .values(state=TicketState.closed, closed_at=now, resolution=resolution[:500],
                 assignee_id=ticket.assignee_id or staff_id)
-        .execution_options(synchronize_session=False))
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        .execution_options(synchronize_session=False)))
+    if claimed.rowcount != 1:
         raise TicketClosed(ticket_id)
     await session.refresh(ticket)
     await outbox.enqueue(session, ticket.rider_id,
-                         TicketClosedNotice(ticket_id=ticket.id, resolution=resolution[:500]),  # type: ignore[arg-type]
+                         TicketClosedNotice(ticket_id=ticket.id, resolution=resolution[:500]),
                          f"ticket_closed:{ticket.id}", now=now)
     return ticket
 
@@ -247,8 +233,8 @@ async def verify(session: AsyncSession, ticket_id: int, staff_id: int, now: date
     if pile is not None:
         place = ticket.port or 0
         existing = (await session.execute(select(workorders.WorkOrder).where(
-            workorders.WorkOrder.pile_id == pile.id, workorders.WorkOrder.port == place,
-            workorders.WorkOrder.state.in_(workorders.ACTIVE)))).scalars().first()
+            col(workorders.WorkOrder.pile_id) == pile.id, col(workorders.WorkOrder.port) == place,
+            col(workorders.WorkOrder.state).in_(workorders.ACTIVE)))).scalars().first()
         if existing is None:
             reward += s.new_problem_bonus_fen
         order, _ = await workorders.open_order(
@@ -256,7 +242,7 @@ async def verify(session: AsyncSession, ticket_id: int, staff_id: int, now: date
             severity="warning", out_of_service=(ticket.problem in OUT_OF_SERVICE),
             now=now, settings=settings)
         ticket.work_order_id = order.id
-        await workorders.link_rider(session, order.id, ticket.rider_id, "reported",  # type: ignore[arg-type]
+        await workorders.link_rider(session, saved_id(order), ticket.rider_id, "reported",
                                     ticket.charge_id)
         if ticket.photo and order.photo is None:
             order.photo = ticket.photo
@@ -265,7 +251,7 @@ async def verify(session: AsyncSession, ticket_id: int, staff_id: int, now: date
                                  cause=f"report:{ticket.id}", now=now)
     ticket.coupon_id = coupon.id
     await outbox.enqueue(session, ticket.rider_id,
-                         ReportVerifiedNotice(ticket_id=ticket.id, amount_fen=reward,  # type: ignore[arg-type]
+                         ReportVerifiedNotice(ticket_id=ticket.id, amount_fen=reward,
                                               where=port_code(ticket.pile_id, ticket.port)
                                               if ticket.port else ticket.pile_id),
                          f"report_verified:{ticket.id}", now=now)
@@ -274,7 +260,7 @@ async def verify(session: AsyncSession, ticket_id: int, staff_id: int, now: date
 
 async def rate(session: AsyncSession, ticket_id: int, rider_id: int, stars: int) -> bool:
     ticket = await session.get(Ticket, ticket_id)
-    if ticket is None or ticket.rider_id != rider_id or ticket.state != "closed":
+    if ticket is None or ticket.rider_id != rider_id or ticket.state != TicketState.closed:
         return False
     if not 1 <= stars <= 5:
         return False
@@ -285,115 +271,7 @@ async def rate(session: AsyncSession, ticket_id: int, rider_id: int, stars: int)
 async def queue(session: AsyncSession, limit: int = 20) -> list[Ticket]:
     """Open tickets, emergencies first, oldest first."""
     rows = await session.execute(
-        select(Ticket).where(Ticket.state.in_(OPEN))
-        .order_by(Ticket.priority != "emergency", Ticket.created_at, Ticket.id).limit(limit))
+        select(Ticket).where(col(Ticket.state).in_(OPEN))
+        .order_by(col(Ticket.priority) != "emergency", col(Ticket.created_at), col(Ticket.id))
+        .limit(limit))
     return list(rows.scalars())
-
-
-# --- the emergency lane -----------------------------------------------------------------------
-
-
-async def report_emergency(session: AsyncSession, rider: Rider, settings: Settings,
-                           now: datetime, *, text: str = "", pile_id: str | None = None,
-                           port: int | None = None, charge_id: int | None = None) -> Ticket:
-    """The rider's ticket, raised to an emergency. The first emergency about a site pages staff
-    at once; repeats within PAGE_WINDOW keep their own ticket but page nobody, and the paged
-    ticket's follow-up says how many reports came in."""
-    before = await open_for(session, rider.id)  # type: ignore[arg-type]
-    already = before is not None and before.priority == "emergency"
-    ticket, new = await open_ticket(session, rider, kind="emergency", now=now, text=text,
-                                    pile_id=pile_id, port=port, charge_id=charge_id)
-    if already:
-        if ticket.page_of is None:  # the same rider again: their page says it once more
-            await post_to_desk(session, ticket, settings, now, tag="sos")
-        return ticket
-    site = await _site_of(session, ticket.pile_id)
-    first = await _paged_recently(session, ticket, site, now)
-    if first is None:
-        await post_to_desk(session, ticket, settings, now, tag="new" if new else "sos")
-        return ticket
-    ticket.page_of = first.id
-    await session.flush()
-    await _count_reports(session, first, site, settings, now)
-    return ticket
-
-
-async def _site_of(session: AsyncSession, pile_id: str | None) -> str | None:
-    pile = await session.get(Pile, pile_id) if pile_id else None
-    return pile.site_id if pile else None
-
-
-async def _paged_recently(session: AsyncSession, ticket: Ticket, site: str | None,
-                          now: datetime) -> Ticket | None:
-    """The open emergency about the same site that paged staff within PAGE_WINDOW. A closed one
-    does not count: staff called it over, so a new alarm is news."""
-    q = select(Ticket).where(
-        Ticket.priority == "emergency", Ticket.page_of.is_(None),  # type: ignore[union-attr]
-        Ticket.state.in_(OPEN), Ticket.created_at >= now - PAGE_WINDOW,  # type: ignore[attr-defined]
-        Ticket.id != ticket.id)
-    if site is not None:
-        q = q.where(Ticket.pile_id.in_(select(Pile.id).where(Pile.site_id == site)))  # type: ignore[union-attr]
-    elif ticket.pile_id is not None:  # a pile we do not know: its own group
-        q = q.where(Ticket.pile_id == ticket.pile_id)
-    else:
-        q = q.where(Ticket.pile_id.is_(None))  # type: ignore[union-attr]
-    return (await session.execute(q.order_by(Ticket.created_at.desc()).limit(1))  # type: ignore[attr-defined]
-            ).scalars().first()
-
-
-async def _count_reports(session: AsyncSession, first: Ticket, site: str | None,
-                         settings: Settings, now: datetime) -> None:
-    """One pending follow-up per desk member carries the running count; once it has gone out,
-    the next repeat starts another, so a long flood is one message a minute at most."""
-    n = 1 + int(await session.scalar(select(func.count()).select_from(Ticket).where(
-        Ticket.page_of == first.id)) or 0)
-    where = (port_code(first.pile_id, first.port) if first.pile_id and first.port
-             else first.pile_id)
-    notice = SosReportsNotice(ticket_id=first.id, count=n, where=where,  # type: ignore[arg-type]
-                              minutes=int(PAGE_WINDOW.total_seconds() // 60))
-    prefix = f"sos_reports:{first.id}:"
-    updated = await session.execute(
-        update(OutboxMessage).where(
-            OutboxMessage.dedupe_key.startswith(prefix, autoescape=True),  # type: ignore[attr-defined]
-            OutboxMessage.state == "pending",
-            # A leased row is being sent right now: start a new one rather than race it.
-            or_(OutboxMessage.lease_until.is_(None), OutboxMessage.lease_until < now))  # type: ignore[union-attr,operator]
-        .values(payload=notice.to_payload()).execution_options(synchronize_session=False))
-    if updated.rowcount:  # type: ignore[attr-defined]
-        return
-    for rid in await desk_riders(session, settings, now, site, emergency=True):
-        await outbox.enqueue(session, rid, notice, f"{prefix}{n}:{rid}",
-                             due_at=now + REPORTS_DELAY, now=now)
-
-
-async def escalate_emergencies(session: AsyncSession, now: datetime, settings: Settings
-                               ) -> list[int]:
-    """Emergency tickets nobody took within `emergency_take_s`: page the supervisors, once
-    (claimed by a conditional update, like the work-order promise)."""
-    due = now - timedelta(seconds=settings.support.emergency_take_s)
-    ids = [i for (i,) in await session.execute(select(Ticket.id).where(
-        Ticket.priority == "emergency", Ticket.state == "open", Ticket.created_at <= due,
-        # A repeat of a paged emergency escalates with that one, not once more per rider.
-        Ticket.escalated_at.is_(None), Ticket.page_of.is_(None)))]
-    done = []
-    for ticket_id in ids:
-        claimed = await session.execute(
-            update(Ticket).where(Ticket.id == ticket_id, Ticket.state == "open",
-                                 Ticket.escalated_at.is_(None))
-            .values(escalated_at=now).execution_options(synchronize_session=False))
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            continue
-        ticket = await session.get(Ticket, ticket_id)
-        assert ticket is not None
-        site = None
-        if ticket.pile_id and (pile := await session.get(Pile, ticket.pile_id)):
-            site = pile.site_id
-        sups = (await staff.for_site(session, site, "supervisor") if site
-                else await staff.with_role(session, "supervisor"))
-        for sup in {s.rider_id for s in sups}:
-            await outbox.enqueue(session, sup,
-                                 TicketEscalatedNotice(ticket_id=ticket_id,
-                                                       seconds=settings.support.emergency_take_s),
-                                 f"ticket_escalated:{ticket_id}:{sup}", now=now)
-        done.append(ticket_id)
-    return done

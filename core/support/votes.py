@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Column, String, UniqueConstraint, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from core import outbox
 from core.db import utcnow
@@ -60,10 +60,10 @@ def month_of(now: datetime) -> str:
 
 async def candidates(session: AsyncSession, limit: int = MAX_OPTIONS) -> list[Site]:
     """The best-reviewed sites first (then by id), as many as a poll can hold."""
-    avg = func.coalesce(func.avg(SiteReview.stars), 0)
+    avg = func.coalesce(func.avg(col(SiteReview.stars)), 0)
     rows = await session.execute(
-        select(Site).outerjoin(SiteReview, SiteReview.site_id == Site.id)
-        .group_by(Site.id).order_by(avg.desc(), Site.id).limit(limit))
+        select(Site).outerjoin(SiteReview, col(SiteReview.site_id) == col(Site.id))
+        .group_by(col(Site.id)).order_by(avg.desc(), col(Site.id)).limit(limit))
     return list(rows.scalars())
 
 
@@ -73,7 +73,7 @@ async def cast(session: AsyncSession, month: str, rider_id: int, site_id: str,
     if await winner(session, month) is not None or await session.get(Site, site_id) is None:
         return False
     found = (await session.execute(select(Vote).where(
-        Vote.month == month, Vote.rider_id == rider_id))).scalars().first()
+        col(Vote.month) == month, col(Vote.rider_id) == rider_id))).scalars().first()
     if found is None:
         try:
             async with session.begin_nested():
@@ -82,7 +82,7 @@ async def cast(session: AsyncSession, month: str, rider_id: int, site_id: str,
             return True
         except IntegrityError:  # the same rider's second tap raced the first
             found = (await session.execute(select(Vote).where(
-                Vote.month == month, Vote.rider_id == rider_id))).scalars().one()
+                col(Vote.month) == month, col(Vote.rider_id) == rider_id))).scalars().one()
     found.site_id, found.voted_at = site_id, now
     return True
 
@@ -90,7 +90,7 @@ async def cast(session: AsyncSession, month: str, rider_id: int, site_id: str,
 async def poll_answer(session: AsyncSession, poll_id: str, rider_id: int, options: list[int],
                       now: datetime) -> bool:
     poll = (await session.execute(select(VotePoll).where(
-        VotePoll.poll_id == poll_id))).scalars().first()
+        col(VotePoll.poll_id) == poll_id))).scalars().first()
     if poll is None or not options or not 0 <= options[0] < len(poll.sites):
         return False  # a retracted vote (no options) keeps the last one
     return await cast(session, poll.month, rider_id, poll.sites[options[0]], now)
@@ -98,7 +98,7 @@ async def poll_answer(session: AsyncSession, poll_id: str, rider_id: int, option
 
 async def winner(session: AsyncSession, month: str) -> BestPile | None:
     return (await session.execute(select(BestPile).where(
-        BestPile.month == month))).scalars().first()
+        col(BestPile.month) == month))).scalars().first()
 
 
 async def close(session: AsyncSession, month: str, now: datetime) -> BestPile | None:
@@ -106,8 +106,8 @@ async def close(session: AsyncSession, month: str, now: datetime) -> BestPile | 
     if (done := await winner(session, month)) is not None:
         return done
     counts = list(await session.execute(
-        select(Vote.site_id, func.count()).where(Vote.month == month)
-        .group_by(Vote.site_id).order_by(func.count().desc(), Vote.site_id)))
+        select(col(Vote.site_id), func.count()).where(col(Vote.month) == month)
+        .group_by(col(Vote.site_id)).order_by(func.count().desc(), col(Vote.site_id))))
     if not counts:
         return None
     site_id, n = counts[0]

@@ -28,6 +28,8 @@ async def test_spent_adds_up_this_months_charges_and_says_what_is_due(db_url: st
         await pile.post([pile.event("heartbeat", NOW)])
         rider, rider_id = await english_rider_and_id(server)
         assert "No charges yet in 2031-03" in (await rider.say("/spent"))[0]["text"]
+        assert "/spent — this month's charging and its cost" in (
+            await rider.say("/help"))[0]["text"]
 
         await rider.press(button(await rider.say("/wallet"), "topup:1000"))
         await rider.press(button(await rider.say("P0001-01"), "start:"))

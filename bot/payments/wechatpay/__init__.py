@@ -45,7 +45,7 @@ def setup(app: web.Application, ctx: Context) -> WechatPayClient | None:
         log.info("wechatpay: not in payments.providers or not configured, WeChat Pay is off")
         return None
     cfg = settings.payments.wechatpay
-    if len(cfg.apiv3_key.get_secret_value().encode()) != 32:  # type: ignore[union-attr]
+    if cfg.apiv3_key is None or len(cfg.apiv3_key.get_secret_value().encode()) != 32:
         log.error("wechatpay: apiv3_key must be 32 bytes, WeChat Pay is off")
         return None
     try:

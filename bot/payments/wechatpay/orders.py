@@ -10,12 +10,13 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 
 from bot.context import Context
 from bot.payments.wechatpay.client import WechatPayClient, WechatPayError, client_for
 from core import outbox
 from core.billing import wallet
-from core.billing.payments import Payment, confirm, create_payment, find
+from core.billing.payments import Payment, PaymentState, confirm, create_payment, find
 from core.charging.paying import pay_due
 from core.db import transaction
 from core.notices.billing import PaymentNotice
@@ -58,12 +59,12 @@ async def _note(ctx: Context, out_trade_no: str, *, failed: bool = False,
                 **details: Any) -> None:
     async with transaction(ctx.sm) as session:
         payment = (await session.execute(
-            select(Payment).where(Payment.out_trade_no == out_trade_no))).scalars().first()
+            select(Payment).where(col(Payment.out_trade_no) == out_trade_no))).scalars().first()
         if payment is None:
             return
         payment.details = {**payment.details, **details}
-        if failed and payment.state == "created":
-            payment.state = "failed"
+        if failed and payment.state == PaymentState.created:
+            payment.state = PaymentState.failed
 
 
 async def _place(ctx: Context, out_trade_no: str, call: Any) -> Any:
@@ -93,7 +94,7 @@ async def jsapi_order(ctx: Context, payment: Payment, openid: str, *,
     answer retried (it answers with the same prepay_id). Raises OrderClosed when the order is
     paid or was refused, WechatPayError when WeChat Pay refuses now."""
     client = _client(ctx, client)
-    if payment.state != "created":
+    if payment.state != PaymentState.created:
         raise OrderClosed(payment)
     if isinstance(prepay_id := payment.details.get("prepay_id"), str) and prepay_id:
         return prepay_id
@@ -107,7 +108,7 @@ async def native_order(ctx: Context, payment: Payment, *, description: str | Non
                        client: WechatPayClient | None = None) -> str:
     """The order's code_url (for a QR code), placed once as jsapi_order places its order."""
     client = _client(ctx, client)
-    if payment.state != "created":
+    if payment.state != PaymentState.created:
         raise OrderClosed(payment)
     if isinstance(code_url := payment.details.get("code_url"), str) and code_url:
         return code_url
@@ -159,7 +160,7 @@ async def credit(ctx: Context, txn: dict[str, Any], out_trade_no: str, total: in
         # Lock the order row (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers)
         # so a second notification racing this one waits and then sees it paid.
         payment = (await session.execute(
-            select(Payment).where(Payment.out_trade_no == out_trade_no).with_for_update()
+            select(Payment).where(col(Payment.out_trade_no) == out_trade_no).with_for_update()
         )).scalars().first()
         if payment is None:
             raise KeyError(out_trade_no)
