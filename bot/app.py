@@ -11,9 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 
 from aiohttp import web
-from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import col
 
 import core.subscribers  # noqa: F401  (registers what follows a billed charge)
 from bot import logs, loop_lag, scheduler, warmup
@@ -26,14 +24,10 @@ from bot.piles import mqtt
 from bot.scheduler import JOB_STATS, LEADERSHIP
 from bot.skins import photo_links, telegram, webchat, wechat
 from bot.skins import photos as photo_intake
-from core.charging.tables import Charge
+from core import gauges
 from core.config import Settings
 from core.db import make_engine, make_read_sessionmaker, make_sessionmaker, utcnow
-from core.faults.tables import ACTIVE, WorkOrder
-from core.outbox import OutboxMessage, OutboxState
-from core.piles.tables import PileEvent, RejectedEvent
 from core.support import photos
-from core.support.tables import Ticket
 from notifications.worker import Notifier, Sender
 
 log = logging.getLogger("chargebot.app")
@@ -130,41 +124,27 @@ async def metrics(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     now = ctx.clock()
     async with ctx.reader()() as session:
-        by_state = (await session.execute(
-            select(col(Charge.state), func.count()).group_by(col(Charge.state)))).all()
-        outbox: dict[str, int] = dict((await session.execute(
-            select(col(OutboxMessage.state), func.count())
-            .group_by(col(OutboxMessage.state)))).all())
-        oldest = await session.scalar(select(func.min(col(OutboxMessage.due_at))).where(
-            col(OutboxMessage.state) == OutboxState.pending, col(OutboxMessage.due_at) <= now))
-        # max(id), not count(*): the events table is the largest, and ids only grow.
-        events = await session.scalar(select(func.max(col(PileEvent.id))))
-        rejected = await session.scalar(select(func.count()).select_from(RejectedEvent))
-        orders = await session.scalar(select(func.count()).select_from(WorkOrder).where(
-            col(WorkOrder.state).in_(ACTIVE)))
-        tickets = await session.scalar(select(func.count()).select_from(Ticket).where(
-            col(Ticket.state).in_(("open", "assigned"))))
-    if oldest is not None and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=now.tzinfo)
-    lag = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
+        g = await gauges.read(session, now)
     leadership = request.app.get(LEADERSHIP)
     notifier = request.app.get(NOTIFIER)
     lines = ["# TYPE chargebot_charges gauge"]
-    lines += [f'chargebot_charges{{state="{s}"}} {n}' for s, n in by_state]
+    lines += [f'chargebot_charges{{state="{s}"}} {n}' for s, n in g.charges.items()]
     lines += ["# TYPE chargebot_outbox_messages gauge"]
-    lines += [f'chargebot_outbox_messages{{state="{s}"}} {n}' for s, n in sorted(outbox.items())]
+    lines += [f'chargebot_outbox_messages{{state="{s}"}} {n}' for s, n in sorted(g.outbox.items())]
     lines += [
         "# TYPE chargebot_outbox_pending gauge",
-        f"chargebot_outbox_pending {outbox.get('pending', 0)}",
-        "# TYPE chargebot_outbox_lag_seconds gauge", f"chargebot_outbox_lag_seconds {lag:.1f}",
+        f"chargebot_outbox_pending {g.outbox.get('pending', 0)}",
+        "# TYPE chargebot_outbox_lag_seconds gauge",
+        f"chargebot_outbox_lag_seconds {g.outbox_lag_s:.1f}",
         "# TYPE chargebot_delivery_errors_total counter",
-        f"chargebot_delivery_errors_total {outbox.get('dead', 0)}",
-        "# TYPE chargebot_pile_events_total counter", f"chargebot_pile_events_total {events or 0}",
-        # Each distinct bad event once, however often its pile resent it.
+        f"chargebot_delivery_errors_total {g.outbox.get('dead', 0)}",
+        "# TYPE chargebot_pile_events_total counter",
+        f"chargebot_pile_events_total {g.pile_events}",
         "# TYPE chargebot_pile_events_rejected_total counter",
-        f"chargebot_pile_events_rejected_total {rejected or 0}",
-        "# TYPE chargebot_work_orders_open gauge", f"chargebot_work_orders_open {orders or 0}",
-        "# TYPE chargebot_tickets_open gauge", f"chargebot_tickets_open {tickets or 0}",
+        f"chargebot_pile_events_rejected_total {g.rejected_events}",
+        "# TYPE chargebot_work_orders_open gauge",
+        f"chargebot_work_orders_open {g.work_orders_open}",
+        "# TYPE chargebot_tickets_open gauge", f"chargebot_tickets_open {g.tickets_open}",
         "# TYPE chargebot_scheduler_leader gauge",
         f"chargebot_scheduler_leader {int(bool(leadership and leadership.leading))}",
         "# TYPE chargebot_delivered_total counter",

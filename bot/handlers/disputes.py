@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlmodel import col
-
 from bot.handlers.payloads import Dispute
 from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
 from bot.i18n import N_, tr
-from core.billing.disputes import DisputeState, NothingToDispute, open_dispute
+from core.billing.disputes import (
+    DisputeState,
+    NothingToDispute,
+    bill_to_dispute,
+    open_dispute,
+)
 from core.billing.wallet import yuan
-from core.charging.tables import Charge
 from core.db import row_id
 from notifications.replies import Reply
 
@@ -26,12 +27,7 @@ async def button(turn: Turn, p: Dispute) -> list[Reply]:
 @router.command("dispute", help=N_("/dispute — question a bill"))
 async def open_(turn: Turn, arg: str) -> list[Reply]:
     lang = turn.lang
-    stmt = select(Charge).where(col(Charge.rider_id) == turn.rider_id,
-                                col(Charge.state).in_(("ended", "settled")))
-    if (charge_id := row_id(arg.strip())) is not None:
-        stmt = stmt.where(col(Charge.id) == charge_id)
-    charge = (await turn.session.execute(stmt.order_by(col(Charge.id).desc()).limit(1))
-              ).scalars().first()
+    charge = await bill_to_dispute(turn.session, turn.rider_id, row_id(arg.strip()))
     if charge is None:
         return [Reply(tr(lang, "There is no bill to dispute."))]
     try:

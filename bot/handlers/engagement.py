@@ -7,15 +7,13 @@ from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
-from sqlmodel import col
-
 from bot.annual_card import card
 from bot.handlers.payloads import MyYear, OpenLocker, ShowPile, ToolKit
 from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from core.billing.wallet import yuan
+from core.charging.queries import usual_piles as usual_piles_since
 from core.charging.tables import Charge
 from core.engagement import annual, services
 from core.piles.tables import Site
@@ -60,14 +58,9 @@ async def my_year(turn: Turn) -> list[Reply]:
 async def usual_piles(turn: Turn, n: int = 2) -> list[Button]:
     """Where the rider charged most in the last 90 days: one tap back there."""
     since = turn.now - timedelta(days=USUAL_DAYS)
-    rows = await turn.session.execute(
-        select(col(Charge.pile_id), func.count()).where(
-            col(Charge.rider_id) == turn.rider_id, col(Charge.state).in_(("ended", "settled")),
-            col(Charge.ended_at) >= since)
-        .group_by(col(Charge.pile_id)).order_by(func.count().desc(), col(Charge.pile_id))
-        .limit(n))
+    piles = await usual_piles_since(turn.session, turn.rider_id, since, n)
     return [Button(tr(turn.lang, "⭐ {pile} (usual)", pile=pile), data=ShowPile(pile).pack())
-            for pile, _count in rows]
+            for pile in piles]
 
 
 @router.command("offpeak")

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import select
-from sqlmodel import col
-
 from bot.handlers.payloads import BuyPlan, Wallet
 from bot.handlers.routing import Router
 from bot.handlers.turn import Turn
 from bot.i18n import N_, tr
 from core.billing import plans
 from core.billing.wallet import yuan
-from core.charging.tables import Charge
+from core.charging.queries import last_port
 from core.errors import InsufficientBalance
 from notifications.replies import Button, Reply
 
@@ -56,9 +53,7 @@ async def button(turn: Turn, p: BuyPlan) -> list[Reply]:
     port_id = None
     if spec.dedicated_port:
         # The courier's usual port: where they charged last.
-        port_id = await turn.session.scalar(
-            select(col(Charge.port_id)).where(col(Charge.rider_id) == turn.rider_id)
-            .order_by(col(Charge.id).desc()).limit(1))
+        port_id = await last_port(turn.session, turn.rider_id)
     try:
         plan = await plans.buy(turn.session, turn.rider_id, name, turn.ctx.settings,
                                turn.now, f"{turn.rider_id}:{nonce}", port_id=port_id)

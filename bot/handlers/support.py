@@ -7,9 +7,6 @@ import logging
 import re
 from typing import Any
 
-from sqlalchemy import select
-from sqlmodel import col
-
 from bot.handlers.payloads import (
     AskPerson,
     Emergency,
@@ -36,7 +33,7 @@ from core.support import emergencies
 from core.support import tickets as support
 from core.support.faq_text import tokens
 from core.support.photos import PhotoRejected
-from core.support.tables import Ticket, TicketMessage, TicketState
+from core.support.tables import Ticket, TicketState
 from notifications.replies import Button, Reply
 
 log = logging.getLogger("chargebot.support")
@@ -153,8 +150,7 @@ async def skip_photo(turn: Turn, ticket_id: int) -> list[Reply]:
 
 
 async def _described(turn: Turn, ticket: Ticket) -> bool:
-    return (await turn.session.execute(select(col(TicketMessage.id)).where(
-        col(TicketMessage.ticket_id) == ticket.id))).first() is not None
+    return await support.has_messages(turn.session, saved_id(ticket))
 
 
 def _filed(turn: Turn, ticket: Ticket) -> Reply:
@@ -356,11 +352,7 @@ async def save_as_faq(turn: Turn, ticket_id: int) -> list[Reply]:
     ticket = await turn.session.get(Ticket, ticket_id)
     if ticket is None:
         raise LookupError(ticket_id)
-    msgs = list((await turn.session.execute(select(TicketMessage).where(
-        col(TicketMessage.ticket_id) == ticket_id).order_by(col(TicketMessage.id))
-    )).scalars())
-    asked = next((m.text for m in msgs if m.author == "rider" and m.text), "")
-    answer = next((m.text for m in reversed(msgs) if m.author == "staff" and m.text), "")
+    asked, answer = await support.question_and_answer(turn.session, ticket_id)
     if not asked or not answer:
         return [Reply(tr(turn.lang, "#{id} needs the rider's question and a staff answer "
                                     "before it can become an FAQ entry.", id=ticket_id))]

@@ -22,7 +22,6 @@ from core.db import row_id
 from notifications.replies import Button, Reply
 
 router = Router(__name__)
-AUTO_TOPUP_BELOW_FEN = 500  # 自动续费 kicks in when the balance falls below ¥5
 
 
 def _telegram_invoices(turn: Turn) -> bool:
@@ -233,22 +232,14 @@ async def auto_topup_button(turn: Turn, p: AutoTopUp) -> list[Reply]:
 async def auto_topup(turn: Turn, arg: str) -> list[Reply]:
     """`autotopup:{amount}` opts in to 自动续费, `autotopup:off` opts out."""
     lang = turn.lang
-    rider = turn.rider
-    if arg == "off":
-        rider.auto_topup_fen = 0
-        rider.auto_topup_below_fen = 0
-        text = tr(lang, "Auto top-up is off.")
-    elif (row_id(arg) in turn.ctx.settings.billing.auto_topup_choices_fen
-          and charging.auto_topup_available(turn.ctx.settings)):
-        rider.auto_topup_fen = int(arg)
-        rider.auto_topup_below_fen = AUTO_TOPUP_BELOW_FEN
-        text = tr(lang, "✅ Auto top-up on: we add {amount} whenever your balance falls below "
-                        "{below}.", amount=yuan(rider.auto_topup_fen),
-                  below=yuan(AUTO_TOPUP_BELOW_FEN))
-    else:
+    amount = 0 if arg == "off" else (row_id(arg) or -1)  # "0" is not "off"
+    if not charging.set_auto_topup(turn.rider, amount, turn.ctx.settings):
         return await show(turn)
-    turn.session.add(rider)
-    await turn.session.flush()
+    if amount == 0:
+        text = tr(lang, "Auto top-up is off.")
+    else:
+        text = tr(lang, "✅ Auto top-up on: we add {amount} whenever your balance falls below "
+                        "{below}.", amount=yuan(amount), below=yuan(charging.AUTO_TOPUP_BELOW_FEN))
     return await _with_card(turn, text)
 
 

@@ -80,6 +80,17 @@ async def refund(session: AsyncSession, charge: Charge, amount_fen: int, key: st
     raise NothingToDispute()
 
 
+async def bill_to_dispute(session: AsyncSession, rider_id: int,
+                          charge_id: int | None = None) -> Charge | None:
+    """The rider's bill `charge_id`, or their latest, if it is one a dispute can question."""
+    stmt = select(Charge).where(col(Charge.rider_id) == rider_id,
+                                col(Charge.state).in_((ChargeState.ended, ChargeState.settled)))
+    if charge_id is not None:
+        stmt = stmt.where(col(Charge.id) == charge_id)
+    return (await session.execute(stmt.order_by(col(Charge.id).desc()).limit(1))
+            ).scalars().first()
+
+
 async def open_dispute(session: AsyncSession, charge: Charge, rider_id: int, reason: str,
                        settings: Settings, now: datetime) -> Dispute:
     """A rider disputes a bill. Evident cases are refunded at once; others get a 24 h deadline."""

@@ -93,6 +93,22 @@ def auto_topup_available(settings: Settings) -> bool:
     return "sandbox" in settings.payments.providers
 
 
+AUTO_TOPUP_BELOW_FEN = 500  # 自动续费 kicks in when the balance falls below ¥5
+
+
+def set_auto_topup(rider: Rider, amount_fen: int, settings: Settings) -> bool:
+    """Auto top-up off (0), or on at one of the offered amounts where a provider can take money
+    with nobody present; False, changing nothing, for anything else."""
+    if amount_fen == 0:
+        rider.auto_topup_fen = rider.auto_topup_below_fen = 0
+        return True
+    if (amount_fen not in settings.billing.auto_topup_choices_fen
+            or not auto_topup_available(settings)):
+        return False
+    rider.auto_topup_fen, rider.auto_topup_below_fen = amount_fen, AUTO_TOPUP_BELOW_FEN
+    return True
+
+
 async def auto_topup(session: AsyncSession, rider_id: int, needed_fen: int, settings: Settings,
                      now: datetime, key: str) -> bool:
     """自动续费: a rider who opted in is topped up by their chosen amount (or what the bill

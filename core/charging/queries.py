@@ -59,6 +59,26 @@ async def meter_samples(
     return [(aware(ts), p) for ts, p in rows]
 
 
+async def usual_piles(session: AsyncSession, rider_id: int, since: datetime,
+                      n: int) -> list[str]:
+    """The piles the rider charged at most since `since`, most used first."""
+    rows = await session.execute(
+        select(col(Charge.pile_id), func.count()).where(
+            col(Charge.rider_id) == rider_id,
+            col(Charge.state).in_((ChargeState.ended, ChargeState.settled)),
+            col(Charge.ended_at) >= since)
+        .group_by(col(Charge.pile_id)).order_by(func.count().desc(), col(Charge.pile_id))
+        .limit(n))
+    return [pile for pile, _count in rows]
+
+
+async def last_port(session: AsyncSession, rider_id: int) -> int | None:
+    """The port of the rider's latest charge: a courier's usual port."""
+    return await session.scalar(
+        select(col(Charge.port_id)).where(col(Charge.rider_id) == rider_id)
+        .order_by(col(Charge.id).desc()).limit(1))
+
+
 @dataclass(frozen=True)
 class MonthSpend:
     """A rider's charges that ended in one calendar month of the service's zone."""

@@ -78,6 +78,21 @@ async def open_for(session: AsyncSession, rider_id: int) -> Ticket | None:
         col(Ticket.rider_id) == rider_id, col(Ticket.state).in_(OPEN)))).scalars().first()
 
 
+async def has_messages(session: AsyncSession, ticket_id: int) -> bool:
+    return (await session.execute(select(col(TicketMessage.id)).where(
+        col(TicketMessage.ticket_id) == ticket_id).limit(1))).first() is not None
+
+
+async def question_and_answer(session: AsyncSession, ticket_id: int) -> tuple[str, str]:
+    """The rider's first words on the ticket and the last staff answer ('' where missing)."""
+    msgs = list((await session.execute(select(TicketMessage).where(
+        col(TicketMessage.ticket_id) == ticket_id).order_by(col(TicketMessage.id))
+    )).scalars())
+    asked = next((m.text for m in msgs if m.author == "rider" and m.text), "")
+    answer = next((m.text for m in reversed(msgs) if m.author == "staff" and m.text), "")
+    return asked, answer
+
+
 async def add_message(session: AsyncSession, ticket: Ticket, author: str, author_id: int,
                       text_: str, photo: str | None, now: datetime) -> TicketMessage:
     if ticket.state not in OPEN:

@@ -115,3 +115,19 @@ def test_core_modules_are_small_and_long_functions_say_why() -> None:
                 if length > MAX_FUNCTION_LINES and not any("#" in line for line in body):
                     long_.append(f"{name}:{node.lineno} {node.name} ({length} lines)")
     assert big == [] and long_ == []
+
+
+def test_handlers_build_no_queries() -> None:
+    # Thin handlers: parse, one core call, replies. SQL lives in core, where it is typed strictly
+    # and shared; a handler may hold the session (AsyncSession) and look a row up by its id.
+    offenders = []
+    for path in sorted((ROOT / "bot" / "handlers").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and (
+                    node.module.split(".")[0] in ("sqlalchemy", "sqlmodel")
+                    and node.module != "sqlalchemy.ext.asyncio"):
+                offenders.append(f"{path.name}:{node.lineno} from {node.module}")
+            elif isinstance(node, ast.Import) and any(
+                    a.name.split(".")[0] in ("sqlalchemy", "sqlmodel") for a in node.names):
+                offenders.append(f"{path.name}:{node.lineno} import")
+    assert not offenders, offenders
