@@ -50,7 +50,7 @@ from sqlalchemy import func, select
 
 from bot.app import create_app
 from bot.context import CTX, Context
-from bot.piles.http import WRITER
+from bot.piles.ingest import WRITER
 from core.billing import wallet
 from core.charging import sessions as charging
 from core.charging.tables import Charge

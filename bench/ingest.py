@@ -39,7 +39,7 @@ from common import fresh_sqlite, machine, pct, seed_city, settings_for
 from sqlalchemy import func, select
 
 from bot.app import create_app
-from bot.piles.http import WRITER
+from bot.piles.ingest import WRITER
 from core.charging.tables import MeterSample
 from core.db import make_engine, make_sessionmaker, transaction
 from core.piles.auth import signed_headers

@@ -14,6 +14,8 @@ import logging
 import time
 from typing import Any
 
+from aiohttp import web
+
 from bot.context import Context
 from core.db import transaction
 from core.piles import events
@@ -95,3 +97,6 @@ class IngestWriter:
         for (_, _, fut), result in zip(group, results, strict=True):
             if not fut.done():
                 fut.set_result(result)
+
+
+WRITER = web.AppKey("ingest_writer", IngestWriter)

@@ -60,7 +60,8 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from bot.context import Context
-from bot.piles.http import SECRETS, WRITER, SecretCache
+from bot.piles.ingest import WRITER
+from bot.piles.trust import SECRETS, SecretCache
 from core.config_sections import MqttSettings
 from core.db import transaction
 from core.errors import InvalidEvent

@@ -65,7 +65,7 @@ async def test_many_piles_at_once_share_transactions_and_lose_nothing(server: Ru
     async with server.ctx.sm() as s:
         stored = await s.scalar(select(func.count()).select_from(PileEvent))
     assert stored == 12 * 10 * 2
-    from bot.piles.http import WRITER
+    from bot.piles.ingest import WRITER
 
     writer = server.app[WRITER]
     assert writer.requests >= 12 * 11 and writer.groups <= writer.requests

@@ -12,17 +12,13 @@ import itertools
 import json
 import math
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
-from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
-from yarl import URL
 
 from core.billing.wallet import LedgerEntry
 from core.charging.tables import END_REASONS, Charge, MeterSample
@@ -30,96 +26,24 @@ from core.outbox import OutboxMessage
 from core.piles.auth import sign, signed_headers
 from core.piles.tables import PORT_STATUSES, Pile, PileCommand, PileEvent, RejectedEvent
 from core.piles.wire import EVENT_TYPES, FAULT_CODES
-from tests.support.journey import WebRider, button
+from tests.support.fuzzing import draw_examples
+from tests.support.pile_events import REQUIRED
+from tests.support.piles import (
+    PILE,
+    PileLink,
+    ev,
+    now_ts,
+    rider_starts,
+    take_start_command,
+)
 from tests.support.server import Running, seed_city
 from tests.support.settings import PILE_SECRET
 
-PILE = "P0001"
-EVENTS_URL = "/api/piles/events"
 # The pile's own clock for hand-driven charges: a fixed daytime moment (no off-peak in the
 # standard tariff anyway), so every bill below is exact arithmetic.
 T0 = datetime(2025, 3, 3, 2, 0, tzinfo=UTC)  # 10:00 in Asia/Shanghai
 
 _ids = itertools.count(1)
-
-
-def ev(type_: str, at: datetime, **fields: Any) -> dict[str, Any]:
-    """One event as a pile would send it, with a fresh id."""
-    return {"id": f"e{next(_ids)}", "type": type_, "ts": at.isoformat(), **fields}
-
-
-def now_ts() -> datetime:
-    return datetime.now(UTC)
-
-
-class PileLink:
-    """A pile's side of the HTTP contract: signs and sends batches, polls commands."""
-
-    def __init__(self, server: Running, pile_id: str = PILE, secret: str = PILE_SECRET) -> None:
-        self.server = server
-        self.pile_id = pile_id
-        self.secret = secret
-
-    async def raw(self, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
-        async with self.server.http.post(self.server.url + EVENTS_URL, data=body,
-                                         headers=headers) as r:
-            text = await r.text()
-            try:
-                return r.status, json.loads(text)
-            except ValueError:
-                return r.status, text
-
-    async def send_body(self, body: bytes, *, at: float | None = None) -> tuple[int, Any]:
-        headers = signed_headers(self.pile_id, self.secret, body,
-                                 time.time() if at is None else at)
-        return await self.raw(body, headers)
-
-    async def send(self, body: Any) -> tuple[int, Any]:
-        return await self.send_body(json.dumps(body).encode())
-
-    async def post(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        status, data = await self.send({"events": events})
-        assert status == 200, data
-        return data
-
-    async def poll(self, wait: float = 0, *, path_id: str | None = None,
-                   headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        url = f"{self.server.url}/api/piles/{path_id or self.pile_id}/commands"
-        if headers is not None:
-            async with self.server.http.get(url, params={"wait": str(wait)},
-                                            headers=headers) as r:
-                return r.status, await r.json()
-        # A poll signature is accepted once (issue 15): a pile polling more than once a second
-        # signs its query string with a fresh nonce instead of the empty body.
-        query = f"wait={quote(str(wait))}&nonce={uuid.uuid4().hex}"
-        ts = int(time.time())
-        hdrs = {"X-Pile-Id": self.pile_id, "X-Timestamp": str(ts),
-                "X-Signature": sign(self.secret, ts, query.encode())}
-        async with self.server.http.get(URL(f"{url}?{query}", encoded=True),
-                                        headers=hdrs) as r:
-            return r.status, await r.json()
-
-    async def come_online(self, ports: int = 4) -> dict[str, Any]:
-        at = now_ts()
-        return await self.post(
-            [ev("heartbeat", at, signal_dbm=-70)]
-            + [ev("port_status", at, port=n, status="idle") for n in range(1, ports + 1)]
-        )
-
-
-async def rider_starts(server: Running, port: int, *, topup: int | None = 2000) -> WebRider:
-    """A rider (in English, with money in the wallet) scans a port code and presses Start."""
-    rider = WebRider(server.http, server.url)
-    await rider.press("lang:en")
-    if topup:
-        wallet = await rider.press("wallet")
-        await rider.press(button(wallet, f"topup:{topup}"))
-    code = f"{PILE}-{port:02d}"
-    card = await rider.say(f"/start port_{code}")
-    assert code in card[0]["text"]
-    started = await rider.press(button(card, f"start:{code}"))
-    assert code in started[0]["text"] and button(started, "stop:")
-    return rider
 
 
 async def charge_on(server: Running, port: int) -> Charge:
@@ -152,14 +76,6 @@ async def snapshot(server: Running) -> dict[str, Any]:
             "outbox": [(m.id, m.kind, m.dedupe_key) for m in outbox],
             "commands": [(c.id, c.type, c.state) for c in cmds],
         }
-
-
-async def take_start_command(link: PileLink) -> dict[str, Any]:
-    status, data = await link.poll(0)
-    assert status == 200, data
-    starts = [c for c in data["commands"] if c["type"] == "start"]
-    assert len(starts) == 1, data
-    return starts[0]
 
 
 def tier_bill(server: Running, band_w: int, minutes: int) -> int:
@@ -726,13 +642,6 @@ FIELDS = {
     "firmware": plausible(TEXT),
     "note": ANY_VALUE,
 }
-REQUIRED = {
-    "heartbeat": (), "port_status": ("port", "status"),
-    "meter": ("port", "session", "power_w", "energy_wh"), "session_started": ("port", "session"),
-    "session_ended": ("port", "session", "reason", "energy_wh", "duration_s"),
-    "fault": ("code",), "fault_cleared": ("code",), "command_ack": ("command", "ok"),
-}
-assert set(REQUIRED) == set(EVENT_TYPES)
 
 
 def event_shaped(type_: str) -> Any:
@@ -807,20 +716,6 @@ SHARP_EDGES = [
     b'{"events": [{"id": "n3", "type": "heartbeat", "ts": "2025-03-03T10:00:00Z", '
     b'"x": [-Infinity]}]}',
 ]
-
-
-def draw_examples(strategy: Any, n: int) -> list[Any]:
-    """Hypothesis generates the inputs up front; the async test then sends them over HTTP."""
-    found: list[Any] = []
-
-    @settings(max_examples=n, database=None, deadline=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
-    @given(strategy)
-    def collect(value: Any) -> None:
-        found.append(value)
-
-    collect()
-    return found
 
 
 async def test_no_input_ever_gets_a_500(server: Running) -> None:

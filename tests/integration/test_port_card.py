@@ -6,7 +6,7 @@ from __future__ import annotations
 from tests.support.journey import WebRider, english_rider
 from tests.support.server import seed_city, start_server
 from tests.support.settings import make_settings
-from tests.unit.test_tariffs import SITE_TARIFF, WORDS
+from tests.support.tariffs import SITE_TARIFF, WORDS
 
 
 async def test_the_port_card_states_the_rule(db_url: str) -> None:

@@ -1,7 +1,7 @@
 """The monthly satisfaction report (ISSUE 7) over a seeded March: every figure checked, the
 charts open as PNGs and the CSV reads back to the same numbers.
 
-Survey modules are imported inside the tests (see tests/integration/test_surveys.py for why).
+Survey modules are imported inside the tests (see tests/support/surveys.py for why).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from core.piles import fleet as piles
 from core.piles.tables import Port
 from core.riders.identities import rider_for
 from core.support.tables import Ticket
-from tests.integration.test_surveys import create_survey_tables, survey_tables  # noqa: F401
 from tests.support.server import Running, seed_city, start_server
 from tests.support.settings import make_settings
+from tests.support.surveys import create_survey_tables, survey_tables  # noqa: F401
 
 TZ = "Asia/Shanghai"
 

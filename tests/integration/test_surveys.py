@@ -1,24 +1,22 @@
 """The NPS survey (ISSUE 7): its arithmetic, when a rider is asked (and when not), and the
 buttons a rider taps after a settled charge.
 
-The survey modules are imported inside the tests, after `survey_tables` created their tables:
-until their migration exists, conftest's PostgreSQL TRUNCATE of every table in the metadata
-would fail for any test run after the import but before the tables were there.
+The survey modules are imported inside the tests, after `survey_tables` created their tables
+(tests/support/surveys.py says why).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from bot.handlers.turn import Turn
 from core.charging.tables import Charge
-from core.db import make_engine, transaction
+from core.db import transaction
 from core.outbox import OutboxMessage
 from core.piles.tables import Port
 from core.riders.identities import rider_for
@@ -26,31 +24,9 @@ from core.riders.tables import Rider
 from notifications.replies import MAX_CALLBACK_BYTES, Incoming
 from tests.support.server import Running, seed_city, start_server
 from tests.support.settings import make_settings
-
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
+from tests.support.surveys import create_survey_tables, survey_tables  # noqa: F401
 
 SHANGHAI_NOON = datetime(2031, 5, 10, 4, 0, tzinfo=UTC)  # 12:00 in Asia/Shanghai
-
-
-async def create_survey_tables(engine: AsyncEngine) -> None:
-    from core.engagement.surveys import NpsResponse, SurveyOptOut
-
-    async with engine.begin() as conn:
-        for table in (NpsResponse.__table__, SurveyOptOut.__table__):
-            await conn.run_sync(table.create, checkfirst=True)  # type: ignore[attr-defined]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def survey_tables(pg_database: str) -> None:
-    async def create() -> None:
-        engine = make_engine(pg_database)
-        try:
-            await create_survey_tables(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(create())
 
 
 @pytest.fixture

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pydantic import SecretStr
 from sqlalchemy import select
@@ -32,52 +31,30 @@ from tests.fakes.wechatpay_api import FakeWechatPay
 from tests.support.journey import WebRider
 from tests.support.server import Running, seed_city, start_server
 from tests.support.settings import make_settings
+from tests.support.wechatpay import (
+    APPID,
+    MCHID,
+    MERCHANT_SERIAL,
+    fake_wechatpay,
+    keys,
+    pem_private,
+    wechatpay_config,
+)
 
-MCHID = "1900009191"
-APPID = "wxd678efh567hg6787"
-MERCHANT_SERIAL = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
-PLATFORM_SERIAL = "3775B6A45ACD588826D15E583A95F5DD00000001"
-APIV3_KEY = "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6"  # 32 ASCII characters
 OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
 NOTIFY_URL = "http://127.0.0.1/payments/wechatpay/notify"  # server.public_url + the route
 
 
-@functools.cache
-def keys() -> tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]:
-    """(merchant, platform) 2048-bit RSA keys, made once per test run."""
-    return (rsa.generate_private_key(public_exponent=65537, key_size=2048),
-            rsa.generate_private_key(public_exponent=65537, key_size=2048))
-
-
-def pem_private(key: rsa.RSAPrivateKey) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
-
-
-def pem_public(key: rsa.RSAPrivateKey) -> str:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-
-
 def pay_settings(db_url: str, fake: FakeWechatPay, providers: list[str] | None = None) -> Any:
-    merchant, platform = keys()
     return make_settings(db_url, payments={
         "providers": providers or ["sandbox", "wechatpay"],
-        "wechatpay": {
-            "mchid": MCHID, "appid": APPID, "serial_no": MERCHANT_SERIAL,
-            "private_key": pem_private(merchant), "apiv3_key": APIV3_KEY,
-            "platform_public_key": pem_public(platform), "platform_serial": PLATFORM_SERIAL,
-            "api_base_url": fake.base_url,
-        },
+        "wechatpay": wechatpay_config(fake.base_url),
     })
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeWechatPay]:
-    merchant, platform = keys()
-    f = FakeWechatPay(mchid=MCHID, appid=APPID, merchant_public_key=merchant.public_key(),
-                      merchant_serial=MERCHANT_SERIAL, apiv3_key=APIV3_KEY,
-                      platform_private_key=platform, platform_serial=PLATFORM_SERIAL)
+    f = fake_wechatpay()
     await f.start()
     yield f
     await f.stop()

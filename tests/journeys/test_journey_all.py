@@ -8,8 +8,12 @@ from sqlalchemy import select
 from bot.i18n import tr
 from core.charging.tables import Charge
 from simulator import ChargerProfile, Fleet, PileSpec
-from tests.journeys.test_journey_webchat import _online
-from tests.support.journey import expected_power_tier_fen, pile_session, wait_until
+from tests.support.journey import (
+    expected_power_tier_fen,
+    pile_online,
+    pile_session,
+    wait_until,
+)
 from tests.support.riders import ACCOUNT, TelegramRider, WebChatRider, WechatRider
 from tests.support.server import Running, seed_city
 
@@ -33,7 +37,7 @@ async def test_scan_start_charge_and_get_the_bill(platform: str, all_skins: Runn
                                                  taper_minutes=30, float_power_w=12))
     await fleet.start()
     try:
-        await wait_until(lambda: _online(server.ctx, "P0001"))
+        await wait_until(lambda: pile_online(server.ctx, "P0001"))
         rider = make_rider(platform, server, fakes)
         await rider.scan("P0001-03")
         card = await rider.wait_text("P0001-03")

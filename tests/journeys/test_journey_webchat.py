@@ -5,22 +5,16 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from core.charging.tables import Charge
-from core.piles.tables import Pile
 from simulator import ChargerProfile, Fleet, PileSpec
 from tests.support.journey import (
     WebRider,
     button,
     expected_power_tier_fen,
+    pile_online,
     pile_session,
     wait_until,
 )
 from tests.support.server import seed_city
-
-
-async def _online(ctx, pile_id: str) -> bool:  # type: ignore[no-untyped-def]
-    async with ctx.sm() as s:
-        pile = await s.get(Pile, pile_id)
-        return bool(pile and pile.online)
 
 
 async def test_rider_scans_starts_and_gets_the_bill_the_tariff_gives(server) -> None:  # type: ignore[no-untyped-def]
@@ -32,7 +26,7 @@ async def test_rider_scans_starts_and_gets_the_bill_the_tariff_gives(server) -> 
                                                  taper_minutes=40, float_power_w=12))
     await fleet.start()
     try:
-        await wait_until(lambda: _online(server.ctx, "P0001"))
+        await wait_until(lambda: pile_online(server.ctx, "P0001"))
         rider = WebRider(server.http, server.url)
         card = await rider.say("/start port_P0001-03")
         assert "P0001-03" in card[0]["text"]
@@ -80,7 +74,7 @@ async def test_rider_watches_status_and_stops_early(server) -> None:  # type: ig
                   default_profile=ChargerProfile(cc_power_w=180, cc_minutes=300))
     await fleet.start()
     try:
-        await wait_until(lambda: _online(server.ctx, "P0001"))
+        await wait_until(lambda: pile_online(server.ctx, "P0001"))
         rider = WebRider(server.http, server.url)
         card = await rider.say("P0001-01")  # typing the code works like scanning it
         await rider.press(button(card, "start:P0001-01"))

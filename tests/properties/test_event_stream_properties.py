@@ -39,7 +39,7 @@ from hypothesis.stateful import (
 from sqlalchemy import func, select
 
 from bot.app import NOTIFIER
-from bot.piles.http import WRITER
+from bot.piles.ingest import WRITER
 from bot.scheduler import sweep_faults, sweep_offline, sweep_requests
 from core.billing import wallet
 from core.billing.wallet import LedgerEntry

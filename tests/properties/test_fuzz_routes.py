@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from core.outbox import OutboxMessage
 from core.riders.tables import Identity, Rider
 from tests.fakes.wechat_user import sign
-from tests.integration.test_pile_webhook import draw_examples
+from tests.support.fuzzing import draw_examples
 from tests.support.riders import ACCOUNT, TG_SECRET
 from tests.support.server import Running, seed_city
 

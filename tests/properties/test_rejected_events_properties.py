@@ -21,15 +21,9 @@ from core.billing.wallet import LedgerEntry
 from core.charging.tables import Charge
 from core.outbox import OutboxMessage
 from core.piles.tables import PileEvent, RejectedEvent
-from tests.integration.test_pile_webhook import (
-    PILE,
-    PileLink,
-    ev,
-    now_ts,
-    rider_starts,
-    take_start_command,
-)
-from tests.properties.test_fuzz_pile_routes import VALID_EVENT, bad_event, examples
+from tests.support.fuzzing import examples
+from tests.support.pile_events import VALID_EVENT, bad_event
+from tests.support.piles import PILE, PileLink, ev, now_ts, rider_starts, take_start_command
 from tests.support.server import Running, seed_city
 
 NAN = float("nan")

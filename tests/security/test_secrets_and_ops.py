@@ -290,7 +290,7 @@ class _Lookups:
 
 
 async def test_a_flood_of_unknown_pile_ids_does_not_evict_a_known_piles_secret() -> None:
-    from bot.piles.http import SecretCache
+    from bot.piles.trust import SecretCache
 
     cache, ctx = SecretCache(), _Lookups()
     assert await cache.get(ctx, "P0001") == PILE_SECRET  # type: ignore[arg-type]

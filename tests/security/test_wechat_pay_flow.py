@@ -39,20 +39,11 @@ from core.outbox import OutboxMessage
 from core.piles.tables import Port
 from core.riders.tables import Identity
 from tests.fakes.wechatpay_api import FakeWechatPay, PayRefused
-from tests.integration.test_wechatpay import (
-    APIV3_KEY,
-    APPID,
-    MCHID,
-    MERCHANT_SERIAL,
-    PLATFORM_SERIAL,
-    keys,
-    pem_private,
-    pem_public,
-)
 from tests.support.journey import HandClock, PileClient, WebRider
 from tests.support.riders import ACCOUNT, WechatRider
 from tests.support.server import Running, seed_city, start_server
 from tests.support.settings import PILE_SECRET, all_skins_settings
+from tests.support.wechatpay import APPID, fake_wechatpay, keys, wechatpay_config
 
 PAGE_LINK = re.compile(r'<a href="([^"]*/pay/wechat\?t=[^"]*)">([^<]*)</a>')
 DATA_BLOCK = re.compile(r'<script type="application/json" id="pay-data">(.*?)</script>', re.S)
@@ -61,10 +52,7 @@ ZH = "zh_CN"
 
 @pytest.fixture
 async def wxpay() -> AsyncIterator[FakeWechatPay]:
-    merchant, platform = keys()
-    fake = FakeWechatPay(mchid=MCHID, appid=APPID, merchant_public_key=merchant.public_key(),
-                         merchant_serial=MERCHANT_SERIAL, apiv3_key=APIV3_KEY,
-                         platform_private_key=platform, platform_serial=PLATFORM_SERIAL)
+    fake = fake_wechatpay()
     await fake.start()
     yield fake
     await fake.stop()
@@ -79,13 +67,8 @@ def clock() -> HandClock:
 async def server(db_url: str, fakes: tuple[Any, Any], wxpay: FakeWechatPay,
                  clock: HandClock) -> AsyncIterator[Running]:
     """Production's payments: WeChat Pay alone (no sandbox), every skin on its fake."""
-    merchant, platform = keys()
     settings = all_skins_settings(db_url, *fakes, payments={
-        "providers": ["wechatpay"],
-        "wechatpay": {"mchid": MCHID, "appid": APPID, "serial_no": MERCHANT_SERIAL,
-                      "private_key": pem_private(merchant), "apiv3_key": APIV3_KEY,
-                      "platform_public_key": pem_public(platform),
-                      "platform_serial": PLATFORM_SERIAL, "api_base_url": wxpay.base_url},
+        "providers": ["wechatpay"], "wechatpay": wechatpay_config(wxpay.base_url),
     })
     async with start_server(settings, clock=clock) as running:
         await seed_city(running.ctx)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from bot.context import Context
 from bot.skins.webchat_auth import CHAT_COOKIE
-from core.piles.tables import PileEvent
+from core.piles.tables import Pile, PileEvent
 from core.riders.tables import Identity
 
 
@@ -196,6 +196,13 @@ async def wait_until(predicate: Any, timeout: float = 15.0, step: float = 0.05) 
             return
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(step)
+
+
+async def pile_online(ctx: Context, pile_id: str) -> bool:
+    """Whether the app counts the pile online (its heartbeat arrived): `wait_until` it."""
+    async with ctx.sm() as s:
+        pile = await s.get(Pile, pile_id)
+        return bool(pile and pile.online)
 
 
 async def pile_session(ctx: Context, pile_id: str, session_ref: str) -> dict[str, Any]:

@@ -131,3 +131,27 @@ def test_handlers_build_no_queries() -> None:
                     a.name.split(".")[0] in ("sqlalchemy", "sqlmodel") for a in node.names):
                 offenders.append(f"{path.name}:{node.lineno} import")
     assert not offenders, offenders
+
+
+def test_no_test_module_imports_another() -> None:
+    # What tests share lives in tests/support/ (tests/README.md): a test module imported by
+    # another ties the two together, and a test or fixture it imports is collected again there.
+    kinds = tuple(f"tests.{kind}" for kind in
+                  ("unit", "integration", "journeys", "properties", "security"))
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[1] == "support" or path.name == "conftest.py":
+            continue
+        package = rel.parts[:-1]  # what `from .x import y` is relative to
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else ()
+                imported = [".".join([*base, *([node.module] if node.module else [])])]
+            else:
+                continue
+            offenders += [f"{rel}:{node.lineno} imports {name}" for name in imported
+                          if name.startswith(tuple(f"{k}." for k in kinds)) or name in kinds]
+    assert not offenders, ("what test modules share goes in tests/support/", offenders)
