@@ -69,6 +69,29 @@ class WechatSettings(BaseModel):
     templates: dict[str, str] = Field(default_factory=dict)
 
 
+class Ap3000Settings(BaseModel):
+    """`[piles.ap3000]`: the TCP gateway for AP3000 ("DNY") boards (bot/piles/ap3000); off by
+    default. AP3000 has no authentication: docs/operations.md says what that means."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = Field(default=8900, ge=0, le=65535)  # 0: any free port (tests)
+    # Commands queued by another worker reach the board's worker within this (the command
+    # queue is swept for connected boards; in-process commands go at once).
+    sweep_s: float = Field(default=1.0, gt=0)
+    # A board that sends nothing for this long (it reports every ~60 s) is disconnected.
+    idle_timeout_s: float = Field(default=300.0, gt=0)
+    # Addresses (CIDR) boards may connect from; empty = any.
+    allow_from: list[str] = Field(default_factory=list)
+
+
+class OcppSettings(BaseModel):
+    """`[piles.ocpp]`: OCPP 1.6J charge points at `GET /ocpp/{charge_point_id}`; off by default."""
+
+    enabled: bool = False
+    heartbeat_interval_s: int = Field(default=60, ge=10)
+
+
 class PileSettings(BaseModel):
     offline_after_s: int = 180
     command_ttl_s: int = 60
@@ -79,6 +102,8 @@ class PileSettings(BaseModel):
     max_minutes: int = 480
     max_energy_wh: int = 2000
     port_limit_w: int = 1000
+    ap3000: Ap3000Settings = Field(default_factory=Ap3000Settings)
+    ocpp: OcppSettings = Field(default_factory=OcppSettings)
 
 
 class TariffTier(BaseModel):

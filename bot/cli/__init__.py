@@ -62,6 +62,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ports", type=int, required=True)
     p.add_argument("--model", default="generic-10")
     p.add_argument("--secret")
+    p.add_argument("--protocol", choices=("json", "ap3000", "ocpp16"), default="json",
+                   help="what the pile speaks: our JSON events (HTTP/MQTT), AP3000 over TCP, "
+                        "OCPP 1.6J")
+    p.add_argument("--device-id", help="AP3000: the device id printed on the board")
+    p.add_argument("--charge-point-id", help="OCPP 1.6J: the charge point's own id")
     p.set_defaults(fn=_command("piles", "cmd_piles_add"))
     pl.add_parser("list", help="list piles").set_defaults(fn=_command("piles", "cmd_piles_list"))
     p = pl.add_parser("qr", help="printable QR signs, one PNG per port")

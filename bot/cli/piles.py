@@ -15,7 +15,7 @@ from bot.cli.common import CliError, settings_for, with_session
 from bot.cli.wechat import wechat_client
 from bot.qr import telegram_link, write_sign
 from core.piles import fleet as piles
-from core.piles.tables import Pile, Port
+from core.piles.tables import Pile, PileProtocol, Port
 from notifications.wechat_client import WechatError
 
 
@@ -23,20 +23,35 @@ def cmd_piles_add(args: argparse.Namespace) -> None:
     settings = settings_for(args)
     if not re.match(r"^P\d{4,}$", args.id):
         raise CliError("--id must look like P0001")
+    protocol = PileProtocol(args.protocol)
+    wire_id = {PileProtocol.ap3000: args.device_id,
+               PileProtocol.ocpp16: args.charge_point_id}.get(protocol)
+    if protocol == PileProtocol.ap3000 and not wire_id:
+        raise CliError("an AP3000 pile needs --device-id (printed on the board)")
+    if protocol == PileProtocol.ocpp16 and not wire_id:
+        raise CliError("an OCPP pile needs --charge-point-id (the id it connects with)")
 
     async def add(session: AsyncSession) -> Pile:
         if await session.get(Pile, args.id):
             raise CliError(f"pile {args.id} exists already")
         try:
             return await piles.add_pile(session, args.site, args.id, args.ports, model=args.model,
-                                        secret=args.secret)
+                                        secret=args.secret, protocol=protocol, wire_id=wire_id)
         except ValueError as exc:
             raise CliError(str(exc)) from None
 
     pile = asyncio.run(with_session(settings, add))
     print(f"pile {pile.id} added with {pile.ports} ports at site {pile.site_id}")
     # Printed once so the installer can program the controller; never logged.
-    print(f"secret: {pile.secret}")
+    if protocol == PileProtocol.ap3000:
+        print(f"AP3000 device id {wire_id}: the board connects to port "
+              f"{settings.piles.ap3000.port}; AP3000 has no password (docs/operations.md)")
+    elif protocol == PileProtocol.ocpp16:
+        print(f"OCPP 1.6J: {settings.server.public_url.rstrip('/').replace('http', 'ws', 1)}"
+              f"/ocpp/{wire_id}, Basic auth user {wire_id}")
+        print(f"password: {pile.secret}")
+    else:
+        print(f"secret: {pile.secret}")
 
 
 def cmd_piles_list(args: argparse.Namespace) -> None:

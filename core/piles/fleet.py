@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
@@ -10,7 +11,15 @@ from sqlmodel import col
 
 from core.errors import UnknownPile, UnknownPort
 from core.piles.auth import new_secret
-from core.piles.tables import PORT_CODE, Pile, Port, PortStatusValue, Site, port_code
+from core.piles.tables import (
+    PORT_CODE,
+    Pile,
+    PileProtocol,
+    Port,
+    PortStatusValue,
+    Site,
+    port_code,
+)
 
 
 def parse_port_code(code: str) -> tuple[str, int]:
@@ -31,21 +40,43 @@ async def add_pile(
     session: AsyncSession, site_id: str, pile_id: str, ports: int, *,
     model: str = "generic-10", secret: str | None = None,
     lat: float | None = None, lon: float | None = None,
+    protocol: PileProtocol = PileProtocol.json, wire_id: str | None = None,
 ) -> Pile:
+    """A pile and its ports. `wire_id` is the id the pile gives itself on its protocol's wire:
+    an AP3000 device id (decimal, 1 to 2³²−1), an OCPP charge point id."""
     site = await session.get(Site, site_id)
     if site is None:
         raise ValueError(f"unknown site {site_id!r}")
     if not 1 <= ports <= 99:
         raise ValueError("a pile has 1 to 99 ports")
+    if protocol == PileProtocol.json:
+        wire_id = None
+    elif not wire_id:
+        raise ValueError(f"a {protocol} pile needs the id it uses on its wire")
+    elif protocol == PileProtocol.ap3000 and not (
+            wire_id.isdigit() and 0 < int(wire_id) < 2**32):
+        raise ValueError("an AP3000 device id is a number from 1 to 4294967295")
+    elif protocol == PileProtocol.ocpp16 and not re.fullmatch(r"[A-Za-z0-9._-]{1,40}", wire_id):
+        raise ValueError("an OCPP charge point id is 1 to 40 letters, digits, '.', '_' or '-'")
+    if wire_id is not None and await pile_on_wire(session, protocol, wire_id) is not None:
+        raise ValueError(f"a {protocol} pile with id {wire_id} exists already")
     pile = Pile(
         id=pile_id, site_id=site_id, model=model, secret=secret or new_secret(), ports=ports,
         lat=site.lat if lat is None else lat, lon=site.lon if lon is None else lon,
+        protocol=protocol, wire_id=wire_id,
     )
     session.add(pile)
     for n in range(1, ports + 1):
         session.add(Port(pile_id=pile_id, number=n, code=port_code(pile_id, n)))
     await session.flush()
     return pile
+
+async def pile_on_wire(session: AsyncSession, protocol: PileProtocol, wire_id: str
+                       ) -> Pile | None:
+    """The pile that calls itself `wire_id` on `protocol`'s wire, if it is registered."""
+    return (await session.execute(select(Pile).where(
+        col(Pile.protocol) == protocol, col(Pile.wire_id) == wire_id))).scalars().first()
+
 
 async def get_pile(session: AsyncSession, pile_id: str) -> Pile:
     pile = await session.get(Pile, pile_id)

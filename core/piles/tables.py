@@ -50,9 +50,23 @@ class Site(SQLModel, table=True):
     tool_kits: int = 0  # tool kits riders can borrow here
 
 
+class PileProtocol(StrEnum):
+    """What a pile speaks: our JSON events (HTTP webhook or MQTT), an AP3000 board over TCP, or
+    OCPP 1.6J over a WebSocket (DESIGN §6)."""
+
+    json = "json"
+    ap3000 = "ap3000"
+    ocpp16 = "ocpp16"
+
+
 class Pile(SQLModel, table=True):
     __tablename__ = "piles"
-    __table_args__ = (Index("ix_piles_lat_lon", "lat", "lon"),)
+    __table_args__ = (
+        Index("ix_piles_lat_lon", "lat", "lon"),
+        # The id the pile gives itself on its wire (an AP3000 device id, an OCPP charge point
+        # id) names one pile per protocol.
+        Index("uq_piles_protocol_wire_id", "protocol", "wire_id", unique=True),
+    )
 
     id: str = Field(primary_key=True, max_length=32)
     site_id: str = Field(foreign_key="sites.id", index=True)
@@ -71,6 +85,8 @@ class Pile(SQLModel, table=True):
     firmware: str | None = None
     signal_dbm: float | None = None
     temperature_c: float | None = None
+    protocol: PileProtocol = Field(default=PileProtocol.json, sa_type=AutoString(8))
+    wire_id: str | None = Field(default=None, max_length=40)
 
 
 class Port(SQLModel, table=True):
