@@ -19,8 +19,9 @@ from bot.context import CTX, Context
 from bot.handlers import notices, topups
 from bot.payments import pay_page, telegram_pay
 from bot.payments import wechatpay as wechatpay_pay
+from bot.piles import ap3000, mqtt
 from bot.piles import http as piles_api
-from bot.piles import mqtt
+from bot.piles import ocpp as ocpp_piles
 from bot.scheduler import JOB_STATS, LEADERSHIP
 from bot.skins import photo_links, telegram, webchat, wechat
 from bot.skins import photos as photo_intake
@@ -154,6 +155,8 @@ async def metrics(request: web.Request) -> web.Response:
         lines += stats.lines()
     if (loop := request.app.get(loop_lag.LAG)) is not None:
         lines += loop.lines()
+    if (gateway := request.app.get(ap3000.AP3000)) is not None:
+        lines += gateway.metric_lines()
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
@@ -177,6 +180,8 @@ def create_app(
     app.router.add_get("/metrics", metrics)
     piles_api.setup(app, ctx)
     mqtt.setup(app, ctx)  # after piles_api: it shares the ingest writer and the secret cache
+    ap3000.setup(app, ctx)  # AP3000 boards over TCP, through the same ingest writer
+    ocpp_piles.setup(app, ctx)  # OCPP 1.6J charge points at /ocpp/{id}, when enabled
     senders: dict[str, Sender] = {}
     if settings.server.webchat:
         webchat.setup(app, ctx)
