@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/broadcast.py
 	$(BIN)/python bench/cold_start.py
+	$(BIN)/python bench/ap3000.py
 
 db: $(STAMP)
 	$(BIN)/chargebot db upgrade
