@@ -18,7 +18,7 @@ from aiohttp import web
 
 from bot.context import Context
 from core.db import transaction
-from core.piles import events
+from core.piles import commands, events
 from core.piles.wire import BatchResult
 
 log = logging.getLogger("chargebot.ingest")
@@ -100,3 +100,27 @@ class IngestWriter:
 
 
 WRITER = web.AppKey("ingest_writer", IngestWriter)
+
+
+async def take_due_commands(ctx: Context, live: set[str], woken: set[str] | None = None
+                            ) -> dict[str, list[dict[str, Any]]]:
+    """The due commands of the piles connected here (`live`): those with commands pending and
+    those just woken, taken (marked sent) in one transaction. A transport sends them after this
+    returns, so a send lost now goes again after `piles.command_resend_s`."""
+    if not live:
+        return {}
+    async with ctx.reader()() as session:
+        pending = await commands.piles_with_pending(session)
+    due = sorted((pending | (woken or set())) & live)
+    if not due:
+        return {}
+    settings = ctx.settings.piles
+    now = ctx.clock()
+    out: dict[str, list[dict[str, Any]]] = {}
+    async with transaction(ctx.sm) as session:
+        for pile_id in due:
+            if cmds := await commands.take(session, pile_id, now,
+                                           resend_s=settings.command_resend_s,
+                                           ttl_s=settings.command_ttl_s):
+                out[pile_id] = cmds
+    return out

@@ -56,18 +56,14 @@ from typing import Any
 
 import aiomqtt
 from aiohttp import web
-from sqlalchemy import select
-from sqlmodel import col
 
 from bot.context import Context
-from bot.piles.ingest import WRITER
+from bot.piles.ingest import WRITER, take_due_commands
 from bot.piles.trust import SECRETS, SecretCache
 from core.config_sections import MqttSettings
-from core.db import transaction
 from core.errors import InvalidEvent
-from core.piles import commands, events
+from core.piles import events
 from core.piles.auth import verify
-from core.piles.tables import CommandState, PileCommand
 
 log = logging.getLogger("chargebot.mqtt")
 
@@ -276,28 +272,7 @@ class MqttBridge:
 
     async def sweep(self, client: aiomqtt.Client, woken: set[str] | None = None) -> int:
         """Publish the due commands of every MQTT pile that has any; returns piles served."""
-        live = self._live_piles()
-        if not live:
-            return 0
-        async with self.ctx.reader()() as session:
-            pending = set((await session.scalars(
-                select(col(PileCommand.pile_id)).distinct()
-                .where(col(PileCommand.state).in_((CommandState.queued, CommandState.sent)))
-            )).all())
-        due = sorted((pending | (woken or set())) & live)
-        if not due:
-            return 0
-        settings = self.ctx.settings.piles
-        now = self.ctx.clock()
-        out: dict[str, list[dict[str, Any]]] = {}
-        async with transaction(self.ctx.sm) as session:
-            for pile_id in due:
-                cmds = await commands.take(session, pile_id, now,
-                                           resend_s=settings.command_resend_s,
-                                           ttl_s=settings.command_ttl_s)
-                if cmds:
-                    out[pile_id] = cmds
-        # Published after the commit: a publish lost now is resent after command_resend_s.
+        out = await take_due_commands(self.ctx, self._live_piles(), woken)
         for pile_id, cmds in out.items():
             await self._publish(client, self.topic(pile_id, "commands"), {"commands": cmds})
         return len(out)

@@ -61,6 +61,13 @@ async def take(
     return [cmd.wire() for cmd in rows]
 
 
+async def piles_with_pending(session: AsyncSession) -> set[str]:
+    """Piles that have a command not yet acknowledged, failed or expired."""
+    return set((await session.scalars(
+        select(col(PileCommand.pile_id)).distinct().where(col(PileCommand.state).in_(PENDING))
+    )).all())
+
+
 async def has_pending(session: AsyncSession, pile_id: str) -> bool:
     found = await session.scalar(
         select(col(PileCommand.id))

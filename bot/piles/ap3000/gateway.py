@@ -23,21 +23,17 @@ import time
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import select
-from sqlmodel import col
 
 from bot.context import Context
 from bot.piles.ap3000 import frames, mapping
 from bot.piles.ap3000.connection import Connection, Memory, Plan, Stats, peer_ip, tune
 from bot.piles.ap3000.frames import Frame, Malformed
-from bot.piles.ingest import WRITER
+from bot.piles.ingest import WRITER, take_due_commands
 from core.config_sections import Ap3000Settings
-from core.db import transaction
 from core.errors import InvalidEvent
-from core.piles import commands
 from core.piles import events as pile_events
 from core.piles.fleet import pile_on_wire
-from core.piles.tables import PileCommand, PileProtocol
+from core.piles.tables import PileProtocol
 from core.piles.wire import MAX_BATCH, BatchResult
 
 log = logging.getLogger("chargebot.ap3000")
@@ -375,27 +371,7 @@ class Gateway:
 
     async def sweep(self, woken: set[str] | None = None) -> int:
         """Write the due commands of every board connected here; returns boards served."""
-        live = set(self._by_pile)
-        if not live:
-            return 0
-        async with self.ctx.reader()() as session:
-            pending = set((await session.scalars(
-                select(col(PileCommand.pile_id)).distinct()
-                .where(col(PileCommand.state).in_(commands.PENDING))
-            )).all())
-        due = sorted((pending | (woken or set())) & live)
-        if not due:
-            return 0
-        settings = self.ctx.settings.piles
-        now = self.ctx.clock()
-        out: dict[str, list[dict[str, Any]]] = {}
-        async with transaction(self.ctx.sm) as session:
-            for pile_id in due:
-                if cmds := await commands.take(session, pile_id, now,
-                                               resend_s=settings.command_resend_s,
-                                               ttl_s=settings.command_ttl_s):
-                    out[pile_id] = cmds
-        # Written after the commit: a frame lost now goes again after command_resend_s.
+        out = await take_due_commands(self.ctx, set(self._by_pile), woken)
         for pile_id, cmds in out.items():
             if (conn := self._by_pile.get(pile_id)) is not None:
                 await self.send_commands(conn, cmds)

@@ -23,19 +23,15 @@ from aiohttp import WSCloseCode, web
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import call
 from ocpp.v16.enums import AvailabilityType, ResetType
-from sqlalchemy import select
-from sqlmodel import col
 
 from bot.context import Context
-from bot.piles.ingest import WRITER
+from bot.piles.ingest import WRITER, take_due_commands
 from bot.piles.ocpp import store
 from bot.piles.ocpp.link import Closed, Connection, Socket, basic_auth
 from bot.piles.ocpp.point import WIRE_LOG, CentralPoint
 from core.charging.tables import ChargeState
 from core.config_sections import OcppSettings
-from core.db import transaction
-from core.piles import commands, events
-from core.piles.tables import CommandState, PileCommand
+from core.piles import events
 from core.piles.wire import BatchResult
 
 log = logging.getLogger("chargebot.ocpp")
@@ -275,26 +271,7 @@ class Gateway:
 
     async def sweep(self, woken: set[str] | None = None) -> int:
         """Hand the due commands of connected charge points to their connections."""
-        live = set(self.connections)
-        if not live:
-            return 0
-        async with self.ctx.reader()() as session:
-            pending = set((await session.scalars(
-                select(col(PileCommand.pile_id)).distinct()
-                .where(col(PileCommand.state).in_((CommandState.queued, CommandState.sent)))
-            )).all())
-        due = sorted((pending | (woken or set())) & live)
-        if not due:
-            return 0
-        settings = self.ctx.settings.piles
-        out: dict[str, list[dict[str, Any]]] = {}
-        async with transaction(self.ctx.sm) as session:
-            for pile_id in due:
-                if cmds := await commands.take(session, pile_id, self.ctx.clock(),
-                                               resend_s=settings.command_resend_s,
-                                               ttl_s=settings.command_ttl_s):
-                    out[pile_id] = cmds
-        # Sent after the commit: a call lost now is resent after command_resend_s.
+        out = await take_due_commands(self.ctx, set(self.connections), woken)
         for pile_id, cmds in out.items():
             if (conn := self.connections.get(pile_id)) is not None:
                 for cmd in cmds:
