@@ -122,6 +122,10 @@ class Gateway:
             self.stats.connections += 1
             tune(writer)
             await self._serve(conn)
+        except asyncio.CancelledError:
+            # stop() cancels the handlers; ending quietly here, at the connection's top, keeps
+            # Python 3.11's start_server from logging each of thousands of boards as an error.
+            pass
         except (ConnectionError, TimeoutError, OSError) as exc:
             log.info("AP3000 connection %s (device %s) lost: %s", conn.peer, conn.device_id,
                      exc or type(exc).__name__)
