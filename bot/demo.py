@@ -10,7 +10,7 @@ from sqlmodel import col
 
 from core.db import saved_id
 from core.piles import fleet as piles
-from core.piles.tables import Pile, Site
+from core.piles.tables import Pile, PileProtocol, Site
 from core.riders import staff
 from core.riders.identities import rider_for
 
@@ -28,6 +28,10 @@ PILES_PER_SITE = 5
 PORTS_PER_PILE = 10
 # Web chat identities for trying the staff side: /?as=demo-technician (or demo-supervisor), only
 # while server.webchat_demo_identities is on, which `chargebot demo` does and `serve` refuses.
+# Two AP3000 ("DNY") boards at the mall, on TCP through the gateway (bot/piles/ap3000): (pile id,
+# device id printed on the board). `chargebot demo` runs them with simulator/ap3000.py.
+DEMO_AP3000_SITE = "HZ02"
+DEMO_AP3000 = [("P0101", 305419896), ("P0102", 305419897)]
 DEMO_STAFF = [("demo-technician", "technician", "王师傅"),
               ("demo-supervisor", "supervisor", "李主管")]
 
@@ -48,6 +52,14 @@ async def seed(session: AsyncSession, *, rng: random.Random | None = None) -> in
                 session, sid, f"P{n:04d}", PORTS_PER_PILE, model="generic-10",
                 lat=lat + rng.uniform(-0.0003, 0.0003), lon=lon + rng.uniform(-0.0003, 0.0003),
             )
+    site = next(row for row in DEMO_SITES if row[0] == DEMO_AP3000_SITE)
+    for pile_id, device_id in DEMO_AP3000:
+        n += 1
+        await piles.add_pile(
+            session, DEMO_AP3000_SITE, pile_id, PORTS_PER_PILE, model="ap3000-10",
+            lat=site[3] + rng.uniform(-0.0003, 0.0003), lon=site[4] + rng.uniform(-0.0003, 0.0003),
+            protocol=PileProtocol.ap3000, wire_id=str(device_id),
+        )
     # Services to try: tool kits at the courier station, a charging cabinet (lockers) there too.
     courier = await session.get(Site, "HZ03")
     if courier is not None:

@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from sqlalchemy import select
@@ -19,8 +19,11 @@ from bot import demo
 from bot.cli.common import CliError, settings_for, with_session
 from core.config import Settings, blank_secrets
 from core.migrate import upgrade
-from core.piles.tables import Pile
+from core.piles.tables import Pile, PileProtocol
 from simulator import Fleet, PileSpec
+
+if TYPE_CHECKING:
+    from simulator.ap3000 import BoardSpec
 
 
 def cmd_db(args: argparse.Namespace) -> None:
@@ -100,6 +103,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
         settings.payments.providers.append("sandbox")
     # /?as=demo-technician opens the web chat as the demo city's staff; serve refuses it.
     settings.server.webchat_demo_identities = True
+    # The demo city's AP3000 boards (bot/demo.py) speak TCP to the gateway, on a free local port.
+    if not settings.piles.ap3000.enabled:
+        settings.piles.ap3000.enabled = True
+        settings.piles.ap3000.host, settings.piles.ap3000.port = "127.0.0.1", 0
     upgrade(settings.database.url)
     asyncio.run(_demo(settings, args))
 
@@ -107,6 +114,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 async def _demo(settings: Settings, args: argparse.Namespace) -> None:
     # Here, not at the top (start-up cost): `db upgrade` and `simulate` need no app.
     from bot.app import create_app
+    from bot.piles.ap3000 import AP3000
+    from simulator.ap3000 import Ap3000Fleet
 
     created = await with_session(settings, demo.seed)
     host, port = args.host or settings.server.host, args.port or settings.server.port
@@ -119,12 +128,22 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> None:
     fleet = Fleet(url, specs, speed=args.speed, heartbeat_s=20, meter_every_s=3,
                   fault_rate_per_hour=args.fault_rate)
     await fleet.start()
-    print(f"demo city {'seeded' if created else 'loaded'}: {len(specs)} simulated piles, "
-          f"time ×{args.speed:g}")
+    gateway = app[AP3000]
+    boards = await _ap3000_specs(settings)
+    board_host = settings.piles.ap3000.host
+    if board_host in ("", "0.0.0.0", "::"):
+        board_host = "127.0.0.1"
+    ap3000 = Ap3000Fleet(board_host, gateway.port, boards, speed=args.speed, heartbeat_s=20,
+                         meter_every_s=3, fault_rate_per_hour=args.fault_rate)
+    await ap3000.start()
+    print(f"demo city {'seeded' if created else 'loaded'}: {len(specs)} simulated piles over "
+          f"HTTP, {len(boards)} AP3000 boards over TCP, time ×{args.speed:g}")
+    print(f"AP3000 gateway: {settings.piles.ap3000.host}:{gateway.port}")
     print(f"web chat: {url}/   (Ctrl-C to stop)")
     try:
         await asyncio.Event().wait()
     finally:
+        await ap3000.stop()
         await fleet.stop()
         await runner.cleanup()
 
@@ -132,10 +151,24 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> None:
 async def _pile_specs(settings: Settings, limit: int | None) -> list[PileSpec]:
 
     async def load(session: AsyncSession) -> list[PileSpec]:
-        stmt = select(Pile).order_by(col(Pile.id))
+        # Piles that speak another wire (AP3000, OCPP) are not simulated over HTTP.
+        stmt = select(Pile).where(col(Pile.protocol) == PileProtocol.json).order_by(col(Pile.id))
         if limit:
             stmt = stmt.limit(limit)
         return [PileSpec(p.id, p.secret, p.ports) for p in (await session.execute(stmt)).scalars()]
+
+    return await with_session(settings, load)
+
+
+async def _ap3000_specs(settings: Settings) -> list[BoardSpec]:
+    # Here, not at the top: the AP3000 simulator imports the gateway's codec (and the app).
+    from simulator.ap3000 import BoardSpec
+
+    async def load(session: AsyncSession) -> list[BoardSpec]:
+        stmt = select(Pile).where(col(Pile.protocol) == PileProtocol.ap3000).order_by(
+            col(Pile.id))
+        return [BoardSpec(p.id, int(p.wire_id), p.ports)
+                for p in (await session.execute(stmt)).scalars() if p.wire_id]
 
     return await with_session(settings, load)
 

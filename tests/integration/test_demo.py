@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -54,6 +55,16 @@ async def test_demo_serves_the_web_chat_with_a_seeded_city_and_live_fleet(tmp_pa
             tech = WebRider(http, url, demo_as="demo-technician")
             assert "工单" in (await tech.say("/orders"))[0]["text"]
             assert "工单" not in (await rider.say("/orders"))[0]["text"]
+            # The city's two AP3000 boards (simulator/ap3000.py) come online through the gateway.
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:
+                with sqlite3.connect(tmp_path / "demo.db") as db:
+                    boards = db.execute("SELECT id, online FROM piles WHERE protocol = 'ap3000' "
+                                        "ORDER BY id").fetchall()
+                if len(boards) == 2 and all(online for _, online in boards):
+                    break
+                assert asyncio.get_running_loop().time() < deadline, boards
+                await asyncio.sleep(0.2)
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 20)
