@@ -28,6 +28,7 @@ from bot.piles.ap3000 import frames
 from simulator.charger import ChargerProfile
 from simulator.clock import VirtualClock
 from simulator.controller import PileController, SimSettings
+from simulator.pile import cancel_all, drive, report_crash
 
 log = logging.getLogger("chargebot.simulator")
 
@@ -117,28 +118,14 @@ class Ap3000Board:
         self._tasks = [asyncio.create_task(self._tick_loop(), name=f"ap3000-{self.pile_id}-tick"),
                        asyncio.create_task(self._link_loop(), name=f"ap3000-{self.pile_id}-link")]
         for task in self._tasks:
-            task.add_done_callback(_report_crash)
+            task.add_done_callback(report_crash)
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
 
     async def _tick_loop(self) -> None:
-        clock = self.controller.clock
-        while True:
-            self._wake.clear()
-            self.controller.tick(clock.mono())
-            delay = self.controller.next_deadline() - clock.mono()
-            if delay <= 0:
-                await asyncio.sleep(0)
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
+        await drive(self.controller, self._wake)
 
     # ---- the link -------------------------------------------------------------------------
     async def _link_loop(self) -> None:
@@ -398,7 +385,3 @@ class Ap3000Fleet:
     async def stop(self) -> None:
         await asyncio.gather(*(b.stop() for b in self.boards.values()))
 
-
-def _report_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("simulator task %s crashed", task.get_name(), exc_info=exc)

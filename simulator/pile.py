@@ -66,7 +66,7 @@ class SimulatedPile:
         self._http = http
         self.controller.boot()
         self._ticker = asyncio.create_task(self._tick_loop(), name=f"sim-{self.pile_id}-tick")
-        self._ticker.add_done_callback(_report_crash)
+        self._ticker.add_done_callback(report_crash)
         if not self.paused:
             self._start_net()
 
@@ -76,15 +76,11 @@ class SimulatedPile:
             asyncio.create_task(self._poll_loop(), name=f"sim-{self.pile_id}-poll"),
         ]
         for task in self._net:
-            task.add_done_callback(_report_crash)
+            task.add_done_callback(report_crash)
 
     async def _stop_net(self) -> None:
         tasks, self._net = self._net, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
 
     async def stop(self) -> None:
         await self._stop_net()
@@ -113,17 +109,7 @@ class SimulatedPile:
 
     # ---- physics --------------------------------------------------------------------------
     async def _tick_loop(self) -> None:
-        clock = self.controller.clock
-        while True:
-            self._wake.clear()
-            self.controller.tick(clock.mono())
-            delay = self.controller.next_deadline() - clock.mono()
-            if delay <= 0:
-                await asyncio.sleep(0)  # never starve the loop, even if a deadline misbehaves
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
+        await drive(self.controller, self._wake)
 
     # ---- events out -----------------------------------------------------------------------
     async def _send_loop(self) -> None:
@@ -213,7 +199,30 @@ class SimulatedPile:
             backoff = min(backoff * 2.0, BACKOFF_MAX_S)
 
 
-def _report_crash(task: asyncio.Task[None]) -> None:
+async def drive(controller: PileController, wake: asyncio.Event) -> None:
+    """Tick the controller at its next deadline, or at once when `wake` is set; forever."""
+    clock = controller.clock
+    while True:
+        wake.clear()
+        controller.tick(clock.mono())
+        delay = controller.next_deadline() - clock.mono()
+        if delay <= 0:
+            await asyncio.sleep(0)  # never starve the loop, even if a deadline misbehaves
+            continue
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await wake.wait()
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def report_crash(task: asyncio.Task[None]) -> None:
     # These loops never end on their own; a silent death would just look like an offline pile.
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("simulator task %s crashed", task.get_name(), exc_info=exc)
