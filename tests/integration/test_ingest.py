@@ -7,9 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
+from bot.piles.ingest import WRITER
 from core.charging.tables import Charge, MeterSample
+from core.piles.events import parse_batch
 from core.piles.tables import PileEvent
-from tests.support.journey import PileClient, WebRider, button
+from tests.support.journey import PileClient, WebRider, button, wait_until
 from tests.support.server import Running, seed_city
 from tests.support.settings import PILE_SECRET
 
@@ -69,3 +71,32 @@ async def test_many_piles_at_once_share_transactions_and_lose_nothing(server: Ru
 
     writer = server.app[WRITER]
     assert writer.requests >= 12 * 11 and writer.groups <= writer.requests
+
+
+async def test_a_busy_writer_holds_a_small_group_for_company_and_an_idle_one_does_not(
+    server: Running,
+) -> None:
+    """While requests keep coming, a small group waits (up to `linger_s`) so that the next
+    requests share its commit; a writer that has been idle commits a lone request at once."""
+    specs = await seed_city(server.ctx, piles_n=3, ports=2)
+    a, b, c = (PileClient(server.http, server.url, pid, secret) for pid, secret, _ in specs)
+    writer = server.app[WRITER]
+    now = datetime.now(UTC)
+    await c.post([c.event("heartbeat", now)])  # the writer has committed: it is "busy" ...
+    # ... for an hour after, with a long linger, and a pair is big enough to go.
+    writer.busy_gap_s, writer.linger_s, writer.linger_until = 3600.0, 60.0, 2
+    groups, requests = writer.groups, writer.requests
+    first = asyncio.create_task(
+        writer.submit(a.pile_id, parse_batch({"events": [a.event("heartbeat", now)]})))
+    await asyncio.sleep(0)  # submit() has queued A and waits for its answer
+    await wait_until(writer.queue.empty)  # the writer took A ...
+    assert not first.done()  # ... and holds it for company
+    second = await b.post([b.event("heartbeat", now)])
+    assert (await first).accepted == second["accepted"] == 1
+    assert (writer.groups - groups, writer.requests - requests) == (1, 2)
+    # Idle: nothing is held back, even with the long linger still set.
+    writer.busy_gap_s = 0.0
+    alone = await asyncio.wait_for(c.post([c.event("heartbeat", now + timedelta(seconds=1))]),
+                                   10)
+    assert alone["accepted"] == 1
+    assert (writer.groups - groups, writer.requests - requests) == (2, 3)
