@@ -96,6 +96,11 @@ class Notifier:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # A stop whose unwinding failed (a session closed mid-statement raises
+                    # on its way out and hides the CancelledError): still a stop, not a retry.
+                    raise asyncio.CancelledError from None
                 log.exception("notifier pass failed; retrying")
                 n = 0
             if n == 0:
