@@ -234,6 +234,16 @@ async def _touch_piles(session: AsyncSession, items: list[tuple[str, list[Any]]]
         await session.execute(_TOUCH, touches)
 
 
+async def mark_seen(session: AsyncSession,
+                    heard: dict[str, tuple[datetime, float | None, float | None]]) -> None:
+    """Piles heard from with nothing to store (a TCP board's unchanged status report): each
+    one's last-seen time, signal (dBm) and temperature (°C), in one statement for them all."""
+    if heard:
+        await session.execute(_TOUCH, [
+            {"pid": pile_id, "seen": seen, "fw": None, "sig": sig, "temp": temp}
+            for pile_id, (seen, sig, temp) in heard.items()])
+
+
 async def _load_group(session: AsyncSession, items: list[tuple[str, list[Any]]],
                       fresh_by_item: list[list[Any]], settings: Settings, now: datetime) -> Group:
     """One lookup for every charge the events name and one for the ports whose status moves."""

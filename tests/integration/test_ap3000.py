@@ -257,6 +257,46 @@ def _clean(board: Board) -> None:
     assert (junk, bad, unexpected) == (b"", [], []), "the server sent bytes that are no frame"
 
 
+async def _pile(server: Running) -> Pile:
+    async with server.ctx.sm() as s:
+        pile = await s.get(Pile, PILE)
+    assert pile is not None
+    return pile
+
+
+async def test_unchanged_status_reports_are_answered_and_mark_the_board_seen(db_url: str
+                                                                             ) -> None:
+    """The minute-by-minute report of a board where nothing moved is answered at once and
+    stored as no event (docs/ap3000.md); the pile's last-seen time, signal and temperature
+    still follow it."""
+    async with _city(db_url) as server, _board(server) as board:
+        await _online(server, board)
+        before = await _events(server, "heartbeat")
+        seen_before = (await _pile(server)).last_seen_at
+        assert seen_before is not None
+        for signal, temp in ((20, 28), (22, 29), (27, 33)):
+            await _answered(board, STATUS, await board.status(signal=signal, temp_c=temp))
+        assert await _events(server, "heartbeat") == before
+        # signal 27 → −113 + 54 = −59 dBm, and the pile's temperature, as of the last report
+        await wait_until(lambda: _pile_reads(server, -59, 33))
+        assert (await _pile(server)).last_seen_at > seen_before
+        # A report that moves a port is stored as before, with its heartbeat.
+        board.set_port(4, PLUGGED)
+        await _answered(board, STATUS, await board.status(signal=25, temp_c=31))
+        await wait_until(lambda: _port_is(server, 4, "plugged"))
+        assert len(await _events(server, "heartbeat")) == len(before) + 1
+        _clean(board)
+
+
+async def _pile_reads(server: Running, signal_dbm: float, temperature_c: float) -> bool:
+    pile = await _pile(server)
+    return (pile.signal_dbm, pile.temperature_c) == (signal_dbm, temperature_c)
+
+
+async def _port_is(server: Running, number: int, status: str) -> bool:
+    return (await _port(server, number)).status == status
+
+
 # --- the whole charge -------------------------------------------------------------------------
 
 

@@ -7,7 +7,9 @@ board's reply is written only after the commit, so a report whose events were no
 answered and the board resends it (same bytes, same event ids: duplicates, never a second
 event). Commands are taken from the queue for boards connected to this process: with an ingest
 (the group commit hands them out), at once when queued here (`ctx.wake_pile`), and by a sweep
-every `sweep_s` for commands queued by another worker and for resends.
+every `sweep_s` for commands queued by another worker and for resends. A status report that
+changes no port is only a sign of life: it is answered at once, and the sweep writes every such
+board's last-seen time in one statement every few seconds.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import socket
 import struct
 import time
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -28,8 +30,9 @@ from bot.context import Context
 from bot.piles.ap3000 import frames, mapping
 from bot.piles.ap3000.connection import Connection, Memory, Plan, Stats, peer_ip, tune
 from bot.piles.ap3000.frames import Frame, Malformed
-from bot.piles.ingest import WRITER, take_due_commands
+from bot.piles.ingest import TOUCH_EVERY_S, WRITER, take_due_commands
 from core.config_sections import Ap3000Settings
+from core.db import transaction
 from core.errors import InvalidEvent
 from core.piles import events as pile_events
 from core.piles.fleet import pile_on_wire
@@ -58,6 +61,8 @@ class Gateway:
         self._woken: set[str] = set()
         self._wake = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        # Boards heard from with nothing to store: pile id → (when, signal dBm, temperature °C)
+        self._heard: dict[str, tuple[datetime, float | None, float | None]] = {}
 
     # --- the listener -----------------------------------------------------------------------
 
@@ -91,6 +96,8 @@ class Gateway:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        with contextlib.suppress(Exception):  # stopping: the database may be gone already
+            await self.flush_heard()
         if self._server is not None:
             self._server.close()
         tasks = list(self._handlers)
@@ -277,8 +284,16 @@ class Gateway:
         if cmd in (frames.STATUS, frames.QUERY_STATUS):
             st = frames.decode_status(frame.data)
             beat = mapping.heartbeat(f"hb:{key}", ts, signal=st.signal, temp=st.temp)
-            return Plan(frame, [beat, *mapping.port_changes(key, ts, base, st.statuses)],
-                        ok if cmd == frames.STATUS else None, statuses=st.statuses)
+            changes = mapping.port_changes(key, ts, base, st.statuses)
+            reply = ok if cmd == frames.STATUS else None
+            if not changes:
+                # Nothing moved: the minute's report is only a sign of life. It is written with
+                # every other such board's in one statement every few seconds (_flush_heard),
+                # not as an event and a transaction per board.
+                self._heard[conn.pile_id] = (ts, beat.get("signal_dbm"),
+                                             beat.get("temperature_c"))
+                return Plan(frame, [], reply, statuses=st.statuses)
+            return Plan(frame, [beat, *changes], reply, statuses=st.statuses)
         if cmd == frames.ALARM:
             return Plan(frame, mapping.alarm_events(frames.decode_alarm(frame.data), key, ts), ok)
         self.stats.unhandled += 1
@@ -308,11 +323,10 @@ class Gateway:
         return True
 
     async def _store(self, pile_id: str, events: list[mapping.Event]) -> BatchResult | None:
-        """Our events through the webhook's path: the same bytes-to-batch parse and the same
-        group commit. None when they were not stored (the frames stay unanswered)."""
-        body = json.dumps({"events": events}, ensure_ascii=False).encode()
+        """Our events through the webhook's path: the same validation and the same group
+        commit. None when they were not stored (the frames stay unanswered)."""
         try:
-            batch = pile_events.parse_batch(pile_events.decode_body(body), body)
+            batch = pile_events.parse_batch({"events": events})
         except InvalidEvent as exc:  # 1..500 events of ours: never, but never silently either
             log.error("AP3000 pile %s: events not a batch: %s", pile_id, exc)
             return None
@@ -359,7 +373,7 @@ class Gateway:
             self._wake.set()
 
     async def _sweep_loop(self) -> None:
-        pruned = time.monotonic()
+        pruned = flushed = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.cfg.sweep_s)
@@ -369,6 +383,12 @@ class Gateway:
                 await self.sweep(woken)
             except Exception:
                 log.exception("AP3000 command sweep failed")
+            if time.monotonic() - flushed >= TOUCH_EVERY_S:
+                flushed = time.monotonic()
+                try:
+                    await self.flush_heard()
+                except Exception:  # a lost last-seen write is mended by the next one
+                    log.exception("AP3000 last-seen write failed")
             if time.monotonic() - pruned > PRUNE_EVERY_S:
                 pruned = time.monotonic()
                 self._prune()
@@ -380,6 +400,13 @@ class Gateway:
             if (conn := self._by_pile.get(pile_id)) is not None:
                 await self.send_commands(conn, cmds)
         return len(out)
+
+    async def flush_heard(self) -> None:
+        """Write the last-seen time, signal and temperature of the boards heard from since."""
+        heard, self._heard = self._heard, {}
+        if heard:
+            async with transaction(self.ctx.sm) as session:
+                await pile_events.mark_seen(session, heard)
 
     def _prune(self) -> None:
         now = time.monotonic()
