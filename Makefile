@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/broadcast.py
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/ap3000.py
+	$(BIN)/python bench/ocpp16.py
 
 db: $(STAMP)
 	$(BIN)/chargebot db upgrade
