@@ -2,7 +2,8 @@
 
 A crash between commit and send loses nothing: the row stays pending (or its lease runs out)
 and the next notifier, here or in another worker, delivers it. A claimed batch is sent to several
-riders at once and the outcomes are written by group commit; a stop (the task cancelled) lets the
+riders at once and the outcomes are written by group commit; the next batch is claimed while one
+is still sending (riders of a pass under way wait for it, so each rider's messages keep order); a stop (the task cancelled) lets the
 sends under way finish and be recorded and hands the untried rows straight back, so a restart
 neither waits for the lease nor sends anything twice.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -62,6 +64,14 @@ def backoff_s(attempt: int) -> float:
     return min(300.0, 2.0 ** attempt)
 
 
+def _pass_done(task: asyncio.Task[None], riders: set[int], passes: set[asyncio.Task[None]],
+               busy: set[int]) -> None:
+    passes.discard(task)
+    busy.difference_update(riders)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("notifier pass failed; its rows are retried after the lease", exc_info=exc)
+
+
 class Notifier:
     def __init__(
         self, sm: async_sessionmaker[AsyncSession], senders: dict[str, Sender], render: Render,
@@ -69,7 +79,7 @@ class Notifier:
         clock: Callable[[], datetime] = utcnow,
         wait: Callable[[float], Awaitable[bool]] | None = None,
         read_sm: async_sessionmaker[AsyncSession] | None = None,
-        concurrency: int = 8, stop_grace_s: float = 10.0,
+        concurrency: int = 8, stop_grace_s: float = 10.0, max_passes: int = 2,
     ) -> None:
         self.sm = sm
         self.read_sm = read_sm or sm
@@ -87,29 +97,64 @@ class Notifier:
         self.concurrency = concurrency
         # On a stop, how long sends already under way may take to finish and be recorded.
         self.stop_grace_s = stop_grace_s
+        self.max_passes = max_passes
         self._stopping = False
 
     async def run(self) -> None:
-        while True:
-            try:
-                n = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # A stop whose unwinding failed (a session closed mid-statement raises
-                    # on its way out and hides the CancelledError): still a stop, not a retry.
-                    raise asyncio.CancelledError from None
-                log.exception("notifier pass failed; retrying")
-                n = 0
-            if n == 0:
-                if self._wait is not None:
-                    await self._wait(self.poll_s)
-                else:
-                    await asyncio.sleep(self.poll_s)
+        """Deliver until cancelled. A pass (a claimed batch) sends while the next is claimed, up
+        to `max_passes` at once: messages that arrive during a pass go out beside it instead of
+        waiting for its last send (a burst of bills at Telegram's pace waited ~0.65 s so). The
+        next pass skips riders still in one, so each rider's messages keep their order."""
+        self._stopping = False
+        passes: set[asyncio.Task[None]] = set()
+        busy: set[int] = set()
+        try:
+            while True:
+                claimed: list[OutboxMessage] = []
+                if len(passes) < self.max_passes:
+                    try:
+                        claimed = await self.claim(exclude=busy)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():
+                            # A stop whose unwinding failed (a session closed mid-statement
+                            # raises on its way out and hides the CancelledError): still a stop.
+                            raise asyncio.CancelledError from None
+                        log.exception("notifier pass failed; retrying")
+                if claimed:
+                    riders = {m.rider_id for m in claimed}
+                    busy.update(riders)
+                    batch = asyncio.create_task(self._deliver_batch(claimed))
+                    passes.add(batch)
+                    batch.add_done_callback(functools.partial(_pass_done, riders=riders,
+                                                              passes=passes, busy=busy))
+                    if len(passes) < self.max_passes:
+                        continue
+                # Nothing to claim, or enough passes under way: until new rows are announced,
+                # a pass ends, or poll_s.
+                waiter = asyncio.ensure_future(
+                    self._wait(self.poll_s) if self._wait is not None
+                    else asyncio.sleep(self.poll_s))
+                try:
+                    await asyncio.wait({waiter, *passes}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+        except asyncio.CancelledError:
+            # A stop must not cut a send off between the platform accepting it and our mark:
+            # that is the one way a rider hears it twice. Sends under way finish and are
+            # recorded; untried rows go back at once.
+            self._stopping = True
+            if passes:
+                _done, late = await asyncio.wait(passes, timeout=self.stop_grace_s)
+                if late:
+                    log.warning("notifier stopped with sends still in flight; their rows are "
+                                "retried after the lease")
+            raise
 
-    async def claim(self) -> list[OutboxMessage]:
+    async def claim(self, exclude: set[int] | None = None) -> list[OutboxMessage]:
+        """Lease up to `batch` due rows, oldest first; none of the riders in `exclude`."""
         now = self.clock()
         pick = (
             select(col(OutboxMessage.id))
@@ -121,6 +166,8 @@ class Notifier:
             .order_by(col(OutboxMessage.id))
             .limit(self.batch)
         )
+        if exclude:
+            pick = pick.where(col(OutboxMessage.rider_id).not_in(sorted(exclude)))
         if self.read_sm is not self.sm:
             # Look before taking SQLite's write lock: an idle poll must not queue behind (or
             # starve) the ingest writer for nothing.

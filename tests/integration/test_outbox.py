@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
@@ -146,3 +147,63 @@ async def test_several_notifiers_on_one_queue_deliver_each_message_once(db_url: 
         assert len(seen) == 120 and set(seen.values()) == {1}
         assert states.count("sent") == 120
         assert len(by_notifier) >= 2  # more than one consumer took part
+
+
+async def test_a_message_arriving_during_a_slow_pass_goes_out_beside_it(db_url: str) -> None:
+    """The notifier claims again while a pass is still sending: a second rider's message is
+    not held behind the first rider's slow send, and the first rider's next message still
+    waits for the first (each rider's order)."""
+    import asyncio
+
+    from core.db import transaction
+    from core.notices.chat import TextNotice
+    from core.outbox import enqueue
+    from tests.support.journey import english_rider_and_id, wait_until
+
+    settings = make_settings(db_url, notifications={"poll_s": 0.05})
+    async with start_server(settings, notifier=False) as server:
+        (slow_rider, slow_id), (quick_rider, quick_id) = (
+            await english_rider_and_id(server), await english_rider_and_id(server))
+        notifier = server.app[NOTIFIER]
+        real = notifier.senders["webchat"]
+        release = asyncio.Event()
+        sent: list[str] = []
+
+        class Gated:
+            async def send(self, identity, replies, **kw):  # type: ignore[no-untyped-def]
+                text = kw["payload"]["text"]
+                if text == "slow-1":
+                    await release.wait()  # a platform that takes its time
+                channel = await real.send(identity, replies, **kw)
+                sent.append(text)
+                return channel
+
+        notifier.senders["webchat"] = Gated()
+
+        async def say(rider_id: int, text: str) -> None:
+            async with transaction(server.ctx.sm) as s:
+                await enqueue(s, rider_id, TextNotice(text=text), f"t:{text}",
+                              now=datetime.now(UTC))
+            server.ctx.wake_outbox()
+
+        run = asyncio.create_task(notifier.run())
+        try:
+            await say(slow_id, "slow-1")
+            await wait_until(lambda: not release.is_set() and _claimed(server, "slow-1"))
+            await say(slow_id, "slow-2")
+            await say(quick_id, "quick-1")
+            await quick_rider.wait_message("quick-1", timeout=10)
+            assert sent == ["quick-1"]  # slow-1 is still on its way; slow-2 waits behind it
+            release.set()
+            await slow_rider.wait_message("slow-2", timeout=10)
+            assert sent == ["quick-1", "slow-1", "slow-2"]
+        finally:
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+
+
+async def _claimed(server, text: str) -> bool:  # type: ignore[no-untyped-def]
+    async with server.ctx.sm() as s:
+        rows = (await s.execute(select(OutboxMessage))).scalars().all()
+    return any(r.payload.get("text") == text and r.lease_until is not None for r in rows)

@@ -13,12 +13,12 @@ from notifications.worker import Notifier
 
 class _FailsOnTheWayOut(Notifier):
     def __init__(self) -> None:
-        nothing: Any = None  # never reached: run_once is replaced
+        nothing: Any = None  # never reached: claim is replaced
         super().__init__(sm=nothing, senders={}, render=nothing)
         self.started = asyncio.Event()
         self.passes = 0
 
-    async def run_once(self) -> int:
+    async def claim(self, exclude: set[int] | None = None) -> list[Any]:
         self.passes += 1
         if self.passes > 1:  # it went round again instead of stopping: end the test's task
             raise asyncio.CancelledError
@@ -27,7 +27,7 @@ class _FailsOnTheWayOut(Notifier):
             await asyncio.Event().wait()  # a pass under way: a claim waiting on the database
         except asyncio.CancelledError:
             raise RuntimeError("Can't reconnect until invalid transaction is rolled back") from None
-        return 0
+        return []
 
 
 async def test_a_cancelled_notifier_ends_even_when_its_pass_fails_on_the_way_out(
