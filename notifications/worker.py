@@ -5,8 +5,7 @@ and the next notifier, here or in another worker, delivers it. A claimed batch i
 riders at once and the outcomes are written by group commit; the next batch is claimed while one
 is still sending (riders of a pass under way wait for it, so each rider's messages keep order);
 a stop (the task cancelled) lets the sends under way finish and be recorded and hands the untried
-rows straight back, so a restart
-neither waits for the lease nor sends anything twice.
+rows straight back, so a restart neither waits for the lease nor sends anything twice.
 """
 
 from __future__ import annotations
