@@ -82,6 +82,11 @@ class IngestWriter:
                     group.append(await asyncio.wait_for(self.queue.get(), left))
                 except TimeoutError:
                     break
+                except asyncio.CancelledError:
+                    # Stopping while holding requests: they are stored and answered first (their
+                    # senders wait on them; stop() saw an empty queue).
+                    await self._commit(group)
+                    raise
             await self._commit(group)
             last = time.monotonic()
 

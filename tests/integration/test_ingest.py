@@ -100,3 +100,24 @@ async def test_a_busy_writer_holds_a_small_group_for_company_and_an_idle_one_doe
                                    10)
     assert alone["accepted"] == 1
     assert (writer.groups - groups, writer.requests - requests) == (2, 3)
+
+
+async def test_a_writer_stopped_while_holding_a_group_stores_and_answers_it(
+    server: Running,
+) -> None:
+    specs = await seed_city(server.ctx, piles_n=2, ports=2)
+    a, b = (PileClient(server.http, server.url, pid, secret) for pid, secret, _ in specs)
+    writer = server.app[WRITER]
+    now = datetime.now(UTC)
+    await b.post([b.event("heartbeat", now)])
+    writer.busy_gap_s, writer.linger_s, writer.linger_until = 3600.0, 60.0, 2
+    held = asyncio.create_task(
+        writer.submit(a.pile_id, parse_batch({"events": [a.event("heartbeat", now)]})))
+    await asyncio.sleep(0)
+    await wait_until(writer.queue.empty)
+    assert not held.done()
+    await writer.stop()  # the queue is empty, but A is in the writer's hands
+    assert (await asyncio.wait_for(held, 10)).accepted == 1
+    async with server.ctx.sm() as s:
+        assert await s.scalar(select(func.count()).select_from(PileEvent).where(
+            PileEvent.pile_id == a.pile_id)) == 1
