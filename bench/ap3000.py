@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import common  # noqa: F401  (puts the repo root on sys.path)
-from common import NOW, fresh_sqlite, machine, pct, settings_for
+from common import NOW, app_with_fake_telegram, fresh_sqlite, machine, pct
 from sqlalchemy import insert
 
 from bot.context import CTX
@@ -450,25 +450,14 @@ async def charges_to_bills(app: Any, fake: Any, gw_port: int, k: int, rate: floa
 
 
 async def start_app(url: str) -> tuple[Any, Any, Any, int]:
-    from aiohttp import web
-    from pydantic import SecretStr
-
-    from bot.app import create_app
     from bot.piles.ap3000 import AP3000
-    from tests.fakes.telegram_api import FakeTelegram
 
-    fake = FakeTelegram()
-    await fake.start()
-    settings = settings_for(url)
-    settings.scheduler.enabled = False
-    settings.piles.ap3000 = type(settings.piles.ap3000)(enabled=True, port=0, host="127.0.0.1")
-    settings.telegram.token = SecretStr(fake.token)
-    settings.telegram.base_url = fake.base_url
-    settings.telegram.base_file_url = fake.base_file_url
-    app = create_app(settings)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    def tune(settings: Any) -> None:
+        settings.scheduler.enabled = False
+        settings.piles.ap3000 = type(settings.piles.ap3000)(enabled=True, port=0,
+                                                            host="127.0.0.1")
+
+    app, runner, _base, fake = await app_with_fake_telegram(url, tune)
     return app, runner, fake, app[AP3000].port
 
 

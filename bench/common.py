@@ -173,9 +173,10 @@ def machine() -> str:
             f"SQLite {sqlite3.sqlite_version}")
 
 
-async def app_with_fake_telegram(db_url: str) -> tuple[Any, Any, str, Any]:
+async def app_with_fake_telegram(db_url: str, tune: Any = None) -> tuple[Any, Any, str, Any]:
     """The real app on 127.0.0.1 with python-telegram-bot pointed at the local fake Bot API:
-    (app, runner, base URL, fake). Clean up with `runner.cleanup()` and `fake.stop()`."""
+    (app, runner, base URL, fake); `tune(settings)`, when given, adjusts the settings first.
+    Clean up with `runner.cleanup()` and `fake.stop()`."""
     from aiohttp import web
     from pydantic import SecretStr
 
@@ -185,6 +186,8 @@ async def app_with_fake_telegram(db_url: str) -> tuple[Any, Any, str, Any]:
     fake = FakeTelegram()
     await fake.start()
     settings = settings_for(db_url)
+    if tune is not None:
+        tune(settings)
     settings.telegram.token = SecretStr(fake.token)
     settings.telegram.base_url = fake.base_url
     settings.telegram.base_file_url = fake.base_file_url

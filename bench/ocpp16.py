@@ -69,7 +69,7 @@ from typing import Any  # noqa: E402
 import aiohttp  # noqa: E402
 import common  # noqa: E402, F401  (the repo root on sys.path)
 from aiohttp import web  # noqa: E402
-from common import NOW, fresh_sqlite, machine, pct, settings_for  # noqa: E402
+from common import NOW, app_with_fake_telegram, fresh_sqlite, machine, pct  # noqa: E402
 from ocpp.routing import on  # noqa: E402
 from ocpp.v16 import ChargePoint, call, call_result  # noqa: E402
 from ocpp.v16.enums import Action, RegistrationStatus  # noqa: E402
@@ -322,24 +322,12 @@ async def seed(url: str, n: int) -> list[Point]:
 
 
 async def start_app(url: str) -> tuple[Any, Any, Any, str]:
-    from pydantic import SecretStr
+    def tune(settings: Any) -> None:
+        settings.scheduler.enabled = False
+        settings.piles.ocpp = type(settings.piles.ocpp)(enabled=True)
 
-    from bot.app import create_app
-    from tests.fakes.telegram_api import FakeTelegram
-
-    fake = FakeTelegram()
-    await fake.start()
-    settings = settings_for(url)
-    settings.scheduler.enabled = False
-    settings.piles.ocpp = type(settings.piles.ocpp)(enabled=True)
-    settings.telegram.token = SecretStr(fake.token)
-    settings.telegram.base_url = fake.base_url
-    settings.telegram.base_file_url = fake.base_file_url
-    app = create_app(settings)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return app, runner, fake, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    app, runner, base, fake = await app_with_fake_telegram(url, tune)
+    return app, runner, fake, base
 
 
 async def start_charges(app: Any, base: str, points: list[Point]) -> None:
