@@ -54,7 +54,11 @@ class IngestWriter:
         if self._task is not None:
             while not self.queue.empty():
                 await asyncio.sleep(0.01)
-            self._task.cancel()
+            # Cancelled until it ends: a cancel landing as an await inside completes (the
+            # database driver's, a queue's) can be lost, and then the writer would go on.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
@@ -79,7 +83,10 @@ class IngestWriter:
                 if len(group) >= self.linger_until or taken - last > self.busy_gap_s or left <= 0:
                     break
                 try:
-                    group.append(await asyncio.wait_for(self.queue.get(), left))
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+                    # lands as the get completes, and stop() would wait on a writer that goes on.
+                    async with asyncio.timeout(left):
+                        group.append(await self.queue.get())
                 except TimeoutError:
                     break
                 except asyncio.CancelledError:
