@@ -32,15 +32,26 @@ PORTS_PER_PILE = 10
 # device id printed on the board). `chargebot demo` runs them with simulator/ap3000.py.
 DEMO_AP3000_SITE = "HZ02"
 DEMO_AP3000 = [("P0101", 305419896), ("P0102", 305419897)]
+# Two OCPP 1.6J charge points of 2 connectors at the tech park, on a WebSocket through the
+# gateway (bot/piles/ocpp): (pile id, the charge point id they call themselves). `chargebot demo`
+# runs them with simulator/ocpp.py, each logging in with its pile's secret.
+DEMO_OCPP_SITE = "HZ04"
+DEMO_OCPP = [("P0201", "CP-HZ04-01"), ("P0202", "CP-HZ04-02")]
+OCPP_PORTS = 2
 DEMO_STAFF = [("demo-technician", "technician", "王师傅"),
               ("demo-supervisor", "supervisor", "李主管")]
 
 
 async def seed(session: AsyncSession, *, rng: random.Random | None = None) -> int:
-    """Create the demo city unless it is there; returns the number of piles created."""
-    if await session.scalar(select(func.count()).select_from(Pile)):
-        return 0
+    """Create the demo city unless it is there; returns the number of piles created. A city
+    seeded before the OCPP charge points existed gets them."""
     rng = rng or random.Random(7)
+    if await session.scalar(select(func.count()).select_from(Pile)):
+        # Only into the demo's own city (its first AP3000 board is there), never another's.
+        board = await session.get(Pile, DEMO_AP3000[0][0])
+        if board is None or board.wire_id != str(DEMO_AP3000[0][1]):
+            return 0
+        return await _seed_ocpp(session, rng)
     n = 0
     for sid, name, addr, lat, lon, kind, tariff in DEMO_SITES:
         await piles.add_site(session, sid, name, lat, lon, address=addr, kind=kind, tariff=tariff)
@@ -60,6 +71,7 @@ async def seed(session: AsyncSession, *, rng: random.Random | None = None) -> in
             lat=site[3] + rng.uniform(-0.0003, 0.0003), lon=site[4] + rng.uniform(-0.0003, 0.0003),
             protocol=PileProtocol.ap3000, wire_id=str(device_id),
         )
+    n += await _seed_ocpp(session, rng)
     # Services to try: tool kits at the courier station, a charging cabinet (lockers) there too.
     courier = await session.get(Site, "HZ03")
     if courier is not None:
@@ -72,4 +84,22 @@ async def seed(session: AsyncSession, *, rng: random.Random | None = None) -> in
     for client_id, role, name in DEMO_STAFF:
         person = await rider_for(session, "webchat", client_id, display_name=name)
         await staff.add(session, saved_id(person), role, staff.ALL_SITES, name=name)
+    return n
+
+
+async def _seed_ocpp(session: AsyncSession, rng: random.Random) -> int:
+    site = await session.get(Site, DEMO_OCPP_SITE)
+    if site is None:
+        return 0
+    n = 0
+    for pile_id, cp_id in DEMO_OCPP:
+        if await session.get(Pile, pile_id) is not None:
+            continue
+        await piles.add_pile(
+            session, DEMO_OCPP_SITE, pile_id, OCPP_PORTS, model="ocpp-2",
+            lat=site.lat + rng.uniform(-0.0003, 0.0003),
+            lon=site.lon + rng.uniform(-0.0003, 0.0003),
+            protocol=PileProtocol.ocpp16, wire_id=cp_id,
+        )
+        n += 1
     return n

@@ -24,6 +24,7 @@ from simulator import Fleet, PileSpec
 
 if TYPE_CHECKING:
     from simulator.ap3000 import BoardSpec
+    from simulator.ocpp import PointSpec
 
 
 def cmd_db(args: argparse.Namespace) -> None:
@@ -107,6 +108,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if not settings.piles.ap3000.enabled:
         settings.piles.ap3000.enabled = True
         settings.piles.ap3000.host, settings.piles.ap3000.port = "127.0.0.1", 0
+    # Its OCPP charge points connect to the app's own /ocpp/{id} (bot/piles/ocpp).
+    settings.piles.ocpp.enabled = True
     upgrade(settings.database.url)
     asyncio.run(_demo(settings, args))
 
@@ -116,6 +119,7 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> None:
     from bot.app import create_app
     from bot.piles.ap3000 import AP3000
     from simulator.ap3000 import Ap3000Fleet
+    from simulator.ocpp import OcppFleet
 
     created = await with_session(settings, demo.seed)
     host, port = args.host or settings.server.host, args.port or settings.server.port
@@ -130,22 +134,34 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> None:
     await fleet.start()
     gateway = app[AP3000]
     boards = await _ap3000_specs(settings)
-    board_host = settings.piles.ap3000.host
-    if board_host in ("", "0.0.0.0", "::"):
-        board_host = "127.0.0.1"
-    ap3000 = Ap3000Fleet(board_host, gateway.port, boards, speed=args.speed, heartbeat_s=20,
-                         meter_every_s=3, fault_rate_per_hour=args.fault_rate)
+    ap3000 = Ap3000Fleet(_local(settings.piles.ap3000.host), gateway.port, boards,
+                         speed=args.speed, heartbeat_s=20, meter_every_s=3,
+                         fault_rate_per_hour=args.fault_rate)
     await ap3000.start()
+    points = await _ocpp_specs(settings)
+    ocpp_url = f"ws://{_local(host)}:{port}/ocpp"
+    ocpp = OcppFleet(ocpp_url, points, speed=args.speed, heartbeat_s=20, meter_every_s=3,
+                     fault_rate_per_hour=args.fault_rate, model="ocpp-2")
+    await ocpp.start()
     print(f"demo city {'seeded' if created else 'loaded'}: {len(specs)} simulated piles over "
-          f"HTTP, {len(boards)} AP3000 boards over TCP, time ×{args.speed:g}")
+          f"HTTP, {len(boards)} AP3000 boards over TCP, {len(points)} OCPP 1.6J charge points "
+          f"over WebSocket, time ×{args.speed:g}")
     print(f"AP3000 gateway: {settings.piles.ap3000.host}:{gateway.port}")
+    print(f"OCPP 1.6J charge points {', '.join(p.charge_point_id for p in points) or '(none)'}"
+          f" → {ocpp_url}/{{id}} (Basic auth with the pile's secret)")
     print(f"web chat: {url}/   (Ctrl-C to stop)")
     try:
         await asyncio.Event().wait()
     finally:
+        await ocpp.stop()
         await ap3000.stop()
         await fleet.stop()
         await runner.cleanup()
+
+
+def _local(host: str) -> str:
+    """Where a simulator on this machine reaches a server listening on `host`."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
 
 
 async def _pile_specs(settings: Settings, limit: int | None) -> list[PileSpec]:
@@ -168,6 +184,19 @@ async def _ap3000_specs(settings: Settings) -> list[BoardSpec]:
         stmt = select(Pile).where(col(Pile.protocol) == PileProtocol.ap3000).order_by(
             col(Pile.id))
         return [BoardSpec(p.id, int(p.wire_id), p.ports)
+                for p in (await session.execute(stmt)).scalars() if p.wire_id]
+
+    return await with_session(settings, load)
+
+
+async def _ocpp_specs(settings: Settings) -> list[PointSpec]:
+    # Here, not at the top (start-up cost): the OCPP simulator imports the `ocpp` package.
+    from simulator.ocpp import PointSpec
+
+    async def load(session: AsyncSession) -> list[PointSpec]:
+        stmt = select(Pile).where(col(Pile.protocol) == PileProtocol.ocpp16).order_by(
+            col(Pile.id))
+        return [PointSpec(p.id, p.wire_id, p.secret, p.ports)
                 for p in (await session.execute(stmt)).scalars() if p.wire_id]
 
     return await with_session(settings, load)

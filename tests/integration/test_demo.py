@@ -55,15 +55,34 @@ async def test_demo_serves_the_web_chat_with_a_seeded_city_and_live_fleet(tmp_pa
             tech = WebRider(http, url, demo_as="demo-technician")
             assert "工单" in (await tech.say("/orders"))[0]["text"]
             assert "工单" not in (await rider.say("/orders"))[0]["text"]
-            # The city's two AP3000 boards (simulator/ap3000.py) come online through the gateway.
+            # The city's two AP3000 boards (simulator/ap3000.py) and two OCPP 1.6J charge points
+            # (simulator/ocpp.py) come online through their gateways: seeded, connected, booted.
             deadline = asyncio.get_running_loop().time() + 60
             while True:
                 with sqlite3.connect(tmp_path / "demo.db") as db:
                     boards = db.execute("SELECT id, online FROM piles WHERE protocol = 'ap3000' "
                                         "ORDER BY id").fetchall()
-                if len(boards) == 2 and all(online for _, online in boards):
+                    points = db.execute(
+                        "SELECT id, wire_id, ports, online, firmware FROM piles "
+                        "WHERE protocol = 'ocpp16' ORDER BY id").fetchall()
+                if (len(boards) == 2 and all(online for _, online in boards)
+                        and len(points) == 2 and all(p[3] for p in points)):
                     break
-                assert asyncio.get_running_loop().time() < deadline, boards
+                assert asyncio.get_running_loop().time() < deadline, (boards, points)
+                await asyncio.sleep(0.2)
+            # The firmware is the one its BootNotification gave: it spoke OCPP, not just HTTP.
+            assert [p[:3] for p in points] == [("P0201", "CP-HZ04-01", 2),
+                                               ("P0202", "CP-HZ04-02", 2)]
+            assert all(p[4] == "chargebot-sim/1.0" for p in points), points
+            # Their connectors report in (StatusNotification): every port has a reported status.
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:
+                with sqlite3.connect(tmp_path / "demo.db") as db:
+                    ports = db.execute("SELECT status, status_at FROM ports WHERE pile_id IN "
+                                       "('P0201', 'P0202')").fetchall()
+                if len(ports) == 4 and all(at for _, at in ports):
+                    break
+                assert asyncio.get_running_loop().time() < deadline, ports
                 await asyncio.sleep(0.2)
     finally:
         proc.terminate()
