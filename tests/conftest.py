@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -105,18 +107,37 @@ async def all_skins(db_url: str, fakes: tuple[Any, Any]) -> AsyncIterator[Runnin
         yield running
 
 
-@pytest.fixture(autouse=True)
-async def _report_leftover_tasks() -> AsyncIterator[None]:
-    yield
-    await asyncio.sleep(0)
-    me = asyncio.current_task()
-    left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
-    if left:
-        import sys
+# A test still waiting after this long is hung (the slowest passes in ~60 s on a loaded machine).
+HUNG_AFTER_S = 200.0
 
-        for t in left:
-            print("LEFTOVER", t.get_coro(), file=sys.stderr)
-            t.print_stack(limit=8, file=sys.stderr)
+
+@pytest.fixture(autouse=True)
+async def _watchdog() -> AsyncIterator[None]:
+    """A hung test fails with every asyncio task's stack instead of holding its xdist worker
+    (and CI) until the job is killed; leftover tasks are printed after each test."""
+    loop = asyncio.get_running_loop()
+    test_task = asyncio.current_task()
+
+    def hung() -> None:
+        print(f"HUNG after {HUNG_AFTER_S:.0f} s; asyncio tasks:", file=sys.__stderr__)
+        for t in asyncio.all_tasks(loop):
+            print("TASK", t.get_coro(), file=sys.__stderr__)
+            t.print_stack(limit=12, file=sys.__stderr__)
+        for t in asyncio.all_tasks(loop):
+            t.cancel(f"hung for {HUNG_AFTER_S:.0f} s")
+
+    timer = threading.Timer(HUNG_AFTER_S, loop.call_soon_threadsafe, (hung,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+    await asyncio.sleep(0)
+    left = [t for t in asyncio.all_tasks() if t is not test_task and not t.done()]
+    for t in left:
+        print("LEFTOVER", t.get_coro(), file=sys.stderr)
+        t.print_stack(limit=8, file=sys.stderr)
 
 
 @pytest.hookimpl(hookwrapper=True)

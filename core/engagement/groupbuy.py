@@ -22,7 +22,7 @@ from sqlmodel import AutoString, Field, SQLModel, col
 
 from core import outbox
 from core.billing import wallet
-from core.db import row_id, saved_id, utcnow
+from core.db import saved_id, utcnow
 from core.errors import DomainError, InsufficientBalance
 from core.notices.engagement import GroupBuyExpiredNotice, GroupBuyFilledNotice
 
@@ -186,10 +186,10 @@ async def create(
 
 
 async def find(session: AsyncSession, ref: int | str) -> GroupDeal:
-    """A deal by id (buttons) or by share code (typed)."""
-    if isinstance(ref, int) or ref.isdigit():
-        deal_id = ref if isinstance(ref, int) else row_id(ref)
-        deal = await session.get(GroupDeal, deal_id) if deal_id is not None else None
+    """A deal by id (buttons) or by share code (typed). A typed ref is always a code: one
+    code in 4,096 is all digits ("234567"), and it must not be taken for an id."""
+    if isinstance(ref, int):
+        deal = await session.get(GroupDeal, ref)
     else:
         deal = (await session.execute(
             select(GroupDeal).where(col(GroupDeal.code) == normalise_code(ref))

@@ -55,7 +55,7 @@ async def new_deal(sm: async_sessionmaker[AsyncSession], gb: ModuleType, creator
         return await gb.create(s, creator, NOW, gb.DealTerms(**terms))
 
 
-async def try_join(sm: async_sessionmaker[AsyncSession], gb: ModuleType, deal_id: int,
+async def try_join(sm: async_sessionmaker[AsyncSession], gb: ModuleType, deal_id: int | str,
                    rider_id: int, at: datetime = NOW) -> Any:
     """The join's result, or the domain error that refused it (its transaction rolled back)."""
     try:
@@ -381,3 +381,20 @@ async def test_group_buy_in_a_telegram_group_fills_through_private_chats(
             for u in users:
                 r = await rider_for(s, "telegram", str(u.user_id))
                 assert await wallet.balance(s, r.id) == 5500  # type: ignore[arg-type]
+
+
+async def test_a_code_of_digits_only_is_a_code_not_a_deal_id(
+        sm: async_sessionmaker[AsyncSession], gb: ModuleType,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # One code in 4,096 is all digits; typed, it was looked up as an id and "not found".
+    creator, rider = await add_riders(sm, 0, 5000)
+    first = await new_deal(sm, gb, creator)
+    monkeypatch.setattr(gb, "new_code", lambda: "234567")
+    deal = await new_deal(sm, gb, creator)
+    async with sm() as s:
+        assert (await gb.find(s, "234567")).id == deal.id
+        assert (await gb.find(s, " 234-567 ")).id == deal.id
+        assert (await gb.find(s, first.id)).id == first.id
+        with pytest.raises(gb.UnknownDeal):
+            await gb.find(s, str(first.id))  # typed digits are never taken for an id
+    assert not isinstance(await try_join(sm, gb, "234567", rider), gb.DomainError)
