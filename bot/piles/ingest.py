@@ -29,11 +29,16 @@ BUSY_GAP_S = 0.1  # a commit this recent means requests are flowing
 TOUCH_EVERY_S = 5.0
 
 
+STOP_GRACE_S = 30.0  # stop() waits this long for queued requests before it cancels the writer
+
+Item = tuple[str, events.Batch, asyncio.Future[BatchResult]]
+
+
 class IngestWriter:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.queue: asyncio.Queue[tuple[str, events.Batch, asyncio.Future[BatchResult]]] = (
-            asyncio.Queue())
+        # None is stop(): the writer stores what is ahead of it, then ends.
+        self.queue: asyncio.Queue[Item | None] = asyncio.Queue()
         self._touched: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self.groups = 0
@@ -44,58 +49,77 @@ class IngestWriter:
         if self._task is None or self._task.done():
             self.start()
         fut: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
-        await self.queue.put((pile_id, batch, fut))
+        self.queue.put_nowait((pile_id, batch, fut))
         return await asyncio.shield(fut)  # a client that hangs up does not undo its events
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ingest-writer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            while not self.queue.empty():
-                await asyncio.sleep(0.01)
-            # Cancelled until it ends: a cancel landing as an await inside completes (the
-            # database driver's, a queue's) can be lost, and then the writer would go on.
-            while not self._task.done():
-                self._task.cancel()
-                await asyncio.wait({self._task}, timeout=1.0)
+        """Every request queued before this is stored and answered, then the writer ends. No
+        cancel on the way: a cancel landing inside a commit would leave its senders waiting."""
+        task = self._task
+        if task is None or task.done():
+            return
+        self.queue.put_nowait(None)
+        try:
+            async with asyncio.timeout(STOP_GRACE_S):
+                await asyncio.shield(task)
+        except TimeoutError:
+            log.error("ingest writer still busy after %.0f s: cancelled", STOP_GRACE_S)
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        finally:
+            self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        while not self.queue.empty():
+            if (item := self.queue.get_nowait()) is not None and not item[2].done():
+                item[2].set_exception(ConnectionResetError("the ingest writer has stopped"))
 
     def _due(self, pile_id: str) -> bool:
         return time.monotonic() - self._touched.get(pile_id, 0.0) >= TOUCH_EVERY_S
 
     async def _run(self) -> None:
         last = -float("inf")
-        while True:
-            group = [await self.queue.get()]
-            taken = time.monotonic()
-            while len(group) < MAX_GROUP:
-                try:
-                    group.append(self.queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
+        while (first := await self.queue.get()) is not None:
+            group, stopping = await self._gather(first, busy=time.monotonic() - last
+                                                 <= self.busy_gap_s)
+            try:
+                await self._commit(group)
+            except BaseException:
+                # Cancelled (stop's last resort) or broken mid-commit: nobody is left waiting.
+                for _, _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(ConnectionResetError("the ingest writer has stopped"))
+                raise
+            last = time.monotonic()
+            if stopping:
+                return
+
+    async def _gather(self, first: Item, *, busy: bool) -> tuple[list[Item], bool]:
+        """`first` and what is queued behind it (up to MAX_GROUP); whether stop() came."""
+        group, taken = [first], time.monotonic()
+        while len(group) < MAX_GROUP:
+            try:
+                item = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
                 # A group costs ~8 ms of CPU whatever its size (BENCHMARKS.md): while requests
                 # keep coming, a small group waits a moment for company. An idle writer (the
                 # last commit long ago) commits a lone request at once.
                 left = self.linger_s - (time.monotonic() - taken)
-                if len(group) >= self.linger_until or taken - last > self.busy_gap_s or left <= 0:
+                if not busy or len(group) >= self.linger_until or left <= 0:
                     break
                 try:
-                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
-                    # lands as the get completes, and stop() would wait on a writer that goes on.
                     async with asyncio.timeout(left):
-                        group.append(await self.queue.get())
+                        item = await self.queue.get()
                 except TimeoutError:
                     break
-                except asyncio.CancelledError:
-                    # Stopping while holding requests: they are stored and answered first (their
-                    # senders wait on them; stop() saw an empty queue).
-                    await self._commit(group)
-                    raise
-            await self._commit(group)
-            last = time.monotonic()
+            if item is None:
+                return group, True
+            group.append(item)
+        return group, False
 
     async def _commit(self, group: list[tuple[str, events.Batch, asyncio.Future[Any]]]) -> None:
         ctx = self.ctx

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select
 
+from bot.piles import ingest
 from bot.piles.ingest import WRITER
 from core.charging.tables import Charge, MeterSample
 from core.piles.events import parse_batch
@@ -121,3 +123,30 @@ async def test_a_writer_stopped_while_holding_a_group_stores_and_answers_it(
     async with server.ctx.sm() as s:
         assert await s.scalar(select(func.count()).select_from(PileEvent).where(
             PileEvent.pile_id == a.pile_id)) == 1
+
+
+async def test_a_writer_stuck_in_a_commit_is_cancelled_and_its_senders_are_answered(
+    server: Running, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """stop() waits `STOP_GRACE_S` for the writer; past it the writer is cancelled, and the
+    requests in its hands and behind it get an error instead of waiting forever."""
+    specs = await seed_city(server.ctx, piles_n=2, ports=2)
+    writer = server.app[WRITER]
+    entered = asyncio.Event()
+
+    async def stuck(_group: object) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(writer, "_commit", stuck)
+    monkeypatch.setattr(ingest, "STOP_GRACE_S", 0.2)
+    now = datetime.now(UTC)
+    held, queued = (asyncio.create_task(writer.submit(pid, parse_batch({"events": [
+        {"id": f"{pid}-hb", "type": "heartbeat", "ts": now.isoformat()}]})))
+        for pid, _, _ in specs)
+    await asyncio.wait_for(entered.wait(), 10)
+    await writer.stop()
+    for task in (held, queued):
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(task, 10)
+
