@@ -25,6 +25,7 @@ from bot.piles import ocpp as ocpp_piles
 from bot.scheduler import JOB_STATS, LEADERSHIP
 from bot.skins import photo_links, telegram, webchat, wechat
 from bot.skins import photos as photo_intake
+from bot.tasks import stop_task
 from core import gauges
 from core.config import Settings
 from core.db import make_engine, make_read_sessionmaker, make_sessionmaker, utcnow
@@ -217,9 +218,7 @@ def create_app(
 async def _notifier_task(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(app[NOTIFIER].run(), name="notifier")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await stop_task(task)
 
 
 async def _photo_link_key(app: web.Application) -> AsyncIterator[None]:
@@ -246,10 +245,7 @@ async def _photo_link_key(app: web.Application) -> AsyncIterator[None]:
         log.warning("photo-link key not loaded yet, the database is away; retrying")
         task = asyncio.create_task(retry(), name="photo-link-key")
     yield
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await stop_task(task)
 
 
 async def _dispose_engine(app: web.Application) -> AsyncIterator[None]:

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bot.tasks import wait_event
 from core.config import Settings
 from core.db import utcnow
 
@@ -33,10 +34,7 @@ class Wakeups:
         ev = asyncio.Event()
         self._waiters[key].add(ev)
         try:
-            await asyncio.wait_for(ev.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+            return await wait_event(ev, timeout)
         finally:
             self._waiters[key].discard(ev)
             if not self._waiters[key]:

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bot.tasks import stop_task
+
 log = logging.getLogger("chargebot.leader")
 LOCK_KEY = 0x63_68_61_72_67_65  # "charge": one number every worker agrees on
 
@@ -32,9 +34,7 @@ class Leadership:
         self._task = asyncio.create_task(self._run(), name="scheduler-leadership")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_task(self._task)
         await self._step_down()
 
     async def _run(self) -> None:

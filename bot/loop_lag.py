@@ -13,7 +13,6 @@ for tests, benchmarks and hunting, not for production.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections import deque
@@ -21,6 +20,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from bot.tasks import stop_task
 from core.config import Settings
 
 log = logging.getLogger("chargebot.loop")
@@ -85,8 +85,6 @@ def setup(app: web.Application, settings: Settings) -> None:
                      slow_s)
         task = asyncio.create_task(monitor.run(), name="loop-lag")
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)
 
     app.cleanup_ctx.append(lifecycle)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -83,17 +84,39 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     return create_async_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
+def sqlite_pragmas(dbapi_connection: Any) -> None:
+    """WAL, NORMAL sync, foreign keys and a 10 s busy timeout on a new SQLite connection."""
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA busy_timeout=10000")
+    # The journal-mode pragma can fail at once with "database is locked", busy handler or not,
+    # while another connection to the file is closing (it checkpoints and removes the WAL):
+    # seen with twenty connections opening together on a loaded machine. WAL sticks to the
+    # file, so it is set only on a new file, and a lock there is waited out.
+    for attempt in range(50):
+        try:
+            cur.execute("PRAGMA journal_mode")
+            if str(cur.fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except Exception as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            pause = 0.02 * (attempt + 1)
+            if in_greenlet():
+                await_(asyncio.sleep(pause))
+            else:
+                time.sleep(pause)
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
 def _sqlite_pragmas(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         # Take pysqlite's hands off transactions so we can BEGIN IMMEDIATE ourselves.
         dbapi_connection.isolation_level = None
-        cur = dbapi_connection.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=10000")
-        cur.close()
+        sqlite_pragmas(dbapi_connection)
 
     gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
         weakref.WeakKeyDictionary())

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import html
@@ -43,6 +42,7 @@ from bot.i18n import tr
 from bot.payments.wechatpay.client import WXPAY, WechatPayClient, WechatPayError, client_for
 from bot.payments.wechatpay.orders import OrderClosed, jsapi_order, native_order, open_payment
 from bot.qr import qr_png
+from bot.tasks import stop_task
 from core import app_secrets
 from core.billing.payments import Payment, PaymentState
 from core.billing.wallet import yuan
@@ -387,9 +387,6 @@ def setup(app: web.Application, ctx: Context, client: WechatPayClient) -> None:
             log.warning("pay-link key not loaded (%s); retrying", type(exc).__name__)
             task = asyncio.create_task(retry(), name="pay-link-key")
         yield
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     app.cleanup_ctx.append(key)

@@ -43,7 +43,6 @@ when the broker wants client certificates).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -60,6 +59,7 @@ from aiohttp import web
 from bot.context import Context
 from bot.piles.ingest import WRITER, take_due_commands
 from bot.piles.trust import SECRETS, SecretCache
+from bot.tasks import stop_task, wait_event
 from core.config_sections import MqttSettings
 from core.errors import InvalidEvent
 from core.piles import events
@@ -162,9 +162,7 @@ class MqttBridge:
                     task.add_done_callback(self._inflight.discard)
                     task.add_done_callback(lambda _t: limit.release())
             finally:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+                await stop_task(sweeper)
 
     async def stop_inflight(self) -> None:
         tasks = list(self._inflight)
@@ -259,8 +257,7 @@ class MqttBridge:
 
     async def _sweep_loop(self, client: aiomqtt.Client) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.cfg.sweep_s)
+            await wait_event(self._wake, self.cfg.sweep_s)
             self._wake.clear()
             woken, self._woken = self._woken, set()
             try:
@@ -308,9 +305,7 @@ def setup(app: web.Application, ctx: Context, cfg: MqttSettings | None = None
             yield
         finally:
             unhook()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
             await bridge.stop_inflight()
 
     app.cleanup_ctx.append(lifecycle)

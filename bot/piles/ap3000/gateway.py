@@ -31,6 +31,7 @@ from bot.piles.ap3000 import frames, mapping
 from bot.piles.ap3000.connection import Connection, Memory, Plan, Stats, peer_ip, tune
 from bot.piles.ap3000.frames import Frame, Malformed
 from bot.piles.ingest import TOUCH_EVERY_S, WRITER, take_due_commands
+from bot.tasks import stop_task, wait_event
 from core.config_sections import Ap3000Settings
 from core.db import transaction
 from core.errors import InvalidEvent
@@ -92,10 +93,7 @@ class Gateway:
         log.info("AP3000 gateway listening on %s:%d", self.cfg.host, self.port)
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await stop_task(self._sweeper)
         with contextlib.suppress(Exception):  # stopping: the database may be gone already
             await self.flush_heard()
         if self._server is not None:
@@ -375,8 +373,7 @@ class Gateway:
     async def _sweep_loop(self) -> None:
         pruned = flushed = time.monotonic()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.cfg.sweep_s)
+            await wait_event(self._wake, self.cfg.sweep_s)
             self._wake.clear()
             woken, self._woken = self._woken, set()
             try:

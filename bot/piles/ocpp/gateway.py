@@ -10,7 +10,6 @@ replaces the older one, which is closed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import re
@@ -29,6 +28,7 @@ from bot.piles.ingest import WRITER, take_due_commands
 from bot.piles.ocpp import store
 from bot.piles.ocpp.link import Closed, Connection, Socket, basic_auth
 from bot.piles.ocpp.point import WIRE_LOG, CentralPoint
+from bot.tasks import stop_task, wait_event
 from core.charging.tables import ChargeState
 from core.config_sections import OcppSettings
 from core.piles import events
@@ -154,9 +154,7 @@ class Gateway:
         except Exception:
             log.exception("charge point %s: connection failed", cp_id)
         finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+            await stop_task(sender)
             if self.connections.get(row.pile_id) is conn:
                 del self.connections[row.pile_id]
             await ws.close()
@@ -254,8 +252,7 @@ class Gateway:
     async def run(self) -> None:
         last_availability = 0.0
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), SWEEP_S)
+            await wait_event(self._wake, SWEEP_S)
             self._wake.clear()
             woken, self._woken = self._woken, set()
             check, self._check_availability = self._check_availability, set()
@@ -312,9 +309,7 @@ def setup(app: web.Application, ctx: Context) -> Gateway | None:
             yield
         finally:
             ctx.pile_listeners.remove(gateway.woken)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
             await gateway.close_all()
 
     app.cleanup_ctx.append(lifecycle)

@@ -1,0 +1,48 @@
+"""Stopping background tasks: a lost cancel does not leave shutdown waiting forever."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bot.tasks import stop_task, wait_event
+
+
+async def test_a_task_that_loses_a_cancel_is_cancelled_again_until_it_ends() -> None:
+    ticks = 0
+
+    async def sweeper() -> None:
+        nonlocal ticks
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                ticks += 1
+                if ticks == 1:
+                    continue  # what 3.11's wait_for does when the wait completes as it is cancelled
+                raise
+
+    task = asyncio.create_task(sweeper())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(stop_task(task), 10)
+    assert task.cancelled() and ticks == 2
+
+
+async def test_a_task_that_failed_is_stopped_without_raising(caplog: pytest.LogCaptureFixture
+                                                              ) -> None:
+    async def broken() -> None:
+        raise ValueError("boom")
+
+    task = asyncio.create_task(broken(), name="broken-one")
+    await asyncio.sleep(0)
+    await stop_task(task)
+    await stop_task(None)
+    assert "broken-one" in caplog.text and "boom" in caplog.text
+
+
+async def test_wait_event_says_whether_the_event_came() -> None:
+    ev = asyncio.Event()
+    assert await wait_event(ev, 0.01) is False
+    asyncio.get_running_loop().call_soon(ev.set)
+    assert await wait_event(ev, 10) is True
