@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 log = logging.getLogger("chargebot.tasks")
+RECANCEL_AFTER_S = 3.0
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -27,11 +28,22 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
 
 async def stop_task(task: asyncio.Task[Any] | None) -> None:
     """Cancel `task` and wait until it has ended, cancelling again if a cancel was lost.
-    An exception it ended with is logged, not raised: stopping goes on."""
+    An exception it ended with is logged, not raised: stopping goes on. A caller cancelled
+    meanwhile (cleanup code runs while its own task is being cancelled) still sees the task
+    end first, then gets its CancelledError."""
     if task is None:
         return
+    interrupted = False
+    task.cancel()
     while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=1.0)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=RECANCEL_AFTER_S)
+        except asyncio.CancelledError:
+            interrupted = True
+            continue
+        if not done:
+            task.cancel()  # the cancel was lost (or its cleanup is slow: cut it short)
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("task %s ended with %r", task.get_name(), exc)
+    if interrupted:
+        raise asyncio.CancelledError

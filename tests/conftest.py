@@ -116,7 +116,6 @@ async def _watchdog() -> AsyncIterator[None]:
     """A hung test fails with every asyncio task's stack instead of holding its xdist worker
     (and CI) until the job is killed; leftover tasks are printed after each test."""
     loop = asyncio.get_running_loop()
-    test_task = asyncio.current_task()
 
     def hung() -> None:
         print(f"HUNG after {HUNG_AFTER_S:.0f} s; asyncio tasks:", file=sys.__stderr__)
@@ -134,7 +133,8 @@ async def _watchdog() -> AsyncIterator[None]:
     finally:
         timer.cancel()
     await asyncio.sleep(0)
-    left = [t for t in asyncio.all_tasks() if t is not test_task and not t.done()]
+    me = asyncio.current_task()
+    left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
     for t in left:
         print("LEFTOVER", t.get_coro(), file=sys.stderr)
         t.print_stack(limit=8, file=sys.stderr)

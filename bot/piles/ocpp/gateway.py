@@ -154,11 +154,13 @@ class Gateway:
         except Exception:
             log.exception("charge point %s: connection failed", cp_id)
         finally:
-            await stop_task(sender)
+            # Bookkeeping first: aiohttp cancels this handler when the peer goes, and that
+            # cancel can land in any await below.
             if self.connections.get(row.pile_id) is conn:
                 del self.connections[row.pile_id]
-            await ws.close()
             log.info("charge point %s disconnected", cp_id)
+            await stop_task(sender)
+            await ws.close()
         return ws
 
     async def close_all(self, _app: web.Application | None = None) -> None:
