@@ -311,6 +311,29 @@ async def test_a_faulted_connector_mid_charge_gets_the_three_level_response(
 # --- the mapping, without the app --------------------------------------------------------------
 
 
+async def test_a_full_charge_ended_by_the_point_is_billed_as_full(db_url: str) -> None:
+    """充满自停 over OCPP: the EV stops drawing (SuspendedEV), the point ends the transaction
+    with reason Local (Finishing may come first). The rider did not stop it."""
+    clock = HandClock()
+    t0 = clock.now - timedelta(hours=3)
+    async with _server(db_url, clock) as (server, secret), connected(
+            server.url, CP, secret) as point:
+        await _booted(server, point, t0 - timedelta(minutes=1))
+        rider, rider_id, ref = await _rider_starts(server, point, 2)
+        tx = (await point.send(call.StartTransaction(connector_id=2, id_tag=ref,
+                                                     meter_start=0, timestamp=ocpp_time(t0)))
+              ).transaction_id
+        await point.status(2, "Charging", t0)
+        await point.meter(2, tx, t0 + timedelta(hours=2), energy=("0.4123", "kWh"))
+        await point.status(2, "SuspendedEV", t0 + timedelta(hours=2, minutes=30))
+        await point.status(2, "Finishing", t0 + timedelta(hours=2, minutes=40))
+        await point.send(call.StopTransaction(meter_stop=412, timestamp=ocpp_time(
+            t0 + timedelta(hours=2, minutes=40)), transaction_id=tx, reason="Local"))
+        await rider.wait_message("🧾")
+        charge = await _charge(server, rider_id)
+        assert charge.end_reason == "full" and charge.energy_wh == 412
+
+
 def test_error_codes_and_stop_reasons_map_to_ours() -> None:
     assert [fault_code(c) for c in ("OverCurrentFailure", "HighTemperature", "GroundFailure",
                                     "OverVoltage", "UnderVoltage", "PowerMeterFailure",
@@ -322,6 +345,15 @@ def test_error_codes_and_stop_reasons_map_to_ours() -> None:
                                     "HardReset", "SoftReset")] == [
         "unplugged", "user", "user", "user", "power_loss", "fault", "fault", "user",
         "power_loss", "power_loss", "power_loss"]
+    # After SuspendedEV the point itself ends a full charge; a rider's or unplug stays theirs.
+    assert [end_reason(r, full=True) for r in ("Local", None, "Remote", "EVDisconnected")] == [
+        "full", "full", "user", "unplugged"]
+    assert [fault_code("OtherError", v) for v in ("E07", None, "", "E 0/7", "长码")] == [
+        "ocpp_OtherError_E07", "ocpp_OtherError", "ocpp_OtherError", "ocpp_OtherError_E07",
+        "ocpp_OtherError"]
+    assert fault_code("HighTemperature", "T99") == "over_temperature"
+    assert fault_code("NoError", "X1") == "ocpp_Faulted_X1"
+    assert len(fault_code("OtherError", "V" * 100)) == 40
 
 
 def test_meter_values_keep_their_decimals_in_our_units() -> None:

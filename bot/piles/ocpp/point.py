@@ -70,6 +70,9 @@ class CentralPoint(ChargePoint):  # the ocpp package ships no types: Any to mypy
         super().__init__(cp_id, connection, response_timeout=response_timeout, logger=WIRE_LOG)
         self.host, self.pile_id, self.ports, self.clock = host, pile_id, ports, clock
         self.statuses: dict[int, str] = {}  # connector → the last status it reported here
+        # Connectors whose EV stopped drawing (SuspendedEV) since they last charged: a "Local"
+        # stop there is the charge point ending a full charge (充满自停), not the rider.
+        self.ev_done: set[int] = set()
 
     async def _submit(self, events: list[dict[str, Any]]) -> BatchResult:
         return await self.host.submit(self.pile_id, events)
@@ -115,7 +118,8 @@ class CentralPoint(ChargePoint):  # the ocpp package ships no types: Any to mypy
                 detail = " ".join(str(x) for x in (error_code, info, vendor_id,
                                                    vendor_error_code) if x)
                 events.append({"id": f"{base}:f", "type": "fault", "ts": ts, **place,
-                               "code": fault_code(error_code), "detail": detail[:500]})
+                               "code": fault_code(error_code, vendor_error_code),
+                               "detail": detail[:500]})
             elif self.statuses.get(connector_id, "Faulted") == "Faulted":
                 # Leaving Faulted (or the first word since we connected): what it reported
                 # before is gone.
@@ -123,6 +127,10 @@ class CentralPoint(ChargePoint):  # the ocpp package ships no types: Any to mypy
                     events.append({"id": f"{base}:c:{cause}", "type": "fault_cleared",
                                    "ts": ts, **place, "code": cause})
             self.statuses[connector_id] = status
+            if status == "SuspendedEV":
+                self.ev_done.add(connector_id)
+            elif status != "Finishing":
+                self.ev_done.discard(connector_id)
         else:
             log.warning("charge point %s: status of connector %s, it has %s", self.id,
                         connector_id, self.ports)
@@ -242,7 +250,8 @@ class CentralPoint(ChargePoint):  # the ocpp package ships no types: Any to mypy
         duration = max(0.0, (ended - info.started).total_seconds()) if info.started else 0.0
         events.append({
             "id": f"tx{transaction_id}:end", "type": "session_ended", "ts": wire_time(ended),
-            "port": info.port, "session": info.session, "reason": end_reason(reason),
+            "port": info.port, "session": info.session,
+            "reason": end_reason(reason, full=info.port in self.ev_done),
             "energy_wh": float(max(energy, Decimal(0))), "duration_s": duration,
             "meter_stop_wh": meter_stop, "ocpp_reason": reason or "Local",
             "transaction_id": transaction_id})

@@ -54,13 +54,22 @@ END_REASON = {
 }
 
 
-def fault_code(error_code: str) -> str:
-    if error_code == "NoError":  # Faulted without a cause named
-        return "ocpp_Faulted"
-    return FAULT_CODE.get(error_code, f"ocpp_{error_code}")[:40]
+def fault_code(error_code: str, vendor_error_code: str | None = None) -> str:
+    """Ours for a code we know; else the charge point's, with its vendor code when it gives
+    one (OtherError E07 and OtherError E12 are different faults to a technician)."""
+    if error_code in FAULT_CODE:
+        return FAULT_CODE[error_code]
+    code = "ocpp_Faulted" if error_code == "NoError" else f"ocpp_{error_code}"
+    vendor = "".join(ch for ch in (vendor_error_code or "") if ch.isascii() and
+                     (ch.isalnum() or ch in "-_."))
+    return (f"{code}_{vendor}" if vendor else code)[:40]
 
 
-def end_reason(reason: str | None) -> str:
+def end_reason(reason: str | None, *, full: bool = False) -> str:
+    """`full`: the EV had stopped drawing (SuspendedEV) before the stop. The charge point then
+    ends the transaction itself, as "Local" (or with no reason): a full charge, not a rider."""
+    if full and reason in (None, "Local"):
+        return "full"
     return END_REASON.get(reason or "Local", "fault")
 
 
