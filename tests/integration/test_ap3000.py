@@ -40,6 +40,7 @@ from tests.support.ap3000_board import (
     CHARGING,
     DOOR_OPEN,
     GET_TIME,
+    LOGIN,
     PLUGGED,
     PROGRESS,
     REBOOT,
@@ -94,10 +95,11 @@ def _yuan(fen: int) -> str:
 
 
 @asynccontextmanager
-async def _city(db_url: str, *, tariff: str = "hour") -> AsyncIterator[Running]:
+async def _city(db_url: str, *, tariff: str = "hour", **ap3000: Any) -> AsyncIterator[Running]:
     settings = make_settings(
         db_url, scheduler={"enabled": False},
-        piles={"ap3000": {"enabled": True, "port": 0, "host": "127.0.0.1", "sweep_s": 0.2}},
+        piles={"ap3000": {"enabled": True, "port": 0, "host": "127.0.0.1", "sweep_s": 0.2,
+                          **ap3000}},
         billing={"tariffs": {"hour": HOUR, "hour_min": HOUR_MIN}, "default_tariff": "hour"})
     async with start_server(settings) as server:
         await seed_city(server.ctx, ports=2, tariff=tariff)
@@ -602,6 +604,58 @@ async def test_an_unknown_device_is_never_answered_and_is_hung_up_on(db_url: str
             await board.write(other)
             await board.wait_closed()
             assert len(board.replies) == 1
+
+
+async def test_an_old_board_logs_in_with_0x01_and_its_ports_take_their_status(
+        db_url: str) -> None:
+    async with _city(db_url) as server, _board(server) as board:
+        statuses = [0] * 10
+        statuses[2], statuses[5] = PLUGGED, SHORT_CIRCUIT
+        await _answered(board, LOGIN, await board.login(statuses, signal=28, temp_c=41))
+        await wait_until(lambda: pile_online(server.ctx, PILE))
+
+        async def ports() -> dict[int, str]:
+            async with server.ctx.sm() as s:
+                return {p.number: p.status for p in (await s.execute(
+                    select(Port).where(Port.pile_id == PILE))).scalars()}
+
+        async def shown() -> bool:
+            now = await ports()
+            return now[3] == "plugged" and now[6] == "fault"
+
+        await wait_until(shown)
+        assert (await ports())[1] == "idle"
+        async with server.ctx.sm() as s:
+            pile = await s.get(Pile, PILE)
+            assert pile is not None and pile.signal_dbm is not None
+            assert pile.temperature_c == 41
+        _clean(board)
+
+
+async def test_addresses_outside_allow_from_are_refused_at_accept(db_url: str) -> None:
+    async with _city(db_url, allow_from=["10.64.0.0/16"]) as server, _board(server) as board:
+        mid = await board.register()
+        await board.wait_closed()
+        assert board.replies_to(REGISTER, mid) == []
+        await _counted(server, "refused", 1)
+        assert _stat(server, "connections") == 0
+
+
+async def test_an_address_inside_allow_from_is_served(db_url: str) -> None:
+    async with _city(db_url, allow_from=["10.64.0.0/16", "127.0.0.0/8"]) as server, \
+            _board(server) as board:
+        await _answered(board, REGISTER, await board.register())
+        assert _stat(server, "refused") == 0
+
+
+async def test_a_silent_connection_is_closed_after_the_idle_timeout(db_url: str) -> None:
+    async with _city(db_url, idle_timeout_s=0.5) as server:
+        async with _board(server) as mute:  # never says who it is
+            await mute.wait_closed()
+        async with _board(server) as board:  # registered, then silent
+            await _answered(board, REGISTER, await board.register())
+            await board.wait_closed()
+        await wait_until(lambda: not server.app[AP3000].connected(PILE))
 
 
 async def test_a_second_connection_for_the_same_board_takes_over(db_url: str) -> None:

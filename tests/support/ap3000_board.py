@@ -358,6 +358,18 @@ class Board:
         return struct.pack("<BHBBBBHBB", type_, self.firmware, self.ports, node, type_ext,
                            work_mode, power_fw, timing, tc_mode)
 
+    def login_data(self, *, type_: int = 0x05, voltage_v: float = 220.0, signal: int = 25,
+                   temp_c: float | None = 30, node: int = 0, type_ext: int = 0,
+                   work_mode: int = 0) -> bytes:
+        """Old boards' 0x01: type u8, firmware u16, voltage u16, n u8, n × status u8,
+        n × power u16, n × peak_power u16, node u8, signal u8, type_ext u8, temp u8,
+        work_mode u8."""
+        n = len(self.statuses)
+        return (struct.pack("<BHHB", type_, self.firmware, tenths(voltage_v), n)
+                + bytes(self.statuses) + struct.pack(f"<{n}H", *[0] * n)
+                + struct.pack(f"<{n}H", *[0] * n)
+                + struct.pack("<BBBBB", node, signal, type_ext, temp_byte(temp_c), work_mode))
+
     def status_data(self, *, voltage_v: float = 220.0, signal: int = 25,
                     temp_c: float | None = 30) -> bytes:
         """voltage u16, n u8, n × status u8, signal u8 (0–31), temp u8."""
@@ -399,6 +411,12 @@ class Board:
 
     async def register(self, **kw: int) -> int:
         return await self.send(REGISTER, self.register_data(**kw))
+
+    async def login(self, statuses: Sequence[int] | None = None, **kw: Any) -> int:
+        if statuses is not None:
+            assert len(statuses) == self.ports
+            self.statuses = list(statuses)
+        return await self.send(LOGIN, self.login_data(**kw))
 
     async def status(self, statuses: Sequence[int] | None = None, **kw: Any) -> int:
         if statuses is not None:
