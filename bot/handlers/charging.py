@@ -13,7 +13,7 @@ from bot.handlers.payloads import (
     StopCharge,
     Wallet,
 )
-from bot.handlers.ports import alternatives, unknown_port
+from bot.handlers.ports import alternatives, charging_for_you, own_charge_on, unknown_port
 from bot.handlers.routing import Router
 from bot.handlers.support import report_button
 from bot.handlers.text import bill_text, duration, kwh, menu_buttons
@@ -74,6 +74,8 @@ async def start(turn: Turn, code: str) -> list[Reply]:
                                "one to start another.", n=exc.params["limit"]),
                       buttons=[[Button(tr(lang, "⚡ Status"), data=Status().pack())]])]
     except PortBusy:
+        if (mine := await own_charge_on(turn, code)) is not None:  # a double tap, a rescan
+            return [charging_for_you(turn, mine)]
         pile_id, _ = parse_port_code(code)
         alt = await alternatives(turn, pile_id)
         return [Reply(tr(lang, "Sorry, port {code} was just taken by another rider.", code=code)),

@@ -7,7 +7,15 @@ from zoneinfo import ZoneInfo
 
 from bot.handlers import engagement
 from bot.handlers.feedback import summary_line
-from bot.handlers.payloads import Alternatives, Nearby, ShowPile, ShowPort, StartCharge
+from bot.handlers.payloads import (
+    Alternatives,
+    Nearby,
+    ShowPile,
+    ShowPort,
+    StartCharge,
+    Status,
+    StopCharge,
+)
 from bot.handlers.routing import Router
 from bot.handlers.support import report_button
 from bot.handlers.text import distance, tariff_sentence
@@ -15,6 +23,9 @@ from bot.handlers.turn import Turn
 from bot.i18n import tr
 from core.billing.wallet import yuan
 from core.charging import sessions as charging
+from core.charging.queries import open_charges
+from core.charging.tables import Charge
+from core.db import saved_id
 from core.errors import UnknownPort
 from core.faults import workorders
 from core.piles.nearby import NearbyPile, free_ports, nearest_free
@@ -46,12 +57,29 @@ async def port_button(turn: Turn, p: ShowPort) -> list[Reply]:
     return await port_card(turn, p.code)
 
 
+async def own_charge_on(turn: Turn, code: str) -> Charge | None:
+    """The rider's own running charge on this port, if they have one."""
+    return next((c for c in await open_charges(turn.session, turn.rider_id)
+                 if c.port_code == code), None)
+
+
+def charging_for_you(turn: Turn, charge: Charge) -> Reply:
+    """A rider who scans or types the port they are charging on wants Status or Stop, not
+    "in use" and other ports."""
+    return Reply(tr(turn.lang, "⚡ Port {code} is charging for you.", code=charge.port_code),
+                 buttons=[[Button(tr(turn.lang, "⚡ Status"), data=Status().pack()),
+                           Button(tr(turn.lang, "⏹ Stop"),
+                                  data=StopCharge(saved_id(charge)).pack())]])
+
+
 async def port_card(turn: Turn, code: str) -> list[Reply]:
     lang = turn.lang
     try:
         port, pile, site, busy = await charging.port_view(turn.session, code)
     except UnknownPort:
         return [unknown_port(turn, code)]
+    if busy and (mine := await own_charge_on(turn, port.code)) is not None:
+        return [charging_for_you(turn, mine)]
     tariff = charging.tariff_for(turn.ctx.settings, site)
     text = "\n".join([
         tr(lang, "🔌 Port {code}", code=port.code),
@@ -165,7 +193,7 @@ async def pile_card(turn: Turn, pile_id: str) -> list[Reply]:
     text = tr(lang, "{pile}: free ports {ports}", pile=pile.id,
               ports=", ".join(str(p) for p in free) or "—")
     rows = [[Button(tr(lang, "Port {n}", n=p), data=ShowPort(port_code(pile.id, p)).pack())
-             for p in free[i:i + 4]] for i in range(0, min(len(free), 8), 4)]
+             for p in free[i:i + 4]] for i in range(0, len(free), 4)]  # every free port
     return [Reply(text, buttons=rows, venue=Venue(pile.lat, pile.lon, title, address))]
 
 
