@@ -74,6 +74,15 @@ def ui_strings(lang: str) -> dict[str, str]:
         "login_too_many": tr(lang, "Too many wrong passwords. Please wait 15 minutes."),
         "logged_in_as": tr(lang, "Staff: {name}"),
         "logout": tr(lang, "Log out"),
+        "send_photo": tr(lang, "Send a photo"),
+        "photo_too_large": tr(lang, "That photo is too large. Please send a smaller one."),
+        "photo_too_many": tr(lang, "You have sent too many photos today. Please try again "
+                                   "tomorrow."),
+        "photo_not_image": tr(lang, "That file is not a photo we can use (JPEG, PNG, WebP or "
+                                    "GIF)."),
+        "text_too_long": tr(lang, "That message is too long: at most {n} characters. Please "
+                                  "send it in parts.", n=f"{MAX_TEXT:,}"),
+        "bad_request": tr(lang, "That message could not be sent. Please try rewording it."),
     }
 
 

@@ -52,6 +52,8 @@
       photo_too_large: '照片太大，请换一张小一点的。',
       photo_too_many: '今天发送的照片太多了，请明天再试。',
       photo_not_image: '这不是可用的照片（JPEG、PNG、WebP 或 GIF）。',
+      text_too_long: '消息太长了，最多 1,000 个字，请分几条发送。',
+      bad_request: '这条消息发送不了，请换个说法再试。',
     },
     en: {
       title: 'Charging bot', placeholder: 'Message…', send: 'Send',
@@ -66,6 +68,8 @@
       photo_too_large: 'That photo is too large. Please send a smaller one.',
       photo_too_many: 'You have sent too many photos today. Please try again tomorrow.',
       photo_not_image: 'That file is not a photo we can use (JPEG, PNG, WebP or GIF).',
+      text_too_long: 'That message is too long: at most 1,000 characters. Please send it in parts.',
+      bad_request: 'That message could not be sent. Please try rewording it.',
     },
   };
 
@@ -529,9 +533,13 @@
     if (status === 'pending') {
       box.appendChild(icon('clock'));
     } else if (status === 'rejected') {
-      // The server refused the file itself: retrying cannot help, so say why instead.
+      // The server refused the message or file itself: retrying cannot help, so say why.
       box.appendChild(icon('retry'));
-      const note = h('div', 'note', t({ too_large: 'photo_too_large', too_many: 'photo_too_many' }[m.rejected] || 'photo_not_image'));
+      const key = {
+        too_large: 'photo_too_large', too_many: 'photo_too_many',
+        text_too_long: 'text_too_long', bad_request: 'bad_request',
+      }[m.rejected] || 'photo_not_image';
+      const note = h('div', 'note', t(key));
       wrap.querySelector('.bubble').appendChild(note);
     } else if (status === 'failed') {
       const retry = h('button', 'retry');
@@ -585,8 +593,21 @@
     });
     const refused = await refusal(res);
     if (refused) throw refused;
+    if (res.status === 400) {
+      // Refused for what it says (too long, malformed): a retry cannot help, and the network
+      // is fine, so the bubble says why instead of the page saying "offline" for ever.
+      const data = await res.json().catch(() => ({}));
+      throw new SendRejected(data && data.field === 'text' ? 'text_too_long' : 'bad_request');
+    }
     if (!res.ok) throw new Error(`send: HTTP ${res.status}`);
     return res.json();
+  }
+
+  class SendRejected extends Error {
+    constructor(reason) {
+      super(`send rejected: ${reason}`);
+      this.reason = reason;
+    }
   }
 
   class PhotoRejected extends Error {
@@ -632,7 +653,7 @@
       maybeSwitchLang(data && data.lang);
     } catch (err) {
       console.warn(err);
-      if (err instanceof PhotoRejected) {
+      if (err instanceof PhotoRejected || err instanceof SendRejected) {
         m.rejected = err.reason;
         setStatus(entry, 'rejected');
       } else if (err instanceof Refused && err.reason === 'too_many_chats') {
