@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 from bot.handlers.payloads import RateRepair, WebLogout, WorkOrderAction
 from bot.handlers.routing import Router
+from bot.handlers.support import problem_name
 from bot.handlers.turn import Turn
 from bot.i18n import N_, tr
 from core.billing.wallet import yuan
@@ -23,7 +24,7 @@ RESOLVE_PROMPT = "resolve_note"
 
 
 def cause_name(lang: str, code: str) -> str:
-    return {
+    names = {
         "overload": tr(lang, "overload"),
         "over_temperature": tr(lang, "over-temperature"),
         "over_voltage": tr(lang, "over-voltage"),
@@ -44,7 +45,17 @@ def cause_name(lang: str, code: str) -> str:
         "meter_backwards": tr(lang, "energy meter ran backwards"),
         "impossible_power": tr(lang, "impossible power reading"),
         "predicted_wear": tr(lang, "predicted wear-out"),
-    }.get(code, code)
+    }
+    if code in names:
+        return names[code]
+    # No code reaches a person raw (issue 18 finding 6): a rider's report by its problem, a
+    # charge point's own error by its words, anything else named as a fault code.
+    if code.startswith("reported_"):
+        return tr(lang, "reported by a rider: {problem}",
+                  problem=problem_name(lang, code.removeprefix("reported_")))
+    if code.startswith("ocpp_"):
+        return tr(lang, "charge point error {code}", code=code.removeprefix("ocpp_"))
+    return tr(lang, "fault code {code}", code=code)
 
 
 def causes_text(lang: str, causes: str) -> str:
