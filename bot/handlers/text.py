@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
 from bot.handlers.payloads import FaqEntry, History, Language, Nearby, Status, Wallet
 from bot.i18n import tr
+from core.billing.tariffs import round_half_up
 from core.billing.wallet import yuan
 from core.notices.charging import BillNotice
 from notifications.replies import Button
@@ -94,6 +96,33 @@ def end_reason(lang: str, reason: str) -> str:
     }.get(reason, reason)
 
 
+def worked_out(lang: str, b: dict[str, Any], tariff: dict[str, Any]) -> str | None:
+    """How the charge's price was reached, in one line ("81 min × ¥0.40/h = ¥0.54", then the
+    minimum fee or cap when one applied); None when off-peak minutes make it more than a line
+    (the off-peak line says so) or nothing was billable."""
+    minutes = int(b.get("billable_minutes") or 0)
+    if not minutes or b.get("off_peak_minutes"):
+        return None
+    if b["mode"] in ("time", "power_tier") and b.get("fen_per_hour"):
+        raw = round_half_up(Fraction(int(b["fen_per_hour"]) * minutes, 60))
+        line = tr(lang, "{minutes} min × {rate}/h = {amount}", minutes=minutes,
+                  rate=yuan(int(b["fen_per_hour"])), amount=yuan(raw))
+    elif b["mode"] == "energy" and tariff.get("fen_per_kwh") is not None:
+        per_kwh = int(tariff["fen_per_kwh"]) + int(tariff.get("service_fen_per_kwh", 0))
+        energy = Fraction(str(b.get("energy_wh") or 0))
+        raw = round_half_up(energy / 1000 * per_kwh)
+        line = tr(lang, "{energy} × {rate}/kWh = {amount}", energy=kwh(float(energy)),
+                  rate=yuan(per_kwh), amount=yuan(raw))
+    else:
+        return None
+    amount = int(b["amount_fen"])
+    if amount > raw:
+        line += tr(lang, " → minimum fee {amount}", amount=yuan(amount))
+    elif amount < raw:
+        line += tr(lang, " → capped at {amount}", amount=yuan(amount))
+    return line
+
+
 def bill_text(lang: str, n: BillNotice) -> str:
     b = n.bill
     lines = [
@@ -104,6 +133,9 @@ def bill_text(lang: str, n: BillNotice) -> str:
     if b["mode"] == "power_tier" and b["band_w"] is not None:
         lines.append(tr(lang, "Power band: up to {tier} W (your power {w} W) · {rate}/h",
                         tier=b["tier_up_to_w"], w=b["band_w"], rate=yuan(b["fen_per_hour"])))
+    how = worked_out(lang, b, n.tariff)
+    if how:
+        lines.append(how)
     elif b["mode"] == "time" and b["fen_per_hour"] is not None:  # None: nothing was billable
         lines.append(tr(lang, "Rate: {rate}/h", rate=yuan(b["fen_per_hour"])))
     if b["off_peak_minutes"]:
