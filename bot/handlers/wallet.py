@@ -59,6 +59,9 @@ async def topup_buttons(turn: Turn) -> list[list[Button]]:
     lang = turn.lang
 
     def label(a: int) -> str:
+        # The bonus on the button itself: the rider sees what each amount really gives.
+        if bonus := payments.bonus_for(turn.ctx.settings, a):
+            return tr(lang, "+{amount} (+{bonus} bonus)", amount=yuan(a), bonus=yuan(bonus))
         return tr(lang, "+{amount}", amount=yuan(a))
 
     if _telegram_invoices(turn):

@@ -170,3 +170,15 @@ def test_payment_and_auto_topup_notices_render() -> None:
     assert auto[0].text == "🔁 Auto top-up: ¥20.00 added to your wallet. Balance: ¥23.00"
     assert "自动续费" in notices.render("auto_topup", {"amount_fen": 2000, "balance_fen": 2300},
                                       "zh_CN")[0].text
+
+
+async def test_top_up_buttons_show_their_bonus(server: Running) -> None:
+    """Issue 18 finding 7: the bonus rules (¥50 → +¥8, ¥100 → +¥20 by default) are on the
+    buttons themselves, not only in a line above them."""
+    rider, _ = await english_rider_and_id(server)
+    card = await rider.press("wallet")
+    labels = {b["data"].split(":")[1]: b["label"] for r in card for row in r["buttons"]
+              for b in row if b.get("data", "").startswith("topup:")}
+    assert labels["1000"] == "+¥10.00"
+    assert labels["5000"] == "+¥50.00 (+¥8.00 bonus)"
+    assert labels["10000"] == "+¥100.00 (+¥20.00 bonus)"

@@ -278,7 +278,7 @@ async def test_wechat_rider_tops_up_on_the_pay_page_credited_once(
     assert sum(topped_up("¥10.00") in t for t in rider.texts()) == 1
 
     # A link opened twice at once (a double tap) is still one order.
-    hundred = await wait_link(rider, "+¥100.00")
+    hundred = await wait_link(rider, "+¥100.00（送¥20.00）")
     pages = await asyncio.gather(open_page(server, hundred), open_page(server, hundred))
     assert [st for st, _, _ in pages] == [200, 200]
     assert page_params(pages[0][1])["package"] == page_params(pages[1][1])["package"]
@@ -372,7 +372,7 @@ async def test_a_link_is_its_riders_expires_and_cannot_be_altered(
     bob, bob_id = await wechat_rider(server, fakes)
     await alice.say("/wallet")
     alice_ten = await wait_link(alice, "+¥10.00")
-    alice_fifty = await wait_link(alice, "+¥50.00")
+    alice_fifty = await wait_link(alice, "+¥50.00（送¥8.00）")
     await bob.say("/wallet")
     bob_ten = await wait_link(bob, "+¥10.00")
     token = bob_ten.split("?t=", 1)[1]
