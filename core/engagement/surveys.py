@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, col
 
 from core import outbox
+from core.billing.settlement import FAULT_ENDS
 from core.charging.lifecycle import ChargeBilled, after_billed
 from core.charging.tables import Charge, ChargeState
 from core.db import insert_ignore, table_of, utcnow
@@ -146,6 +147,11 @@ async def maybe_prompt(
     """After a settled charge: the prompt row and its outbox message (due after the quiet
     hours), or None when the rules say not now. Call it in the settling transaction."""
     if charge.state != ChargeState.settled or charge.id is None:
+        return None
+    if charge.end_reason in FAULT_ENDS or (charge.bill or {}).get("fault_code"):
+        # Cut short by a fault: asking "how likely are you to recommend us" right after the
+        # apology and the refund reads as tone-deaf (issue 18 finding 8), and it measures the
+        # fault, which the fault reports already count.
         return None
     if not await should_prompt(session, charge.rider_id, now, min_days_between=min_days_between,
                                quiet=quiet, tz=tz):

@@ -141,6 +141,23 @@ async def test_a_settled_charge_prompts_once_with_the_port_in_the_outbox(
     assert await _prompt(running, due, SHANGHAI_NOON + timedelta(days=30)) is None
 
 
+async def test_a_charge_cut_by_a_fault_is_not_asked_about(running: Running) -> None:
+    rider = await _rider(running, "nps-rider-fault")
+    cut, dropped, found = [await _charge(running, rider, SHANGHAI_NOON, port=p)
+                           for p in (1, 2, 3)]
+    async with transaction(running.ctx.sm) as s:
+        for charge_id, reason, bill in ((cut, "fault", {}), (dropped, "power_loss", {}),
+                                        (found, "full", {"fault_code": "over_temperature"})):
+            charge = await s.get(Charge, charge_id)
+            assert charge is not None
+            charge.end_reason, charge.bill = reason, bill
+    for charge_id in (cut, dropped, found):
+        assert await _prompt(running, charge_id, SHANGHAI_NOON) is None
+    assert await _outbox(running, rider) == []
+    fine = await _charge(running, rider, SHANGHAI_NOON, port=4)
+    assert await _prompt(running, fine, SHANGHAI_NOON) is not None
+
+
 async def test_a_rider_is_asked_at_most_once_per_min_days_between(running: Running) -> None:
     rider = await _rider(running, "nps-rider-2")
     first = await _charge(running, rider, SHANGHAI_NOON)
