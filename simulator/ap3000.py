@@ -361,11 +361,13 @@ class Ap3000Fleet:
 
     def __init__(self, host: str, port: int, boards: list[BoardSpec], *, speed: float = 1.0,
                  heartbeat_s: float = 60.0, meter_every_s: float = 30.0,
-                 fault_rate_per_hour: float = 0.0, seed: int | None = None,
+                 fault_rate_per_hour: float = 0.0, fault_share: float = 0.0,
+                 seed: int | None = None,
                  default_profile: ChargerProfile | None = None) -> None:
         self.clock = VirtualClock(speed)
         settings = SimSettings(heartbeat_s=heartbeat_s, meter_every_s=meter_every_s,
                                fault_rate_per_hour=fault_rate_per_hour,
+                               fault_share=fault_share,
                                default_profile=default_profile)
         self.boards: dict[str, Ap3000Board] = {}
         for spec in boards:

@@ -314,6 +314,10 @@ class PileController:
         rate = self.settings.fault_rate_per_hour
         if rate > 0:
             s.fault_at_v = now_v + self.rng.expovariate(rate) * 3600.0
+        if self.settings.fault_share > 0 and self.rng.random() < self.settings.fault_share:
+            minutes = s.plan.end_minute if math.isfinite(s.plan.end_minute) else 240.0
+            at = now_v + self.rng.uniform(0.2, 0.9) * minutes * 60.0
+            s.fault_at_v = at if s.fault_at_v is None else min(s.fault_at_v, at)
         port.session = s
         port.plugged = True
         self._ack(cid, True)

@@ -36,6 +36,7 @@ class Fleet:
         full_threshold_w: float = 30.0,
         float_window_min: float = 120.0,
         fault_rate_per_hour: float = 0.0,
+        fault_share: float = 0.0,
         seed: int | None = None,
         long_poll_s: float = 20.0,
         default_profile: ChargerProfile | None = None,
@@ -50,6 +51,7 @@ class Fleet:
             full_threshold_w=full_threshold_w,
             float_window_min=float_window_min,
             fault_rate_per_hour=fault_rate_per_hour,
+            fault_share=fault_share,
             default_profile=default_profile,
         )
         self._piles: dict[str, SimulatedPile] = {}

@@ -446,12 +446,14 @@ class OcppFleet:
 
     def __init__(self, url: str, points: list[PointSpec], *, speed: float = 1.0,
                  heartbeat_s: float = 60.0, meter_every_s: float = 30.0,
-                 fault_rate_per_hour: float = 0.0, seed: int | None = None,
+                 fault_rate_per_hour: float = 0.0, fault_share: float = 0.0,
+                 seed: int | None = None,
                  default_profile: ChargerProfile | None = None, model: str = "sim-ocpp") -> None:
         self.url = url
         self.clock = VirtualClock(speed)
         settings = SimSettings(heartbeat_s=heartbeat_s, meter_every_s=meter_every_s,
                                fault_rate_per_hour=fault_rate_per_hour,
+                               fault_share=fault_share,
                                default_profile=default_profile)
         self.points: dict[str, OcppPoint] = {}
         for spec in points:

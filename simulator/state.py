@@ -36,6 +36,9 @@ class SimSettings:
     full_threshold_w: float = 30.0
     float_window_min: float = 120.0
     fault_rate_per_hour: float = 0.0
+    # The share of charges that end in a fault, at a random point of the charge (the demo's
+    # "about 1 in 20"); independent of how long charges run, unlike the hourly rate.
+    fault_share: float = 0.0
     default_profile: ChargerProfile | None = None
 
 

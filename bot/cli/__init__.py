@@ -42,8 +42,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--speed", type=float, default=60.0, help="simulated time factor")
-    p.add_argument("--fault-rate", type=float, default=0.02,
-                   help="faults per charging port-hour of virtual time (0 for none)")
+    p.add_argument("--fault-share", type=float, default=0.05,
+                   help="share of charges that end in a fault (0 for none; default 1 in 20)")
+    p.add_argument("--fault-rate", type=float, default=0.0,
+                   help="faults per charging port-hour of virtual time, on top of the share")
     p.set_defaults(fn=_command("serve", "cmd_demo"))
 
     db = sub.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
@@ -163,6 +165,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--piles", type=int, required=True)
     p.add_argument("--speed", type=float, default=60.0)
     p.add_argument("--fault-rate", type=float, default=0.0)
+    p.add_argument("--fault-share", type=float, default=0.0,
+                   help="share of charges that end in a fault")
     p.set_defaults(fn=_command("serve", "cmd_simulate"))
     return ap
 

@@ -130,18 +130,20 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> None:
     url = f"http://{host}:{port}"
     specs = await _pile_specs(settings, None)
     fleet = Fleet(url, specs, speed=args.speed, heartbeat_s=20, meter_every_s=3,
-                  fault_rate_per_hour=args.fault_rate)
+                  fault_rate_per_hour=args.fault_rate,
+                  fault_share=args.fault_share)
     await fleet.start()
     gateway = app[AP3000]
     boards = await _ap3000_specs(settings)
     ap3000 = Ap3000Fleet(_local(settings.piles.ap3000.host), gateway.port, boards,
                          speed=args.speed, heartbeat_s=20, meter_every_s=3,
-                         fault_rate_per_hour=args.fault_rate)
+                         fault_rate_per_hour=args.fault_rate, fault_share=args.fault_share)
     await ap3000.start()
     points = await _ocpp_specs(settings)
     ocpp_url = f"ws://{_local(host)}:{port}/ocpp"
     ocpp = OcppFleet(ocpp_url, points, speed=args.speed, heartbeat_s=20, meter_every_s=3,
-                     fault_rate_per_hour=args.fault_rate, model="ocpp-2")
+                     fault_rate_per_hour=args.fault_rate, fault_share=args.fault_share,
+                     model="ocpp-2")
     await ocpp.start()
     print(f"demo city {'seeded' if created else 'loaded'}: {len(specs)} simulated piles over "
           f"HTTP, {len(boards)} AP3000 boards over TCP, {len(points)} OCPP 1.6J charge points "
@@ -211,5 +213,6 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         raise CliError("no piles in the database: add some with `chargebot piles add` or run "
                        "`chargebot demo` once")
     print(f"simulating {len(specs)} piles against {args.url} (time ×{args.speed:g})")
-    fleet = Fleet(args.url, specs, speed=args.speed, fault_rate_per_hour=args.fault_rate)
+    fleet = Fleet(args.url, specs, speed=args.speed, fault_rate_per_hour=args.fault_rate,
+                  fault_share=args.fault_share)
     asyncio.run(fleet.run_forever())

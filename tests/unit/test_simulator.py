@@ -502,3 +502,22 @@ async def test_paused_pile_goes_silent_and_catches_up_on_resume() -> None:
         await fleet.stop()
         await fake.server.close()
     assert fleet.port_state("P0001", 1)["status"] == "plugged"
+
+
+def test_a_fault_share_faults_that_share_of_charges_within_the_charge() -> None:
+    """The demo's faults (issue 18 finding 8): about 1 charge in 20, not one an hour per port,
+    which faulted most long charges; and a fault lands while the charge runs."""
+    faulted, n = 0, 400
+    for k in range(n):
+        ctl, _ = controller(fault_share=0.05)
+        ctl.rng.seed(k)
+        start(ctl, session=f"S{k}", cid=f"c{k}")
+        s = ctl.ports[1].session
+        assert s is not None
+        if s.fault_at_v is not None:
+            faulted += 1
+            assert s.start_v < s.fault_at_v < s.start_v + s.plan.end_minute * 60
+    assert 8 <= faulted <= 36  # 5 % of 400 is 20
+    ctl, _ = controller()
+    start(ctl)
+    assert ctl.ports[1].session is not None and ctl.ports[1].session.fault_at_v is None
