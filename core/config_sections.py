@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 
 class DatabaseSettings(BaseModel):
@@ -16,9 +16,21 @@ class DatabaseSettings(BaseModel):
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
-    public_url: str = "http://127.0.0.1:8080"
+    # Where riders' browsers and the platforms reach us (links, cookies' Secure flag, webhooks).
+    # Empty: this server's own http://host:port, so another port needs nothing else set.
+    public_url: str = ""
     timezone: str = "Asia/Shanghai"
     webchat: bool = True
+
+    @model_validator(mode="after")
+    def _own_url_unless_set(self) -> ServerSettings:
+        if not self.public_url:
+            self.public_url = self.own_url()
+        return self
+
+    def own_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
     # > 0: asyncio debug mode, logging every callback that holds the event loop longer than
     # this many seconds ("Executing <…> took N seconds"). For tests and hunting stalls; 0 = off.
     slow_callback_s: float = Field(default=0.0, ge=0.0)

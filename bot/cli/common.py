@@ -21,9 +21,18 @@ def settings_for(args: argparse.Namespace) -> Settings:
     if getattr(args, "database", None):
         os.environ["CHARGEBOT_DATABASE__URL"] = args.database
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as exc:
         raise CliError(str(exc)) from None
+    server = settings.server
+    if getattr(args, "port", None) and args.port != server.port:
+        # `--port 8191` (`make run PORT=8191`): links and images follow the port, unless
+        # public_url was set to something else (a proxy, a domain).
+        followed = server.public_url == server.own_url()
+        server.port = args.port
+        if followed:
+            server.public_url = server.own_url()
+    return settings
 
 
 T = TypeVar("T")
