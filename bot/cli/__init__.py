@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                                "%(message)s")
     for handler in logging.getLogger().handlers:  # every line has a request id ("-" outside)
         handler.addFilter(RequestIdFilter())
+    # Seven INFO lines on importing alembic, in every command: noise.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     args = parser().parse_args(argv)
     try:
         args.fn(args)

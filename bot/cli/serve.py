@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import logging.handlers
 import multiprocessing
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -99,6 +102,7 @@ def run_workers(n: int, target: Callable[..., None], args: tuple[Any, ...]) -> N
 def cmd_demo(args: argparse.Namespace) -> None:
     os.environ.setdefault("CHARGEBOT_DATABASE__URL", "sqlite+aiosqlite:///var/demo.db")
     settings = settings_for(args)
+    log_file = _quiet_console(settings.database.url)
     # The demo's money is play money: its riders top up with the sandbox, which serve refuses.
     if "sandbox" not in settings.payments.providers:
         settings.payments.providers.append("sandbox")
@@ -111,10 +115,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     # Its OCPP charge points connect to the app's own /ocpp/{id} (bot/piles/ocpp).
     settings.piles.ocpp.enabled = True
     upgrade(settings.database.url)
-    asyncio.run(_demo(settings, args))
+    asyncio.run(_demo(settings, args, log_file))
 
 
-async def _demo(settings: Settings, args: argparse.Namespace) -> None:
+async def _demo(settings: Settings, args: argparse.Namespace, log_file: Path | None) -> None:
     # Here, not at the top (start-up cost): `db upgrade` and `simulate` need no app.
     from bot.app import create_app
     from bot.piles.ap3000 import AP3000
@@ -151,6 +155,8 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> None:
     print(f"AP3000 gateway: {settings.piles.ap3000.host}:{gateway.port}")
     print(f"OCPP 1.6J charge points {', '.join(p.charge_point_id for p in points) or '(none)'}"
           f" → {ocpp_url}/{{id}} (Basic auth with the pile's secret)")
+    if log_file is not None:
+        print(f"log: {log_file} (warnings also here)")
     print(f"web chat: {url}/   (Ctrl-C to stop)")
     try:
         await asyncio.Event().wait()
@@ -159,6 +165,28 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> None:
         await ap3000.stop()
         await fleet.stop()
         await runner.cleanup()
+
+
+def _quiet_console(db_url: str) -> Path | None:
+    """The demo's INFO lines (~200 a minute from the fleet) go to var/log/demo.log beside its
+    database, and the console keeps warnings, so the chat's address stays in sight. Unless
+    CHARGEBOT_LOG asks for a level on the console."""
+    if "CHARGEBOT_LOG" in os.environ:
+        return None
+    db = db_url.split("///", 1)[-1]
+    path = (Path(db).parent if db and db != ":memory:" else Path("var")) / "log" / "demo.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.setLevel(logging.WARNING)
+    to_file = logging.handlers.RotatingFileHandler(path, maxBytes=20 * 2**20, backupCount=2,
+                                                   encoding="utf-8")
+    if root.handlers:
+        to_file.setFormatter(root.handlers[0].formatter)
+        for f in root.handlers[0].filters:
+            to_file.addFilter(f)
+    root.addHandler(to_file)
+    return path
 
 
 def _local(host: str) -> str:

@@ -16,8 +16,8 @@ from tests.support.served import ROOT, free_port
 
 async def test_demo_serves_the_web_chat_with_a_seeded_city_and_live_fleet(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "CHARGEBOT_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path}/demo.db",
-           "CHARGEBOT_LOG": "WARNING"}
+    env = {k: v for k, v in os.environ.items() if k != "CHARGEBOT_LOG"}
+    env["CHARGEBOT_DATABASE__URL"] = f"sqlite+aiosqlite:///{tmp_path}/demo.db"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot.cli", "demo", "--port", str(port), "--speed", "600",
         cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -87,3 +87,12 @@ async def test_demo_serves_the_web_chat_with_a_seeded_city_and_live_fleet(tmp_pa
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 20)
+    # make run is quiet: INFO goes to var/log beside the database, the console keeps warnings
+    # and what to open, the chat's address last of the start-up lines.
+    assert proc.stdout is not None
+    console = (await proc.stdout.read()).decode(errors="replace").splitlines()
+    assert not [line for line in console if " INFO " in line], console[:20]
+    starts = [line.split(":")[0].split(" ")[0] for line in console
+              if line.startswith(("demo city", "AP3000 gateway", "OCPP 1.6J", "log:", "web chat:"))]
+    assert starts == ["demo", "AP3000", "OCPP", "log", "web"], console[:20]
+    assert " INFO " in (tmp_path / "log" / "demo.log").read_text(encoding="utf-8")
