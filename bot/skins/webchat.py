@@ -54,7 +54,7 @@ def _bad_photo(reason: str, limit: int) -> web.Response:
 
 def ui_strings(lang: str) -> dict[str, str]:
     return {
-        "title": tr(lang, "ChargeBot · e-bike charging"),
+        "title": tr(lang, "Charging bot"),  # fits the header at 390 px in both languages
         "placeholder": tr(lang, "Type a message or a port code…"),
         "send": tr(lang, "Send"),
         "share_location": tr(lang, "📍 Location"),
@@ -83,6 +83,7 @@ def ui_strings(lang: str) -> dict[str, str]:
         "text_too_long": tr(lang, "That message is too long: at most {n} characters. Please "
                                   "send it in parts.", n=f"{MAX_TEXT:,}"),
         "bad_request": tr(lang, "That message could not be sent. Please try rewording it."),
+        "close": tr(lang, "Close"),
     }
 
 

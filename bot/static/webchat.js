@@ -54,6 +54,7 @@
       photo_not_image: '这不是可用的照片（JPEG、PNG、WebP 或 GIF）。',
       text_too_long: '消息太长了，最多 1,000 个字，请分几条发送。',
       bad_request: '这条消息发送不了，请换个说法再试。',
+      close: '关闭',
     },
     en: {
       title: 'Charging bot', placeholder: 'Message…', send: 'Send',
@@ -70,6 +71,7 @@
       photo_not_image: 'That file is not a photo we can use (JPEG, PNG, WebP or GIF).',
       text_too_long: 'That message is too long: at most 1,000 characters. Please send it in parts.',
       bad_request: 'That message could not be sent. Please try rewording it.',
+      close: 'Close',
     },
   };
 
@@ -314,7 +316,7 @@
     el.input.setAttribute('aria-label', t('placeholder'));
     el.sendBtn.textContent = t('send');
     for (const [btn, key] of [[el.locBtn, 'share_location'], [el.qrBtn, 'scan_qr'],
-      [el.photoBtn, 'send_photo']]) {
+      [el.photoBtn, 'send_photo'], [el.sheetClose, 'close']]) {
       btn.title = t(key);
       btn.setAttribute('aria-label', t(key));
     }
@@ -554,12 +556,22 @@
     }
   }
 
+  // Keyboard users reach the newest buttons and the input without tabbing through every older
+  // message's: older buttons stay clickable but leave the tab order.
+  function keepTabOrderShort(newest) {
+    for (const b of el.log.querySelectorAll('.kb-btn')) {
+      if (newest.contains(b)) b.removeAttribute('tabindex');
+      else b.setAttribute('tabindex', '-1');
+    }
+  }
+
   function addEntry(entry) {
     entry.id = entry.id || uuid();
     entry.ts = entry.ts || Date.now();
     state.log.push(entry);
     const node = entry.who === 'me' ? renderMe(entry) : renderBot(entry);
     el.log.insertBefore(node, typingEl.isConnected ? typingEl : null);
+    if (entry.who !== 'me') keepTabOrderShort(node);
     saveLog();
     scrollToBottom();
     return entry;

@@ -55,3 +55,42 @@ async def test_every_word_of_the_page_comes_from_the_catalog(server: Running) ->
         assert keys <= set(strings), keys - set(strings)
         assert all(strings[k].strip() for k in keys)
     assert "1,000" in strings["text_too_long"]
+
+
+def _luminance(hex_color: str) -> float:
+    def channel(c: float) -> float:
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+
+
+def _contrast(a: str, b: str) -> float:
+    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_the_riders_bubbles_and_brand_buttons_meet_aa_contrast() -> None:
+    """Issue 18 finding 9: white on #0f9d6e was 3.46:1; AA needs 4.5:1 for body text."""
+    css = (STATIC / "webchat.css").read_text(encoding="utf-8")
+    var = dict(re.findall(r"--([\w-]+):\s*(#[0-9a-fA-F]{6})", css))
+    assert _contrast("#ffffff", var["bubble-me"]) >= 4.5
+    assert _contrast("#ffffff", var["brand"]) >= 4.5
+    assert _contrast(var["brand-dark"], var["brand-soft"]) >= 4.5
+
+
+def test_icon_buttons_have_accessible_names() -> None:
+    html = (STATIC / "webchat.html").read_text(encoding="utf-8")
+    close = re.search(r'<button[^>]*id="sheet-close"[^>]*>', html)
+    assert close is not None and 'aria-label="' in close.group(0)
+    js = (STATIC / "webchat.js").read_text(encoding="utf-8")
+    assert "[el.sheetClose, 'close']" in js  # relabelled in the rider's language
+
+
+def test_older_buttons_leave_the_tab_order() -> None:
+    """Issue 18 finding 9: keyboard users tabbed through every old button to reach the input."""
+    js = (STATIC / "webchat.js").read_text(encoding="utf-8")
+    body = js[js.index("function keepTabOrderShort"):js.index("function addEntry")]
+    assert "setAttribute('tabindex', '-1')" in body and "removeAttribute('tabindex')" in body
+    add = js[js.index("function addEntry"):js.index("const typingEl")]
+    assert "keepTabOrderShort(node)" in add
