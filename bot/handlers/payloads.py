@@ -152,6 +152,10 @@ class AskPerson(Payload, prefix="ask"):
     pass
 
 
+class EndTicket(Payload, prefix="tend"):
+    ticket_id: int
+
+
 class TicketAction(Payload, prefix="tk"):
     action: str  # list | take | reply | close | faq | ver
     ref: str = ""

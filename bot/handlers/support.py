@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import timedelta
 from typing import Any
 
 from bot.handlers.payloads import (
     AskPerson,
     Emergency,
+    EndTicket,
     RateAnswer,
     ReportMenu,
     ReportProblem,
@@ -17,6 +19,7 @@ from bot.handlers.payloads import (
     TicketAction,
 )
 from bot.handlers.routing import Router
+from bot.handlers.text import menu_buttons
 from bot.handlers.turn import Turn
 from bot.i18n import N_, tr
 from core.billing.wallet import yuan
@@ -31,6 +34,7 @@ from core.riders.staff import NotStaff
 from core.riders.tables import Rider
 from core.support import emergencies
 from core.support import tickets as support
+from core.support.faq import Match
 from core.support.faq_text import tokens
 from core.support.photos import PhotoRejected
 from core.support.tables import Ticket, TicketState
@@ -223,6 +227,12 @@ async def free_text(turn: Turn) -> list[Reply] | None:
         return [refused]
     current = await support.open_for(turn.session, turn.rider_id)
     if current is not None and (text or inc.photo):
+        # A question the FAQ answers is answered, ticket or not (issue 18 finding 1: an open
+        # ticket used to swallow every later question); the rider can still hand it on.
+        if not inc.photo and text:
+            match = await _match(turn, text)
+            if match is not None and match.entry.key != HUMAN:
+                return [_faq_reply(turn.lang, match, current)]
         if (limited := await _too_many(turn)) is not None:
             return [limited]
         photo = inc.photo
@@ -230,38 +240,86 @@ async def free_text(turn: Turn) -> list[Reply] | None:
                                         photo, turn.now)
         await support.post_to_desk(turn.session, current, turn.ctx.settings, turn.now,
                                    message=msg)
-        return [Reply(tr(turn.lang, "✉️ Added to your ticket #{id}.", id=current.id))]
+        return [Reply(tr(turn.lang, "✉️ Added to your ticket #{id}.", id=current.id),
+                      buttons=[[_end_button(turn.lang, current)]])]
     if inc.photo:
         return [Reply(tr(turn.lang, "Thanks for the photo. To report a broken port, open its "
                                     "card (scan the QR or send its code) and tap 🛠 Report a "
                                     "problem."))]
     if not tokens(text):
         return None  # a greeting or a slip: the menu answers it
+    match = await _match(turn, text)
+    lang = turn.lang
+    if match is not None and match.entry.key != HUMAN:
+        return [_faq_reply(lang, match, None)]
+    if match is not None:  # "转人工": a person, asked for in words
+        ticket, _ = await support.open_ticket(turn.session, turn.rider, kind="question",
+                                              now=turn.now, text=text)
+        await support.post_to_desk(turn.session, ticket, turn.ctx.settings, turn.now)
+        return [Reply(tr(lang, "A person from our team will reply here (ticket #{id}).",
+                         id=ticket.id), buttons=[[_end_button(lang, ticket)]])]
+    # No answer ready: a person is one tap away, but words we cannot place (a slip, a test)
+    # do not open a ticket by themselves.
+    return [Reply(tr(lang, "I don't have a ready answer to that. A person from our team can "
+                           "reply here."),
+                  buttons=[[Button(tr(lang, "💬 Ask a person"), data=AskPerson().pack())]])]
+
+
+def _end_button(lang: str, ticket: Ticket) -> Button:
+    return Button(tr(lang, "✅ End conversation #{id}", id=ticket.id),
+                  data=EndTicket(saved_id(ticket)).pack())
+
+
+async def _match(turn: Turn, text: str) -> Match | None:
+    """The FAQ entry `text` asks about, if any; every question is logged for the digest."""
     match = (await questions.index(turn.session)).answer(text)
     await questions.log(turn.session, turn.rider_id, text, turn.lang,
                         match.entry.key if match else None, turn.now)
-    if match is not None and match.entry.key != HUMAN:
-        lang = turn.lang
-        return [Reply(match.entry.answer_in(lang),
-                      buttons=[[Button(tr(lang, "💬 Not what I asked: a person"),
-                                       data=AskPerson().pack())]])]
-    ticket, _ = await support.open_ticket(turn.session, turn.rider, kind="question",
-                                          now=turn.now, text=text)
-    await support.post_to_desk(turn.session, ticket, turn.ctx.settings, turn.now)
-    return [Reply(tr(turn.lang, "I don't have a ready answer, so a person from our team will "
-                                "reply here (ticket #{id}).", id=ticket.id))]
+    return match
+
+
+def _faq_reply(lang: str, match: Match, current: Ticket | None) -> Reply:
+    """The FAQ's answer; with a conversation open, it offers to add the question to it."""
+    if current is None:
+        return Reply(match.entry.answer_in(lang),
+                     buttons=[[Button(tr(lang, "💬 Not what I asked: a person"),
+                                      data=AskPerson().pack())]])
+    return Reply(match.entry.answer_in(lang),
+                 buttons=[[Button(tr(lang, "💬 Not solved: add it to #{id}", id=current.id),
+                                  data=AskPerson().pack())],
+                          [_end_button(lang, current)]])
 
 
 @router.button(AskPerson)
 async def ask_person(turn: Turn) -> list[Reply]:
     """The FAQ answer did not help: the last question goes to a person."""
-    ticket, new = await support.open_ticket(turn.session, turn.rider, kind="question",
-                                            now=turn.now)
-    if new:
+    # The question the rider just asked goes with it, so they need not type it again.
+    asked = await questions.last_question(turn.session, turn.rider_id,
+                                          turn.now - timedelta(hours=1))
+    ticket = await support.open_for(turn.session, turn.rider_id)
+    if ticket is None:
+        ticket, _ = await support.open_ticket(turn.session, turn.rider, kind="question",
+                                              now=turn.now, text=asked or "")
         await support.post_to_desk(turn.session, ticket, turn.ctx.settings, turn.now)
+    elif asked:
+        msg = await support.add_message(turn.session, ticket, "rider", turn.rider_id, asked,
+                                        None, turn.now)
+        await support.post_to_desk(turn.session, ticket, turn.ctx.settings, turn.now,
+                                   message=msg)
     return [Reply(tr(turn.lang, "A person from our team will answer here (ticket #{id}). Write "
                                 "your question; everything you send is added to it.",
-                     id=ticket.id))]
+                     id=ticket.id), buttons=[[_end_button(turn.lang, ticket)]])]
+
+
+@router.button(EndTicket)
+async def end_ticket(turn: Turn, p: EndTicket) -> list[Reply]:
+    """The rider leaves the conversation: what they write next is answered as usual again."""
+    ended = await support.end_by_rider(turn.session, p.ticket_id, turn.rider_id, turn.now)
+    if ended is None:
+        return [Reply(tr(turn.lang, "That conversation is already over."),
+                      buttons=menu_buttons(turn.lang))]
+    return [Reply(tr(turn.lang, "✅ Conversation #{id} ended. Write any time if you need us "
+                                "again.", id=ended.id), buttons=menu_buttons(turn.lang))]
 
 
 @router.button(Emergency)

@@ -87,6 +87,14 @@ async def log(session: AsyncSession, rider_id: int, text: str, lang: str, key: s
                             asked_at=now))
 
 
+async def last_question(session: AsyncSession, rider_id: int, since: datetime) -> str | None:
+    """The rider's latest question since `since`: what "not solved, a person please" hands on."""
+    return (await session.execute(
+        select(col(QuestionLog.text)).where(col(QuestionLog.rider_id) == rider_id,
+                                            col(QuestionLog.asked_at) >= since)
+        .order_by(col(QuestionLog.id).desc()).limit(1))).scalar_one_or_none()
+
+
 async def save_from_ticket(session: AsyncSession, ticket_id: int, question: str, answer: str,
                            lang: str, staff_id: int, now: datetime) -> FaqEntry:
     key = f"t{ticket_id}"

@@ -73,6 +73,20 @@ async def open_ticket(session: AsyncSession, rider: Rider, *, kind: str, now: da
     return ticket, True
 
 
+async def end_by_rider(session: AsyncSession, ticket_id: int, rider_id: int,
+                       now: datetime) -> Ticket | None:
+    """The rider leaves their own open conversation: closed, or None when it is not theirs,
+    already closed, or an emergency (staff close those, after making sure all is safe)."""
+    ticket = await session.get(Ticket, ticket_id)
+    if (ticket is None or ticket.rider_id != rider_id or ticket.state not in OPEN
+            or ticket.priority == "emergency"):
+        return None
+    ticket.state, ticket.closed_at = TicketState.closed, now
+    ticket.resolution = "ended by the rider"
+    await session.flush()
+    return ticket
+
+
 async def open_for(session: AsyncSession, rider_id: int) -> Ticket | None:
     return (await session.execute(select(Ticket).where(
         col(Ticket.rider_id) == rider_id, col(Ticket.state).in_(OPEN)))).scalars().first()

@@ -269,11 +269,57 @@ async def test_questions_answered_from_the_faq_or_handed_to_a_person(db_url: str
         answer = await rider.say("how do I stop charging early?")
         assert "/stop" in answer[0]["text"]
         assert await _count(server, Ticket) == 0
-        handed = await rider.say("can you fix the brakes on my scooter please")
-        assert "a person from our team" in handed[0]["text"]
+        # No ready answer: a person is one tap away, and the tap takes the question along.
+        unsure = await rider.say("can you fix the brakes on my scooter please")
+        assert "ready answer" in unsure[0]["text"] and await _count(server, Ticket) == 0
+        handed = await rider.press(button(unsure, "ask"))
+        assert "A person from our team" in handed[0]["text"]
         async with server.ctx.sm() as s:
             ticket = (await s.execute(select(Ticket))).scalars().one()
-        assert ticket.kind == "question"
+            [asked] = (await s.execute(select(TicketMessage))).scalars().all()
+        assert ticket.kind == "question" and "brakes" in asked.text
+
+
+async def test_a_conversation_you_can_see_and_leave(db_url: str) -> None:
+    """Issue 18 finding 1: an open ticket swallowed every later question, showed no sign of
+    itself and had no way out; nonsense opened one."""
+    settings = make_settings(db_url, scheduler={"enabled": False})
+    async with start_server(settings) as server:
+        rider = WebRider(server.http, server.url)
+        await rider.press("lang:en")
+        nonsense = await rider.say("asdkjh qwe zzz")
+        assert await _count(server, Ticket) == 0 and button(nonsense, "ask")
+        opened = await rider.press(button(nonsense, "ask"))
+        end = button(opened, "tend:")
+        async with server.ctx.sm() as s:
+            ticket = (await s.execute(select(Ticket))).scalars().one()
+        assert end == f"tend:{ticket.id}"
+
+        # Inside the conversation the FAQ still answers, offering to hand the question on.
+        faq = await rider.say("how do I stop charging early?")
+        assert "/stop" in faq[0]["text"]
+        assert button(faq, "tend:") == end and button(faq, "ask")
+        words = await rider.say("thank you, I will wait for your colleague")
+        assert f"ticket #{ticket.id}" in words[0]["text"] and button(words, "tend:") == end
+        async with server.ctx.sm() as s:
+            texts = [m.text for m in (await s.execute(select(TicketMessage).order_by(
+                TicketMessage.id))).scalars()]
+        assert texts == ["asdkjh qwe zzz", "thank you, I will wait for your colleague"]
+
+        # Someone else's tap ends nothing; the rider's own does, once.
+        stranger = WebRider(server.http, server.url)
+        await stranger.press("lang:en")
+        assert "already over" in (await stranger.press(end))[0]["text"]
+        left = await rider.press(end)
+        assert f"#{ticket.id} ended" in left[0]["text"]
+        assert "already over" in (await rider.press(end))[0]["text"]
+        async with server.ctx.sm() as s:
+            closed = await s.get(Ticket, ticket.id)
+            assert closed is not None and closed.state == "closed"
+        after = await rider.say("how do I stop charging early?")
+        assert "/stop" in after[0]["text"]
+        assert not [b for row in after[0]["buttons"] for b in row
+                    if b.get("data", "").startswith("tend:")]
 
 
 async def test_oversized_and_non_image_photos_in_chat_are_refused_clearly(

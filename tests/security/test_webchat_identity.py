@@ -412,7 +412,8 @@ async def test_staff_notices_go_back_to_their_own_chat_after_logout(
         browser.keep(r)
     rider = app.browser()
     await rider.press("lang:en")
-    await rider.say("do you sell replacement charger cables at the sites?")
+    await rider.press(button(await rider.say("do you sell replacement charger cables at the "
+                                             "sites?"), "ask"))
     await browser.wait_message("Ticket #1")  # logged in: the desk's notice comes here
     # Logged out from the phone: every web session ends, notices go to Telegram again.
     await tg.say("/logout")
@@ -420,7 +421,8 @@ async def test_staff_notices_go_back_to_their_own_chat_after_logout(
     assert (await browser.say("/tickets"))[0]["text"] in STAFF_ONLY
     other = app.browser()
     await other.press("lang:en")
-    await other.say("can you fix the brakes on my scooter please")
+    await other.press(button(await other.say("can you fix the brakes on my scooter please"),
+                             "ask"))
     await tg.wait_text("Ticket #2")
 
 
