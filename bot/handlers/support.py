@@ -241,7 +241,7 @@ async def free_text(turn: Turn) -> list[Reply] | None:
         await support.post_to_desk(turn.session, current, turn.ctx.settings, turn.now,
                                    message=msg)
         return [Reply(tr(turn.lang, "✉️ Added to your ticket #{id}.", id=current.id),
-                      buttons=[[_end_button(turn.lang, current)]])]
+                      buttons=_end_rows(turn.lang, current))]
     if inc.photo:
         return [Reply(tr(turn.lang, "Thanks for the photo. To report a broken port, open its "
                                     "card (scan the QR or send its code) and tap 🛠 Report a "
@@ -257,7 +257,7 @@ async def free_text(turn: Turn) -> list[Reply] | None:
                                               now=turn.now, text=text)
         await support.post_to_desk(turn.session, ticket, turn.ctx.settings, turn.now)
         return [Reply(tr(lang, "A person from our team will reply here (ticket #{id}).",
-                         id=ticket.id), buttons=[[_end_button(lang, ticket)]])]
+                         id=ticket.id), buttons=_end_rows(lang, ticket))]
     # No answer ready: a person is one tap away, but words we cannot place (a slip, a test)
     # do not open a ticket by themselves.
     return [Reply(tr(lang, "I don't have a ready answer to that. A person from our team can "
@@ -265,9 +265,12 @@ async def free_text(turn: Turn) -> list[Reply] | None:
                   buttons=[[Button(tr(lang, "💬 Ask a person"), data=AskPerson().pack())]])]
 
 
-def _end_button(lang: str, ticket: Ticket) -> Button:
-    return Button(tr(lang, "✅ End conversation #{id}", id=ticket.id),
-                  data=EndTicket(saved_id(ticket)).pack())
+def _end_rows(lang: str, ticket: Ticket) -> list[list[Button]]:
+    """"End conversation #N" — not on an emergency: staff close those, once all is safe."""
+    if ticket.priority == "emergency":
+        return []
+    return [[Button(tr(lang, "✅ End conversation #{id}", id=ticket.id),
+                    data=EndTicket(saved_id(ticket)).pack())]]
 
 
 async def _match(turn: Turn, text: str) -> Match | None:
@@ -287,7 +290,7 @@ def _faq_reply(lang: str, match: Match, current: Ticket | None) -> Reply:
     return Reply(match.entry.answer_in(lang),
                  buttons=[[Button(tr(lang, "💬 Not solved: add it to #{id}", id=current.id),
                                   data=AskPerson().pack())],
-                          [_end_button(lang, current)]])
+                          *_end_rows(lang, current)])
 
 
 @router.button(AskPerson)
@@ -308,7 +311,7 @@ async def ask_person(turn: Turn) -> list[Reply]:
                                    message=msg)
     return [Reply(tr(turn.lang, "A person from our team will answer here (ticket #{id}). Write "
                                 "your question; everything you send is added to it.",
-                     id=ticket.id), buttons=[[_end_button(turn.lang, ticket)]])]
+                     id=ticket.id), buttons=_end_rows(turn.lang, ticket))]
 
 
 @router.button(EndTicket)

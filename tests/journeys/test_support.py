@@ -320,6 +320,12 @@ async def test_a_conversation_you_can_see_and_leave(db_url: str) -> None:
         assert "/stop" in after[0]["text"]
         assert not [b for row in after[0]["buttons"] for b in row
                     if b.get("data", "").startswith("tend:")]
+        # An emergency is not the rider's to end: staff close it once all is safe.
+        await rider.say("the pile next to my bike is smoking!!")
+        more = await rider.say("thank you, I am waiting outside")
+        assert "Added to your ticket" in more[0]["text"]
+        assert not [b for r in more for row in r["buttons"] for b in row
+                    if b.get("data", "").startswith("tend:")]
 
 
 async def test_oversized_and_non_image_photos_in_chat_are_refused_clearly(
