@@ -166,9 +166,13 @@ async def sweep_disputes(ctx: Context) -> None:
 
 
 async def sweep_support(ctx: Context) -> None:
-    """Emergency tickets nobody took in time page the supervisors (once)."""
+    """Emergency tickets nobody took in time page the supervisors (once); conversations idle
+    for `support.idle_close_h` close themselves with a note."""
     async with transaction(ctx.sm) as session:
         escalated = await emergencies.escalate_emergencies(session, ctx.clock(), ctx.settings)
+        idle = await support.close_idle(session, ctx.clock(), ctx.settings.support.idle_close_h)
+    if idle:
+        ctx.wake_outbox()
     if escalated:
         log.warning("emergency tickets not taken in time: %s", escalated)
         ctx.wake_outbox()

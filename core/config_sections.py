@@ -275,6 +275,9 @@ class SupportSettings(BaseModel):
     photo_bonus_fen: int = 200
     new_problem_bonus_fen: int = 200
     emergency_take_s: int = 60  # an emergency nobody took by then pages the supervisors
+    # A conversation with no message either way for this long closes itself, with a note to
+    # the rider (emergencies never do: staff close those). 0: never.
+    idle_close_h: int = Field(default=24, ge=0)
     rider_groups: list[int] = Field(default_factory=list)  # Telegram groups for the monthly vote
     # Signs staff photo links. Unset: a random key made once and kept in the database
     # (core.app_secrets), so every worker agrees and nobody can derive it from the config.

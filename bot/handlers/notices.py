@@ -23,7 +23,7 @@ from bot.handlers.payloads import (
 from bot.handlers.rendering import RENDERERS, Unrenderable, render, renders
 from bot.handlers.staff import cause_name, order_buttons, order_card
 from bot.handlers.support import kind_name, problem_name, ticket_buttons
-from bot.handlers.text import bill_text, tariff_sentence
+from bot.handlers.text import bill_text, menu_buttons, tariff_sentence
 from bot.i18n import tr
 from core.billing.wallet import yuan
 from core.notices.billing import AutoTopUpNotice, DisputeEscalatedNotice, PaymentNotice
@@ -51,6 +51,7 @@ from core.notices.support import (
     TicketAnswerNotice,
     TicketClosedNotice,
     TicketEscalatedNotice,
+    TicketIdleClosedNotice,
     TicketNotice,
 )
 from notifications.replies import Button, Reply, Venue
@@ -224,6 +225,13 @@ def ticket_closed(n: TicketClosedNotice, lang: str) -> list[Reply]:
            id=n.ticket_id, resolution=n.resolution),
         buttons=[[Button("⭐" * k, data=RateAnswer(n.ticket_id, k).pack())
                   for k in range(1, 6)]])]
+
+
+@renders(TicketIdleClosedNotice)
+def ticket_idle_closed(n: TicketIdleClosedNotice, lang: str) -> list[Reply]:
+    return [Reply(tr(lang, "💤 Conversation #{id} closed after {h} hours without messages. "
+                           "Write any time if you need us again.", id=n.ticket_id, h=n.hours),
+                  buttons=menu_buttons(lang))]
 
 
 @renders(TicketEscalatedNotice)

@@ -39,6 +39,14 @@ class TicketClosedNotice(Notice):
     resolution: str
 
 
+class TicketIdleClosedNotice(Notice):
+    """A rider's conversation closed itself after `hours` without a message either way."""
+
+    kind = "ticket_idle_closed"
+    ticket_id: int
+    hours: int
+
+
 class TicketEscalatedNotice(Notice):
     kind = "ticket_escalated"
     ticket_id: int

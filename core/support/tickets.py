@@ -8,10 +8,10 @@ learns who answered on which platform; answers reach them on theirs, through the
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -25,6 +25,7 @@ from core.notices.support import (
     ReportVerifiedNotice,
     TicketAnswerNotice,
     TicketClosedNotice,
+    TicketIdleClosedNotice,
     TicketNotice,
 )
 from core.piles.tables import Pile, port_code
@@ -85,6 +86,30 @@ async def end_by_rider(session: AsyncSession, ticket_id: int, rider_id: int,
     ticket.resolution = "ended by the rider"
     await session.flush()
     return ticket
+
+
+async def close_idle(session: AsyncSession, now: datetime, idle_h: int) -> list[int]:
+    """Close the conversations nobody wrote in for `idle_h` hours (not emergencies), each with
+    a note to its rider; their ids."""
+    if idle_h <= 0:
+        return []
+    horizon = now - timedelta(hours=idle_h)
+    at = func.max(col(TicketMessage.created_at)).label("at")
+    last = (select(col(TicketMessage.ticket_id), at)
+            .group_by(col(TicketMessage.ticket_id)).subquery())
+    stale = list((await session.execute(
+        select(Ticket).outerjoin(last, last.c.ticket_id == col(Ticket.id)).where(
+            col(Ticket.state).in_(OPEN), col(Ticket.priority) != "emergency",
+            func.coalesce(last.c.at, col(Ticket.created_at)) < horizon)
+        .order_by(col(Ticket.id)).limit(500))).scalars())
+    for ticket in stale:
+        ticket.state, ticket.closed_at = TicketState.closed, now
+        ticket.resolution = f"closed after {idle_h} h without messages"
+        await outbox.enqueue(session, ticket.rider_id,
+                             TicketIdleClosedNotice(ticket_id=saved_id(ticket), hours=idle_h),
+                             f"ticket_idle:{ticket.id}", now=now)
+    await session.flush()
+    return [saved_id(t) for t in stale]
 
 
 async def open_for(session: AsyncSession, rider_id: int) -> Ticket | None:

@@ -56,6 +56,7 @@ OLD_PAYLOADS: dict[str, dict[str, Any]] = {
     "ticket_answer": {"ticket_id": 5, "text": "On our way"},
     "ticket_closed": {"ticket_id": 5, "resolution": "fixed"},
     "ticket_escalated": {"ticket_id": 5, "seconds": 120},
+    "ticket_idle_closed": {"ticket_id": 5, "hours": 24},
     "sos_reports": {"ticket_id": 5, "count": 3, "where": None, "minutes": 10},
     "report_verified": {"ticket_id": 5, "amount_fen": 300, "where": "P0001-03"},
     "suggestion_decided": {"suggestion_id": 1, "adopted": True, "days": 7, "text": "more"},
