@@ -227,9 +227,10 @@ async def free_text(turn: Turn) -> list[Reply] | None:
         return [refused]
     current = await support.open_for(turn.session, turn.rider_id)
     if current is not None and (text or inc.photo):
-        # A question the FAQ answers is answered, ticket or not (issue 18 finding 1: an open
-        # ticket used to swallow every later question); the rider can still hand it on.
-        if not inc.photo and text:
+        # In a question ticket, a question the FAQ answers is answered (issue 18 finding 1: an
+        # open ticket swallowed every later question); the rider can still hand it on. A report
+        # waiting for its description keeps every word.
+        if current.kind == "question" and not inc.photo and text:
             match = await _match(turn, text)
             if match is not None and match.entry.key != HUMAN:
                 return [_faq_reply(turn.lang, match, current)]
