@@ -6,6 +6,7 @@ import secrets
 
 from bot.handlers.payloads import BuyPlan, Wallet
 from bot.handlers.routing import Router
+from bot.handlers.text import local_day
 from bot.handlers.turn import Turn
 from bot.i18n import N_, tr
 from core.billing import plans
@@ -24,13 +25,13 @@ def _name(lang: str, plan: str) -> str:
 
 @router.command("plans", help=N_("/plans — monthly plans"))
 async def show(turn: Turn) -> list[Reply]:
-    lang = turn.lang
+    lang, tz = turn.lang, turn.ctx.settings.server.timezone
     lines = [tr(lang, "📅 Monthly plans: prepaid charging time, used before your wallet.")]
     mine = await plans.active(turn.session, turn.rider_id, turn.now)
     for p in mine:
         lines.append(tr(lang, "Yours: {name}, {left} of {total} hours left until {until}",
                         name=_name(lang, p.plan), left=(p.minutes_total - p.minutes_used) // 60,
-                        total=p.minutes_total // 60, until=p.ends_at.strftime("%m-%d")))
+                        total=p.minutes_total // 60, until=local_day(p.ends_at, tz)))
     nonce = secrets.token_hex(3)
     buttons = []
     for name, spec in turn.ctx.settings.billing.plans.items():
@@ -62,5 +63,6 @@ async def button(turn: Turn, p: BuyPlan) -> list[Reply]:
                          price=yuan(spec.price_fen)),
                       buttons=[[Button(tr(lang, "👛 Wallet"), data=Wallet().pack())]])]
     return [Reply(tr(lang, "✅ {name} is active until {until}: {hours} hours of charging.",
-                     name=_name(lang, name), until=plan.ends_at.strftime("%m-%d"),
+                     name=_name(lang, name),
+                     until=local_day(plan.ends_at, turn.ctx.settings.server.timezone),
                      hours=plan.minutes_total // 60))]

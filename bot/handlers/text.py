@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from fractions import Fraction
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from bot.handlers.payloads import FaqEntry, History, Language, Nearby, Status, Wallet
 from bot.i18n import tr
 from core.billing.tariffs import round_half_up
 from core.billing.wallet import yuan
+from core.db import aware
 from core.notices.charging import BillNotice
 from notifications.replies import Button
 
@@ -94,6 +97,12 @@ def end_reason(lang: str, reason: str) -> str:
         "power_loss": tr(lang, "the pile lost power"),
         "limit": tr(lang, "time or energy limit reached"),
     }.get(reason, reason)
+
+
+def local_day(ts: datetime, tz: str, fmt: str = "%m-%d") -> str:
+    """A stored time as the rider's calendar shows it: 2026-03-01 20:00 UTC is 03-02 in
+    Beijing. A naive time (SQLite hands them back so) is the UTC it was stored as."""
+    return aware(ts).astimezone(ZoneInfo(tz)).strftime(fmt)
 
 
 def worked_out(lang: str, b: dict[str, Any], tariff: dict[str, Any]) -> str | None:

@@ -43,3 +43,15 @@ def test_the_bill_carries_the_line() -> None:
                         balance_fen=946)
     text = bill_text("zh_CN", notice)
     assert "81 分钟 × ¥0.40/小时 = ¥0.54" in text and "¥9.46" in text
+
+
+def test_dates_are_the_riders_calendar_days() -> None:
+    """A plan bought at 23:30 Beijing time ends on a Beijing date, not on the UTC one."""
+    from datetime import UTC, datetime
+
+    from bot.handlers.text import local_day
+
+    ends = datetime(2026, 3, 1, 16, 30, tzinfo=UTC)  # 2026-03-02 00:30 in Beijing
+    assert local_day(ends, "Asia/Shanghai") == "03-02"
+    assert local_day(ends.replace(tzinfo=None), "Asia/Shanghai") == "03-02"  # naive = UTC
+    assert local_day(ends, "UTC", "%Y-%m-%d") == "2026-03-01"
