@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
-
 from bot.handlers import engagement
 from bot.handlers.feedback import summary_line
 from bot.handlers.payloads import (
@@ -18,7 +15,7 @@ from bot.handlers.payloads import (
 )
 from bot.handlers.routing import Router
 from bot.handlers.support import report_button
-from bot.handlers.text import distance, tariff_sentence
+from bot.handlers.text import DAY, distance, local_day, tariff_sentence
 from bot.handlers.turn import Turn
 from bot.i18n import tr
 from core.billing.wallet import yuan
@@ -114,8 +111,8 @@ async def calendar_line(turn: Turn, pile: Pile) -> str:
     lang, tz = turn.lang, turn.ctx.settings.server.timezone
     cal = await workorders.calendar(turn.session, pile, turn.ctx.settings, turn.now)
     parts = [tr(lang, "🛠 Last service: {last} · next: {next}",
-                last=_day(cal["last"], tz) if cal["last"] else tr(lang, "none yet"),
-                next=_day(cal["next"], tz) if cal["next"] else tr(lang, "not planned"))]
+                last=local_day(cal["last"], tz, DAY) if cal["last"] else tr(lang, "none yet"),
+                next=local_day(cal["next"], tz, DAY) if cal["next"] else tr(lang, "not planned"))]
     if cal["technician"]:
         if cal["ratings"]:
             parts.append(tr(lang, "Technician {name} ★{avg:.1f} ({n})", name=cal["technician"],
@@ -125,10 +122,6 @@ async def calendar_line(turn: Turn, pile: Pile) -> str:
     return tr(lang, " · ").join(parts)
 
 
-def _day(ts: datetime, tz: str) -> str:
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return ts.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d")
 
 
 def unknown_port(turn: Turn, code: str) -> Reply:

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 from bot.handlers.payloads import RateRepair, WebLogout, WorkOrderAction
 from bot.handlers.routing import Router
 from bot.handlers.support import problem_name
+from bot.handlers.text import local_day
 from bot.handlers.turn import Turn
 from bot.i18n import N_, tr
 from core.billing.wallet import yuan
@@ -67,9 +68,7 @@ def local(ts: datetime | str | None, tz: str) -> str:
         return "—"
     if isinstance(ts, str):
         ts = datetime.fromisoformat(ts)
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=ZoneInfo("UTC"))
-    return ts.astimezone(ZoneInfo(tz)).strftime("%m-%d %H:%M")
+    return local_day(ts, tz, "%m-%d %H:%M")
 
 
 def state_name(lang: str, state: str) -> str:

@@ -99,6 +99,9 @@ def end_reason(lang: str, reason: str) -> str:
     }.get(reason, reason)
 
 
+DAY = "%Y-%m-%d"
+
+
 def local_day(ts: datetime, tz: str, fmt: str = "%m-%d") -> str:
     """A stored time as the rider's calendar shows it: 2026-03-01 20:00 UTC is 03-02 in
     Beijing. A naive time (SQLite hands them back so) is the UTC it was stored as."""

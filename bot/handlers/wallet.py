@@ -3,11 +3,9 @@ top-up, paying a bill."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
-
 from bot.handlers.payloads import AutoTopUp, PayDue, TopUp, TopUpVia, Wallet
 from bot.handlers.routing import Router
+from bot.handlers.text import DAY, local_day
 from bot.handlers.topups import after_payment, credited_reply, topup_amounts
 from bot.handlers.turn import Turn
 from bot.i18n import N_, tr
@@ -91,9 +89,6 @@ def _topup_heading(turn: Turn) -> str | None:
     return None
 
 
-def _local_date(turn: Turn, ts: datetime) -> str:
-    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
-    return ts.astimezone(ZoneInfo(turn.ctx.settings.server.timezone)).strftime("%Y-%m-%d")
 
 
 def _coupon_line(turn: Turn, usable: list[Coupon], owed: int) -> str:
@@ -108,7 +103,8 @@ def _coupon_line(turn: Turn, usable: list[Coupon], owed: int) -> str:
     if best.min_spend_fen:
         offer = tr(lang, "{offer} on bills from {min}", offer=offer, min=yuan(best.min_spend_fen))
     return tr(lang, "🎟 Coupons: {count} (best: {offer}, valid until {date})",
-              count=len(usable), offer=offer, date=_local_date(turn, best.expires_at))
+              count=len(usable), offer=offer,
+              date=local_day(best.expires_at, turn.ctx.settings.server.timezone, DAY))
 
 
 def _bonus_lines(turn: Turn) -> list[str]:

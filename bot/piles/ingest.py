@@ -9,7 +9,6 @@ per request, and no request is answered before its events are stored.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.context import Context
+from bot.tasks import stop_task
 from core.db import transaction
 from core.piles import commands, events
 from core.piles.wire import BatchResult
@@ -67,16 +67,11 @@ class IngestWriter:
                 await asyncio.shield(task)
         except TimeoutError:
             log.error("ingest writer still busy after %.0f s: cancelled", STOP_GRACE_S)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         finally:
-            self._fail_queued()
-
-    def _fail_queued(self) -> None:
-        while not self.queue.empty():
-            if (item := self.queue.get_nowait()) is not None and not item[2].done():
-                item[2].set_exception(ConnectionResetError("the ingest writer has stopped"))
+            while not self.queue.empty():
+                if (item := self.queue.get_nowait()) is not None:
+                    _stopped(item)
 
     def _due(self, pile_id: str) -> bool:
         return time.monotonic() - self._touched.get(pile_id, 0.0) >= TOUCH_EVERY_S
@@ -90,9 +85,8 @@ class IngestWriter:
                 await self._commit(group)
             except BaseException:
                 # Cancelled (stop's last resort) or broken mid-commit: nobody is left waiting.
-                for _, _, fut in group:
-                    if not fut.done():
-                        fut.set_exception(ConnectionResetError("the ingest writer has stopped"))
+                for item in group:
+                    _stopped(item)
                 raise
             last = time.monotonic()
             if stopping:
@@ -151,6 +145,13 @@ class IngestWriter:
         for (_, _, fut), result in zip(group, results, strict=True):
             if not fut.done():
                 fut.set_result(result)
+
+
+def _stopped(item: Item) -> None:
+    """Answer a request the stopped writer will never store: its sender gets an error (a pile
+    a 503, and it sends the batch again), not a wait without end."""
+    if not item[2].done():
+        item[2].set_exception(ConnectionResetError("the ingest writer has stopped"))
 
 
 WRITER = web.AppKey("ingest_writer", IngestWriter)
