@@ -78,13 +78,15 @@ async def end_by_rider(session: AsyncSession, ticket_id: int, rider_id: int,
                        now: datetime) -> Ticket | None:
     """The rider leaves their own open conversation: closed, or None when it is not theirs,
     already closed, or an emergency (staff close those, after making sure all is safe)."""
-    ticket = await session.get(Ticket, ticket_id)
-    if (ticket is None or ticket.rider_id != rider_id or ticket.state not in OPEN
-            or ticket.priority == "emergency"):
+    # One conditional update, as close() does: a staff close landing meanwhile wins cleanly.
+    claimed = cast("CursorResult[Any]", await session.execute(
+        update(Ticket).where(col(Ticket.id) == ticket_id, col(Ticket.rider_id) == rider_id,
+                             col(Ticket.state).in_(OPEN), col(Ticket.priority) != "emergency")
+        .values(state=TicketState.closed, closed_at=now, resolution="ended by the rider")
+        .execution_options(synchronize_session=False)))
+    if claimed.rowcount != 1:
         return None
-    ticket.state, ticket.closed_at = TicketState.closed, now
-    ticket.resolution = "ended by the rider"
-    await session.flush()
+    ticket = await session.get(Ticket, ticket_id, populate_existing=True)
     return ticket
 
 
